@@ -1,0 +1,10 @@
+//! Host tooling of xorbang: builds the initramfs (a newc cpio archive written here, with the
+//! static init, kernel modules and extra files) and the SquashFS root images the init boots.
+
+pub mod compress;
+pub mod cpio;
+pub mod elf;
+pub mod image;
+pub mod initrd;
+pub mod kernel_modules;
+pub mod output;

@@ -1,0 +1,526 @@
+//! Finding the block device a [`DeviceSpec`] names, without udev or blkid: sysfs says which
+//! devices exist and which are partitions of which disk; the GPT and superblock parsers say
+//! what they hold.
+//!
+//! The sysfs and /dev directories are parameters so tests can run on a fake tree.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::devspec::DeviceSpec;
+use crate::gpt::{self, GptError, GptHeader, GptPartition, Lba, SectorSize};
+use crate::superblock::{self, FsInfo, PROBE_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot list {path}: {source}")]
+    List { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: expected {expected}, found {found:?}")]
+    Attribute {
+        path: PathBuf,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("cannot resolve the sysfs link {path}: {source}")]
+    Link { path: PathBuf, source: io::Error },
+    #[error("partition {path} has no parent disk directory in sysfs")]
+    NoParent { path: PathBuf },
+}
+
+/// The device node of the first block device (in name order) that `spec` names, or `None`
+/// when none does yet: devices appear as drivers probe them, so the caller polls.
+pub fn resolve(
+    spec: &DeviceSpec,
+    sys_class_block: &Path,
+    dev_dir: &Path,
+) -> Result<Option<PathBuf>, BlockError> {
+    let scan = Scan {
+        sys: sys_class_block,
+        dev: dev_dir,
+    };
+    match spec {
+        DeviceSpec::Path(path) => scan.existing_path(path),
+        DeviceSpec::PartUuid(guid) => scan.find_partition(|part| part.unique_guid == *guid),
+        DeviceSpec::PartLabel(name) => scan.find_partition(|part| part.name == *name),
+        DeviceSpec::Uuid(uuid) => scan.find_filesystem(|fs| {
+            fs.uuid
+                .as_deref()
+                .is_some_and(|found| found.eq_ignore_ascii_case(uuid))
+        }),
+        DeviceSpec::Label(label) => {
+            scan.find_filesystem(|fs| fs.label.as_deref() == Some(label.as_str()))
+        }
+    }
+}
+
+/// What filesystem `device` holds, from its first 64 KiB.
+pub fn probe_device(device: &Path) -> Result<Option<FsInfo>, BlockError> {
+    let head = read_head(device).map_err(|source| BlockError::Read {
+        path: device.to_owned(),
+        source,
+    })?;
+    Ok(superblock::probe(&head))
+}
+
+/// One lookup over /sys/class/block and /dev.
+struct Scan<'a> {
+    sys: &'a Path,
+    dev: &'a Path,
+}
+
+impl Scan<'_> {
+    /// `/dev/x` is looked up as `<dev_dir>/x`, any other path as it is.
+    fn existing_path(&self, path: &Path) -> Result<Option<PathBuf>, BlockError> {
+        let node = match path.strip_prefix("/dev") {
+            Ok(relative) => self.dev.join(relative),
+            Err(_) => path.to_owned(),
+        };
+        Ok(node_exists(&node)?.then_some(node))
+    }
+
+    fn find_partition(
+        &self,
+        wanted: impl Fn(&GptPartition) -> bool,
+    ) -> Result<Option<PathBuf>, BlockError> {
+        // Several partitions share a disk: read each disk's table once per lookup.
+        let mut tables: HashMap<String, Option<Vec<GptPartition>>> = HashMap::new();
+        for name in self.device_names()? {
+            let Some(number) = self.partition_number(&name)? else {
+                continue;
+            };
+            let table = match tables.entry(self.parent_disk(&name)?) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    let table = self.read_gpt(new.key())?;
+                    new.insert(table)
+                }
+            };
+            let Some(table) = table else {
+                continue;
+            };
+            let matched = table
+                .iter()
+                .any(|part| part.number == number && wanted(part));
+            let node = self.node(&name);
+            if matched && node_exists(&node)? {
+                return Ok(Some(node));
+            }
+        }
+        Ok(None)
+    }
+
+    fn find_filesystem(
+        &self,
+        wanted: impl Fn(&FsInfo) -> bool,
+    ) -> Result<Option<PathBuf>, BlockError> {
+        for name in self.device_names()? {
+            if !self.worth_probing(&name)? {
+                continue;
+            }
+            let node = self.node(&name);
+            match read_head(&node) {
+                Ok(head) => {
+                    if superblock::probe(&head).is_some_and(|fs| wanted(&fs)) {
+                        return Ok(Some(node));
+                    }
+                }
+                Err(err) => log::debug!("skipping {}: {err}", node.display()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Entries of /sys/class/block, sorted so the first match is the same on every boot.
+    fn device_names(&self) -> Result<Vec<String>, BlockError> {
+        let list_error = |source| BlockError::List {
+            path: self.sys.to_owned(),
+            source,
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.sys).map_err(list_error)? {
+            let entry = entry.map_err(list_error)?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The `partition` attribute: present (with the 1-based number) only on partitions.
+    fn partition_number(&self, name: &str) -> Result<Option<u32>, BlockError> {
+        let path = self.sys.join(name).join("partition");
+        let Some(text) = read_attribute(&path)? else {
+            return Ok(None);
+        };
+        parse_attribute(&path, &text, "a partition number").map(Some)
+    }
+
+    /// A partition's sysfs directory sits inside its disk's (`.../block/vda/vda1`).
+    fn parent_disk(&self, name: &str) -> Result<String, BlockError> {
+        let link = self.sys.join(name);
+        let target = std::fs::canonicalize(&link).map_err(|source| BlockError::Link {
+            path: link.clone(),
+            source,
+        })?;
+        target
+            .parent()
+            .and_then(Path::file_name)
+            .map(|disk| disk.to_string_lossy().into_owned())
+            .ok_or(BlockError::NoParent { path: link })
+    }
+
+    /// The disk's GPT partitions; `None` when the disk cannot be read or holds no valid GPT
+    /// (an MBR disk, an empty drive): that is a disk to pass over, not a failed boot.
+    fn read_gpt(&self, disk: &str) -> Result<Option<Vec<GptPartition>>, BlockError> {
+        let sector = self.logical_block_size(disk)?;
+        let node = self.node(disk);
+        match read_gpt_from(&node, sector) {
+            Ok(table) => Ok(Some(table)),
+            Err(reason) => {
+                log::debug!("no GPT read from {}: {reason}", node.display());
+                Ok(None)
+            }
+        }
+    }
+
+    /// `queue/logical_block_size`, the unit GPT LBAs count in; 512 when sysfs lacks it.
+    fn logical_block_size(&self, disk: &str) -> Result<SectorSize, BlockError> {
+        let path = self.sys.join(disk).join("queue/logical_block_size");
+        let Some(text) = read_attribute(&path)? else {
+            return Ok(SectorSize::BYTES_512);
+        };
+        let expected = "a power of two from 512 to 65536";
+        let bytes = parse_attribute(&path, &text, expected)?;
+        SectorSize::new(bytes).map_err(|_| BlockError::Attribute {
+            path,
+            expected,
+            found: text.trim().to_owned(),
+        })
+    }
+
+    /// Floppy drives are passed over as udev does (opening one without a disk stalls for
+    /// seconds), and so are devices of size 0 (no medium, unbound loop devices).
+    fn worth_probing(&self, name: &str) -> Result<bool, BlockError> {
+        if name.starts_with("fd") {
+            return Ok(false);
+        }
+        let path = self.sys.join(name).join("size");
+        match read_attribute(&path)? {
+            Some(text) => Ok(parse_attribute::<u64>(&path, &text, "a size in sectors")? != 0),
+            None => Ok(true),
+        }
+    }
+
+    /// The node devtmpfs creates for a sysfs name: sysfs spells '/' in names as '!'
+    /// (`cciss!c0d0` is `/dev/cciss/c0d0`).
+    fn node(&self, name: &str) -> PathBuf {
+        self.dev.join(name.replace('!', "/"))
+    }
+}
+
+/// Why a disk's GPT could not be read; only ever logged.
+#[derive(Debug, thiserror::Error)]
+enum GptReadError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Gpt(#[from] GptError),
+}
+
+fn read_gpt_from(node: &Path, sector: SectorSize) -> Result<Vec<GptPartition>, GptReadError> {
+    let file = File::open(node)?;
+    let mut block = vec![0u8; sector.bytes() as usize];
+    file.read_exact_at(&mut block, sector.offset_of(Lba(1)))?;
+    let header = GptHeader::parse(&block)?;
+    // The header bounds the array to 1 MiB, so this allocation is small.
+    let mut entries = vec![0u8; usize::try_from(header.entries_bytes()).unwrap_or(0)];
+    file.read_exact_at(&mut entries, sector.offset_of(header.entries_lba))?;
+    Ok(gpt::parse_entries(&header, &entries)?)
+}
+
+/// The first `PROBE_BYTES` of a device, fewer if it is smaller.
+fn read_head(node: &Path) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(PROBE_BYTES);
+    File::open(node)?
+        .take(PROBE_BYTES as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// A sysfs attribute's text; `None` when the attribute does not exist.
+fn read_attribute(path: &Path) -> Result<Option<String>, BlockError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BlockError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn parse_attribute<T: std::str::FromStr>(
+    path: &Path,
+    text: &str,
+    expected: &'static str,
+) -> Result<T, BlockError> {
+    text.trim().parse().map_err(|_| BlockError::Attribute {
+        path: path.to_owned(),
+        expected,
+        found: text.trim().to_owned(),
+    })
+}
+
+fn node_exists(node: &Path) -> Result<bool, BlockError> {
+    node.try_exists().map_err(|source| BlockError::Read {
+        path: node.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt::tests::{dps_partitions, write_image};
+    use crate::gpt::{write_gpt, Guid, PartitionSpec};
+    use crate::superblock::tests::{ext4_fixture, squashfs_fixture};
+    use crate::superblock::FsKind;
+    use std::fs;
+
+    const DISK_SIZE: u64 = 32 << 20;
+
+    /// A fake /sys/class/block and /dev in a tempdir, laid out as the kernel lays them out:
+    /// class entries are links into a device tree where partitions nest in their disk.
+    struct FakeSystem {
+        root: tempfile::TempDir,
+    }
+
+    impl FakeSystem {
+        fn new() -> Self {
+            let system = Self {
+                root: tempfile::tempdir().expect("tempdir"),
+            };
+            fs::create_dir_all(system.sys()).expect("mkdir class");
+            fs::create_dir_all(system.dev()).expect("mkdir dev");
+            system
+        }
+
+        fn sys(&self) -> PathBuf {
+            self.root.path().join("sys/class/block")
+        }
+
+        fn dev(&self) -> PathBuf {
+            self.root.path().join("dev")
+        }
+
+        fn resolve(&self, spec: &str) -> Option<PathBuf> {
+            let spec = DeviceSpec::parse(spec).expect("spec");
+            resolve(&spec, &self.sys(), &self.dev()).expect("resolve")
+        }
+
+        /// A device directory (disk, or partition inside `parent`) and its class link.
+        fn add_device(&self, name: &str, parent: Option<&str>, attributes: &[(&str, &str)]) {
+            let devices = self.root.path().join("sys/devices/virtual/block");
+            let dir = match parent {
+                Some(disk) => devices.join(disk).join(name),
+                None => devices.join(name),
+            };
+            fs::create_dir_all(dir.join("queue")).expect("mkdir device");
+            for (attribute, value) in attributes {
+                fs::write(dir.join(attribute), format!("{value}\n")).expect("attribute");
+            }
+            std::os::unix::fs::symlink(&dir, self.sys().join(name)).expect("class link");
+        }
+
+        /// A GPT disk `disk` with partitions `disk1`.. as sysfs entries and nodes; partition
+        /// `n` holds `contents[n-1]` at its start (in its own node, as the kernel shows it).
+        fn add_gpt_disk(&self, disk: &str, specs: &[PartitionSpec], contents: &[Vec<u8>]) {
+            let image =
+                write_gpt(DISK_SIZE, SectorSize::BYTES_512, disk_guid(), specs).expect("write gpt");
+            write_image(&self.dev().join(disk), DISK_SIZE, &image);
+            self.add_device(disk, None, &[("queue/logical_block_size", "512")]);
+            for (index, spec) in specs.iter().enumerate() {
+                let name = format!("{disk}{}", index + 1);
+                let number = (index + 1).to_string();
+                let size = (spec.last_lba.0 - spec.first_lba.0 + 1).to_string();
+                self.add_device(
+                    &name,
+                    Some(disk),
+                    &[("partition", &number), ("size", &size)],
+                );
+                let content = contents.get(index).cloned().unwrap_or_default();
+                fs::write(self.dev().join(&name), content).expect("partition node");
+            }
+        }
+    }
+
+    fn disk_guid() -> Guid {
+        Guid::parse("0f7a3c2e-5b1d-4e8f-9a6b-c4d2e1f0a9b8").expect("guid")
+    }
+
+    fn ext4_uuid() -> [u8; 16] {
+        *Guid::parse("954172df-ee9a-aab2-d90a-0ab162ee6bc5")
+            .expect("guid")
+            .as_bytes()
+    }
+
+    /// vda: the DPS layout, partition 2 (root) holding SquashFS, partition 7 (/var) ext4.
+    fn dps_system() -> FakeSystem {
+        let system = FakeSystem::new();
+        let mut contents = vec![Vec::new(); 7];
+        contents[1] = squashfs_fixture();
+        contents[6] = ext4_fixture(ext4_uuid(), "var");
+        system.add_gpt_disk("vda", &dps_partitions(), &contents);
+        system
+    }
+
+    #[test]
+    fn partuuid_and_partlabel_find_the_partition_node() {
+        let system = dps_system();
+        let root = &dps_partitions()[1];
+        let by_uuid = system.resolve(&format!("PARTUUID={}", root.unique_guid));
+        assert_eq!(by_uuid, Some(system.dev().join("vda2")));
+        let by_upper = system.resolve(&format!("PARTUUID={}", root.unique_guid).to_uppercase());
+        assert_eq!(by_upper, Some(system.dev().join("vda2")));
+        let by_label = system.resolve("PARTLABEL=root-x86-64-verity");
+        assert_eq!(by_label, Some(system.dev().join("vda3")));
+        assert_eq!(system.resolve("PARTLABEL=nonexistent"), None);
+        assert_eq!(
+            system.resolve("PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5"),
+            None
+        );
+    }
+
+    #[test]
+    fn gpt_is_read_in_the_disks_logical_block_size() {
+        let system = FakeSystem::new();
+        let sector = SectorSize::new(4096).expect("4K");
+        let spec = PartitionSpec {
+            first_lba: Lba(256),
+            last_lba: Lba(511),
+            ..dps_partitions()[1].clone()
+        };
+        let image = write_gpt(DISK_SIZE, sector, disk_guid(), &[spec]).expect("write");
+        write_image(&system.dev().join("nvme0n1"), DISK_SIZE, &image);
+        system.add_device("nvme0n1", None, &[("queue/logical_block_size", "4096")]);
+        system.add_device("nvme0n1p1", Some("nvme0n1"), &[("partition", "1")]);
+        fs::write(system.dev().join("nvme0n1p1"), b"").expect("node");
+        assert_eq!(
+            system.resolve("PARTLABEL=root-x86-64"),
+            Some(system.dev().join("nvme0n1p1"))
+        );
+    }
+
+    #[test]
+    fn a_partition_whose_node_is_not_there_yet_is_not_found_yet() {
+        let system = dps_system();
+        fs::remove_file(system.dev().join("vda2")).expect("rm node");
+        assert_eq!(system.resolve("PARTLABEL=root-x86-64"), None);
+    }
+
+    #[test]
+    fn disks_without_a_readable_gpt_are_passed_over() {
+        let system = FakeSystem::new();
+        // An MBR-only disk, and a "disk" whose node cannot be read (a directory).
+        fs::write(system.dev().join("sda"), vec![0u8; 64 * 1024]).expect("sda");
+        system.add_device("sda", None, &[]);
+        system.add_device("sda1", Some("sda"), &[("partition", "1")]);
+        fs::create_dir(system.dev().join("sdb")).expect("sdb");
+        system.add_device("sdb", None, &[]);
+        system.add_device("sdb1", Some("sdb"), &[("partition", "1")]);
+        // A partition of vdc matches; the broken disks before it must not stop the search.
+        let mut specs = dps_partitions();
+        specs.truncate(2);
+        system.add_gpt_disk("vdc", &specs, &[]);
+        assert_eq!(
+            system.resolve("PARTLABEL=root-x86-64"),
+            Some(system.dev().join("vdc2"))
+        );
+        assert_eq!(system.resolve("PARTLABEL=var"), None);
+    }
+
+    #[test]
+    fn uuid_and_label_find_the_filesystem() {
+        let system = dps_system();
+        let var = Some(system.dev().join("vda7"));
+        assert_eq!(
+            system.resolve("UUID=954172DF-EE9A-AAB2-D90A-0AB162EE6BC5"),
+            var
+        );
+        assert_eq!(system.resolve("LABEL=var"), var);
+        assert_eq!(system.resolve("LABEL=VAR"), None);
+        assert_eq!(
+            system.resolve("UUID=00000000-0000-0000-0000-000000000000"),
+            None
+        );
+    }
+
+    #[test]
+    fn filesystem_search_takes_the_first_match_by_name_and_skips_unreadable_nodes() {
+        let system = FakeSystem::new();
+        let ext4 = ext4_fixture(ext4_uuid(), "data");
+        // sr0: no medium (size 0); fd0: never opened; sda: unreadable (a directory).
+        system.add_device("sr0", None, &[("size", "0")]);
+        fs::write(system.dev().join("sr0"), &ext4).expect("sr0");
+        system.add_device("fd0", None, &[("size", "2880")]);
+        fs::write(system.dev().join("fd0"), &ext4).expect("fd0");
+        system.add_device("sda", None, &[("size", "8")]);
+        fs::create_dir(system.dev().join("sda")).expect("sda");
+        for name in ["vdb", "vda"] {
+            system.add_device(name, None, &[("size", "16")]);
+            fs::write(system.dev().join(name), &ext4).expect("node");
+        }
+        assert_eq!(system.resolve("LABEL=data"), Some(system.dev().join("vda")));
+    }
+
+    #[test]
+    fn dev_paths_are_looked_up_under_the_dev_dir() {
+        let system = dps_system();
+        assert_eq!(system.resolve("/dev/vda1"), Some(system.dev().join("vda1")));
+        assert_eq!(system.resolve("/dev/vdz1"), None);
+        // Built in code rather than parsed: a path outside /dev is taken as it is.
+        let outside = DeviceSpec::Path(system.dev().join("vda2"));
+        let found = resolve(&outside, &system.sys(), Path::new("/nonexistent")).expect("resolve");
+        assert_eq!(found, Some(system.dev().join("vda2")));
+    }
+
+    #[test]
+    fn broken_sysfs_attributes_are_errors_naming_the_file() {
+        let system = dps_system();
+        let attribute = system
+            .root
+            .path()
+            .join("sys/devices/virtual/block/vda/vda1/partition");
+        fs::write(&attribute, "one\n").expect("attribute");
+        let spec = DeviceSpec::parse("PARTLABEL=esp").expect("spec");
+        let err = resolve(&spec, &system.sys(), &system.dev()).expect_err("bad attribute");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: expected a partition number, found \"one\"",
+                system.sys().join("vda1/partition").display()
+            )
+        );
+        let missing = system.root.path().join("nowhere");
+        let err = resolve(&spec, &missing, &system.dev()).expect_err("no sysfs");
+        assert!(err
+            .to_string()
+            .starts_with(&format!("cannot list {}: ", missing.display())));
+    }
+
+    #[test]
+    fn probe_device_reports_the_filesystem() {
+        let system = dps_system();
+        let root = probe_device(&system.dev().join("vda2")).expect("probe");
+        assert_eq!(root.map(|info| info.kind), Some(FsKind::Squashfs));
+        let esp = probe_device(&system.dev().join("vda1")).expect("probe");
+        assert_eq!(esp, None);
+        let missing = system.dev().join("vdz");
+        let err = probe_device(&missing).expect_err("missing node");
+        assert!(matches!(err, BlockError::Read { ref path, .. } if *path == missing));
+    }
+}

@@ -1,0 +1,277 @@
+//! The boot, stage by stage: API filesystems, command line, modules, root device, mount
+//! stack, init check, switch_root. Each stage is timed for the boot report.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::blockdev::{self, BlockError};
+use crate::cmdline::Cmdline;
+use crate::devspec::DeviceSpec;
+use crate::kmod::{self, KmodError};
+use crate::mounts::{self, MountError, RootSource};
+use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError};
+use crate::paths::Paths;
+use crate::report::{BootReport, RootReport, StageClock};
+use crate::superblock::FsKind;
+use crate::switchroot::{self, SwitchRootError};
+
+/// How often the device wait looks again; well below human notice, well above busy-looping.
+const DEVICE_POLL: Duration = Duration::from_millis(10);
+
+/// What the caller of the init (the kernel, or a test) decided.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub paths: Paths,
+    /// The command line to use instead of /proc/cmdline.
+    pub cmdline: Option<String>,
+    /// Mount /proc, /sys, /dev and /run (off when a test provides them).
+    pub api_mounts: bool,
+    /// Leave the initramfs and exec the target init (off for tests: stop after the report).
+    pub switch_root: bool,
+    /// Log to /dev/kmsg once /dev is mounted (off for tests: keep logging to stderr).
+    pub log_to_kmsg: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("cannot read the kernel command line from {path}: {source}")]
+    Cmdline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad kernel command line: {0}")]
+    Options(#[from] OptionError),
+    #[error("kernel modules: {0}")]
+    Modules(#[from] KmodError),
+    #[error("root device {spec} did not appear within {secs} s (block devices seen: {seen})")]
+    RootTimeout {
+        spec: DeviceSpec,
+        secs: f64,
+        seen: String,
+    },
+    #[error("looking for root device {spec}: {source}")]
+    RootLookup {
+        spec: DeviceSpec,
+        source: BlockError,
+    },
+    #[error("root device {device} ({spec}) holds no SquashFS filesystem (found {found}); set rootfstype= to mount another filesystem")]
+    NotSquashfs {
+        spec: DeviceSpec,
+        device: PathBuf,
+        found: String,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    SwitchRoot(#[from] SwitchRootError),
+}
+
+/// Runs the boot. With `switch_root` it only returns on failure; without, it returns the
+/// report of a boot that stopped just before switch_root. `policy` is updated as soon as
+/// the command line says which failure policy applies.
+pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootReport, BootError> {
+    let paths = &settings.paths;
+    let mut clock = StageClock::start();
+    let started = Instant::now();
+    if settings.api_mounts {
+        mounts::execute(&mounts::plan_api_filesystems(paths))?;
+    }
+    if settings.log_to_kmsg {
+        crate::kmsg::log_to_kmsg(paths.kmsg());
+    }
+    log::info!("xorbang-init {} starting", env!("CARGO_PKG_VERSION"));
+    let options = read_options(settings, policy)?;
+    clock.finish_stage("setup");
+
+    let modules_loaded = kmod::load_all(&paths.modules(&kernel_release()))?;
+    clock.finish_stage("modules");
+
+    let deadline = started + options.timeout;
+    let device = wait_for_root(paths, &options, deadline)?;
+    clock.finish_stage("root-device");
+
+    let fstype = root_fstype(&options, &device)?;
+    let root = RootSource {
+        device: &device,
+        fstype: &fstype,
+        flags: options.rootflags.as_deref(),
+    };
+    mounts::execute(&mounts::plan_root(paths, &root, options.mode))?;
+    if options.mode == Mode::Dev {
+        mark_volatile_root(paths, &device)?;
+    }
+    log::info!(
+        "root {} is {} ({fstype}), mounted {}",
+        options.root,
+        device.display(),
+        match options.mode {
+            Mode::Production => "read-only",
+            Mode::Dev => "read-only under a transient writable overlay (dev mode)",
+        }
+    );
+    switchroot::check_init(&paths.sysroot(), &options.init)?;
+    clock.finish_stage("mount-root");
+
+    let report_for = |clock: StageClock| {
+        let (uptime_start_us, uptime_handoff_us, stages) = clock.into_parts();
+        BootReport {
+            version: 1,
+            mode: options.mode,
+            root: RootReport {
+                spec: options.root.to_string(),
+                device: system_path(paths, &device),
+                fstype: fstype.clone(),
+            },
+            modules_loaded,
+            init: options.init.display().to_string(),
+            stages,
+            uptime_start_us,
+            uptime_handoff_us,
+        }
+    };
+    if !settings.switch_root {
+        let report = report_for(clock);
+        publish_report(&paths.xorbang_run(), &report)?;
+        return Ok(report);
+    }
+    switchroot::enter_new_root(paths)?;
+    clock.finish_stage("switch-root");
+    let report = report_for(clock);
+    publish_report(&Paths::default().xorbang_run(), &report)?;
+    log::info!("starting {}", options.init.display());
+    Err(switchroot::exec_init(&options.init, &options.init_args).into())
+}
+
+fn read_options(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootOptions, BootError> {
+    let text = match &settings.cmdline {
+        Some(text) => text.clone(),
+        None => {
+            let path = settings.paths.proc_cmdline();
+            std::fs::read_to_string(&path).map_err(|source| BootError::Cmdline { path, source })?
+        }
+    };
+    let cmdline = Cmdline::parse(&text);
+    *policy = options::failure_policy_or_default(&cmdline);
+    let (options, warnings) = BootOptions::from_cmdline(&cmdline)?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    Ok(options)
+}
+
+fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Polls for the root device until it appears or the boot's one device budget runs out.
+fn wait_for_root(
+    paths: &Paths,
+    options: &BootOptions,
+    deadline: Instant,
+) -> Result<PathBuf, BootError> {
+    let sys_block = paths.sys_class_block();
+    let dev = paths.dev();
+    loop {
+        match blockdev::resolve(&options.root, &sys_block, &dev) {
+            Ok(Some(device)) => return Ok(device),
+            Ok(None) => {}
+            Err(source) => {
+                return Err(BootError::RootLookup {
+                    spec: options.root.clone(),
+                    source,
+                })
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(BootError::RootTimeout {
+                spec: options.root.clone(),
+                secs: options.timeout.as_secs_f64(),
+                seen: block_devices_seen(&sys_block),
+            });
+        }
+        std::thread::sleep(DEVICE_POLL);
+    }
+}
+
+/// Names under /sys/class/block, for the error that says what was there instead.
+fn block_devices_seen(sys_block: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `rootfstype=` if given; otherwise the device must hold SquashFS, the only root image
+/// format we build.
+fn root_fstype(options: &BootOptions, device: &Path) -> Result<String, BootError> {
+    if let Some(fstype) = &options.rootfstype {
+        return Ok(fstype.clone());
+    }
+    let lookup = |source| BootError::RootLookup {
+        spec: options.root.clone(),
+        source,
+    };
+    match blockdev::probe_device(device).map_err(lookup)? {
+        Some(info) if info.kind == FsKind::Squashfs => Ok(info.kind.to_string()),
+        found => Err(BootError::NotSquashfs {
+            spec: options.root.clone(),
+            device: device.to_owned(),
+            found: found.map_or("no known filesystem".to_owned(), |info| {
+                info.kind.to_string()
+            }),
+        }),
+    }
+}
+
+/// The path the booted system knows the device by (`/dev/…`, not the test's dev dir).
+fn system_path(paths: &Paths, device: &Path) -> String {
+    match device.strip_prefix(paths.dev()) {
+        Ok(relative) => Path::new("/dev").join(relative).display().to_string(),
+        Err(_) => device.display().to_string(),
+    }
+}
+
+/// systemd's convention for "/ is a volatile overlay": /run/systemd/volatile-root links to
+/// the block device under it, so tools like systemd-gpt-auto-generator still find the disk.
+fn mark_volatile_root(paths: &Paths, device: &Path) -> Result<(), BootError> {
+    let dir = paths.run().join("systemd");
+    let link = dir.join("volatile-root");
+    let write = |source| BootError::Write {
+        path: link.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(write)?;
+    std::os::unix::fs::symlink(system_path(paths, device), &link).map_err(write)
+}
+
+/// Writes boot.json and prints the same JSON as one console line.
+fn publish_report(dir: &Path, report: &BootReport) -> Result<(), BootError> {
+    let json = serde_json::to_string(report).map_err(|error| BootError::Write {
+        path: dir.join("boot.json"),
+        source: error.into(),
+    })?;
+    let path = dir.join("boot.json");
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, format!("{json}\n")))
+        .map_err(|source| BootError::Write { path, source })?;
+    log::info!("boot-report {json}");
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The kernel's `root=` value: which block device to boot from, named the ways users and
+//! boot loaders name it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::gpt::{Guid, GuidError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// `PARTUUID=`: the GPT entry's unique GUID.
+    PartUuid(Guid),
+    /// `PARTLABEL=`: the GPT entry's name, compared exactly.
+    PartLabel(String),
+    /// `UUID=`: the filesystem UUID as blkid prints it, compared ignoring case.
+    Uuid(String),
+    /// `LABEL=`: the filesystem label, compared exactly.
+    Label(String),
+    /// `/dev/...`: a device node path.
+    Path(PathBuf),
+}
+
+const EXPECTED: &str = "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path";
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceSpecError {
+    #[error("root={value}: {EXPECTED}")]
+    Unrecognized { value: String },
+    #[error("root={value}: {prefix} needs a value")]
+    Empty { value: String, prefix: &'static str },
+    #[error("root={value}: {source}")]
+    PartUuid { value: String, source: GuidError },
+    #[error(
+        "root={value}: /PARTNROFF= is not supported; name the partition itself by its PARTUUID"
+    )]
+    PartNrOff { value: String },
+}
+
+const PARTUUID: &str = "PARTUUID=";
+const PARTLABEL: &str = "PARTLABEL=";
+const UUID: &str = "UUID=";
+const LABEL: &str = "LABEL=";
+const DEV: &str = "/dev/";
+
+impl DeviceSpec {
+    /// Parses a `root=` value.
+    pub fn parse(value: &str) -> Result<Self, DeviceSpecError> {
+        if let Some(guid) = value.strip_prefix(PARTUUID) {
+            return parse_partuuid(value, guid);
+        }
+        let named = [
+            (PARTLABEL, DeviceSpec::PartLabel as fn(String) -> Self),
+            (UUID, DeviceSpec::Uuid),
+            (LABEL, DeviceSpec::Label),
+        ];
+        for (prefix, make) in named {
+            if let Some(name) = value.strip_prefix(prefix) {
+                return non_empty(value, prefix, name).map(make);
+            }
+        }
+        match value.strip_prefix(DEV) {
+            Some(node) if !node.is_empty() => Ok(Self::Path(PathBuf::from(value))),
+            _ => Err(DeviceSpecError::Unrecognized {
+                value: value.to_owned(),
+            }),
+        }
+    }
+}
+
+fn parse_partuuid(value: &str, guid: &str) -> Result<DeviceSpec, DeviceSpecError> {
+    // The kernel's PARTUUID=<guid>/PARTNROFF=<n> picks a sibling partition; refusing it is
+    // clearer than guessing, and DPS disks never need it.
+    if guid.contains("/PARTNROFF=") {
+        return Err(DeviceSpecError::PartNrOff {
+            value: value.to_owned(),
+        });
+    }
+    Guid::parse(guid)
+        .map(DeviceSpec::PartUuid)
+        .map_err(|source| DeviceSpecError::PartUuid {
+            value: value.to_owned(),
+            source,
+        })
+}
+
+fn non_empty(value: &str, prefix: &'static str, name: &str) -> Result<String, DeviceSpecError> {
+    if name.is_empty() {
+        return Err(DeviceSpecError::Empty {
+            value: value.to_owned(),
+            prefix,
+        });
+    }
+    Ok(name.to_owned())
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PartUuid(guid) => write!(f, "{PARTUUID}{guid}"),
+            Self::PartLabel(name) => write!(f, "{PARTLABEL}{name}"),
+            Self::Uuid(uuid) => write!(f, "{UUID}{uuid}"),
+            Self::Label(label) => write!(f, "{LABEL}{label}"),
+            Self::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: &str) -> DeviceSpec {
+        DeviceSpec::parse(value).expect("valid root=")
+    }
+
+    fn error(value: &str) -> String {
+        DeviceSpec::parse(value)
+            .expect_err("invalid root=")
+            .to_string()
+    }
+
+    #[test]
+    fn each_form_parses_and_round_trips() {
+        let cases = [
+            (
+                "PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5",
+                DeviceSpec::PartUuid(
+                    Guid::parse("954172df-ee9a-aab2-d90a-0ab162ee6bc5").expect("guid"),
+                ),
+            ),
+            (
+                "PARTLABEL=root-x86-64",
+                DeviceSpec::PartLabel("root-x86-64".into()),
+            ),
+            ("UUID=1A2B-3C4D", DeviceSpec::Uuid("1A2B-3C4D".into())),
+            (
+                "LABEL=xorbang root",
+                DeviceSpec::Label("xorbang root".into()),
+            ),
+            ("/dev/vda1", DeviceSpec::Path("/dev/vda1".into())),
+        ];
+        for (text, spec) in cases {
+            assert_eq!(parse(text), spec, "{text}");
+            assert_eq!(spec.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn partuuid_is_case_insensitive_and_displays_lower_case() {
+        let spec = parse("PARTUUID=954172DF-EE9A-AAB2-D90A-0AB162EE6BC5");
+        assert_eq!(
+            spec.to_string(),
+            "PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5"
+        );
+    }
+
+    #[test]
+    fn errors_say_what_was_expected() {
+        assert_eq!(
+            error("sda1"),
+            "root=sda1: expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+        );
+        assert_eq!(
+            error("/dev/"),
+            "root=/dev/: expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+        );
+        assert_eq!(
+            error("/boot/root.img"),
+            "root=/boot/root.img: expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+        );
+        assert_eq!(error("UUID="), "root=UUID=: UUID= needs a value");
+        assert_eq!(
+            error("PARTUUID=1234"),
+            "root=PARTUUID=1234: \"1234\" is not a GUID: expected 36 characters \
+             (8-4-4-4-12), found 4"
+        );
+        assert_eq!(
+            error("PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5/PARTNROFF=1"),
+            "root=PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5/PARTNROFF=1: /PARTNROFF= is not \
+             supported; name the partition itself by its PARTUUID"
+        );
+    }
+}

@@ -1,0 +1,1062 @@
+//! GUID Partition Table: reading (to find partitions by PARTUUID/PARTLABEL without udev or
+//! blkid) and writing (so the build tool and the tests can make real disk images).
+//!
+//! Pure: every function takes or returns bytes; the caller does the I/O.
+
+use std::fmt;
+
+/// A GUID with its bytes in text order (as written `8-4-4-4-12`). On disk GPT stores the
+/// first three fields little-endian ("mixed-endian"); convert with
+/// [`Guid::from_mixed_endian`] / [`Guid::to_mixed_endian`] before comparing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Guid([u8; 16]);
+
+// Discoverable Partitions Specification type GUIDs (x86-64).
+pub const ROOT_X86_64: Guid = Guid::from_bytes([
+    0x4f, 0x68, 0xbc, 0xe3, 0xe8, 0xcd, 0x4d, 0xb1, 0x96, 0xe7, 0xfb, 0xca, 0xf9, 0x84, 0xb7, 0x09,
+]);
+pub const ROOT_VERITY_X86_64: Guid = Guid::from_bytes([
+    0x2c, 0x73, 0x57, 0xed, 0xeb, 0xd2, 0x46, 0xd9, 0xae, 0xc1, 0x23, 0xd4, 0x37, 0xec, 0x2b, 0xf5,
+]);
+pub const ROOT_VERITY_SIG_X86_64: Guid = Guid::from_bytes([
+    0x41, 0x09, 0x2b, 0x05, 0x9f, 0xc8, 0x45, 0x23, 0x99, 0x4f, 0x2d, 0xef, 0x04, 0x08, 0xb1, 0x76,
+]);
+pub const USR_X86_64: Guid = Guid::from_bytes([
+    0x84, 0x84, 0x68, 0x0c, 0x95, 0x21, 0x48, 0xc6, 0x9c, 0x11, 0xb0, 0x72, 0x06, 0x56, 0xf6, 0x9e,
+]);
+pub const USR_VERITY_X86_64: Guid = Guid::from_bytes([
+    0x77, 0xff, 0x5f, 0x63, 0xe7, 0xb6, 0x46, 0x33, 0xac, 0xf4, 0x15, 0x65, 0xb8, 0x64, 0xc0, 0xe6,
+]);
+pub const ESP: Guid = Guid::from_bytes([
+    0xc1, 0x2a, 0x73, 0x28, 0xf8, 0x1f, 0x11, 0xd2, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+]);
+pub const VAR: Guid = Guid::from_bytes([
+    0x4d, 0x21, 0xb0, 0x16, 0xb5, 0x34, 0x45, 0xc2, 0xa9, 0xfb, 0x5c, 0x16, 0xe0, 0x91, 0xfd, 0x2d,
+]);
+
+/// Text length of a GUID and where its dashes are.
+const GUID_TEXT_LEN: usize = 36;
+const GUID_DASHES: [usize; 4] = [8, 13, 18, 23];
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GuidError {
+    #[error("{text:?} is not a GUID: expected 36 characters (8-4-4-4-12), found {found}")]
+    Length { text: String, found: usize },
+    #[error("{text:?} is not a GUID: expected '-' at character {position}")]
+    Dash { text: String, position: usize },
+    #[error("{text:?} is not a GUID: expected a hex digit at character {position}")]
+    Hex { text: String, position: usize },
+}
+
+impl Guid {
+    /// A GUID from its bytes in text order.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes in text order.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parses the exact 36-character form, either case. Character positions in errors are
+    /// 1-based, as a person counts them.
+    pub fn parse(text: &str) -> Result<Self, GuidError> {
+        let found = text.chars().count();
+        if found != GUID_TEXT_LEN {
+            return Err(GuidError::Length {
+                text: text.to_owned(),
+                found,
+            });
+        }
+        let mut nibbles = Vec::with_capacity(32);
+        for (index, ch) in text.chars().enumerate() {
+            if GUID_DASHES.contains(&index) {
+                if ch != '-' {
+                    return Err(GuidError::Dash {
+                        text: text.to_owned(),
+                        position: index + 1,
+                    });
+                }
+                continue;
+            }
+            let digit = ch.to_digit(16).ok_or_else(|| GuidError::Hex {
+                text: text.to_owned(),
+                position: index + 1,
+            })?;
+            nibbles.push(digit as u8);
+        }
+        let mut bytes = [0u8; 16];
+        for (byte, pair) in bytes.iter_mut().zip(nibbles.chunks_exact(2)) {
+            *byte = pair[0] << 4 | pair[1];
+        }
+        Ok(Self(bytes))
+    }
+
+    /// Converts the on-disk GPT form (first three fields little-endian).
+    pub fn from_mixed_endian(raw: &[u8; 16]) -> Self {
+        Self(swap_mixed_endian(raw))
+    }
+
+    /// The on-disk GPT form.
+    pub fn to_mixed_endian(&self) -> [u8; 16] {
+        swap_mixed_endian(&self.0)
+    }
+
+    pub fn is_nil(&self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+/// Reverses the first three fields (4, 2 and 2 bytes); the conversion is its own inverse.
+fn swap_mixed_endian(bytes: &[u8; 16]) -> [u8; 16] {
+    let mut out = *bytes;
+    out[0..4].reverse();
+    out[4..6].reverse();
+    out[6..8].reverse();
+    out
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, byte) in self.0.iter().enumerate() {
+            if matches!(index, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+// Debug as text: a byte array in test failures says nothing to a person.
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Guid({self})")
+    }
+}
+
+/// A logical block address: an index in units of the disk's sector size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lba(pub u64);
+
+/// The logical block size GPT addresses are counted in: a power of two from 512 to 64 KiB
+/// (the kernel's range; the bound also caps what one sector read allocates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectorSize(u32);
+
+impl SectorSize {
+    pub const BYTES_512: Self = Self(512);
+
+    pub fn new(bytes: u32) -> Result<Self, GptError> {
+        if !(512..=65536).contains(&bytes) || !bytes.is_power_of_two() {
+            return Err(GptError::SectorSize { found: bytes });
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn bytes(self) -> u32 {
+        self.0
+    }
+
+    /// Byte offset of `lba` (saturating: an absurd LBA must not wrap onto real data).
+    pub fn offset_of(self, lba: Lba) -> u64 {
+        lba.0.saturating_mul(u64::from(self.0))
+    }
+
+    /// How many sectors `bytes` bytes occupy, rounded up.
+    fn sectors_for(self, bytes: u64) -> u64 {
+        bytes.div_ceil(u64::from(self.0))
+    }
+}
+
+const SIGNATURE: &[u8; 8] = b"EFI PART";
+/// Revision 1.0, the only one UEFI has defined.
+const REVISION_1_0: u32 = 0x0001_0000;
+/// Size of the header fields defined by UEFI; a header may claim more (zero-padded).
+const HEADER_SIZE: usize = 92;
+const HEADER_CRC_RANGE: std::ops::Range<usize> = 16..20;
+const MIN_ENTRY_SIZE: u32 = 128;
+/// Bound on the entry array a header may describe: far above the 16 KiB every tool writes,
+/// far below anything that could exhaust an initramfs's memory on a corrupt header.
+const MAX_ENTRIES_BYTES: u64 = 1 << 20;
+/// UTF-16 code units in an entry's name field.
+const NAME_UNITS: usize = 36;
+/// Entries the writer reserves, as every partitioning tool does.
+const WRITER_ENTRY_COUNT: u32 = 128;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GptError {
+    #[error("sector size {found} is not a power of two from 512 to 65536 bytes")]
+    SectorSize { found: u32 },
+    #[error("GPT header block is {found} bytes, shorter than the {expected}-byte header")]
+    HeaderTooShort { expected: usize, found: usize },
+    #[error("no GPT header: signature is {found:02x?}, expected \"EFI PART\"")]
+    Signature { found: [u8; 8] },
+    #[error("GPT header revision {found:#010x} is not supported (expected major version 1)")]
+    Revision { found: u32 },
+    #[error("GPT header size {found} is outside {min}..={max} (the block holding it)")]
+    HeaderSize { min: usize, max: usize, found: u32 },
+    #[error("GPT header CRC32 is {found:#010x}, computed {expected:#010x}")]
+    HeaderCrc { expected: u32, found: u32 },
+    #[error("GPT header says it is at LBA {found}, but it was read from LBA {expected}")]
+    MyLba { expected: u64, found: u64 },
+    #[error("GPT first usable LBA {first} is after last usable LBA {last}")]
+    UsableRange { first: u64, last: u64 },
+    #[error("GPT partition entry size {found} is not a multiple of 8 of at least 128")]
+    EntrySize { found: u32 },
+    #[error("GPT entry array of {count} entries of {size} bytes exceeds {max} bytes")]
+    EntriesTooLarge { count: u32, size: u32, max: u64 },
+    #[error("GPT entry array is {found} bytes, expected {expected}")]
+    EntriesTooShort { expected: u64, found: usize },
+    #[error("GPT entry array CRC32 is {found:#010x}, computed {expected:#010x}")]
+    EntriesCrc { expected: u32, found: u32 },
+}
+
+/// A GPT header, as read from LBA 1 (or written there and, as the backup, at the last LBA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptHeader {
+    pub revision: u32,
+    pub header_size: u32,
+    pub my_lba: Lba,
+    pub alternate_lba: Lba,
+    pub first_usable: Lba,
+    pub last_usable: Lba,
+    pub disk_guid: Guid,
+    pub entries_lba: Lba,
+    pub entry_count: u32,
+    pub entry_size: u32,
+    pub entries_crc32: u32,
+}
+
+impl GptHeader {
+    /// Parses and checks the primary header; `lba1` is the whole block read from LBA 1.
+    pub fn parse(lba1: &[u8]) -> Result<Self, GptError> {
+        Self::parse_at(lba1, Lba(1))
+    }
+
+    /// Parses and checks a header read from `lba` (1 for the primary, the last LBA for the
+    /// backup): a header that points elsewhere is a stale copy, not this disk's table.
+    fn parse_at(block: &[u8], lba: Lba) -> Result<Self, GptError> {
+        if block.len() < HEADER_SIZE {
+            return Err(GptError::HeaderTooShort {
+                expected: HEADER_SIZE,
+                found: block.len(),
+            });
+        }
+        let signature: [u8; 8] = array(block, 0);
+        if &signature != SIGNATURE {
+            return Err(GptError::Signature { found: signature });
+        }
+        let revision = le_u32(block, 8);
+        if revision >> 16 != REVISION_1_0 >> 16 {
+            return Err(GptError::Revision { found: revision });
+        }
+        let header_size = le_u32(block, 12);
+        let size = usize::try_from(header_size).unwrap_or(usize::MAX);
+        if !(HEADER_SIZE..=block.len()).contains(&size) {
+            return Err(GptError::HeaderSize {
+                min: HEADER_SIZE,
+                max: block.len(),
+                found: header_size,
+            });
+        }
+        check_header_crc(&block[..size])?;
+        let header = Self::from_fields(block, revision, header_size);
+        header.check(lba)?;
+        Ok(header)
+    }
+
+    /// Reads the fields after the checked prefix; `block` holds at least `HEADER_SIZE` bytes.
+    fn from_fields(block: &[u8], revision: u32, header_size: u32) -> Self {
+        Self {
+            revision,
+            header_size,
+            my_lba: Lba(le_u64(block, 24)),
+            alternate_lba: Lba(le_u64(block, 32)),
+            first_usable: Lba(le_u64(block, 40)),
+            last_usable: Lba(le_u64(block, 48)),
+            disk_guid: Guid::from_mixed_endian(&array(block, 56)),
+            entries_lba: Lba(le_u64(block, 72)),
+            entry_count: le_u32(block, 80),
+            entry_size: le_u32(block, 84),
+            entries_crc32: le_u32(block, 88),
+        }
+    }
+
+    fn check(&self, lba: Lba) -> Result<(), GptError> {
+        if self.my_lba != lba {
+            return Err(GptError::MyLba {
+                expected: lba.0,
+                found: self.my_lba.0,
+            });
+        }
+        if self.first_usable > self.last_usable {
+            return Err(GptError::UsableRange {
+                first: self.first_usable.0,
+                last: self.last_usable.0,
+            });
+        }
+        if self.entry_size < MIN_ENTRY_SIZE || self.entry_size % 8 != 0 {
+            return Err(GptError::EntrySize {
+                found: self.entry_size,
+            });
+        }
+        if self.entries_bytes() > MAX_ENTRIES_BYTES {
+            return Err(GptError::EntriesTooLarge {
+                count: self.entry_count,
+                size: self.entry_size,
+                max: MAX_ENTRIES_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Size of the partition entry array in bytes (what to read at `entries_lba`).
+    pub fn entries_bytes(&self) -> u64 {
+        u64::from(self.entry_count) * u64::from(self.entry_size)
+    }
+
+    /// The header's on-disk bytes (UEFI's 92), CRC included.
+    fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut out = [0u8; HEADER_SIZE];
+        out[0..8].copy_from_slice(SIGNATURE);
+        out[8..12].copy_from_slice(&self.revision.to_le_bytes());
+        out[12..16].copy_from_slice(&self.header_size.to_le_bytes());
+        out[24..32].copy_from_slice(&self.my_lba.0.to_le_bytes());
+        out[32..40].copy_from_slice(&self.alternate_lba.0.to_le_bytes());
+        out[40..48].copy_from_slice(&self.first_usable.0.to_le_bytes());
+        out[48..56].copy_from_slice(&self.last_usable.0.to_le_bytes());
+        out[56..72].copy_from_slice(&self.disk_guid.to_mixed_endian());
+        out[72..80].copy_from_slice(&self.entries_lba.0.to_le_bytes());
+        out[80..84].copy_from_slice(&self.entry_count.to_le_bytes());
+        out[84..88].copy_from_slice(&self.entry_size.to_le_bytes());
+        out[88..92].copy_from_slice(&self.entries_crc32.to_le_bytes());
+        let crc = crc32(&out);
+        out[HEADER_CRC_RANGE].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+/// The header CRC covers `header_size` bytes with the CRC field itself taken as zero.
+fn check_header_crc(header: &[u8]) -> Result<(), GptError> {
+    let found = le_u32(header, HEADER_CRC_RANGE.start);
+    let mut zeroed = header.to_vec();
+    zeroed[HEADER_CRC_RANGE].fill(0);
+    let expected = crc32(&zeroed);
+    if found != expected {
+        return Err(GptError::HeaderCrc { expected, found });
+    }
+    Ok(())
+}
+
+/// A used entry of the partition array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptPartition {
+    /// 1-based index in the entry array: the kernel's partition number (`sda<number>`).
+    pub number: u32,
+    pub type_guid: Guid,
+    pub unique_guid: Guid,
+    pub first_lba: Lba,
+    pub last_lba: Lba,
+    pub attributes: u64,
+    pub name: String,
+}
+
+/// Checks the entry array's CRC and returns its used entries (non-zero type GUID).
+/// `bytes` is what was read at `header.entries_lba`: at least `header.entries_bytes()` long.
+pub fn parse_entries(header: &GptHeader, bytes: &[u8]) -> Result<Vec<GptPartition>, GptError> {
+    let expected_len = header.entries_bytes();
+    let array = usize::try_from(expected_len)
+        .ok()
+        .and_then(|len| bytes.get(..len))
+        .ok_or(GptError::EntriesTooShort {
+            expected: expected_len,
+            found: bytes.len(),
+        })?;
+    let crc = crc32(array);
+    if crc != header.entries_crc32 {
+        return Err(GptError::EntriesCrc {
+            expected: crc,
+            found: header.entries_crc32,
+        });
+    }
+    // `check` guaranteed entry_size >= 128, so every chunk holds a whole UEFI entry.
+    let entry_size = usize::try_from(header.entry_size).unwrap_or(usize::MAX);
+    Ok(array
+        .chunks_exact(entry_size)
+        .zip(1u32..)
+        .filter_map(|(entry, number)| parse_entry(entry, number))
+        .collect())
+}
+
+/// One entry of at least 128 bytes; `None` when unused.
+fn parse_entry(entry: &[u8], number: u32) -> Option<GptPartition> {
+    let type_guid = Guid::from_mixed_endian(&array(entry, 0));
+    if type_guid.is_nil() {
+        return None;
+    }
+    Some(GptPartition {
+        number,
+        type_guid,
+        unique_guid: Guid::from_mixed_endian(&array(entry, 16)),
+        first_lba: Lba(le_u64(entry, 32)),
+        last_lba: Lba(le_u64(entry, 40)),
+        attributes: le_u64(entry, 48),
+        name: decode_name(&entry[56..56 + 2 * NAME_UNITS]),
+    })
+}
+
+/// UTF-16LE up to the first NUL. Lossy: the name is only ever compared with a PARTLABEL=
+/// typed as UTF-8, which a malformed name cannot equal anyway, so it must not fail the table.
+fn decode_name(raw: &[u8]) -> String {
+    let units: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+/// A partition to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSpec {
+    pub type_guid: Guid,
+    pub unique_guid: Guid,
+    pub name: String,
+    pub first_lba: Lba,
+    pub last_lba: Lba,
+    /// GPT attribute bits (DPS uses bit 60 read-only, bit 63 no-auto).
+    pub attributes: u64,
+}
+
+/// The bytes of a GPT-partitioned disk that are not partition contents: write `primary` at
+/// offset 0 and `backup` at `backup_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptImage {
+    /// Protective MBR, primary header and entry array (LBA 0 up to the first usable LBA).
+    pub primary: Vec<u8>,
+    /// Backup entry array followed by the backup header (the disk's last LBAs).
+    pub backup: Vec<u8>,
+    pub backup_offset: u64,
+    /// Where partitions may go (inclusive), for callers that lay them out.
+    pub first_usable: Lba,
+    pub last_usable: Lba,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GptWriteError {
+    #[error("disk size {size} bytes is not a multiple of the {sector}-byte sector")]
+    UnalignedDisk { size: u64, sector: u32 },
+    #[error("disk of {size} bytes is too small for a GPT with {sector}-byte sectors")]
+    DiskTooSmall { size: u64, sector: u32 },
+    #[error("{count} partitions do not fit in the {max}-entry table")]
+    TooManyPartitions { count: usize, max: u32 },
+    #[error("partition {number} ({first}..={last}) is outside the usable LBAs {usable_first}..={usable_last}")]
+    OutOfRange {
+        number: usize,
+        first: u64,
+        last: u64,
+        usable_first: u64,
+        usable_last: u64,
+    },
+    #[error("partitions {first} and {second} overlap")]
+    Overlap { first: usize, second: usize },
+    #[error("partition {number} name {name:?} is longer than 36 UTF-16 code units")]
+    NameTooLong { number: usize, name: String },
+    #[error("partition {number} has the nil type GUID, which marks an unused entry")]
+    NilType { number: usize },
+}
+
+/// Lays out a GPT for a disk of `disk_size` bytes: protective MBR, primary header and 128
+/// entries, and their backups at the end. Partition `n` of the table is `partitions[n-1]`.
+pub fn write_gpt(
+    disk_size: u64,
+    sector: SectorSize,
+    disk_guid: Guid,
+    partitions: &[PartitionSpec],
+) -> Result<GptImage, GptWriteError> {
+    let layout = Layout::new(disk_size, sector)?;
+    check_partitions(&layout, partitions)?;
+    let entries = encode_entries(partitions);
+    let primary_header = layout.header(disk_guid, crc32(&entries), Role::Primary);
+    let backup_header = layout.header(disk_guid, crc32(&entries), Role::Backup);
+
+    let mut primary = vec![0u8; layout.bytes(layout.first_usable.0)];
+    let block = layout.bytes(1);
+    primary[..512].copy_from_slice(&protective_mbr(layout.total_sectors));
+    primary[block..block + HEADER_SIZE].copy_from_slice(&primary_header.to_bytes());
+    primary[2 * block..2 * block + entries.len()].copy_from_slice(&entries);
+
+    let mut backup = vec![0u8; layout.bytes(layout.entry_sectors + 1)];
+    backup[..entries.len()].copy_from_slice(&entries);
+    let header_at = layout.bytes(layout.entry_sectors);
+    backup[header_at..header_at + HEADER_SIZE].copy_from_slice(&backup_header.to_bytes());
+
+    Ok(GptImage {
+        primary,
+        backup,
+        backup_offset: sector.offset_of(backup_header.entries_lba),
+        first_usable: layout.first_usable,
+        last_usable: layout.last_usable,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Primary,
+    Backup,
+}
+
+/// Where the writer puts things on a disk of a given size.
+struct Layout {
+    sector: SectorSize,
+    total_sectors: u64,
+    entry_sectors: u64,
+    first_usable: Lba,
+    last_usable: Lba,
+}
+
+impl Layout {
+    fn new(disk_size: u64, sector: SectorSize) -> Result<Self, GptWriteError> {
+        let bytes = u64::from(sector.bytes());
+        if disk_size % bytes != 0 {
+            return Err(GptWriteError::UnalignedDisk {
+                size: disk_size,
+                sector: sector.bytes(),
+            });
+        }
+        let total_sectors = disk_size / bytes;
+        let entry_sectors =
+            sector.sectors_for(u64::from(WRITER_ENTRY_COUNT) * u64::from(MIN_ENTRY_SIZE));
+        // MBR + primary header + entries, and backup entries + backup header.
+        let reserved = 2 + entry_sectors + entry_sectors + 1;
+        if total_sectors <= reserved {
+            return Err(GptWriteError::DiskTooSmall {
+                size: disk_size,
+                sector: sector.bytes(),
+            });
+        }
+        Ok(Self {
+            sector,
+            total_sectors,
+            entry_sectors,
+            first_usable: Lba(2 + entry_sectors),
+            last_usable: Lba(total_sectors - entry_sectors - 2),
+        })
+    }
+
+    /// Byte length of `sectors` sectors; only called on the small reserved areas.
+    fn bytes(&self, sectors: u64) -> usize {
+        usize::try_from(self.sector.offset_of(Lba(sectors))).unwrap_or(usize::MAX)
+    }
+
+    fn header(&self, disk_guid: Guid, entries_crc32: u32, role: Role) -> GptHeader {
+        let last = Lba(self.total_sectors - 1);
+        let (my_lba, alternate_lba, entries_lba) = match role {
+            Role::Primary => (Lba(1), last, Lba(2)),
+            Role::Backup => (last, Lba(1), Lba(last.0 - self.entry_sectors)),
+        };
+        GptHeader {
+            revision: REVISION_1_0,
+            header_size: HEADER_SIZE as u32,
+            my_lba,
+            alternate_lba,
+            first_usable: self.first_usable,
+            last_usable: self.last_usable,
+            disk_guid,
+            entries_lba,
+            entry_count: WRITER_ENTRY_COUNT,
+            entry_size: MIN_ENTRY_SIZE,
+            entries_crc32,
+        }
+    }
+}
+
+fn check_partitions(layout: &Layout, partitions: &[PartitionSpec]) -> Result<(), GptWriteError> {
+    if partitions.len() > WRITER_ENTRY_COUNT as usize {
+        return Err(GptWriteError::TooManyPartitions {
+            count: partitions.len(),
+            max: WRITER_ENTRY_COUNT,
+        });
+    }
+    for (index, part) in partitions.iter().enumerate() {
+        let number = index + 1;
+        check_partition(layout, part, number)?;
+        let overlapping = partitions[..index]
+            .iter()
+            .position(|other| other.first_lba <= part.last_lba && part.first_lba <= other.last_lba);
+        if let Some(other) = overlapping {
+            return Err(GptWriteError::Overlap {
+                first: other + 1,
+                second: number,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_partition(
+    layout: &Layout,
+    part: &PartitionSpec,
+    number: usize,
+) -> Result<(), GptWriteError> {
+    if part.type_guid.is_nil() {
+        return Err(GptWriteError::NilType { number });
+    }
+    if part.name.encode_utf16().count() > NAME_UNITS {
+        return Err(GptWriteError::NameTooLong {
+            number,
+            name: part.name.clone(),
+        });
+    }
+    let inside = layout.first_usable <= part.first_lba
+        && part.first_lba <= part.last_lba
+        && part.last_lba <= layout.last_usable;
+    if !inside {
+        return Err(GptWriteError::OutOfRange {
+            number,
+            first: part.first_lba.0,
+            last: part.last_lba.0,
+            usable_first: layout.first_usable.0,
+            usable_last: layout.last_usable.0,
+        });
+    }
+    Ok(())
+}
+
+/// The whole entry array: 128 entries of 128 bytes, unused ones zero.
+fn encode_entries(partitions: &[PartitionSpec]) -> Vec<u8> {
+    let size = MIN_ENTRY_SIZE as usize;
+    let mut out = vec![0u8; WRITER_ENTRY_COUNT as usize * size];
+    for (entry, part) in out.chunks_exact_mut(size).zip(partitions) {
+        entry[0..16].copy_from_slice(&part.type_guid.to_mixed_endian());
+        entry[16..32].copy_from_slice(&part.unique_guid.to_mixed_endian());
+        entry[32..40].copy_from_slice(&part.first_lba.0.to_le_bytes());
+        entry[40..48].copy_from_slice(&part.last_lba.0.to_le_bytes());
+        entry[48..56].copy_from_slice(&part.attributes.to_le_bytes());
+        let name = entry[56..56 + 2 * NAME_UNITS].chunks_exact_mut(2);
+        for (slot, unit) in name.zip(part.name.encode_utf16()) {
+            slot.copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// An MBR with one partition of type 0xEE covering the disk (capped at 2^32-1 sectors), so
+/// MBR-only tools see the disk as in use rather than empty.
+fn protective_mbr(total_sectors: u64) -> [u8; 512] {
+    let mut mbr = [0u8; 512];
+    let entry = &mut mbr[446..462];
+    entry[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    entry[4] = 0xEE;
+    entry[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]); // CHS "beyond addressable"
+    entry[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let size = u32::try_from(total_sectors - 1).unwrap_or(u32::MAX);
+    entry[12..16].copy_from_slice(&size.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    mbr
+}
+
+/// CRC-32/IEEE (reflected, polynomial 0xEDB88320), the checksum UEFI specifies for GPT.
+fn crc32(data: &[u8]) -> u32 {
+    !data.iter().fold(!0u32, |crc, &byte| {
+        CRC32_TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
+    })
+}
+
+const CRC32_TABLE: [u32; 256] = crc32_table();
+
+const fn crc32_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut index = 0;
+    while index < 256 {
+        let mut crc = index as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 != 0 {
+                0xEDB8_8320 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[index] = crc;
+        index += 1;
+    }
+    table
+}
+
+/// `N` bytes at `offset`; callers check the length first, so a panic here is a bug.
+fn array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[offset..offset + N]);
+    out
+}
+
+fn le_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(array(bytes, offset))
+}
+
+fn le_u64(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(array(bytes, offset))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn guid(text: &str) -> Guid {
+        Guid::parse(text).expect("test GUID")
+    }
+
+    /// A DPS-style disk: ESP, root, root-verity, root-verity-sig, /usr, usr-verity, /var.
+    pub(crate) fn dps_partitions() -> Vec<PartitionSpec> {
+        let types = [
+            (ESP, "esp"),
+            (ROOT_X86_64, "root-x86-64"),
+            (ROOT_VERITY_X86_64, "root-x86-64-verity"),
+            (ROOT_VERITY_SIG_X86_64, "root-x86-64-verity-sig"),
+            (USR_X86_64, "usr-x86-64"),
+            (USR_VERITY_X86_64, "usr-x86-64-verity"),
+            (VAR, "var"),
+        ];
+        types
+            .iter()
+            .zip(0u64..)
+            .map(|(&(type_guid, name), index)| PartitionSpec {
+                type_guid,
+                unique_guid: Guid::from_bytes([index as u8 + 1; 16]),
+                name: name.to_owned(),
+                first_lba: Lba(2048 + index * 2048),
+                last_lba: Lba(2048 + index * 2048 + 2047),
+                attributes: if index == 2 { 1 << 60 } else { 0 },
+            })
+            .collect()
+    }
+
+    /// Parses a written image back: primary header and its entries, and the backup header.
+    fn read_back(image: &GptImage, sector: SectorSize) -> (GptHeader, Vec<GptPartition>) {
+        let block = sector.bytes() as usize;
+        let header = GptHeader::parse(&image.primary[block..2 * block]).expect("primary header");
+        let entries_at = sector.offset_of(header.entries_lba) as usize;
+        let parts = parse_entries(&header, &image.primary[entries_at..]).expect("entries");
+        (header, parts)
+    }
+
+    fn as_specs(parts: &[GptPartition]) -> Vec<PartitionSpec> {
+        parts
+            .iter()
+            .map(|p| PartitionSpec {
+                type_guid: p.type_guid,
+                unique_guid: p.unique_guid,
+                name: p.name.clone(),
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+                attributes: p.attributes,
+            })
+            .collect()
+    }
+
+    const DISK_GUID: &str = "0f7a3c2e-5b1d-4e8f-9a6b-c4d2e1f0a9b8";
+    const DISK_SIZE: u64 = 32 << 20;
+
+    #[test]
+    fn crc32_matches_the_ieee_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn guid_text_round_trips_lower_case() {
+        let text = "4F68BCE3-e8cd-4DB1-96e7-fbcaf984b709";
+        let parsed = guid(text);
+        assert_eq!(parsed, ROOT_X86_64);
+        assert_eq!(parsed.to_string(), text.to_lowercase());
+    }
+
+    #[test]
+    fn dps_constants_match_their_text() {
+        let pairs = [
+            (ROOT_X86_64, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
+            (ROOT_VERITY_X86_64, "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"),
+            (
+                ROOT_VERITY_SIG_X86_64,
+                "41092b05-9fc8-4523-994f-2def0408b176",
+            ),
+            (USR_X86_64, "8484680c-9521-48c6-9c11-b0720656f69e"),
+            (USR_VERITY_X86_64, "77ff5f63-e7b6-4633-acf4-1565b864c0e6"),
+            (ESP, "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"),
+            (VAR, "4d21b016-b534-45c2-a9fb-5c16e091fd2d"),
+        ];
+        for (constant, text) in pairs {
+            assert_eq!(constant.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn guid_parse_errors_say_what_is_wrong() {
+        let short = Guid::parse("954172df-ee9a");
+        assert!(matches!(short, Err(GuidError::Length { found: 13, .. })));
+        let dash = Guid::parse("954172df+ee9a-aab2-d90a-0ab162ee6bc5");
+        assert!(matches!(dash, Err(GuidError::Dash { position: 9, .. })));
+        let hex = Guid::parse("954172dg-ee9a-aab2-d90a-0ab162ee6bc5");
+        assert!(matches!(hex, Err(GuidError::Hex { position: 8, .. })));
+        // 36 bytes but not 36 characters: must not be taken as a length match.
+        let wide = Guid::parse("é54172d-ee9a-aab2-d90a-0ab162ee6bc5");
+        assert!(matches!(wide, Err(GuidError::Length { found: 35, .. })));
+        assert_eq!(
+            hex.map_err(|e| e.to_string()),
+            Err("\"954172dg-ee9a-aab2-d90a-0ab162ee6bc5\" is not a GUID: \
+                 expected a hex digit at character 8"
+                .to_owned())
+        );
+    }
+
+    #[test]
+    fn mixed_endian_swaps_the_first_three_fields() {
+        let text = guid("954172df-ee9a-aab2-d90a-0ab162ee6bc5");
+        let disk = [
+            0xdf, 0x72, 0x41, 0x95, 0x9a, 0xee, 0xb2, 0xaa, 0xd9, 0x0a, 0x0a, 0xb1, 0x62, 0xee,
+            0x6b, 0xc5,
+        ];
+        assert_eq!(text.to_mixed_endian(), disk);
+        assert_eq!(Guid::from_mixed_endian(&disk), text);
+    }
+
+    #[test]
+    fn parse_of_write_gives_back_the_partitions() {
+        for sector in [SectorSize::BYTES_512, SectorSize::new(4096).expect("4K")] {
+            // The same sector count for both sizes, so the same LBAs fit.
+            let total = 65536;
+            let disk_size = total * u64::from(sector.bytes());
+            let specs = dps_partitions();
+            let image = write_gpt(disk_size, sector, guid(DISK_GUID), &specs).expect("write");
+            let (header, parts) = read_back(&image, sector);
+            assert_eq!(header.disk_guid, guid(DISK_GUID));
+            assert_eq!(as_specs(&parts), specs);
+            assert_eq!(
+                parts.iter().map(|p| p.number).collect::<Vec<_>>(),
+                (1..=7).collect::<Vec<_>>()
+            );
+            assert_eq!(header.alternate_lba, Lba(total - 1));
+            assert_eq!(image.backup_offset + image.backup.len() as u64, disk_size);
+            let entry_sectors = 16384 / u64::from(sector.bytes());
+            assert_eq!(image.first_usable, Lba(2 + entry_sectors));
+            assert_eq!(image.last_usable, Lba(total - 2 - entry_sectors));
+        }
+    }
+
+    #[test]
+    fn backup_header_and_entries_are_valid_copies() {
+        let sector = SectorSize::BYTES_512;
+        let image = write_gpt(DISK_SIZE, sector, guid(DISK_GUID), &dps_partitions()).expect("w");
+        let header_at = image.backup.len() - 512;
+        let last = Lba(DISK_SIZE / 512 - 1);
+        let backup = GptHeader::parse_at(&image.backup[header_at..], last).expect("backup");
+        assert_eq!(backup.alternate_lba, Lba(1));
+        assert_eq!(sector.offset_of(backup.entries_lba), image.backup_offset);
+        let parts = parse_entries(&backup, &image.backup).expect("backup entries");
+        assert_eq!(as_specs(&parts), dps_partitions());
+    }
+
+    #[test]
+    fn unused_entries_are_skipped_and_numbers_keep_their_slot() {
+        let mut specs = dps_partitions();
+        specs.truncate(3);
+        let image =
+            write_gpt(DISK_SIZE, SectorSize::BYTES_512, guid(DISK_GUID), &specs).expect("write");
+        let mut primary = image.primary.clone();
+        // Blank entry 2 (bytes 1024 + 128..256) and fix the CRCs, as a tool deleting it would.
+        primary[1024 + 128..1024 + 256].fill(0);
+        let crc = crc32(&primary[1024..1024 + 128 * 128]);
+        primary[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+        primary[512 + 16..512 + 20].fill(0);
+        let header_crc = crc32(&primary[512..512 + HEADER_SIZE]);
+        primary[512 + 16..512 + 20].copy_from_slice(&header_crc.to_le_bytes());
+
+        let header = GptHeader::parse(&primary[512..1024]).expect("header");
+        let parts = parse_entries(&header, &primary[1024..]).expect("entries");
+        assert_eq!(parts.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn corruption_is_detected_by_the_crcs() {
+        let image = write_gpt(
+            DISK_SIZE,
+            SectorSize::BYTES_512,
+            guid(DISK_GUID),
+            &dps_partitions(),
+        )
+        .expect("write");
+        let mut header_block = image.primary[512..1024].to_vec();
+        header_block[40] ^= 1; // first usable LBA
+        assert!(matches!(
+            GptHeader::parse(&header_block),
+            Err(GptError::HeaderCrc { .. })
+        ));
+
+        let header = GptHeader::parse(&image.primary[512..1024]).expect("header");
+        let mut entries = image.primary[1024..].to_vec();
+        entries[56] ^= 1; // first letter of partition 1's name
+        let err = parse_entries(&header, &entries).expect_err("entries CRC");
+        assert!(matches!(err, GptError::EntriesCrc { found, .. } if found == header.entries_crc32));
+    }
+
+    #[test]
+    fn header_checks_name_the_field() {
+        let image =
+            write_gpt(DISK_SIZE, SectorSize::BYTES_512, guid(DISK_GUID), &[]).expect("write");
+        let block = &image.primary[512..1024];
+        assert!(matches!(
+            GptHeader::parse(&image.primary[..512]),
+            Err(GptError::Signature { .. })
+        ));
+        assert!(matches!(
+            GptHeader::parse(&block[..60]),
+            Err(GptError::HeaderTooShort {
+                expected: 92,
+                found: 60
+            })
+        ));
+        let last = Lba(DISK_SIZE / 512 - 1);
+        assert_eq!(
+            GptHeader::parse_at(block, last),
+            Err(GptError::MyLba {
+                expected: last.0,
+                found: 1
+            })
+        );
+        let mut bad_size = block.to_vec();
+        bad_size[84..88].copy_from_slice(&100u32.to_le_bytes());
+        let crc = {
+            bad_size[16..20].fill(0);
+            crc32(&bad_size[..HEADER_SIZE])
+        };
+        bad_size[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            GptHeader::parse(&bad_size),
+            Err(GptError::EntrySize { found: 100 })
+        );
+    }
+
+    #[test]
+    fn writer_refuses_bad_layouts() {
+        let disk = guid(DISK_GUID);
+        let sector = SectorSize::BYTES_512;
+        let mut specs = dps_partitions();
+        specs[1].first_lba = Lba(3000); // inside partition 1 (2048..=4095)
+        assert_eq!(
+            write_gpt(DISK_SIZE, sector, disk, &specs),
+            Err(GptWriteError::Overlap {
+                first: 1,
+                second: 2
+            })
+        );
+        let mut specs = dps_partitions();
+        specs[0].first_lba = Lba(33);
+        assert!(matches!(
+            write_gpt(DISK_SIZE, sector, disk, &specs),
+            Err(GptWriteError::OutOfRange { number: 1, .. })
+        ));
+        let mut specs = dps_partitions();
+        specs[0].name = "x".repeat(37);
+        assert!(matches!(
+            write_gpt(DISK_SIZE, sector, disk, &specs),
+            Err(GptWriteError::NameTooLong { number: 1, .. })
+        ));
+        assert!(matches!(
+            write_gpt(DISK_SIZE + 1, sector, disk, &[]),
+            Err(GptWriteError::UnalignedDisk { .. })
+        ));
+        assert!(matches!(
+            write_gpt(60 * 512, sector, disk, &[]),
+            Err(GptWriteError::DiskTooSmall { .. })
+        ));
+        assert_eq!(
+            SectorSize::new(1000),
+            Err(GptError::SectorSize { found: 1000 })
+        );
+    }
+
+    #[test]
+    fn names_are_utf16_and_cut_at_the_first_nul() {
+        let mut specs = dps_partitions();
+        specs.truncate(1);
+        specs[0].name = "racine-été-🦀".to_owned();
+        let image =
+            write_gpt(DISK_SIZE, SectorSize::BYTES_512, guid(DISK_GUID), &specs).expect("write");
+        let (_, parts) = read_back(&image, SectorSize::BYTES_512);
+        assert_eq!(parts[0].name, "racine-été-🦀");
+    }
+
+    /// Writes a real disk image file and asks util-linux what it sees.
+    #[test]
+    fn sfdisk_accepts_the_written_table() {
+        if !tool_exists("sfdisk") {
+            eprintln!("sfdisk not installed: skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("disk.img");
+        let specs = dps_partitions();
+        let image =
+            write_gpt(DISK_SIZE, SectorSize::BYTES_512, guid(DISK_GUID), &specs).expect("write");
+        write_image(&path, DISK_SIZE, &image);
+
+        let output = std::process::Command::new("sfdisk")
+            .arg("--json")
+            .arg(&path)
+            .output()
+            .expect("run sfdisk");
+        assert!(output.status.success(), "sfdisk: {output:?}");
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        let table = &json["partitiontable"];
+        assert_eq!(table["label"], "gpt");
+        assert_eq!(
+            table["id"].as_str().map(str::to_lowercase).as_deref(),
+            Some(DISK_GUID)
+        );
+        assert_eq!(table["firstlba"], 34);
+        let reported = table["partitions"].as_array().expect("partitions");
+        assert_eq!(reported.len(), specs.len());
+        for (part, spec) in reported.iter().zip(&specs) {
+            let text = |key: &str| part[key].as_str().map(str::to_lowercase);
+            assert_eq!(text("uuid"), Some(spec.unique_guid.to_string()));
+            assert_eq!(text("type"), Some(spec.type_guid.to_string()));
+            assert_eq!(part["name"], spec.name.as_str());
+            assert_eq!(part["start"], spec.first_lba.0);
+            assert_eq!(part["size"], spec.last_lba.0 - spec.first_lba.0 + 1);
+        }
+        // sfdisk reads leniently; sgdisk -v checks both copies and the protective MBR.
+        if tool_exists("sgdisk") {
+            let verify = std::process::Command::new("sgdisk")
+                .arg("-v")
+                .arg(&path)
+                .output()
+                .expect("run sgdisk");
+            let report = String::from_utf8_lossy(&verify.stdout);
+            assert!(verify.status.success(), "sgdisk -v: {verify:?}");
+            assert!(report.contains("No problems found"), "sgdisk -v: {report}");
+        }
+    }
+
+    pub(crate) fn tool_exists(name: &str) -> bool {
+        let dirs = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path_var)
+            .chain(dirs.iter().map(std::path::PathBuf::from))
+            .any(|dir| dir.join(name).is_file())
+    }
+
+    /// A sparse file of `size` bytes holding the GPT regions of `image`.
+    pub(crate) fn write_image(path: &std::path::Path, size: u64, image: &GptImage) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(path).expect("create image");
+        file.set_len(size).expect("size image");
+        file.write_all_at(&image.primary, 0).expect("write primary");
+        file.write_all_at(&image.backup, image.backup_offset)
+            .expect("write backup");
+    }
+}

@@ -1,0 +1,18 @@
+//! xorbang-init as a library: everything PID 1 does, in modules that tests (and the build
+//! tool, for the shared formats) call directly.
+
+pub mod blockdev;
+pub mod boot;
+pub mod cmdline;
+pub mod devspec;
+pub mod failure;
+pub mod gpt;
+pub mod kmod;
+pub mod kmsg;
+pub mod modules;
+pub mod mounts;
+pub mod options;
+pub mod paths;
+pub mod report;
+pub mod superblock;
+pub mod switchroot;

@@ -1,0 +1,295 @@
+//! The mount stack: planned as plain data (so the plan is tested without privileges), then
+//! carried out by a thin executor.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustix::mount::MountFlags;
+
+use crate::options::Mode;
+use crate::paths::Paths;
+
+/// One step of a mount plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOp {
+    /// `mkdir -p`, mode 0755.
+    Mkdir(PathBuf),
+    Mount(Mount),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: String,
+    pub target: PathBuf,
+    pub fstype: String,
+    pub read_only: bool,
+    /// `nosuid,nodev`: for the API filesystems that carry no programs or device nodes.
+    pub restricted: bool,
+    pub data: Option<String>,
+}
+
+impl Mount {
+    fn new(source: &str, target: PathBuf, fstype: &str) -> Self {
+        Self {
+            source: source.to_owned(),
+            target,
+            fstype: fstype.to_owned(),
+            read_only: false,
+            restricted: false,
+            data: None,
+        }
+    }
+
+    fn flags(&self) -> MountFlags {
+        let mut flags = MountFlags::empty();
+        if self.read_only {
+            flags |= MountFlags::RDONLY;
+        }
+        if self.restricted {
+            flags |= MountFlags::NOSUID | MountFlags::NODEV;
+        }
+        flags
+    }
+}
+
+impl fmt::Display for Mount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut options = Vec::new();
+        if self.read_only {
+            options.push("ro");
+        }
+        if self.restricted {
+            options.extend(["nosuid", "nodev"]);
+        }
+        if let Some(data) = &self.data {
+            options.push(data);
+        }
+        write!(f, "mount -t {}", self.fstype)?;
+        if !options.is_empty() {
+            write!(f, " -o {}", options.join(","))?;
+        }
+        write!(f, " {} {}", self.source, self.target.display())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot create directory {path}: {source}")]
+    Mkdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{mount} failed: {source}")]
+    Mount {
+        mount: Box<Mount>,
+        source: rustix::io::Errno,
+    },
+}
+
+/// /proc, /sys, /dev and /run: what everything after needs.
+pub fn plan_api_filesystems(paths: &Paths) -> Vec<MountOp> {
+    let api = [
+        ("proc", paths.proc(), "proc", None),
+        ("sysfs", paths.sys(), "sysfs", None),
+        ("devtmpfs", paths.dev(), "devtmpfs", Some("mode=0755")),
+        ("tmpfs", paths.run(), "tmpfs", Some("mode=0755")),
+    ];
+    let mut plan = Vec::new();
+    for (source, target, fstype, data) in api {
+        plan.push(MountOp::Mkdir(target.clone()));
+        let mut mount = Mount::new(source, target, fstype);
+        // /dev must allow device nodes; the others carry neither nodes nor setuid programs.
+        mount.restricted = fstype != "devtmpfs";
+        mount.data = data.map(str::to_owned);
+        plan.push(MountOp::Mount(mount));
+    }
+    plan
+}
+
+/// The root filesystem as the system will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSource<'a> {
+    pub device: &'a Path,
+    pub fstype: &'a str,
+    pub flags: Option<&'a str>,
+}
+
+/// The new root at `sysroot`: the image read-only in production; in dev mode the image
+/// read-only under /run/xorbang/base with a tmpfs upper layered over it.
+pub fn plan_root(paths: &Paths, root: &RootSource, mode: Mode) -> Vec<MountOp> {
+    let device = root.device.to_string_lossy();
+    let mut image = Mount::new(&device, paths.sysroot(), root.fstype);
+    image.read_only = true;
+    image.data = root.flags.map(str::to_owned);
+    match mode {
+        Mode::Production => vec![MountOp::Mkdir(paths.sysroot()), MountOp::Mount(image)],
+        Mode::Dev => {
+            let layers = DevLayers::new(paths);
+            image.target = layers.base.clone();
+            let mut tmpfs = Mount::new("tmpfs", layers.overlay.clone(), "tmpfs");
+            tmpfs.data = Some("mode=0755".to_owned());
+            let mut overlay = Mount::new("overlay", paths.sysroot(), "overlay");
+            overlay.data = Some(layers.overlay_options());
+            vec![
+                MountOp::Mkdir(layers.base.clone()),
+                MountOp::Mount(image),
+                MountOp::Mkdir(layers.overlay.clone()),
+                MountOp::Mount(tmpfs),
+                MountOp::Mkdir(layers.upper.clone()),
+                MountOp::Mkdir(layers.work.clone()),
+                MountOp::Mkdir(paths.sysroot()),
+                MountOp::Mount(overlay),
+            ]
+        }
+    }
+}
+
+/// Directories of the dev-mode overlay, all under /run/xorbang so that the booted system
+/// can still look at the pristine base and at what it changed.
+struct DevLayers {
+    base: PathBuf,
+    overlay: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+impl DevLayers {
+    fn new(paths: &Paths) -> Self {
+        let run = paths.xorbang_run();
+        let overlay = run.join("overlay");
+        Self {
+            base: run.join("base"),
+            upper: overlay.join("upper"),
+            work: overlay.join("work"),
+            overlay,
+        }
+    }
+
+    fn overlay_options(&self) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.base.display(),
+            self.upper.display(),
+            self.work.display()
+        )
+    }
+}
+
+pub fn execute(plan: &[MountOp]) -> Result<(), MountError> {
+    for op in plan {
+        match op {
+            MountOp::Mkdir(path) => mkdir(path)?,
+            MountOp::Mount(mount) => {
+                log::debug!("{mount}");
+                let data = mount
+                    .data
+                    .as_deref()
+                    .map(std::ffi::CString::new)
+                    .transpose()
+                    .map_err(|_| MountError::Mount {
+                        mount: Box::new(mount.clone()),
+                        source: rustix::io::Errno::INVAL,
+                    })?;
+                rustix::mount::mount(
+                    mount.source.as_str(),
+                    &mount.target,
+                    mount.fstype.as_str(),
+                    mount.flags(),
+                    data.as_deref(),
+                )
+                .map_err(|source| MountError::Mount {
+                    mount: Box::new(mount.clone()),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mkdir(path: &Path) -> Result<(), MountError> {
+    std::fs::create_dir_all(path).map_err(|source| MountError::Mkdir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts(plan: &[MountOp]) -> Vec<String> {
+        plan.iter()
+            .filter_map(|op| match op {
+                MountOp::Mount(mount) => Some(mount.to_string()),
+                MountOp::Mkdir(_) => None,
+            })
+            .collect()
+    }
+
+    fn root() -> RootSource<'static> {
+        RootSource {
+            device: Path::new("/dev/vda2"),
+            fstype: "squashfs",
+            flags: None,
+        }
+    }
+
+    #[test]
+    fn production_mounts_the_image_read_only_as_the_root() {
+        let plan = plan_root(&Paths::default(), &root(), Mode::Production);
+        assert_eq!(
+            mounts(&plan),
+            ["mount -t squashfs -o ro /dev/vda2 /sysroot"]
+        );
+    }
+
+    #[test]
+    fn dev_layers_a_tmpfs_upper_over_the_read_only_image() {
+        let plan = plan_root(&Paths::default(), &root(), Mode::Dev);
+        assert_eq!(
+            mounts(&plan),
+            [
+                "mount -t squashfs -o ro /dev/vda2 /run/xorbang/base",
+                "mount -t tmpfs -o mode=0755 tmpfs /run/xorbang/overlay",
+                "mount -t overlay -o lowerdir=/run/xorbang/base,\
+                 upperdir=/run/xorbang/overlay/upper,workdir=/run/xorbang/overlay/work \
+                 overlay /sysroot",
+            ]
+        );
+        let upper = plan
+            .iter()
+            .position(|op| *op == MountOp::Mkdir(PathBuf::from("/run/xorbang/overlay/upper")));
+        let tmpfs = plan
+            .iter()
+            .position(|op| matches!(op, MountOp::Mount(m) if m.fstype == "tmpfs"));
+        assert!(upper > tmpfs, "upper must be made inside the tmpfs");
+    }
+
+    #[test]
+    fn rootflags_reach_the_image_mount() {
+        let root = RootSource {
+            flags: Some("errors=panic"),
+            ..root()
+        };
+        let plan = plan_root(&Paths::under("/x".into()), &root, Mode::Production);
+        assert_eq!(
+            mounts(&plan),
+            ["mount -t squashfs -o ro,errors=panic /dev/vda2 /x/sysroot"]
+        );
+    }
+
+    #[test]
+    fn api_filesystems_come_first_and_only_dev_allows_nodes() {
+        let plan = plan_api_filesystems(&Paths::default());
+        assert_eq!(
+            mounts(&plan),
+            [
+                "mount -t proc -o nosuid,nodev proc /proc",
+                "mount -t sysfs -o nosuid,nodev sysfs /sys",
+                "mount -t devtmpfs -o mode=0755 devtmpfs /dev",
+                "mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run",
+            ]
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! The boot report: what the init did and how long each stage took, for
+//! /run/xorbang/boot.json and the `xorbang: boot-report {…}` console line.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::options::Mode;
+
+/// Microseconds, the unit of every duration and uptime in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Micros(pub u64);
+
+impl From<Duration> for Micros {
+    fn from(duration: Duration) -> Self {
+        Self(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    pub name: String,
+    pub us: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootReport {
+    /// `root=` as given.
+    pub spec: String,
+    /// The device node it resolved to.
+    pub device: String,
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootReport {
+    pub version: u32,
+    pub mode: Mode,
+    pub root: RootReport,
+    pub modules_loaded: usize,
+    pub init: String,
+    /// Consecutive stages from the init's start to the hand-off; they add up to
+    /// `uptime_handoff_us - uptime_start_us`.
+    pub stages: Vec<Stage>,
+    pub uptime_start_us: Micros,
+    pub uptime_handoff_us: Micros,
+}
+
+impl BootReport {
+    pub fn total(&self) -> Micros {
+        Micros(
+            self.uptime_handoff_us
+                .0
+                .saturating_sub(self.uptime_start_us.0),
+        )
+    }
+}
+
+/// Measures consecutive stages on the kernel's boot clock (the clock of /proc/uptime and of
+/// the kernel's log timestamps), so the report lines up with the console.
+#[derive(Debug)]
+pub struct StageClock {
+    start: Duration,
+    last: Duration,
+    stages: Vec<Stage>,
+}
+
+impl StageClock {
+    pub fn start() -> Self {
+        let now = boottime();
+        Self {
+            start: now,
+            last: now,
+            stages: Vec::new(),
+        }
+    }
+
+    /// Ends the current stage under `name` and starts the next.
+    pub fn finish_stage(&mut self, name: &str) {
+        let now = boottime();
+        self.stages.push(Stage {
+            name: name.to_owned(),
+            us: Micros::from(now.saturating_sub(self.last)),
+        });
+        self.last = now;
+    }
+
+    /// Uptime at start, uptime at the end of the last stage, and the stages.
+    pub fn into_parts(self) -> (Micros, Micros, Vec<Stage>) {
+        (self.start.into(), self.last.into(), self.stages)
+    }
+}
+
+fn boottime() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_add_up_to_the_uptime_difference() {
+        let mut clock = StageClock::start();
+        std::thread::sleep(Duration::from_millis(2));
+        clock.finish_stage("one");
+        clock.finish_stage("two");
+        let (start, end, stages) = clock.into_parts();
+        let sum: u64 = stages.iter().map(|stage| stage.us.0).sum();
+        // Each stage is rounded down to whole microseconds on its own.
+        assert!(end.0 - start.0 - sum <= stages.len() as u64);
+        assert!(stages[0].us.0 >= 2000);
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let report = BootReport {
+            version: 1,
+            mode: Mode::Dev,
+            root: RootReport {
+                spec: "PARTLABEL=root".into(),
+                device: "/dev/vda2".into(),
+                fstype: "squashfs".into(),
+            },
+            modules_loaded: 3,
+            init: "/sbin/init".into(),
+            stages: vec![Stage {
+                name: "modules".into(),
+                us: Micros(1200),
+            }],
+            uptime_start_us: Micros(1_000_000),
+            uptime_handoff_us: Micros(1_001_200),
+        };
+        let json = serde_json::to_string(&report).expect("serializes");
+        assert!(json.contains(r#""mode":"dev""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<BootReport>(&json).expect("parses"),
+            report
+        );
+        assert_eq!(report.total(), Micros(1200));
+    }
+}

@@ -1,0 +1,163 @@
+//! Privileged tier: the real `xorbang-init` binary builds its mount stack on the host, as
+//! root, over a loop-attached SquashFS, inside a private mount namespace (`unshare -m`), and
+//! a shell in the same namespace checks what the booted system would see. Skipped, saying
+//! so, when not root or when the tools are missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+struct LoopImage {
+    _dir: tempfile::TempDir,
+    device: String,
+}
+
+impl Drop for LoopImage {
+    fn drop(&mut self) {
+        if let Err(error) = Command::new("losetup").arg("-d").arg(&self.device).status() {
+            eprintln!("losetup -d {}: {error}", self.device);
+        }
+    }
+}
+
+fn can_run() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let tools = ["mksquashfs", "losetup", "unshare"].iter().all(|tool| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !(root && tools) {
+        eprintln!("skipped: needs root, mksquashfs, losetup and unshare");
+    }
+    root && tools
+}
+
+/// A SquashFS root with /etc, /usr and an executable /sbin/init, attached read-only.
+fn squashfs_on_loop() -> LoopImage {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    for sub in ["etc", "usr/local", "sbin", "proc", "sys", "dev", "run"] {
+        std::fs::create_dir_all(tree.join(sub)).expect("mkdir");
+    }
+    std::fs::write(tree.join("etc/hostname"), "base\n").expect("write");
+    let init = tree.join("sbin/init");
+    std::fs::write(&init, "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let image = dir.path().join("root.squashfs");
+    let status = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .expect("mksquashfs runs");
+    assert!(status.success());
+    let output = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&image)
+        .output()
+        .expect("losetup runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    LoopImage { _dir: dir, device }
+}
+
+/// Runs the init (stopping before switch_root) and then `checks` in one private mount
+/// namespace; returns the combined output. `$ROOT` is the fake initramfs root.
+fn boot_then(cmdline: &str, checks: &str) -> (bool, String) {
+    let root: PathBuf = tempfile::tempdir().expect("tempdir").keep();
+    let script = format!(
+        "set -e; \"$INIT\" --root \"$ROOT\" --no-switch-root --cmdline \"$CMDLINE\"; {checks}"
+    );
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("INIT", env!("CARGO_BIN_EXE_xorbang-init"))
+        .env("ROOT", &root)
+        .env("CMDLINE", cmdline)
+        .output()
+        .expect("unshare runs");
+    // The mounts died with the namespace; only empty directories are left.
+    std::fs::remove_dir_all(&root).expect("clean up");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn production_root_is_read_only() {
+    if !can_run() {
+        return;
+    }
+    let image = squashfs_on_loop();
+    let (ok, text) = boot_then(
+        &format!("root={}", image.device),
+        r#"if touch "$ROOT/sysroot/etc/probe" 2>/dev/null; then echo WRITABLE; else echo READ-ONLY; fi
+           cat "$ROOT/sysroot/etc/hostname""#,
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("READ-ONLY") && !text.contains("WRITABLE"),
+        "{text}"
+    );
+    assert!(text.contains("\nbase\n"), "{text}");
+    assert!(
+        text.contains(r#"boot-report {"version":1,"mode":"production""#),
+        "{text}"
+    );
+}
+
+#[test]
+fn dev_root_is_writable_and_leaves_the_base_alone() {
+    if !can_run() {
+        return;
+    }
+    let image = squashfs_on_loop();
+    let (ok, text) = boot_then(
+        &format!("root={} xorbang.dev=1", image.device),
+        r#"echo changed > "$ROOT/sysroot/etc/hostname"
+           echo new > "$ROOT/sysroot/usr/local/file"
+           echo "sysroot: $(cat "$ROOT/sysroot/etc/hostname")"
+           echo "base: $(cat "$ROOT/run/xorbang/base/etc/hostname")"
+           readlink "$ROOT/run/systemd/volatile-root""#,
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("sysroot: changed") && text.contains("base: base"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{}\n", image.device)), "{text}");
+    assert!(text.contains(r#""mode":"dev""#), "{text}");
+}
+
+#[test]
+fn a_device_without_squashfs_is_refused_by_name() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blank = dir.path().join("blank.img");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).expect("write");
+    let output = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&blank)
+        .output()
+        .expect("losetup runs");
+    let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let image = LoopImage { _dir: dir, device };
+    let (ok, text) = boot_then(&format!("root={}", image.device), "true");
+    assert!(!ok, "{text}");
+    let expected = format!(
+        "({}) holds no SquashFS filesystem (found no known filesystem)",
+        image.device
+    );
+    assert!(text.contains(&expected), "{text}");
+}

@@ -1,0 +1,405 @@
+//! Everything a VM scenario boots, made here and cached outside the repo: Debian's kernel and
+//! modules, a Debian bookworm root with systemd (mmdebstrap), the test images built from it
+//! with our own `xorbang-build`, a tiny busybox root, and the initramfs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use xorbang_init::gpt::{self, Guid, Lba, PartitionSpec, SectorSize};
+
+/// Packages of the test root besides `minbase`: systemd as PID 1, udev so device units
+/// (serial getty) work as on a real machine.
+const ROOTFS_PACKAGES: &str = "systemd-sysv,udev";
+const DEBIAN_SUITE: &str = "bookworm";
+const AGENT: &str = include_str!("../guest/xorbang-test-agent");
+const AGENT_UNIT: &str = include_str!("../guest/xorbang-test-agent.service");
+
+/// The PARTUUID of the root partition on the test disk; scenarios name it in `root=`.
+pub const ROOT_PARTUUID: &str = "6a5b2c1d-0e9f-4a8b-9c7d-5e4f3a2b1c0d";
+pub const ROOT_PARTLABEL: &str = "xorbang-root";
+const DISK_GUID: &str = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    #[error("{command} failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FixtureError + '_ {
+    move |source| FixtureError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs a command to completion; its stderr becomes the error.
+pub fn run(command: &mut Command) -> Result<String, FixtureError> {
+    let printable = crate::qemu::shell_quoted(command);
+    let output = command.output().map_err(|error| FixtureError::Command {
+        command: printable.clone(),
+        detail: error.to_string(),
+    })?;
+    if !output.status.success() {
+        return Err(FixtureError::Command {
+            command: printable,
+            detail: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The release binaries of the init and the build tool, built now if stale.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub init: PathBuf,
+    pub build: PathBuf,
+}
+
+pub fn build_binaries() -> Result<Binaries, FixtureError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    run(Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "xorbang-init",
+            "-p",
+            "xorbang-build",
+        ])
+        .arg("--manifest-path")
+        .arg(manifest))?;
+    // The runner itself is a release binary of the same target directory.
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| FixtureError::Other(format!("{} has no parent", exe.display())))?;
+    Ok(Binaries {
+        init: dir.join("xorbang-init"),
+        build: dir.join("xorbang-build"),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<release>` with modules.dep.
+    pub modules: PathBuf,
+}
+
+/// Debian's current `linux-image-amd64` kernel, unpacked (not installed) into the cache. With
+/// no package index at hand the newest cached kernel is used.
+pub fn debian_kernel(cache: &Path) -> Result<Kernel, FixtureError> {
+    let kernels = cache.join("kernel");
+    let package = match current_kernel_package() {
+        Ok(package) => package,
+        Err(error) => newest_cached(&kernels).ok_or(error)?,
+    };
+    let dir = kernels.join(&package);
+    if !dir.join("ready").exists() {
+        unpack_kernel(&package, &dir)?;
+    }
+    kernel_in(&dir)
+}
+
+fn current_kernel_package() -> Result<String, FixtureError> {
+    let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    depends
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Depends: "))
+        .filter(|package| package.starts_with("linux-image-"))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            FixtureError::Other(
+                "apt-cache names no linux-image-* for linux-image-amd64 (run apt-get update)"
+                    .into(),
+            )
+        })
+}
+
+fn newest_cached(kernels: &Path) -> Option<String> {
+    let mut ready: Vec<String> = std::fs::read_dir(kernels)
+        .ok()?
+        .flatten()
+        .filter(|entry| entry.path().join("ready").exists())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    ready.sort();
+    ready.pop()
+}
+
+fn unpack_kernel(package: &str, dir: &Path) -> Result<(), FixtureError> {
+    eprintln!("fixtures: fetching {package}");
+    let staging = dir.with_extension("partial");
+    remove_if_present(&staging)?;
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    run(Command::new("apt-get")
+        .args(["download", "-q", package])
+        .current_dir(&staging))?;
+    let deb = find_file(&staging, ".deb")?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(staging.join("root")))?;
+    std::fs::remove_file(&deb).map_err(io(&deb))?;
+    let release = only_entry(&staging.join("root/lib/modules"))?;
+    run(Command::new("depmod")
+        .arg("-b")
+        .arg(staging.join("root"))
+        .arg(&release))?;
+    std::fs::write(staging.join("ready"), package).map_err(io(&staging))?;
+    remove_if_present(dir)?;
+    std::fs::rename(&staging, dir).map_err(io(dir))
+}
+
+fn kernel_in(dir: &Path) -> Result<Kernel, FixtureError> {
+    let root = dir.join("root");
+    let release = only_entry(&root.join("lib/modules"))?;
+    Ok(Kernel {
+        vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
+        modules: root.join("lib/modules").join(release),
+    })
+}
+
+fn only_entry(dir: &Path) -> Result<String, FixtureError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    match names.len() {
+        1 => Ok(names.remove(0)),
+        n => Err(FixtureError::Other(format!(
+            "{} holds {n} entries, expected one",
+            dir.display()
+        ))),
+    }
+}
+
+fn find_file(dir: &Path, suffix: &str) -> Result<PathBuf, FixtureError> {
+    std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.to_string_lossy().ends_with(suffix))
+        .ok_or_else(|| FixtureError::Other(format!("no *{suffix} in {}", dir.display())))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), FixtureError> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(io(path)(error)),
+        _ => Ok(()),
+    }
+}
+
+fn cache_key(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A Debian root with systemd as a tarball, made once by mmdebstrap.
+pub fn debian_rootfs(cache: &Path) -> Result<PathBuf, FixtureError> {
+    let key = cache_key(&[DEBIAN_SUITE.as_bytes(), ROOTFS_PACKAGES.as_bytes()]);
+    let tar = cache.join(format!("rootfs/{DEBIAN_SUITE}-{key}.tar"));
+    if tar.exists() {
+        return Ok(tar);
+    }
+    eprintln!("fixtures: building the Debian {DEBIAN_SUITE} root with mmdebstrap (once)");
+    let dir = tar.parent().unwrap_or(cache);
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let partial = tar.with_extension("partial.tar");
+    run(Command::new("mmdebstrap")
+        .args(["--quiet", "--variant=minbase", "--mode=root"])
+        .arg(format!("--include={ROOTFS_PACKAGES}"))
+        .arg(DEBIAN_SUITE)
+        .arg(&partial))?;
+    std::fs::rename(&partial, &tar).map_err(io(&tar))?;
+    Ok(tar)
+}
+
+/// The systemd test image: the Debian root plus the test agent, as a GPT disk whose root
+/// partition holds the SquashFS made by `xorbang-build image`.
+pub fn system_disk(cache: &Path, rootfs_tar: &Path, build: &Path) -> Result<PathBuf, FixtureError> {
+    let tool = std::fs::read(build).map_err(io(build))?;
+    let key = cache_key(&[
+        rootfs_tar.as_os_str().as_encoded_bytes(),
+        AGENT.as_bytes(),
+        AGENT_UNIT.as_bytes(),
+        &tool,
+    ]);
+    let dir = cache.join("images").join(format!("system-{key}"));
+    let disk = dir.join("disk.img");
+    if disk.exists() {
+        return Ok(disk);
+    }
+    eprintln!("fixtures: building the systemd test image");
+    let tree = dir.join("tree");
+    remove_if_present(&dir)?;
+    std::fs::create_dir_all(&tree).map_err(io(&tree))?;
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-xf")
+        .arg(rootfs_tar))?;
+    install_agent(&tree)?;
+    let image = dir.join("root.squashfs");
+    run(Command::new(build)
+        .arg("image")
+        .arg(&tree)
+        .arg("-o")
+        .arg(&image))?;
+    remove_if_present(&tree)?;
+    write_disk(&image, &disk.with_extension("partial"))?;
+    std::fs::rename(disk.with_extension("partial"), &disk).map_err(io(&disk))?;
+    Ok(disk)
+}
+
+fn install_agent(tree: &Path) -> Result<(), FixtureError> {
+    let write = |relative: &str, text: &str, mode: u32| -> Result<(), FixtureError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = tree.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&path, text).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(&path))
+    };
+    write("usr/lib/xorbang-test/xorbang-test-agent", AGENT, 0o755)?;
+    write(
+        "usr/lib/systemd/system/xorbang-test-agent.service",
+        AGENT_UNIT,
+        0o644,
+    )?;
+    let wants = tree.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).map_err(io(&wants))?;
+    let link = wants.join("xorbang-test-agent.service");
+    std::os::unix::fs::symlink("/usr/lib/systemd/system/xorbang-test-agent.service", &link)
+        .map_err(io(&link))?;
+    // Root logs in without a password on the demo's serial console.
+    let shadow = tree.join("etc/shadow");
+    let text = std::fs::read_to_string(&shadow).map_err(io(&shadow))?;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.split(':').collect();
+            if fields.len() > 1 && fields[0] == "root" {
+                fields[1] = "";
+            }
+            fields.join(":") + "\n"
+        })
+        .collect();
+    std::fs::write(&shadow, text).map_err(io(&shadow))
+}
+
+/// A GPT disk with one root partition (DPS root type, 1 MiB aligned) holding `image`.
+fn write_disk(image: &Path, disk: &Path) -> Result<(), FixtureError> {
+    use std::io::{Seek, SeekFrom, Write};
+    const MIB: u64 = 1 << 20;
+    let sector = SectorSize::BYTES_512;
+    let image_bytes = std::fs::metadata(image).map_err(io(image))?.len();
+    let first = Lba(MIB / 512);
+    let partition_bytes = image_bytes.div_ceil(MIB) * MIB;
+    // One MiB in front for the primary GPT, one behind for the backup.
+    let disk_bytes = partition_bytes + 2 * MIB;
+    let guid =
+        |text: &str| Guid::parse(text).map_err(|error| FixtureError::Other(error.to_string()));
+    let root = PartitionSpec {
+        type_guid: gpt::ROOT_X86_64,
+        unique_guid: guid(ROOT_PARTUUID)?,
+        name: ROOT_PARTLABEL.to_owned(),
+        first_lba: first,
+        last_lba: Lba(first.0 + partition_bytes / 512 - 1),
+        attributes: 0,
+    };
+    let layout = gpt::write_gpt(disk_bytes, sector, guid(DISK_GUID)?, &[root])
+        .map_err(|error| FixtureError::Other(format!("GPT for {}: {error}", disk.display())))?;
+    let mut file = std::fs::File::create(disk).map_err(io(disk))?;
+    file.set_len(disk_bytes).map_err(io(disk))?;
+    file.write_all(&layout.primary).map_err(io(disk))?;
+    file.seek(SeekFrom::Start(layout.backup_offset))
+        .map_err(io(disk))?;
+    file.write_all(&layout.backup).map_err(io(disk))?;
+    file.seek(SeekFrom::Start(sector.offset_of(first)))
+        .map_err(io(disk))?;
+    let mut source = std::fs::File::open(image).map_err(io(image))?;
+    std::io::copy(&mut source, &mut file).map_err(io(disk))?;
+    Ok(())
+}
+
+/// A tiny root: static busybox and an /sbin/init that reports and powers off. Boots in
+/// seconds, for scenarios about the initramfs itself.
+pub fn busybox_image(cache: &Path, build: &Path) -> Result<PathBuf, FixtureError> {
+    let busybox = Path::new("/bin/busybox");
+    let tool = std::fs::read(build).map_err(io(build))?;
+    let key = cache_key(&[BUSYBOX_INIT.as_bytes(), &tool]);
+    let dir = cache.join("images").join(format!("busybox-{key}"));
+    let image = dir.join("root.squashfs");
+    if image.exists() {
+        return Ok(image);
+    }
+    let tree = dir.join("tree");
+    remove_if_present(&dir)?;
+    for sub in ["bin", "sbin", "proc", "sys", "dev", "run"] {
+        let path = tree.join(sub);
+        std::fs::create_dir_all(&path).map_err(io(&path))?;
+    }
+    let target = tree.join("bin/busybox");
+    std::fs::copy(busybox, &target).map_err(io(busybox))?;
+    let sh = tree.join("bin/sh");
+    std::os::unix::fs::symlink("busybox", &sh).map_err(io(&sh))?;
+    let init = tree.join("sbin/init");
+    std::fs::write(&init, BUSYBOX_INIT).map_err(io(&init))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(&init))?;
+    }
+    run(Command::new(build)
+        .arg("image")
+        .arg(&tree)
+        .arg("-o")
+        .arg(&image))?;
+    remove_if_present(&tree)?;
+    Ok(image)
+}
+
+const BUSYBOX_INIT: &str = "#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+scenario=$(/bin/busybox sed -n 's/.*xtest\\.scenario=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+echo \"XORBANG-TEST: PASS $scenario\"
+/bin/busybox poweroff -f
+";
+
+/// The initramfs for this run: our init and the module closure of the Debian kernel.
+pub fn initrd(work: &Path, binaries: &Binaries, kernel: &Kernel) -> Result<PathBuf, FixtureError> {
+    let initrd = work.join("initrd.img");
+    run(Command::new(&binaries.build)
+        .arg("initrd")
+        .arg("--init")
+        .arg(&binaries.init)
+        .arg("--kernel-modules")
+        .arg(&kernel.modules)
+        .arg("-o")
+        .arg(&initrd))?;
+    Ok(initrd)
+}

@@ -1,0 +1,323 @@
+//! One QEMU run: build the command line, drain the serial console into a log while watching
+//! for marker lines, and decide pass or fail by exact lines, never by time.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+
+/// Lines that end a run as failed the moment they appear.
+const FATAL_LINES: &[&str] = &["Kernel panic", "Attempted to kill init"];
+
+/// How long a guest may take to power off after its last marker.
+const POWEROFF_GRACE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+    /// Raw disk images, attached read-only as virtio disks in order (vda, vdb, …).
+    pub disks: Vec<PathBuf>,
+    pub memory_mib: u32,
+    /// Give up after this long without the expected lines.
+    pub timeout: Duration,
+}
+
+/// What must appear on the console, in this order, for the run to pass.
+#[derive(Debug, Clone)]
+pub enum LineMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl LineMatch {
+    fn matches(&self, line: &str) -> bool {
+        match self {
+            Self::Exact(text) => line == text,
+            Self::Prefix(text) => line.starts_with(text.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for LineMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(text) => write!(f, "{text:?}"),
+            Self::Prefix(text) => write!(f, "{text:?}…"),
+        }
+    }
+}
+
+/// The console of a finished run.
+#[derive(Debug)]
+pub struct Console {
+    pub lines: Vec<String>,
+    /// From QEMU's start to the last expected line.
+    pub last_marker: Duration,
+}
+
+impl Console {
+    /// The first line starting with `prefix`, without the prefix.
+    pub fn find(&self, prefix: &str) -> Option<&str> {
+        self.lines.iter().find_map(|line| line.strip_prefix(prefix))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{reason}\n  console log: {log}\n  qemu: {command}\n  last console lines:\n{tail}")]
+    Failed {
+        reason: String,
+        log: String,
+        command: String,
+        tail: String,
+    },
+}
+
+impl Vm {
+    /// The QEMU command. `interactive` puts the console and QEMU's monitor on the terminal
+    /// (Ctrl-A X quits) instead of a pipe the runner reads.
+    pub fn command(&self, config: &Config, interactive: bool) -> Command {
+        let mut command = Command::new(&config.qemu);
+        command.args(["-machine", "q35", "-cpu", "max", "-smp", "1"]);
+        command.args(["-accel", config.accel.as_str()]);
+        command.args(["-m", &self.memory_mib.to_string()]);
+        command.args(["-nodefaults", "-display", "none", "-no-reboot"]);
+        if interactive {
+            command.args(["-serial", "mon:stdio"]);
+        } else {
+            command.args(["-serial", "stdio", "-monitor", "none"]);
+        }
+        command.arg("-kernel").arg(&self.kernel);
+        command.arg("-initrd").arg(&self.initrd);
+        command.args(["-append", &self.append]);
+        for disk in &self.disks {
+            command.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                disk.display()
+            ));
+        }
+        command
+    }
+
+    /// Boots, drains the console into `log`, and passes once every expected line has been
+    /// seen in order and the guest has powered off (or reset: `-no-reboot` turns both into
+    /// QEMU exiting).
+    pub fn run(
+        &self,
+        config: &Config,
+        expect: &[LineMatch],
+        log: &Path,
+    ) -> Result<Console, RunError> {
+        let mut command = self.command(config, false);
+        let printable = shell_quoted(&command);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|source| RunError::Spawn {
+            program: config.qemu.clone(),
+            source,
+        })?;
+        let lines = drain(&mut child);
+        let mut log_file = std::fs::File::create(log).ok();
+        let started = Instant::now();
+        let deadline = started + self.timeout.mul_f64(config.timeout_scale);
+        let mut seen = Vec::new();
+        let mut pending = expect.iter().peekable();
+        let mut outcome: Result<(), String> = Ok(());
+        let mut exited = false;
+        let mut last_marker = Duration::ZERO;
+        loop {
+            let wait_until = if pending.peek().is_none() {
+                deadline.min(Instant::now() + POWEROFF_GRACE)
+            } else {
+                deadline
+            };
+            let timeout = wait_until.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(timeout) {
+                Ok(line) => {
+                    if let Some(file) = log_file.as_mut() {
+                        if writeln!(file, "{line}").is_err() {
+                            log_file = None;
+                        }
+                    }
+                    if let Some(fatal) = FATAL_LINES.iter().find(|fatal| line.contains(*fatal)) {
+                        outcome = Err(format!("the guest printed {fatal:?}"));
+                        seen.push(line);
+                        break;
+                    }
+                    if pending.peek().is_some_and(|want| want.matches(&line)) {
+                        pending.next();
+                        last_marker = started.elapsed();
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    exited = true;
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    outcome = Err(match pending.peek() {
+                        Some(want) => format!(
+                            "timed out after {:.0} s waiting for {want}",
+                            started.elapsed().as_secs_f64()
+                        ),
+                        None => "the guest did not power off after its last marker".to_owned(),
+                    });
+                    break;
+                }
+            }
+        }
+        let status = finish(&mut child, exited);
+        if outcome.is_ok() {
+            if let Some(want) = pending.next() {
+                outcome = Err(format!(
+                    "QEMU exited ({status}) before the guest printed {want}"
+                ));
+            }
+        }
+        match outcome {
+            Ok(()) => Ok(Console {
+                lines: seen,
+                last_marker,
+            }),
+            Err(reason) => Err(RunError::Failed {
+                reason,
+                log: log.display().to_string(),
+                command: printable,
+                tail: tail(&seen, 15),
+            }),
+        }
+    }
+}
+
+/// Reads stdout (the serial console) and stderr line by line on their own threads, so QEMU
+/// never blocks on a full pipe; the channel closes when QEMU closes its output.
+fn drain(child: &mut Child) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        spawn_reader(stdout, sender.clone(), "");
+    }
+    if let Some(stderr) = child.stderr.take() {
+        spawn_reader(stderr, sender, "qemu: ");
+    }
+    receiver
+}
+
+fn spawn_reader(
+    stream: impl std::io::Read + Send + 'static,
+    sender: mpsc::Sender<String>,
+    tag: &'static str,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buffer = Vec::new();
+        while let Ok(count) = reader.read_until(b'\n', &mut buffer) {
+            if count == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buffer);
+            let line = text.trim_end_matches(['\n', '\r']).replace('\r', "");
+            if sender.send(format!("{tag}{line}")).is_err() {
+                break;
+            }
+            buffer.clear();
+        }
+    });
+}
+
+/// Waits for QEMU if it is exiting anyway, kills it otherwise; returns how it ended.
+fn finish(child: &mut Child, exited: bool) -> String {
+    if !exited {
+        if let Err(error) = child.kill() {
+            return format!("could not be killed: {error}");
+        }
+    }
+    match child.wait() {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("wait failed: {error}"),
+    }
+}
+
+fn tail(lines: &[String], count: usize) -> String {
+    lines[lines.len().saturating_sub(count)..]
+        .iter()
+        .map(|line| format!("    | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The command as one line a person can paste into a shell.
+pub fn shell_quoted(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| {
+            let word = word.to_string_lossy();
+            if word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c))
+            {
+                word.into_owned()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether KVM really runs guests here: /dev/kvm can exist on machines where a guest under
+/// KVM never prints a line. Boots the kernel alone for a few seconds and looks for its
+/// banner.
+pub fn kvm_works(qemu: &str, kernel: &Path) -> bool {
+    let mut command = Command::new(qemu);
+    command.args([
+        "-machine",
+        "q35",
+        "-accel",
+        "kvm",
+        "-m",
+        "256",
+        "-nodefaults",
+    ]);
+    command.args([
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+    ]);
+    command.arg("-kernel").arg(kernel);
+    command.args(["-append", "console=ttyS0 panic=-1"]);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let Ok(mut child) = command.spawn() else {
+        return false;
+    };
+    let lines = drain(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut banner = false;
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.starts_with("Linux version") {
+            banner = true;
+            break;
+        }
+    }
+    finish(&mut child, false);
+    banner
+}
