@@ -50,6 +50,7 @@ struct InitrdArgs {
     /// Add a host file or directory tree at DST in the archive (repeatable).
     #[arg(long = "add", value_name = "SRC:DST")]
     additions: Vec<Addition>,
+    /// How to compress the archive (zstd: level 19, one frame, window at most 8 MiB).
     #[arg(long, value_enum, default_value_t = Compression::Zstd)]
     compression: Compression,
 }
@@ -62,6 +63,7 @@ struct ImageArgs {
     /// Where to write the SquashFS image.
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
+    /// The SquashFS compressor.
     #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
     compression: SquashfsCompression,
 }

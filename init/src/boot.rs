@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::blockdev::{self, BlockError};
 use crate::cmdline::Cmdline;
 use crate::devspec::DeviceSpec;
-use crate::kmod::{self, KmodError};
+use crate::kmod::{KmodError, ModuleLoader};
 use crate::mounts::{self, MountError, RootSource};
 use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError};
 use crate::paths::Paths;
@@ -88,7 +88,8 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     let options = read_options(settings, policy)?;
     clock.finish_stage("setup");
 
-    let modules_loaded = kmod::load_all(&paths.modules(&kernel_release()))?;
+    let mut modules = ModuleLoader::open(&paths.modules(&kernel_release()))?;
+    modules.load_drivers()?;
     clock.finish_stage("modules");
 
     let deadline = started + options.timeout;
@@ -96,6 +97,10 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     clock.finish_stage("root-device");
 
     let fstype = root_fstype(&options, &device)?;
+    modules.ensure(&fstype)?;
+    if options.mode == Mode::Dev {
+        modules.ensure("overlay")?;
+    }
     let root = RootSource {
         device: &device,
         fstype: &fstype,
@@ -127,7 +132,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 device: system_path(paths, &device),
                 fstype: fstype.clone(),
             },
-            modules_loaded,
+            modules_loaded: modules.loaded_count(),
             init: options.init.display().to_string(),
             stages,
             uptime_start_us,
@@ -158,6 +163,9 @@ fn read_options(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootO
     let cmdline = Cmdline::parse(&text);
     *policy = options::failure_policy_or_default(&cmdline);
     let (options, warnings) = BootOptions::from_cmdline(&cmdline)?;
+    if options.debug {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
     for warning in warnings {
         log::warn!("{warning}");
     }

@@ -83,16 +83,17 @@ impl Log for KmsgLogger {
             .kmsg_path()
             .map(|path| Self::write_kmsg(&path, &kmsg_record(record.level(), &message)));
         if !matches!(written, Some(Ok(()))) {
-            // The console is the last place left to say it; if that fails too there is
-            // nobody to tell.
-            let mut stderr = std::io::stderr().lock();
-            if writeln!(stderr, "xorbang: {message}").is_err() {
-                return;
-            }
+            fallback_to_stderr(&message);
         }
     }
 
     fn flush(&self) {}
+}
+
+fn fallback_to_stderr(message: &str) {
+    if writeln!(std::io::stderr().lock(), "xorbang: {message}").is_err() {
+        // The console was the last place left to say it: nobody can be told.
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ pub struct BootOptions {
     pub failure: FailurePolicy,
     pub init: PathBuf,
     pub init_args: Vec<String>,
+    /// The kernel's own `debug` flag: systemd logs verbosely with it, and so do we.
+    pub debug: bool,
 }
 
 impl BootOptions {
@@ -88,6 +90,7 @@ impl BootOptions {
             failure: failure_policy(cmdline)?,
             init: init_path(cmdline)?,
             init_args: cmdline.init_args.clone(),
+            debug: cmdline.last("debug").is_some(),
         };
         Ok((options, unknown_key_warnings(cmdline)))
     }

@@ -14,6 +14,9 @@ const ROOTFS_PACKAGES: &str = "systemd-sysv,udev";
 const DEBIAN_SUITE: &str = "bookworm";
 const AGENT: &str = include_str!("../guest/xorbang-test-agent");
 const AGENT_UNIT: &str = include_str!("../guest/xorbang-test-agent.service");
+/// The code behind `xorbang-build image`: cached images are rebuilt when it changes (and
+/// not on every change of the init, which the build tool also links).
+const IMAGE_RECIPE: &str = include_str!("../../build-initrd/src/image.rs");
 
 /// The PARTUUID of the root partition on the test disk; scenarios name it in `root=`.
 pub const ROOT_PARTUUID: &str = "6a5b2c1d-0e9f-4a8b-9c7d-5e4f3a2b1c0d";
@@ -240,12 +243,11 @@ pub fn debian_rootfs(cache: &Path) -> Result<PathBuf, FixtureError> {
 /// The systemd test image: the Debian root plus the test agent, as a GPT disk whose root
 /// partition holds the SquashFS made by `xorbang-build image`.
 pub fn system_disk(cache: &Path, rootfs_tar: &Path, build: &Path) -> Result<PathBuf, FixtureError> {
-    let tool = std::fs::read(build).map_err(io(build))?;
     let key = cache_key(&[
         rootfs_tar.as_os_str().as_encoded_bytes(),
         AGENT.as_bytes(),
         AGENT_UNIT.as_bytes(),
-        &tool,
+        IMAGE_RECIPE.as_bytes(),
     ]);
     let dir = cache.join("images").join(format!("system-{key}"));
     let disk = dir.join("disk.img");
@@ -271,7 +273,25 @@ pub fn system_disk(cache: &Path, rootfs_tar: &Path, build: &Path) -> Result<Path
     remove_if_present(&tree)?;
     write_disk(&image, &disk.with_extension("partial"))?;
     std::fs::rename(disk.with_extension("partial"), &disk).map_err(io(&disk))?;
+    prune_other_versions(&dir)?;
     Ok(disk)
+}
+
+/// Removes the other cached versions of an image (`images/system-<other key>`), so the
+/// cache does not grow with every change of the image recipe.
+fn prune_other_versions(keep: &Path) -> Result<(), FixtureError> {
+    let (Some(parent), Some(name)) = (keep.parent(), keep.file_name()) else {
+        return Ok(());
+    };
+    let name = name.to_string_lossy();
+    let prefix = name.rsplit_once('-').map_or(&*name, |(prefix, _)| prefix);
+    for entry in std::fs::read_dir(parent).map_err(io(parent))?.flatten() {
+        let other = entry.file_name().to_string_lossy().into_owned();
+        if other != name && other.rsplit_once('-').is_some_and(|(p, _)| p == prefix) {
+            remove_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn install_agent(tree: &Path) -> Result<(), FixtureError> {
@@ -350,8 +370,7 @@ fn write_disk(image: &Path, disk: &Path) -> Result<(), FixtureError> {
 /// seconds, for scenarios about the initramfs itself.
 pub fn busybox_image(cache: &Path, build: &Path) -> Result<PathBuf, FixtureError> {
     let busybox = Path::new("/bin/busybox");
-    let tool = std::fs::read(build).map_err(io(build))?;
-    let key = cache_key(&[BUSYBOX_INIT.as_bytes(), &tool]);
+    let key = cache_key(&[BUSYBOX_INIT.as_bytes(), IMAGE_RECIPE.as_bytes()]);
     let dir = cache.join("images").join(format!("busybox-{key}"));
     let image = dir.join("root.squashfs");
     if image.exists() {
@@ -380,6 +399,7 @@ pub fn busybox_image(cache: &Path, build: &Path) -> Result<PathBuf, FixtureError
         .arg("-o")
         .arg(&image))?;
     remove_if_present(&tree)?;
+    prune_other_versions(&dir)?;
     Ok(image)
 }
 

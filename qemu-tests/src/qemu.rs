@@ -321,3 +321,89 @@ pub fn kvm_works(qemu: &str, kernel: &Path) -> bool {
     finish(&mut child, false);
     banner
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_match_whole_lines_or_prefixes() {
+        let exact = LineMatch::Exact("XORBANG-TEST: PASS boot-prod".into());
+        assert!(exact.matches("XORBANG-TEST: PASS boot-prod"));
+        assert!(!exact.matches("XORBANG-TEST: PASS boot-prod2"));
+        assert!(!exact.matches("echo XORBANG-TEST: PASS boot-prod"));
+        let prefix = LineMatch::Prefix("xorbang: root device".into());
+        assert!(prefix.matches("xorbang: root device X did not appear"));
+        assert!(!prefix.matches("[ 1.0] xorbang: root device"));
+    }
+
+    #[test]
+    fn printed_commands_paste_back_into_a_shell() {
+        let mut command = Command::new("qemu-system-x86_64");
+        command.args(["-append", "console=ttyS0 root=PARTLABEL=it's", "-m", "512"]);
+        assert_eq!(
+            shell_quoted(&command),
+            r#"qemu-system-x86_64 -append 'console=ttyS0 root=PARTLABEL=it'\''s' -m 512"#
+        );
+    }
+
+    /// A stand-in for QEMU that prints a console and exits: the runner's line handling,
+    /// ordering and failure reasons, without booting anything.
+    fn fake_vm(script: &str) -> (Vm, Config, tempfile::TempDir) {
+        let vm = Vm {
+            kernel: PathBuf::from("/dev/null"),
+            initrd: PathBuf::from("/dev/null"),
+            append: String::new(),
+            disks: Vec::new(),
+            memory_mib: 64,
+            timeout: Duration::from_secs(5),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("qemu");
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let config = Config {
+            qemu: path.display().to_string(),
+            accel: crate::config::Accel::Tcg,
+            timeout_scale: 1.0,
+            jobs: 1,
+            bench_runs: 1,
+        };
+        (vm, config, dir)
+    }
+
+    #[test]
+    fn passes_on_markers_in_order_then_exit() {
+        let (vm, config, dir) = fake_vm("printf 'boot\\r\\nA\\nB\\n'");
+        let expect = [LineMatch::Exact("A".into()), LineMatch::Exact("B".into())];
+        let console = vm
+            .run(&config, &expect, &dir.path().join("log"))
+            .expect("passes");
+        assert_eq!(console.lines, ["boot", "A", "B"]);
+    }
+
+    #[test]
+    fn fails_on_missing_marker_and_on_panic_lines() {
+        let (vm, config, dir) = fake_vm("echo B; echo A");
+        let expect = [LineMatch::Exact("A".into()), LineMatch::Exact("B".into())];
+        let log = dir.path().join("log");
+        let error = vm
+            .run(&config, &expect, &log)
+            .expect_err("B came first")
+            .to_string();
+        assert!(error.contains("before the guest printed \"B\""), "{error}");
+        let (vm, config, dir) =
+            fake_vm("echo 'Kernel panic - not syncing: Attempted to kill init!'; echo A");
+        let error = vm
+            .run(
+                &config,
+                &[LineMatch::Exact("A".into())],
+                &dir.path().join("log"),
+            )
+            .expect_err("panic")
+            .to_string();
+        assert!(error.contains("Kernel panic"), "{error}");
+        assert!(error.contains("qemu: "), "the command is printed: {error}");
+    }
+}

@@ -252,3 +252,54 @@ fn check_report(report: &BootReport) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xorbang_init::report::{Micros, RootReport, Stage};
+
+    fn report(stage_us: &[u64], total_us: u64) -> BootReport {
+        let names = [
+            "setup",
+            "modules",
+            "root-device",
+            "mount-root",
+            "switch-root",
+        ];
+        BootReport {
+            version: 1,
+            mode: xorbang_init::options::Mode::Production,
+            root: RootReport {
+                spec: "PARTUUID=x".into(),
+                device: "/dev/vda1".into(),
+                fstype: "squashfs".into(),
+            },
+            modules_loaded: 5,
+            init: "/sbin/init".into(),
+            stages: names
+                .iter()
+                .zip(stage_us)
+                .map(|(name, us)| Stage {
+                    name: (*name).into(),
+                    us: Micros(*us),
+                })
+                .collect(),
+            uptime_start_us: Micros(1_000_000),
+            uptime_handoff_us: Micros(1_000_000 + total_us),
+        }
+    }
+
+    #[test]
+    fn reports_whose_stages_add_up_pass() {
+        check_report(&report(&[10, 20, 30, 40, 50], 150)).expect("adds up");
+        check_report(&report(&[10, 20, 30, 40, 50], 153)).expect("rounding");
+    }
+
+    #[test]
+    fn reports_with_gaps_or_missing_stages_fail() {
+        let gap = check_report(&report(&[10, 20, 30, 40, 50], 400)).expect_err("gap");
+        assert!(gap.contains("add up to 150"), "{gap}");
+        let missing = check_report(&report(&[10, 20, 30, 40], 100)).expect_err("missing stage");
+        assert!(missing.contains("stages"), "{missing}");
+    }
+}
