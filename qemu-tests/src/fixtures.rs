@@ -265,12 +265,7 @@ pub fn system_disk(cache: &Path, rootfs_tar: &Path, build: &Path) -> Result<Path
         .arg(rootfs_tar))?;
     install_agent(&tree)?;
     let image = dir.join("root.squashfs");
-    run(Command::new(build)
-        .arg("image")
-        .arg(&tree)
-        .arg("-o")
-        .arg(&image))?;
-    remove_if_present(&tree)?;
+    pack_tree(build, &tree, &image)?;
     write_disk(&image, &disk.with_extension("partial"))?;
     std::fs::rename(disk.with_extension("partial"), &disk).map_err(io(&disk))?;
     prune_other_versions(&dir)?;
@@ -294,22 +289,33 @@ fn prune_other_versions(keep: &Path) -> Result<(), FixtureError> {
     Ok(())
 }
 
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), FixtureError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::write(path, text).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// Packs `tree` into a SquashFS with our own build tool, then drops the tree.
+fn pack_tree(build: &Path, tree: &Path, image: &Path) -> Result<(), FixtureError> {
+    run(Command::new(build)
+        .arg("image")
+        .arg(tree)
+        .arg("-o")
+        .arg(image))?;
+    remove_if_present(tree)
+}
+
 fn install_agent(tree: &Path) -> Result<(), FixtureError> {
-    let write = |relative: &str, text: &str, mode: u32| -> Result<(), FixtureError> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = tree.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::write(&path, text).map_err(io(&path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(&path))
-    };
-    write("usr/lib/xorbang-test/xorbang-test-agent", AGENT, 0o755)?;
-    write(
-        "usr/lib/systemd/system/xorbang-test-agent.service",
-        AGENT_UNIT,
-        0o644,
+    write_file(
+        &tree.join("usr/lib/xorbang-test/xorbang-test-agent"),
+        AGENT,
+        0o755,
     )?;
+    let unit = tree.join("usr/lib/systemd/system/xorbang-test-agent.service");
+    write_file(&unit, AGENT_UNIT, 0o644)?;
     let wants = tree.join("etc/systemd/system/multi-user.target.wants");
     std::fs::create_dir_all(&wants).map_err(io(&wants))?;
     let link = wants.join("xorbang-test-agent.service");
@@ -386,19 +392,8 @@ pub fn busybox_image(cache: &Path, build: &Path) -> Result<PathBuf, FixtureError
     std::fs::copy(busybox, &target).map_err(io(busybox))?;
     let sh = tree.join("bin/sh");
     std::os::unix::fs::symlink("busybox", &sh).map_err(io(&sh))?;
-    let init = tree.join("sbin/init");
-    std::fs::write(&init, BUSYBOX_INIT).map_err(io(&init))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
-            .map_err(io(&init))?;
-    }
-    run(Command::new(build)
-        .arg("image")
-        .arg(&tree)
-        .arg("-o")
-        .arg(&image))?;
-    remove_if_present(&tree)?;
+    write_file(&tree.join("sbin/init"), BUSYBOX_INIT, 0o755)?;
+    pack_tree(build, &tree, &image)?;
     prune_other_versions(&dir)?;
     Ok(image)
 }
