@@ -9,11 +9,12 @@ use crate::cmdline::Cmdline;
 use crate::devspec::DeviceSpec;
 use crate::kmod::{KmodError, ModuleLoader};
 use crate::mounts::{self, MountError, RootSource};
-use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError};
+use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError, RootChoice};
 use crate::paths::Paths;
-use crate::report::{BootReport, RootReport, StageClock};
+use crate::report::{BootReport, RootReport, StageClock, VerityReport};
 use crate::superblock::FsKind;
 use crate::switchroot::{self, SwitchRootError};
+use crate::verity_root::{self, VerityRootError};
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
 const DEVICE_POLL: Duration = Duration::from_millis(10);
@@ -45,20 +46,23 @@ pub enum BootError {
     Options(#[from] OptionError),
     #[error("kernel modules: {0}")]
     Modules(#[from] KmodError),
-    #[error("root device {spec} did not appear within {secs} s (block devices seen: {seen})")]
+    #[error("{what} {spec} did not appear within {secs} s (block devices seen: {seen})")]
     RootTimeout {
+        what: &'static str,
         spec: DeviceSpec,
         secs: f64,
         seen: String,
     },
-    #[error("looking for root device {spec}: {source}")]
+    #[error("looking for device {spec}: {source}")]
     RootLookup {
         spec: DeviceSpec,
         source: BlockError,
     },
+    #[error("cannot read the root device {device}: {source}")]
+    Probe { device: PathBuf, source: BlockError },
     #[error("root device {device} ({spec}) holds no SquashFS filesystem (found {found}); set rootfstype= to mount another filesystem")]
     NotSquashfs {
-        spec: DeviceSpec,
+        spec: String,
         device: PathBuf,
         found: String,
     },
@@ -69,6 +73,8 @@ pub enum BootError {
     },
     #[error(transparent)]
     SwitchRoot(#[from] SwitchRootError),
+    #[error("verity: {0}")]
+    Verity(#[from] VerityRootError),
 }
 
 /// Runs the boot. With `switch_root` it only returns on failure; without, it returns the
@@ -93,8 +99,36 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     clock.finish_stage("modules");
 
     let deadline = started + options.timeout;
-    let device = wait_for_root(paths, &options, deadline)?;
-    clock.finish_stage("root-device");
+    let wait = |what, spec| wait_for_device(paths, what, spec, options.timeout, deadline);
+    let (device, verity) = match &options.root {
+        RootChoice::Plain(spec) => {
+            let device = wait("root device", spec)?;
+            clock.finish_stage("root-device");
+            (device, None)
+        }
+        RootChoice::Verity(request) => {
+            let data = wait("verity data device", &request.data)?;
+            let hash = wait("verity hash device", &request.hash)?;
+            clock.finish_stage("root-device");
+            modules.ensure("dm_verity")?;
+            let active = verity_root::activate(&paths.dev(), request, &data, &hash)?;
+            log::info!(
+                "verity: {} checked against roothash on {}, mapped as {} ({})",
+                system_path(paths, &data),
+                system_path(paths, &hash),
+                system_path(paths, &active.node),
+                active.status
+            );
+            let report = VerityReport {
+                root_hash: request.root_hash.to_string(),
+                data_device: system_path(paths, &data),
+                hash_device: system_path(paths, &hash),
+                status: active.status,
+            };
+            (active.node, Some(report))
+        }
+    };
+    clock.finish_stage("verity");
 
     let fstype = root_fstype(&options, &device)?;
     modules.ensure(&fstype)?;
@@ -112,8 +146,8 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     }
     log::info!(
         "root {} is {} ({fstype}), mounted {}",
-        options.root,
-        device.display(),
+        describe(&options.root),
+        system_path(paths, &device),
         match options.mode {
             Mode::Production => "read-only",
             Mode::Dev => "read-only under a transient writable overlay (dev mode)",
@@ -128,10 +162,11 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             version: 1,
             mode: options.mode,
             root: RootReport {
-                spec: options.root.to_string(),
+                spec: describe(&options.root),
                 device: system_path(paths, &device),
                 fstype: fstype.clone(),
             },
+            verity: verity.clone(),
             modules_loaded: modules.loaded_count(),
             init: options.init.display().to_string(),
             stages,
@@ -179,33 +214,44 @@ fn kernel_release() -> String {
         .into_owned()
 }
 
-/// Polls for the root device until it appears or the boot's one device budget runs out.
-fn wait_for_root(
+/// Polls for a device until it appears or the boot's one device budget runs out.
+fn wait_for_device(
     paths: &Paths,
-    options: &BootOptions,
+    what: &'static str,
+    spec: &DeviceSpec,
+    budget: Duration,
     deadline: Instant,
 ) -> Result<PathBuf, BootError> {
     let sys_block = paths.sys_class_block();
     let dev = paths.dev();
     loop {
-        match blockdev::resolve(&options.root, &sys_block, &dev) {
+        match blockdev::resolve(spec, &sys_block, &dev) {
             Ok(Some(device)) => return Ok(device),
             Ok(None) => {}
             Err(source) => {
                 return Err(BootError::RootLookup {
-                    spec: options.root.clone(),
+                    spec: spec.clone(),
                     source,
                 })
             }
         }
         if Instant::now() >= deadline {
             return Err(BootError::RootTimeout {
-                spec: options.root.clone(),
-                secs: options.timeout.as_secs_f64(),
+                what,
+                spec: spec.clone(),
+                secs: budget.as_secs_f64(),
                 seen: block_devices_seen(&sys_block),
             });
         }
         std::thread::sleep(DEVICE_POLL);
+    }
+}
+
+/// How the command line named the root, for messages and the report.
+fn describe(root: &RootChoice) -> String {
+    match root {
+        RootChoice::Plain(spec) => spec.to_string(),
+        RootChoice::Verity(request) => format!("roothash={}", request.root_hash),
     }
 }
 
@@ -233,14 +279,14 @@ fn root_fstype(options: &BootOptions, device: &Path) -> Result<String, BootError
     if let Some(fstype) = &options.rootfstype {
         return Ok(fstype.clone());
     }
-    let lookup = |source| BootError::RootLookup {
-        spec: options.root.clone(),
+    let probed = blockdev::probe_device(device).map_err(|source| BootError::Probe {
+        device: device.to_owned(),
         source,
-    };
-    match blockdev::probe_device(device).map_err(lookup)? {
+    })?;
+    match probed {
         Some(info) if info.kind == FsKind::Squashfs => Ok(info.kind.to_string()),
         found => Err(BootError::NotSquashfs {
-            spec: options.root.clone(),
+            spec: describe(&options.root),
             device: device.to_owned(),
             found: found.map_or("no known filesystem".to_owned(), |info| {
                 info.kind.to_string()

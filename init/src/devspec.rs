@@ -24,16 +24,14 @@ const EXPECTED: &str = "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev 
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceSpecError {
-    #[error("root={value}: {EXPECTED}")]
-    Unrecognized { value: String },
-    #[error("root={value}: {prefix} needs a value")]
-    Empty { value: String, prefix: &'static str },
-    #[error("root={value}: {source}")]
-    PartUuid { value: String, source: GuidError },
-    #[error(
-        "root={value}: /PARTNROFF= is not supported; name the partition itself by its PARTUUID"
-    )]
-    PartNrOff { value: String },
+    #[error("{EXPECTED}")]
+    Unrecognized,
+    #[error("{prefix} needs a value")]
+    Empty { prefix: &'static str },
+    #[error(transparent)]
+    PartUuid(#[from] GuidError),
+    #[error("/PARTNROFF= is not supported; name the partition itself by its PARTUUID")]
+    PartNrOff,
 }
 
 const PARTUUID: &str = "PARTUUID=";
@@ -46,7 +44,7 @@ impl DeviceSpec {
     /// Parses a `root=` value.
     pub fn parse(value: &str) -> Result<Self, DeviceSpecError> {
         if let Some(guid) = value.strip_prefix(PARTUUID) {
-            return parse_partuuid(value, guid);
+            return parse_partuuid(guid);
         }
         let named = [
             (PARTLABEL, DeviceSpec::PartLabel as fn(String) -> Self),
@@ -55,40 +53,28 @@ impl DeviceSpec {
         ];
         for (prefix, make) in named {
             if let Some(name) = value.strip_prefix(prefix) {
-                return non_empty(value, prefix, name).map(make);
+                return non_empty(prefix, name).map(make);
             }
         }
         match value.strip_prefix(DEV) {
             Some(node) if !node.is_empty() => Ok(Self::Path(PathBuf::from(value))),
-            _ => Err(DeviceSpecError::Unrecognized {
-                value: value.to_owned(),
-            }),
+            _ => Err(DeviceSpecError::Unrecognized),
         }
     }
 }
 
-fn parse_partuuid(value: &str, guid: &str) -> Result<DeviceSpec, DeviceSpecError> {
+fn parse_partuuid(guid: &str) -> Result<DeviceSpec, DeviceSpecError> {
     // The kernel's PARTUUID=<guid>/PARTNROFF=<n> picks a sibling partition; refusing it is
     // clearer than guessing, and DPS disks never need it.
     if guid.contains("/PARTNROFF=") {
-        return Err(DeviceSpecError::PartNrOff {
-            value: value.to_owned(),
-        });
+        return Err(DeviceSpecError::PartNrOff);
     }
-    Guid::parse(guid)
-        .map(DeviceSpec::PartUuid)
-        .map_err(|source| DeviceSpecError::PartUuid {
-            value: value.to_owned(),
-            source,
-        })
+    Ok(DeviceSpec::PartUuid(Guid::parse(guid)?))
 }
 
-fn non_empty(value: &str, prefix: &'static str, name: &str) -> Result<String, DeviceSpecError> {
+fn non_empty(prefix: &'static str, name: &str) -> Result<String, DeviceSpecError> {
     if name.is_empty() {
-        return Err(DeviceSpecError::Empty {
-            value: value.to_owned(),
-            prefix,
-        });
+        return Err(DeviceSpecError::Empty { prefix });
     }
     Ok(name.to_owned())
 }
@@ -158,25 +144,25 @@ mod tests {
     fn errors_say_what_was_expected() {
         assert_eq!(
             error("sda1"),
-            "root=sda1: expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
         );
         assert_eq!(
             error("/dev/"),
-            "root=/dev/: expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
         );
         assert_eq!(
             error("/boot/root.img"),
-            "root=/boot/root.img: expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
         );
-        assert_eq!(error("UUID="), "root=UUID=: UUID= needs a value");
+        assert_eq!(error("UUID="), "UUID= needs a value");
         assert_eq!(
             error("PARTUUID=1234"),
-            "root=PARTUUID=1234: \"1234\" is not a GUID: expected 36 characters \
+            "\"1234\" is not a GUID: expected 36 characters \
              (8-4-4-4-12), found 4"
         );
         assert_eq!(
             error("PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5/PARTNROFF=1"),
-            "root=PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5/PARTNROFF=1: /PARTNROFF= is not \
+            "/PARTNROFF= is not \
              supported; name the partition itself by its PARTUUID"
         );
     }

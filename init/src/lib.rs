@@ -5,6 +5,7 @@ pub mod blockdev;
 pub mod boot;
 pub mod cmdline;
 pub mod devspec;
+pub mod dm;
 pub mod failure;
 pub mod gpt;
 pub mod kmod;
@@ -16,3 +17,7 @@ pub mod paths;
 pub mod report;
 pub mod superblock;
 pub mod switchroot;
+/// The only module allowed unsafe code (it opts in itself): raw ioctls rustix lacks.
+mod sys;
+pub mod verity;
+pub mod verity_root;

@@ -6,10 +6,16 @@ use std::time::Duration;
 
 use crate::cmdline::Cmdline;
 use crate::devspec::{DeviceSpec, DeviceSpecError};
+use crate::verity::{RootHash, RootHashError, VerityOption};
 
 /// Keys of our own namespace this build understands; any other `xorbang.*` key is warned
 /// about (a typo must not silently change nothing) but does not stop the boot.
-const KNOWN_KEYS: &[&str] = &["xorbang.dev", "xorbang.timeout", "xorbang.failure"];
+const KNOWN_KEYS: &[&str] = &[
+    "xorbang.dev",
+    "xorbang.timeout",
+    "xorbang.failure",
+    "xorbang.verity",
+];
 
 const DEFAULT_INIT: &str = "/sbin/init";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,15 +58,50 @@ pub enum OptionError {
     },
     #[error("{key} needs a value")]
     MissingValue { key: &'static str },
-    #[error("no root= on the kernel command line: nothing to boot")]
+    #[error("no roothash= or root= on the kernel command line: nothing to boot")]
     NoRoot,
-    #[error(transparent)]
-    Root(#[from] DeviceSpecError),
+    #[error("{key}={value}: {source}")]
+    Device {
+        key: &'static str,
+        value: String,
+        source: DeviceSpecError,
+    },
+    #[error("roothash={value}: {source}")]
+    RootHash {
+        value: String,
+        source: RootHashError,
+    },
+    #[error(
+        "root={spec} without roothash=: production boots only a verified root \
+         (xorbang.verity=optional allows an unverified one)"
+    )]
+    Unverified { spec: DeviceSpec },
+}
+
+/// The root to boot: a dm-verity protected image, or a plain device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootChoice {
+    Verity(VerityRoot),
+    Plain(DeviceSpec),
+}
+
+/// `roothash=` and what goes with it, following systemd's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityRoot {
+    pub root_hash: RootHash,
+    /// `systemd.verity_root_data=`, else the DPS partition whose PARTUUID is the hash's
+    /// first 16 bytes.
+    pub data: DeviceSpec,
+    /// `systemd.verity_root_hash=`, else the DPS partition of the hash's last 16 bytes.
+    pub hash: DeviceSpec,
+    /// From `systemd.verity_root_options=`; `restart_on_corruption` unless it names a
+    /// corruption policy.
+    pub options: Vec<VerityOption>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootOptions {
-    pub root: DeviceSpec,
+    pub root: RootChoice,
     /// `rootfstype=`; when absent the device must hold SquashFS.
     pub rootfstype: Option<String>,
     pub rootflags: Option<String>,
@@ -76,24 +117,117 @@ pub struct BootOptions {
 impl BootOptions {
     /// Reads every option; returns the options and the warnings to log.
     pub fn from_cmdline(cmdline: &Cmdline) -> Result<(Self, Vec<String>), OptionError> {
-        let root = match cmdline.last("root") {
-            Some(Some(value)) => DeviceSpec::parse(value)?,
-            Some(None) => return Err(OptionError::MissingValue { key: "root" }),
-            None => return Err(OptionError::NoRoot),
-        };
+        let mode = mode(cmdline)?;
+        let timeout = timeout(cmdline)?;
+        let failure = failure_policy(cmdline)?;
+        let init = init_path(cmdline)?;
+        let mut warnings = unknown_key_warnings(cmdline);
         let options = Self {
-            root,
+            root: root_choice(cmdline, mode, &mut warnings)?,
             rootfstype: value_of(cmdline, "rootfstype")?.map(str::to_owned),
             rootflags: value_of(cmdline, "rootflags")?.map(str::to_owned),
-            mode: mode(cmdline)?,
-            timeout: timeout(cmdline)?,
-            failure: failure_policy(cmdline)?,
-            init: init_path(cmdline)?,
+            mode,
+            timeout,
+            failure,
+            init,
             init_args: cmdline.init_args.clone(),
             debug: cmdline.last("debug").is_some(),
         };
-        Ok((options, unknown_key_warnings(cmdline)))
+        Ok((options, warnings))
     }
+}
+
+fn root_choice(
+    cmdline: &Cmdline,
+    mode: Mode,
+    warnings: &mut Vec<String>,
+) -> Result<RootChoice, OptionError> {
+    let root = device(cmdline, "root")?;
+    if let Some(value) = value_of(cmdline, "roothash")? {
+        let root_hash = RootHash::parse_hex(value).map_err(|source| OptionError::RootHash {
+            value: value.to_owned(),
+            source,
+        })?;
+        if let Some(spec) = root {
+            warnings.push(format!(
+                "ignoring root={spec}: roothash= selects the verified root"
+            ));
+        }
+        let (data_uuid, hash_uuid) = root_hash.partition_uuids();
+        return Ok(RootChoice::Verity(VerityRoot {
+            data: device(cmdline, "systemd.verity_root_data")?
+                .unwrap_or(DeviceSpec::PartUuid(data_uuid)),
+            hash: device(cmdline, "systemd.verity_root_hash")?
+                .unwrap_or(DeviceSpec::PartUuid(hash_uuid)),
+            options: verity_options(cmdline)?,
+            root_hash,
+        }));
+    }
+    let spec = root.ok_or(OptionError::NoRoot)?;
+    match (mode, verity_optional(cmdline)?) {
+        (Mode::Production, false) => Err(OptionError::Unverified { spec }),
+        (Mode::Dev, false) => {
+            warnings.push(format!("root={spec} is not verified (allowed in dev mode)"));
+            Ok(RootChoice::Plain(spec))
+        }
+        (_, true) => Ok(RootChoice::Plain(spec)),
+    }
+}
+
+fn device(cmdline: &Cmdline, key: &'static str) -> Result<Option<DeviceSpec>, OptionError> {
+    value_of(cmdline, key)?
+        .map(|value| {
+            DeviceSpec::parse(value).map_err(|source| OptionError::Device {
+                key,
+                value: value.to_owned(),
+                source,
+            })
+        })
+        .transpose()
+}
+
+fn verity_optional(cmdline: &Cmdline) -> Result<bool, OptionError> {
+    const KEY: &str = "xorbang.verity";
+    match value_of(cmdline, KEY)? {
+        None | Some("required") => Ok(false),
+        Some("optional") => Ok(true),
+        Some(value) => Err(bad(KEY, value, "expected required or optional")),
+    }
+}
+
+/// The part of systemd's verity option list that makes sense for a root the boot depends
+/// on; the default corruption policy is to restart, so the boot loader can fall back.
+fn verity_options(cmdline: &Cmdline) -> Result<Vec<VerityOption>, OptionError> {
+    const KEY: &str = "systemd.verity_root_options";
+    let mut options = Vec::new();
+    for word in value_of(cmdline, KEY)?
+        .unwrap_or("")
+        .split(',')
+        .filter(|w| !w.is_empty())
+    {
+        options.push(match word {
+            "restart-on-corruption" => VerityOption::RestartOnCorruption,
+            "panic-on-corruption" => VerityOption::PanicOnCorruption,
+            "ignore-zero-blocks" => VerityOption::IgnoreZeroBlocks,
+            _ => {
+                return Err(bad(
+                    KEY,
+                    word,
+                    "expected restart-on-corruption, panic-on-corruption or ignore-zero-blocks",
+                ))
+            }
+        });
+    }
+    let policy_given = options.iter().any(|option| {
+        matches!(
+            option,
+            VerityOption::RestartOnCorruption | VerityOption::PanicOnCorruption
+        )
+    });
+    if !policy_given {
+        options.insert(0, VerityOption::RestartOnCorruption);
+    }
+    Ok(options)
 }
 
 /// The failure policy alone, for when the rest of the command line could not be read: a bad
@@ -185,7 +319,8 @@ mod tests {
 
     #[test]
     fn defaults_are_production_reboot_sbin_init() {
-        let (options, warnings) = parse("root=/dev/vda console=ttyS0").expect("valid");
+        let (options, warnings) =
+            parse("root=/dev/vda console=ttyS0 xorbang.verity=optional").expect("valid");
         assert_eq!(options.mode, Mode::Production);
         assert_eq!(options.failure, FailurePolicy::Reboot);
         assert_eq!(options.timeout, Duration::from_secs(30));
@@ -211,10 +346,14 @@ mod tests {
 
     #[test]
     fn unknown_xorbang_keys_warn_but_do_not_fail() {
-        let (_, warnings) = parse("root=/dev/vda xorbang.colour=blue other.key=1").expect("ok");
+        let (_, warnings) =
+            parse("root=/dev/vda xorbang.dev=1 xorbang.colour=blue other.key=1").expect("ok");
         assert_eq!(
             warnings,
-            ["ignoring unknown kernel parameter xorbang.colour=blue"]
+            [
+                "ignoring unknown kernel parameter xorbang.colour=blue",
+                "root=/dev/vda is not verified (allowed in dev mode)",
+            ]
         );
     }
 
@@ -229,6 +368,23 @@ mod tests {
                 "xorbang.failure=explode",
             ),
             ("root=/dev/vda init=sbin/init", "init=sbin/init"),
+            ("root=/dev/vda xorbang.verity=maybe", "xorbang.verity=maybe"),
+            ("roothash=xyz", "roothash=xyz: root hash \"xyz\" is not hex"),
+            ("roothash=abcd", "roothash=abcd: root hash is 2 bytes"),
+            (
+                "roothash=954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93 \
+                 systemd.verity_root_options=ignore-corruption",
+                "systemd.verity_root_options=ignore-corruption",
+            ),
+            (
+                "roothash=954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93 \
+                 systemd.verity_root_data=sda1",
+                "systemd.verity_root_data=sda1: expected PARTUUID=",
+            ),
+            (
+                "root=/dev/vda",
+                "root=/dev/vda without roothash=: production boots only a verified root",
+            ),
         ];
         for (text, named) in cases {
             let error = parse(text).expect_err(text).to_string();
@@ -238,10 +394,71 @@ mod tests {
             );
         }
         assert_eq!(parse("quiet"), Err(OptionError::NoRoot));
+        assert!(parse("root=/dev/vda xorbang.dev=1 xorbang.verity=optional").is_ok());
         assert_eq!(
             parse("root"),
             Err(OptionError::MissingValue { key: "root" })
         );
+    }
+
+    const HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
+
+    fn verity(text: &str) -> VerityRoot {
+        match parse(text).expect("valid").0.root {
+            RootChoice::Verity(root) => root,
+            RootChoice::Plain(spec) => panic!("expected a verity root, got {spec}"),
+        }
+    }
+
+    #[test]
+    fn roothash_alone_finds_both_partitions_by_dps_uuids() {
+        let root = verity(&format!("roothash={HASH}"));
+        assert_eq!(root.root_hash.to_string(), HASH);
+        assert_eq!(
+            root.data.to_string(),
+            "PARTUUID=954172df-ee9a-aab2-d90a-0ab162ee6bc5"
+        );
+        assert_eq!(
+            root.hash.to_string(),
+            "PARTUUID=a6a77ede-951f-ad19-f0f9-4df0d7266a93"
+        );
+        assert_eq!(root.options, [VerityOption::RestartOnCorruption]);
+    }
+
+    #[test]
+    fn explicit_verity_devices_and_options_win() {
+        let root = verity(&format!(
+            "root=/dev/mapper/root roothash={HASH} systemd.verity_root_data=/dev/vda1 \
+             systemd.verity_root_hash=PARTLABEL=hash \
+             systemd.verity_root_options=panic-on-corruption,ignore-zero-blocks"
+        ));
+        assert_eq!(root.data.to_string(), "/dev/vda1");
+        assert_eq!(root.hash.to_string(), "PARTLABEL=hash");
+        assert_eq!(
+            root.options,
+            [
+                VerityOption::PanicOnCorruption,
+                VerityOption::IgnoreZeroBlocks
+            ]
+        );
+    }
+
+    #[test]
+    fn unverified_roots_need_dev_mode_or_optional_verity() {
+        assert!(matches!(
+            parse("root=/dev/vda"),
+            Err(OptionError::Unverified { .. })
+        ));
+        for allowed in [
+            "root=/dev/vda xorbang.dev=1",
+            "root=/dev/vda xorbang.verity=optional",
+        ] {
+            let (options, _) = parse(allowed).expect(allowed);
+            assert_eq!(
+                options.root,
+                RootChoice::Plain(DeviceSpec::parse("/dev/vda").expect("spec"))
+            );
+        }
     }
 
     #[test]

@@ -33,11 +33,23 @@ pub struct RootReport {
     pub fstype: String,
 }
 
+/// The dm-verity mapping under a verified root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerityReport {
+    pub root_hash: String,
+    pub data_device: String,
+    pub hash_device: String,
+    /// The target's status right after activation: `V` (verified).
+    pub status: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootReport {
     pub version: u32,
     pub mode: Mode,
     pub root: RootReport,
+    /// Absent for an unverified root (dev mode, or `xorbang.verity=optional`).
+    pub verity: Option<VerityReport>,
     pub modules_loaded: usize,
     pub init: String,
     /// Consecutive stages from the init's start to the hand-off; they add up to
@@ -127,6 +139,7 @@ mod tests {
                 device: "/dev/vda2".into(),
                 fstype: "squashfs".into(),
             },
+            verity: None,
             modules_loaded: 3,
             init: "/sbin/init".into(),
             stages: vec![Stage {

@@ -105,23 +105,36 @@ const _: () = assert!(offset_of!(DmTargetSpec, target_type) == 24);
 
 impl DmIoctl {
     pub(crate) fn to_bytes(&self) -> [u8; DM_IOCTL_SIZE] {
-        let mut out = [0; DM_IOCTL_SIZE];
-        let version = offset_of!(DmIoctl, version);
-        for (index, part) in self.version.iter().enumerate() {
-            put(&mut out, version + 4 * index, &part.to_ne_bytes());
-        }
-        put(&mut out, offset_of!(DmIoctl, data_size), &self.data_size.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, data_start), &self.data_start.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, target_count), &self.target_count.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, open_count), &self.open_count.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, flags), &self.flags.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, event_nr), &self.event_nr.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, padding), &self.padding.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, dev), &self.dev.to_ne_bytes());
-        put(&mut out, offset_of!(DmIoctl, name), &self.name);
-        put(&mut out, offset_of!(DmIoctl, uuid), &self.uuid);
-        put(&mut out, offset_of!(DmIoctl, data), &self.data);
-        out
+        let [major, minor, patch] = self.version.map(u32::to_ne_bytes);
+        let fields: [(usize, &[u8]); 14] = [
+            (offset_of!(DmIoctl, version), &major),
+            (offset_of!(DmIoctl, version) + 4, &minor),
+            (offset_of!(DmIoctl, version) + 8, &patch),
+            (
+                offset_of!(DmIoctl, data_size),
+                &self.data_size.to_ne_bytes(),
+            ),
+            (
+                offset_of!(DmIoctl, data_start),
+                &self.data_start.to_ne_bytes(),
+            ),
+            (
+                offset_of!(DmIoctl, target_count),
+                &self.target_count.to_ne_bytes(),
+            ),
+            (
+                offset_of!(DmIoctl, open_count),
+                &self.open_count.to_ne_bytes(),
+            ),
+            (offset_of!(DmIoctl, flags), &self.flags.to_ne_bytes()),
+            (offset_of!(DmIoctl, event_nr), &self.event_nr.to_ne_bytes()),
+            (offset_of!(DmIoctl, padding), &self.padding.to_ne_bytes()),
+            (offset_of!(DmIoctl, dev), &self.dev.to_ne_bytes()),
+            (offset_of!(DmIoctl, name), &self.name),
+            (offset_of!(DmIoctl, uuid), &self.uuid),
+            (offset_of!(DmIoctl, data), &self.data),
+        ];
+        serialize(fields)
     }
 
     pub(crate) fn from_bytes(bytes: &[u8; DM_IOCTL_SIZE]) -> Self {
@@ -145,14 +158,17 @@ impl DmIoctl {
 
 impl DmTargetSpec {
     pub(crate) fn to_bytes(&self) -> [u8; DM_TARGET_SPEC_SIZE] {
-        let mut out = [0; DM_TARGET_SPEC_SIZE];
-        let start = offset_of!(DmTargetSpec, sector_start);
-        put(&mut out, start, &self.sector_start.to_ne_bytes());
-        put(&mut out, offset_of!(DmTargetSpec, length), &self.length.to_ne_bytes());
-        put(&mut out, offset_of!(DmTargetSpec, status), &self.status.to_ne_bytes());
-        put(&mut out, offset_of!(DmTargetSpec, next), &self.next.to_ne_bytes());
-        put(&mut out, offset_of!(DmTargetSpec, target_type), &self.target_type);
-        out
+        let fields: [(usize, &[u8]); 5] = [
+            (
+                offset_of!(DmTargetSpec, sector_start),
+                &self.sector_start.to_ne_bytes(),
+            ),
+            (offset_of!(DmTargetSpec, length), &self.length.to_ne_bytes()),
+            (offset_of!(DmTargetSpec, status), &self.status.to_ne_bytes()),
+            (offset_of!(DmTargetSpec, next), &self.next.to_ne_bytes()),
+            (offset_of!(DmTargetSpec, target_type), &self.target_type),
+        ];
+        serialize(fields)
     }
 
     pub(crate) fn from_bytes(bytes: &[u8; DM_TARGET_SPEC_SIZE]) -> Self {
@@ -166,13 +182,17 @@ impl DmTargetSpec {
     }
 }
 
-/// Copies `value` into `out` at `offset`. Offsets come from `offset_of!` on the structs whose
-/// size the byte arrays have, so they are always in range.
-fn put(out: &mut [u8], offset: usize, value: &[u8]) {
-    out[offset..offset + value.len()].copy_from_slice(value);
+/// Lays `(offset, bytes)` fields out in an `N`-byte struct image; gaps stay zero. Offsets
+/// come from `offset_of!` on the struct whose size `N` is, so they are always in range.
+fn serialize<const N: usize, const F: usize>(fields: [(usize, &[u8]); F]) -> [u8; N] {
+    let mut out = [0; N];
+    for (offset, value) in fields {
+        out[offset..offset + value.len()].copy_from_slice(value);
+    }
+    out
 }
 
-/// Reads `N` bytes at `offset`; in range for the same reason as in [`put`].
+/// Reads `N` bytes at `offset`; in range for the same reason as in [`serialize`].
 fn get<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
     let mut value = [0; N];
     value.copy_from_slice(&bytes[offset..offset + N]);
@@ -235,13 +255,19 @@ pub(crate) fn dm_ioctl(
     buffer: &mut [u8],
 ) -> io::Result<()> {
     let header = buffer.first_chunk::<DM_IOCTL_SIZE>().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "buffer shorter than struct dm_ioctl")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "buffer shorter than struct dm_ioctl",
+        )
     })?;
     let data_size = DmIoctl::from_bytes(header).data_size;
     if usize::try_from(data_size).map_or(true, |size| size > buffer.len()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("data_size {data_size} exceeds the {}-byte buffer", buffer.len()),
+            format!(
+                "data_size {data_size} exceeds the {}-byte buffer",
+                buffer.len()
+            ),
         ));
     }
     // SAFETY: `control` is a live descriptor for the borrow's duration. The request is one
@@ -260,6 +286,7 @@ pub(crate) fn dm_ioctl(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn request_numbers_match_the_kernel_headers() {

@@ -29,7 +29,10 @@ fn stderr(output: &Output) -> String {
 fn a_root_that_never_appears_is_named_within_the_budget() {
     let root = empty_root();
     let started = std::time::Instant::now();
-    let output = init(root.path(), "root=PARTLABEL=nowhere xorbang.timeout=0.3");
+    let output = init(
+        root.path(),
+        "root=PARTLABEL=nowhere xorbang.timeout=0.3 xorbang.verity=optional",
+    );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let text = stderr(&output);
     assert!(

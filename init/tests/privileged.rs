@@ -99,7 +99,7 @@ fn production_root_is_read_only() {
     }
     let image = squashfs_on_loop();
     let (ok, text) = boot_then(
-        &format!("root={}", image.device),
+        &format!("root={} xorbang.verity=optional", image.device),
         r#"if touch "$ROOT/sysroot/etc/probe" 2>/dev/null; then echo WRITABLE; else echo READ-ONLY; fi
            cat "$ROOT/sysroot/etc/hostname""#,
     );
@@ -153,7 +153,10 @@ fn a_device_without_squashfs_is_refused_by_name() {
         .expect("losetup runs");
     let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let image = LoopImage { _dir: dir, device };
-    let (ok, text) = boot_then(&format!("root={}", image.device), "true");
+    let (ok, text) = boot_then(
+        &format!("root={} xorbang.verity=optional", image.device),
+        "true",
+    );
     assert!(!ok, "{text}");
     let expected = format!(
         "({}) holds no SquashFS filesystem (found no known filesystem)",

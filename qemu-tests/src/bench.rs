@@ -18,7 +18,10 @@ pub fn bench(context: &Context, init_binary: &Path) -> Result<(), String> {
     for index in 1..=context.config.bench_runs {
         let console = context.boot_system(
             "bench",
-            &format!("root=PARTUUID={}", crate::fixtures::ROOT_PARTUUID),
+            &format!(
+                "root=PARTUUID={} xorbang.verity=optional",
+                crate::fixtures::ROOT_PARTUUID
+            ),
             &[LineMatch::Prefix(REPORT_PREFIX.to_owned())],
         )?;
         let report = parse_report(&console, REPORT_PREFIX)?;

@@ -186,7 +186,10 @@ fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode 
 
 /// Boots the systemd image with the console on this terminal (Ctrl-A X quits).
 fn demo(context: &Context, dev: bool) -> Result<(), String> {
-    let mut append = format!("root=PARTUUID={}", fixtures::ROOT_PARTUUID);
+    let mut append = format!(
+        "root=PARTUUID={} xorbang.verity=optional",
+        fixtures::ROOT_PARTUUID
+    );
     if dev {
         append.push_str(" xorbang.dev=1");
     }

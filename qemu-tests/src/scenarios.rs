@@ -125,13 +125,13 @@ fn pass_line(check: &str) -> LineMatch {
 }
 
 fn production_root() -> String {
-    format!("root=PARTUUID={ROOT_PARTUUID}")
+    format!("root=PARTUUID={ROOT_PARTUUID} xorbang.verity=optional")
 }
 
 fn boot_busybox(context: &Context) -> Result<(), String> {
     let vm = context.vm(
         vec![context.busybox_image.clone()],
-        "root=/dev/vda xtest.scenario=boot-busybox",
+        "root=/dev/vda xorbang.verity=optional xtest.scenario=boot-busybox",
         INITRAMFS_TIMEOUT,
     );
     context.boot(&vm, "boot-busybox", &[pass_line("boot-busybox")])?;
@@ -171,7 +171,7 @@ fn refused(cause_prefix: String) -> [LineMatch; 2] {
 fn missing_root(context: &Context) -> Result<(), String> {
     let vm = context.vm(
         Vec::new(),
-        &format!("root=PARTUUID={ABSENT_PARTUUID} xorbang.timeout=3"),
+        &format!("root=PARTUUID={ABSENT_PARTUUID} xorbang.verity=optional xorbang.timeout=3"),
         INITRAMFS_TIMEOUT,
     );
     let expect = refused(format!(
@@ -184,7 +184,7 @@ fn missing_root(context: &Context) -> Result<(), String> {
 fn bad_init(context: &Context) -> Result<(), String> {
     let vm = context.vm(
         vec![context.busybox_image.clone()],
-        "root=/dev/vda init=/sbin/nope",
+        "root=/dev/vda xorbang.verity=optional init=/sbin/nope",
         INITRAMFS_TIMEOUT,
     );
     let expect = refused("init /sbin/nope does not exist in the new root".to_owned());
@@ -231,6 +231,7 @@ fn check_report(report: &BootReport) -> Result<(), String> {
         "setup",
         "modules",
         "root-device",
+        "verity",
         "mount-root",
         "switch-root",
     ];
@@ -263,6 +264,7 @@ mod tests {
             "setup",
             "modules",
             "root-device",
+            "verity",
             "mount-root",
             "switch-root",
         ];
@@ -274,6 +276,7 @@ mod tests {
                 device: "/dev/vda1".into(),
                 fstype: "squashfs".into(),
             },
+            verity: None,
             modules_loaded: 5,
             init: "/sbin/init".into(),
             stages: names
@@ -291,15 +294,15 @@ mod tests {
 
     #[test]
     fn reports_whose_stages_add_up_pass() {
-        check_report(&report(&[10, 20, 30, 40, 50], 150)).expect("adds up");
-        check_report(&report(&[10, 20, 30, 40, 50], 153)).expect("rounding");
+        check_report(&report(&[10, 20, 30, 0, 40, 50], 150)).expect("adds up");
+        check_report(&report(&[10, 20, 30, 0, 40, 50], 153)).expect("rounding");
     }
 
     #[test]
     fn reports_with_gaps_or_missing_stages_fail() {
-        let gap = check_report(&report(&[10, 20, 30, 40, 50], 400)).expect_err("gap");
+        let gap = check_report(&report(&[10, 20, 30, 0, 40, 50], 400)).expect_err("gap");
         assert!(gap.contains("add up to 150"), "{gap}");
-        let missing = check_report(&report(&[10, 20, 30, 40], 100)).expect_err("missing stage");
+        let missing = check_report(&report(&[10, 20, 30, 40, 0], 100)).expect_err("missing stage");
         assert!(missing.contains("stages"), "{missing}");
     }
 }

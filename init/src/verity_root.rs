@@ -1,0 +1,386 @@
+//! Activating the verified root: read and check the verity superblock and the devices'
+//! sizes, check the top of the hash tree against `roothash=` ourselves (so a wrong hash is
+//! refused with a clear line before anything is mounted, instead of tripping the corruption
+//! policy on the first read), then create `/dev/mapper/root` through device-mapper ioctls.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::dm::{self, DeviceMapper, DmError, Sectors, Target};
+use crate::options::VerityRoot;
+use crate::verity::{
+    HashAlgorithm, HashType, RootHash, SuperblockError, TableWord, VeritySuperblock, VerityTable,
+    SUPERBLOCK_SIZE,
+};
+
+/// The mapping's name: `/dev/mapper/root`, as systemd names its verity root.
+pub const MAPPING: &str = "root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerityRootError {
+    #[error("cannot read {device}: {source}")]
+    Read {
+        device: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("hash device {device}: {source}")]
+    Superblock {
+        device: PathBuf,
+        source: SuperblockError,
+    },
+    #[error("roothash= has {found} bytes but the superblock on {device} says {algorithm} ({expected} bytes)")]
+    HashLength {
+        device: PathBuf,
+        algorithm: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("data device {device} is {size} bytes, but its verity superblock covers {needed} bytes ({blocks} blocks of {block_size})")]
+    DataTooSmall {
+        device: PathBuf,
+        size: u64,
+        needed: u64,
+        blocks: u64,
+        block_size: u32,
+    },
+    #[error("hash device {device} is {size} bytes, shorter than the {needed} bytes its verity superblock needs")]
+    HashTooSmall {
+        device: PathBuf,
+        size: u64,
+        needed: u64,
+    },
+    #[error("root hash mismatch: roothash={expected} but the hash tree on {device} gives {found}")]
+    RootMismatch {
+        device: PathBuf,
+        expected: RootHash,
+        found: String,
+    },
+    #[error("the device name {0} cannot go into a device-mapper table")]
+    TableWord(PathBuf),
+    #[error("device-mapper: {0}")]
+    Dm(#[from] DmError),
+    #[error(
+        "/dev/mapper/{MAPPING} reports status {status:?} right after activation, not verified (V)"
+    )]
+    NotVerified { status: String },
+}
+
+/// The devices of a verified root and what the activation found out.
+#[derive(Debug, Clone)]
+pub struct ActiveRoot {
+    pub node: PathBuf,
+    pub table: String,
+    pub status: String,
+}
+
+/// Checks everything that can be checked before the kernel sees the devices, then maps
+/// `data` through dm-verity as `/dev/mapper/root` (a node made under `dev_dir`).
+pub fn activate(
+    dev_dir: &Path,
+    request: &VerityRoot,
+    data: &Path,
+    hash: &Path,
+) -> Result<ActiveRoot, VerityRootError> {
+    let superblock = read_superblock(hash)?;
+    check_hash_length(&superblock, &request.root_hash, hash)?;
+    let geometry = TreeGeometry::new(&superblock);
+    check_sizes(&superblock, &geometry, data, hash)?;
+    check_root_hash(&superblock, &geometry, &request.root_hash, data, hash)?;
+    let word = |path: &Path| {
+        TableWord::new(&path.to_string_lossy())
+            .map_err(|_| VerityRootError::TableWord(path.to_owned()))
+    };
+    let mut table = VerityTable::from_superblock(
+        &superblock,
+        word(data)?,
+        word(hash)?,
+        0,
+        request.root_hash.clone(),
+    )
+    .map_err(|_| VerityRootError::HashLength {
+        device: hash.to_owned(),
+        algorithm: superblock.algorithm.name(),
+        expected: superblock.algorithm.digest_size(),
+        found: request.root_hash.as_bytes().len(),
+    })?;
+    table.options = request.options.clone();
+    map(dev_dir, &superblock, &table.to_string())
+}
+
+fn map(
+    dev_dir: &Path,
+    superblock: &VeritySuperblock,
+    params: &str,
+) -> Result<ActiveRoot, VerityRootError> {
+    let control = DeviceMapper::open(&dev_dir.join("mapper/control"))?;
+    let sectors = superblock.data_blocks * superblock.data_block_size.as_u64() / 512;
+    let target = Target {
+        start: Sectors(0),
+        length: Sectors(sectors),
+        target_type: "verity".to_owned(),
+        params: params.to_owned(),
+    };
+    control.create(MAPPING, Some("XORBANG-VERITY-root"))?;
+    let loaded = control
+        .load_table(MAPPING, &[target], true)
+        .and_then(|()| control.resume(MAPPING));
+    let id = match loaded {
+        Ok(id) => id,
+        Err(error) => {
+            // Leave no half-made mapping behind; the load error is the one to report.
+            if let Err(cleanup) = control.remove(MAPPING) {
+                log::warn!("cannot remove the failed mapping: {cleanup}");
+            }
+            return Err(error.into());
+        }
+    };
+    let node = dm::make_node(dev_dir, MAPPING, id)?;
+    let status = control
+        .table_status(MAPPING)?
+        .into_iter()
+        .map(|target| target.status)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if status != "V" {
+        return Err(VerityRootError::NotVerified { status });
+    }
+    Ok(ActiveRoot {
+        node,
+        table: params.to_owned(),
+        status,
+    })
+}
+
+fn read_superblock(hash: &Path) -> Result<VeritySuperblock, VerityRootError> {
+    let mut bytes = [0u8; SUPERBLOCK_SIZE];
+    read_at(hash, 0, &mut bytes)?;
+    VeritySuperblock::parse(&bytes).map_err(|source| VerityRootError::Superblock {
+        device: hash.to_owned(),
+        source,
+    })
+}
+
+fn check_hash_length(
+    superblock: &VeritySuperblock,
+    root_hash: &RootHash,
+    hash: &Path,
+) -> Result<(), VerityRootError> {
+    let expected = superblock.algorithm.digest_size();
+    let found = root_hash.as_bytes().len();
+    if expected != found {
+        return Err(VerityRootError::HashLength {
+            device: hash.to_owned(),
+            algorithm: superblock.algorithm.name(),
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
+fn check_sizes(
+    superblock: &VeritySuperblock,
+    geometry: &TreeGeometry,
+    data: &Path,
+    hash: &Path,
+) -> Result<(), VerityRootError> {
+    let block_size = superblock.data_block_size.bytes();
+    let needed = superblock.data_blocks * u64::from(block_size);
+    let size = device_size(data)?;
+    if size < needed {
+        return Err(VerityRootError::DataTooSmall {
+            device: data.to_owned(),
+            size,
+            needed,
+            blocks: superblock.data_blocks,
+            block_size,
+        });
+    }
+    let needed = geometry.end_bytes();
+    let size = device_size(hash)?;
+    if size < needed {
+        return Err(VerityRootError::HashTooSmall {
+            device: hash.to_owned(),
+            size,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// The root digest covers the tree's single top block, or the only data block of a
+/// one-block image (which has no tree).
+fn check_root_hash(
+    superblock: &VeritySuperblock,
+    geometry: &TreeGeometry,
+    expected: &RootHash,
+    data: &Path,
+    hash: &Path,
+) -> Result<(), VerityRootError> {
+    let (device, offset, size) = match geometry.top_block() {
+        Some(block) => (hash, block * geometry.hash_block, geometry.hash_block),
+        None => (data, 0, superblock.data_block_size.as_u64()),
+    };
+    let mut block = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
+    read_at(device, offset, &mut block)?;
+    let found = salted_digest(superblock, &block);
+    if found != expected.as_bytes() {
+        return Err(VerityRootError::RootMismatch {
+            device: hash.to_owned(),
+            expected: expected.clone(),
+            found: found.iter().map(|byte| format!("{byte:02x}")).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Format 1 hashes the salt first, format 0 (Chrome OS) last.
+fn salted_digest(superblock: &VeritySuperblock, block: &[u8]) -> Vec<u8> {
+    let salt = superblock.salt.as_bytes();
+    let (before, after): (&[u8], &[u8]) = match superblock.hash_type {
+        HashType::Normal => (salt, &[]),
+        HashType::ChromeOs => (&[], salt),
+    };
+    match superblock.algorithm {
+        HashAlgorithm::Sha256 => Sha256::new()
+            .chain_update(before)
+            .chain_update(block)
+            .chain_update(after)
+            .finalize()
+            .to_vec(),
+        HashAlgorithm::Sha512 => Sha512::new()
+            .chain_update(before)
+            .chain_update(block)
+            .chain_update(after)
+            .finalize()
+            .to_vec(),
+    }
+}
+
+fn read_at(device: &Path, offset: u64, buffer: &mut [u8]) -> Result<(), VerityRootError> {
+    let read = |source| VerityRootError::Read {
+        device: device.to_owned(),
+        source,
+    };
+    let mut file = File::open(device).map_err(read)?;
+    file.seek(SeekFrom::Start(offset)).map_err(read)?;
+    file.read_exact(buffer).map_err(read)
+}
+
+/// A block device's size (seeking to the end works for block devices and files alike).
+fn device_size(device: &Path) -> Result<u64, VerityRootError> {
+    File::open(device)
+        .and_then(|mut file| file.seek(SeekFrom::End(0)))
+        .map_err(|source| VerityRootError::Read {
+            device: device.to_owned(),
+            source,
+        })
+}
+
+/// Where the levels of a hash tree lie on the hash device, as veritysetup writes them and
+/// dm-verity reads them: the top level first, right after the superblock's block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeGeometry {
+    hash_block: u64,
+    /// Absolute hash-block index of each level's first block, bottom level first.
+    level_starts: Vec<u64>,
+    /// Hash blocks of each level, bottom level first.
+    level_blocks: Vec<u64>,
+}
+
+impl TreeGeometry {
+    pub fn new(superblock: &VeritySuperblock) -> Self {
+        let hash_block = superblock.hash_block_size.as_u64();
+        // Format 1 gives each digest a power-of-two slot; the kernel then rounds the count
+        // per block down to a power of two either way.
+        let digest = superblock.algorithm.digest_size() as u64;
+        let slot = match superblock.hash_type {
+            HashType::Normal => digest.next_power_of_two(),
+            HashType::ChromeOs => digest,
+        };
+        let per_block_bits = (hash_block / slot).ilog2();
+        let data_blocks = superblock.data_blocks;
+        // The kernel's count: levels until one block's worth of hashes covers all data.
+        let mut levels = 0u32;
+        while per_block_bits * levels < 64 && (data_blocks - 1) >> (per_block_bits * levels) != 0 {
+            levels += 1;
+        }
+        let level_blocks: Vec<u64> = (1..=levels)
+            .map(|level| {
+                let shift = per_block_bits * level;
+                if shift >= 64 {
+                    1
+                } else {
+                    (data_blocks - 1) / (1u64 << shift) + 1
+                }
+            })
+            .collect();
+        let mut position = crate::verity::hash_start_block(0, superblock.hash_block_size, true);
+        let mut level_starts = vec![0; level_blocks.len()];
+        for level in (0..level_blocks.len()).rev() {
+            level_starts[level] = position;
+            position += level_blocks[level];
+        }
+        Self {
+            hash_block,
+            level_starts,
+            level_blocks,
+        }
+    }
+
+    /// The byte just past the tree: how large the hash device must be.
+    pub fn end_bytes(&self) -> u64 {
+        let end_block = match (self.level_starts.first(), self.level_blocks.first()) {
+            (Some(start), Some(blocks)) => start + blocks,
+            // No tree: only the superblock's block.
+            _ => 1,
+        };
+        end_block * self.hash_block
+    }
+
+    /// The absolute index of the top level's only block, if there is a tree.
+    pub fn top_block(&self) -> Option<u64> {
+        self.level_starts.last().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt::Guid;
+    use crate::verity::{BlockSize, Salt};
+
+    fn superblock(data_blocks: u64, hash_block: u32) -> VeritySuperblock {
+        VeritySuperblock {
+            hash_type: HashType::Normal,
+            uuid: Guid::from_bytes([1; 16]),
+            algorithm: HashAlgorithm::Sha256,
+            data_block_size: BlockSize::new(4096).expect("size"),
+            hash_block_size: BlockSize::new(hash_block).expect("size"),
+            data_blocks,
+            salt: Salt::new(vec![7; 32]).expect("salt"),
+        }
+    }
+
+    #[test]
+    fn one_block_has_no_tree() {
+        let geometry = TreeGeometry::new(&superblock(1, 4096));
+        assert_eq!(geometry.top_block(), None);
+        assert_eq!(geometry.end_bytes(), 4096);
+    }
+
+    #[test]
+    fn levels_are_stored_top_first_after_the_superblock() {
+        // 4096-byte hash blocks hold 128 sha256 digests: 20000 blocks need 157 + 2 + 1.
+        let geometry = TreeGeometry::new(&superblock(20_000, 4096));
+        assert_eq!(geometry.level_blocks, [157, 2, 1]);
+        assert_eq!(geometry.level_starts, [4, 2, 1]);
+        assert_eq!(geometry.top_block(), Some(1));
+        assert_eq!(geometry.end_bytes(), (4 + 157) * 4096);
+        let exact = TreeGeometry::new(&superblock(128, 4096));
+        assert_eq!(exact.level_blocks, [1]);
+    }
+}
