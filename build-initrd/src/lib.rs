@@ -3,8 +3,11 @@
 
 pub mod compress;
 pub mod cpio;
+pub mod disk;
 pub mod elf;
 pub mod image;
 pub mod initrd;
 pub mod kernel_modules;
 pub mod output;
+pub mod verified_image;
+pub mod verity;

@@ -6,10 +6,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use xorbang_build::compress::Compression;
+use xorbang_build::disk::{self, DiskError};
 use xorbang_build::image::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::initrd::{self, Addition, InitrdError, InitrdSpec};
 use xorbang_build::kernel_modules::DEFAULT_MODULES;
+use xorbang_build::verified_image::{self, VerifiedImageError};
+use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
+use xorbang_init::gpt::Guid;
 use xorbang_init::modules::ModuleName;
+use xorbang_init::verity::{
+    BlockSize, HashAlgorithm, HashType, RootHash, Salt, SaltError, KERNEL_MAX_DATA_BLOCK_SIZE,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "xorbang-build", version, about = "Builds what xorbang boots")]
@@ -23,8 +30,111 @@ enum Command {
     /// Build the initramfs: the static init as /init, base directories, /dev/console,
     /// kernel modules and extra files, as a reproducible newc cpio archive.
     Initrd(InitrdArgs),
-    /// Pack a root file system tree into a reproducible SquashFS image with mksquashfs.
+    /// Pack a root file system tree into a reproducible SquashFS image with mksquashfs, with
+    /// its dm-verity hash tree (OUT.verity) and a manifest with the root hash (OUT.json).
     Image(ImageArgs),
+    /// Write a GPT disk image holding an image and its hash tree as Discoverable Partitions
+    /// (root-x86-64 and root-x86-64-verity, PARTUUIDs derived from the root hash), so that
+    /// `roothash=` alone boots it.
+    Disk(DiskArgs),
+    /// dm-verity hash trees, byte for byte as veritysetup writes them.
+    Verity {
+        #[command(subcommand)]
+        command: VerityCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VerityCommand {
+    /// Write the superblock and hash tree of DATA to HASH (created if missing), as
+    /// `veritysetup format` does, and print its report with the root hash.
+    Format(VerityFormatArgs),
+    /// Check DATA and the hash tree in HASH against ROOTHASH, as `veritysetup verify` does.
+    Verify(VerityVerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerityFormatArgs {
+    /// The image to protect.
+    #[arg(value_name = "DATA")]
+    data: PathBuf,
+    /// Where the hash area goes; may be DATA itself, with --hash-offset past the data.
+    #[arg(value_name = "HASH")]
+    hash: PathBuf,
+    /// The salt as hex, or - for none [default: 32 random bytes].
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true, value_parser = parse_salt)]
+    salt: Option<Salt>,
+    /// The UUID the superblock records [default: random].
+    #[arg(long, value_parser = Guid::parse, conflicts_with = "no_superblock")]
+    uuid: Option<Guid>,
+    #[arg(long, value_name = "BYTES", default_value_t = BlockSize::DEFAULT)]
+    data_block_size: BlockSize,
+    #[arg(long, value_name = "BYTES", default_value_t = BlockSize::DEFAULT)]
+    hash_block_size: BlockSize,
+    /// The hash algorithm.
+    #[arg(long = "hash", value_name = "sha256|sha512", default_value_t = HashAlgorithm::Sha256)]
+    algorithm: HashAlgorithm,
+    /// The hash type: 1 (normal) or 0 (original Chrome OS).
+    #[arg(long = "format", value_name = "0|1", default_value = "1")]
+    hash_type: HashType,
+    /// Where the hash area starts in HASH, in bytes (a multiple of 512).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    hash_offset: u64,
+    /// How many data blocks to protect [default: all of DATA, which must be whole blocks].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    data_blocks: Option<u64>,
+    /// Write no superblock: verifying then needs every parameter again.
+    #[arg(long)]
+    no_superblock: bool,
+}
+
+/// With a superblock only the hash offset applies: the superblock holds the rest.
+#[derive(Debug, clap::Args)]
+struct VerityVerifyArgs {
+    /// The protected image.
+    #[arg(value_name = "DATA")]
+    data: PathBuf,
+    /// The device or file holding the hash area (may be DATA itself).
+    #[arg(value_name = "HASH")]
+    hash: PathBuf,
+    /// The expected root hash, as hex.
+    #[arg(value_name = "ROOTHASH", value_parser = parse_root_hash)]
+    root_hash: RootHash,
+    /// Where the hash area starts in HASH, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    hash_offset: u64,
+    /// HASH has no superblock: give the parameters it was formatted with.
+    #[arg(long)]
+    no_superblock: bool,
+    /// The salt as hex, or - for none; required with --no-superblock.
+    #[arg(
+        long,
+        value_name = "HEX",
+        allow_hyphen_values = true,
+        value_parser = parse_salt,
+        requires = "no_superblock",
+        required_if_eq("no_superblock", "true")
+    )]
+    salt: Option<Salt>,
+    /// With --no-superblock [default: 4096].
+    #[arg(long, value_name = "BYTES", requires = "no_superblock")]
+    data_block_size: Option<BlockSize>,
+    /// With --no-superblock [default: 4096].
+    #[arg(long, value_name = "BYTES", requires = "no_superblock")]
+    hash_block_size: Option<BlockSize>,
+    /// With --no-superblock [default: sha256].
+    #[arg(
+        long = "hash",
+        value_name = "sha256|sha512",
+        requires = "no_superblock"
+    )]
+    algorithm: Option<HashAlgorithm>,
+    /// With --no-superblock [default: 1].
+    #[arg(long = "format", value_name = "0|1", requires = "no_superblock")]
+    hash_type: Option<HashType>,
+    /// With --no-superblock [default: all of DATA].
+    #[arg(long, value_name = "N", requires = "no_superblock", value_parser = clap::value_parser!(u64).range(1..))]
+    data_blocks: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +176,19 @@ struct ImageArgs {
     /// The SquashFS compressor.
     #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
     compression: SquashfsCompression,
+    /// Skip the hash tree and manifest (for roots booted with xorbang.verity=optional).
+    #[arg(long)]
+    no_verity: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiskArgs {
+    /// An image made by `xorbang-build image`; its .verity and .json files are beside it.
+    #[arg(long, value_name = "IMAGE")]
+    image: PathBuf,
+    /// Where to write the disk image.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +207,32 @@ enum CliError {
         #[source]
         source: ImageError,
     },
+    #[error("cannot add a hash tree to the image {path}")]
+    VerifiedImage {
+        path: PathBuf,
+        #[source]
+        source: VerifiedImageError,
+    },
+    #[error("cannot write the disk {path}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: DiskError,
+    },
+    #[error("cannot write the verity hash tree of {data} to {hash}")]
+    VerityFormat {
+        data: PathBuf,
+        hash: PathBuf,
+        #[source]
+        source: Box<VerityBuildError>,
+    },
+    #[error("verification of {data} with the hash tree in {hash} failed")]
+    VerityVerify {
+        data: PathBuf,
+        hash: PathBuf,
+        #[source]
+        source: Box<VerityBuildError>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,10 +247,16 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> Result<(), CliError> {
-    let mtime = source_date_epoch()?;
     match command {
-        Command::Initrd(args) => build_initrd(args, mtime),
-        Command::Image(args) => build_image(&args, mtime),
+        Command::Initrd(args) => build_initrd(args, source_date_epoch()?),
+        Command::Image(args) => build_image(&args, source_date_epoch()?),
+        Command::Disk(args) => build_disk(&args),
+        Command::Verity {
+            command: VerityCommand::Format(args),
+        } => verity_format(args),
+        Command::Verity {
+            command: VerityCommand::Verify(args),
+        } => verity_verify(args),
     }
 }
 
@@ -152,7 +307,125 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         source,
     })?;
     println!("{}: {size} bytes", args.output.display());
+    if args.no_verity {
+        return Ok(());
+    }
+    let manifest =
+        verified_image::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
+            path: args.output.clone(),
+            source,
+        })?;
+    println!(
+        "{}: {} bytes of hash tree",
+        verified_image::companion(&args.output, "verity").display(),
+        manifest.verity_bytes
+    );
+    println!("Root hash: {}", manifest.root_hash);
     Ok(())
+}
+
+fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
+    let disk_error = |source| CliError::Disk {
+        path: args.output.clone(),
+        source,
+    };
+    let (_, root_hash, tree) =
+        verified_image::read_manifest(&args.image).map_err(|source| CliError::VerifiedImage {
+            path: args.image.clone(),
+            source,
+        })?;
+    let partitions = disk::verity_root_partitions(&root_hash, &args.image, &tree);
+    let size = disk::write_disk(&args.output, &partitions).map_err(disk_error)?;
+    println!("{}: {size} bytes", args.output.display());
+    println!("Root hash: {root_hash}");
+    Ok(())
+}
+
+fn verity_format(args: VerityFormatArgs) -> Result<(), CliError> {
+    let params = verity_format_params(&args).map_err(|source| CliError::VerityFormat {
+        data: args.data.clone(),
+        hash: args.hash.clone(),
+        source: Box::new(source),
+    })?;
+    if args.data_block_size.bytes() > KERNEL_MAX_DATA_BLOCK_SIZE {
+        // veritysetup's own warning: it formats such an image all the same.
+        eprintln!(
+            "WARNING: Kernel cannot activate device if data block size exceeds page size \
+             ({KERNEL_MAX_DATA_BLOCK_SIZE})."
+        );
+    }
+    let result = verity::format(&args.data, &args.hash, &params).map_err(|source| {
+        CliError::VerityFormat {
+            data: args.data.clone(),
+            hash: args.hash.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    print!("{}", result.summary(&args.hash));
+    Ok(())
+}
+
+/// The options, with veritysetup's random salt and UUID where none were given.
+fn verity_format_params(args: &VerityFormatArgs) -> Result<FormatParams, VerityBuildError> {
+    let salt = match &args.salt {
+        Some(salt) => salt.clone(),
+        None => verity::random_salt()?,
+    };
+    let uuid = match args.uuid {
+        Some(uuid) => uuid,
+        None => verity::random_uuid()?,
+    };
+    let tree = TreeParams {
+        hash_type: args.hash_type,
+        algorithm: args.algorithm,
+        data_block_size: args.data_block_size,
+        hash_block_size: args.hash_block_size,
+        salt,
+    };
+    Ok(FormatParams {
+        hash_offset: args.hash_offset,
+        data_blocks: args.data_blocks,
+        superblock: !args.no_superblock,
+        ..FormatParams::new(tree, uuid)
+    })
+}
+
+fn verity_verify(args: VerityVerifyArgs) -> Result<(), CliError> {
+    let params = match &args.salt {
+        // clap requires the salt exactly when there is no superblock.
+        Some(salt) if args.no_superblock => VerifyParams::NoSuperblock {
+            tree: TreeParams {
+                hash_type: args.hash_type.unwrap_or(HashType::Normal),
+                algorithm: args.algorithm.unwrap_or(HashAlgorithm::Sha256),
+                data_block_size: args.data_block_size.unwrap_or(BlockSize::DEFAULT),
+                hash_block_size: args.hash_block_size.unwrap_or(BlockSize::DEFAULT),
+                salt: salt.clone(),
+            },
+            hash_offset: args.hash_offset,
+            data_blocks: args.data_blocks,
+        },
+        _ => VerifyParams::Superblock {
+            hash_offset: args.hash_offset,
+        },
+    };
+    verity::verify(&args.data, &args.hash, &args.root_hash, &params).map_err(|source| {
+        CliError::VerityVerify {
+            data: args.data.clone(),
+            hash: args.hash.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    println!("Verification succeeded.");
+    Ok(())
+}
+
+// clap shows only an error's own message: these keep the causes (which hex digit).
+fn parse_salt(text: &str) -> Result<Salt, String> {
+    text.parse().map_err(|err: SaltError| error_chain(&err))
+}
+
+fn parse_root_hash(text: &str) -> Result<RootHash, String> {
+    RootHash::parse_hex(text).map_err(|err| error_chain(&err))
 }
 
 /// The error and its causes on one line, outermost first.
@@ -165,4 +438,92 @@ fn error_chain(err: &dyn Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["xorbang-build"].iter().chain(args)).map(|cli| cli.command)
+    }
+
+    fn path_str(path: &Path) -> &str {
+        path.to_str().expect("UTF-8 temp path")
+    }
+
+    #[test]
+    fn verity_format_then_verify_round_trip_through_the_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("root.img");
+        let hash = dir.path().join("root.verity");
+        fs::write(&data, vec![0x5a; 8 * 4096]).expect("data");
+        let (data, hash) = (path_str(&data), path_str(&hash));
+        let format = parse(&["verity", "format", data, hash, "--salt", "-"]).expect("args");
+        run(format).expect("format");
+        let superblock = fs::read(hash).expect("hash");
+        let superblock = xorbang_init::verity::VeritySuperblock::parse(&superblock).expect("sb");
+        assert!(superblock.salt.is_empty());
+        // The root hash `veritysetup format --salt -` gives for this data (2.6.1).
+        let root = "5cc1a89c2ab5c2d8b1f431d1ce33ce8c4fbd5d7b2410e20a71f51e84f9a51cb5";
+        let verify = parse(&["verity", "verify", data, hash, root]).expect("args");
+        run(verify).expect("verifies");
+
+        let wrong = "00".repeat(32);
+        let verify = parse(&["verity", "verify", data, hash, &wrong]).expect("args");
+        let err = error_chain(&run(verify).expect_err("not this root"));
+        assert_eq!(
+            err,
+            format!(
+                "verification of {data} with the hash tree in {hash} failed: the tree's root \
+                 hash is {root}, expected {wrong}"
+            )
+        );
+    }
+
+    #[test]
+    fn verify_options_other_than_the_offset_need_no_superblock() {
+        let base = ["verity", "verify", "d", "h", &"ab".repeat(32)];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        assert!(with(&[]).is_ok());
+        assert!(with(&["--hash-offset", "4096"]).is_ok());
+        for extra in [
+            &["--salt", "00"][..],
+            &["--hash", "sha512"],
+            &["--data-blocks", "3"],
+        ] {
+            let err = with(extra).expect_err("needs --no-superblock");
+            assert!(err.to_string().contains("--no-superblock"), "{err}");
+        }
+        let err = with(&["--no-superblock"]).expect_err("needs the salt");
+        assert!(err.to_string().contains("--salt"), "{err}");
+        let Ok(Command::Verity {
+            command: VerityCommand::Verify(args),
+        }) = with(&["--no-superblock", "--salt", "-", "--format", "0"])
+        else {
+            panic!("parses");
+        };
+        assert!(args.salt.is_some_and(|salt| salt.is_empty()));
+        assert_eq!(args.hash_type, Some(HashType::ChromeOs));
+    }
+
+    #[test]
+    fn verity_format_values_are_checked_by_their_parsers() {
+        for (option, value, message) in [
+            ("--data-block-size", "1000", "not a power of two"),
+            ("--hash", "sha1", "expected sha256 or sha512"),
+            ("--salt", "abc", "even number of hex digits"),
+            ("--uuid", "nope", "not a GUID"),
+            ("--format", "2", "expected 0 (Chrome OS) or 1 (normal)"),
+            ("--data-blocks", "0", "0"),
+        ] {
+            let err = parse(&["verity", "format", "d", "h", option, value]).expect_err(option);
+            assert!(err.to_string().contains(message), "{option}: {err}");
+        }
+        let err = parse(&["verity", "format", "d", "h", "--uuid", &"1".repeat(36)]);
+        assert!(err.is_err());
+        let err = parse(&["verity", "format", "d", "h", "--no-superblock", "--uuid"]);
+        assert!(err.is_err());
+    }
 }

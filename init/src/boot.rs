@@ -113,7 +113,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             modules.ensure("dm_verity")?;
             let active = verity_root::activate(&paths.dev(), request, &data, &hash)?;
             log::info!(
-                "verity: {} checked against roothash on {}, mapped as {} ({})",
+                "verity: {} with its hash tree on {} matches roothash; mapped as {} (status {})",
                 system_path(paths, &data),
                 system_path(paths, &hash),
                 system_path(paths, &active.node),

@@ -435,8 +435,9 @@ pub enum SuperblockError {
 
 impl VeritySuperblock {
     /// Parses and checks the first [`SUPERBLOCK_SIZE`] bytes of `bytes`. Like veritysetup,
-    /// it ignores the padding fields and the salt field's bytes past `salt_size`; the UUID
-    /// is taken as it is (it identifies the device, it does not affect the hashes).
+    /// it ignores the padding fields, the algorithm field past the name's NUL and the salt
+    /// field past `salt_size`; the UUID is taken as it is (it identifies the device, it
+    /// does not affect the hashes).
     pub fn parse(bytes: &[u8]) -> Result<Self, SuperblockError> {
         let block: &[u8; SUPERBLOCK_SIZE] = bytes
             .get(..SUPERBLOCK_SIZE)
@@ -1037,8 +1038,9 @@ mod tests {
     }
 
     #[test]
-    fn padding_and_salt_bytes_past_salt_size_are_ignored_like_veritysetup_does() {
+    fn padding_and_bytes_past_the_name_and_the_salt_are_ignored_like_veritysetup_does() {
         let superblock = parse_with(|b| {
+            b[ALGORITHM_AT + 10] = 0xdd; // past the name's NUL
             b[84] = 0xaa; // _pad1
             b[SALT_AT + 4] = 0xbb; // salt field past salt_size
             b[SUPERBLOCK_SIZE - 1] = 0xcc; // _pad2

@@ -285,6 +285,9 @@ fn device_size(device: &Path) -> Result<u64, VerityRootError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeGeometry {
     hash_block: u64,
+    /// Bytes per digest slot, and log2 of the slots per hash block.
+    slot: u64,
+    per_block_bits: u32,
     /// Absolute hash-block index of each level's first block, bottom level first.
     level_starts: Vec<u64>,
     /// Hash blocks of each level, bottom level first.
@@ -326,9 +329,20 @@ impl TreeGeometry {
         }
         Self {
             hash_block,
+            slot,
+            per_block_bits,
             level_starts,
             level_blocks,
         }
+    }
+
+    /// The byte offset on the hash device of the digest of `data_block` in the bottom
+    /// level, if there is a tree.
+    pub fn data_digest_offset(&self, data_block: u64) -> Option<u64> {
+        let start = self.level_starts.first()?;
+        let per_block = 1u64 << self.per_block_bits;
+        let block = start + data_block / per_block;
+        Some(block * self.hash_block + (data_block % per_block) * self.slot)
     }
 
     /// The byte just past the tree: how large the hash device must be.
@@ -382,5 +396,7 @@ mod tests {
         assert_eq!(geometry.end_bytes(), (4 + 157) * 4096);
         let exact = TreeGeometry::new(&superblock(128, 4096));
         assert_eq!(exact.level_blocks, [1]);
+        // Data block 130 is the third digest of the bottom level's second block.
+        assert_eq!(geometry.data_digest_offset(130), Some(5 * 4096 + 2 * 32));
     }
 }

@@ -1,8 +1,14 @@
 //! `bench`: boots the production image several times and reports the init stage (kernel
-//! starts /init → exec of systemd, from the boot report), the time to the agent's marker,
-//! and the sizes of what the boot loads. Its last line is `key=value` pairs.
+//! starts /init → exec of systemd, from the boot report, with the verity activation as its
+//! own stage), the time to the agent's marker and the sizes of what the boot loads; then
+//! times `xorbang-build verity format` against `veritysetup format` on the same 1 GiB file.
+//! Its last line is `key=value` pairs.
 
 use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{run, Binaries};
 
 use crate::qemu::LineMatch;
 use crate::scenarios::{parse_report, Context, REPORT_PREFIX};
@@ -13,15 +19,29 @@ struct Run {
     marker_ms: u64,
 }
 
-pub fn bench(context: &Context, init_binary: &Path) -> Result<(), String> {
+impl Run {
+    fn stage_us(&self, name: &str) -> u64 {
+        self.stages
+            .iter()
+            .find(|(stage, _)| stage == name)
+            .map_or(0, |(_, us)| *us)
+    }
+}
+
+pub fn bench(context: &Context, binaries: &Binaries) -> Result<(), String> {
+    let boot = boot_bench(context, &binaries.init)?;
+    let verity = verity_format_bench(&context.work, &binaries.build)?;
+    println!("{boot} {verity}");
+    Ok(())
+}
+
+/// Returns the `key=value` pairs of the boot figures.
+fn boot_bench(context: &Context, init_binary: &Path) -> Result<String, String> {
     let mut runs = Vec::new();
     for index in 1..=context.config.bench_runs {
         let console = context.boot_system(
             "bench",
-            &format!(
-                "root=PARTUUID={} xorbang.verity=optional",
-                crate::fixtures::ROOT_PARTUUID
-            ),
+            &context.production_root(),
             &[LineMatch::Prefix(REPORT_PREFIX.to_owned())],
         )?;
         let report = parse_report(&console, REPORT_PREFIX)?;
@@ -48,6 +68,7 @@ pub fn bench(context: &Context, init_binary: &Path) -> Result<(), String> {
         runs.push(run);
     }
     let init_ms = median(runs.iter().map(|run| run.init_us).collect()) as f64 / 1000.0;
+    let verity_ms = median(runs.iter().map(|run| run.stage_us("verity")).collect()) as f64 / 1000.0;
     let marker_s = median(runs.iter().map(|run| run.marker_ms).collect()) as f64 / 1000.0;
     let initrd_bytes = size_of(&context.initrd)?;
     let init_bytes = size_of(init_binary)?;
@@ -56,12 +77,100 @@ pub fn bench(context: &Context, init_binary: &Path) -> Result<(), String> {
         runs.len(),
         context.config.accel.as_str()
     );
-    println!(
-        "runs={} accel={} init_stage_ms={init_ms:.1} marker_s={marker_s:.1} initramfs_bytes={initrd_bytes} init_binary_bytes={init_bytes}",
+    Ok(format!(
+        "runs={} accel={} init_stage_ms={init_ms:.1} verity_stage_ms={verity_ms:.1} marker_s={marker_s:.1} initramfs_bytes={initrd_bytes} init_binary_bytes={init_bytes}",
         runs.len(),
         context.config.accel.as_str()
+    ))
+}
+
+const VERITY_BENCH_BYTES: u64 = 1 << 30;
+const VERITY_BENCH_ROUNDS: usize = 3;
+/// Fixed salt and UUID, so both tools must write the same bytes.
+const SALT: &str = "7c1e5a0f9b3d2c4e6a8b0d1f3e5c7a9b1d3f5e7c9a0b2d4f6e8a1c3b5d7f9e0a";
+const UUID: &str = "2f4e6a8c-1b3d-4f5e-9a7c-0e2d4f6a8b1c";
+
+/// Formats the same 1 GiB (held in the page cache) with both tools, alternating, and
+/// checks they wrote the same tree. Returns the `key=value` pairs.
+fn verity_format_bench(work: &Path, build: &Path) -> Result<String, String> {
+    let data = work.join("verity-bench.data");
+    write_bench_data(&data)?;
+    let ours_tree = work.join("verity-bench.ours");
+    let theirs_tree = work.join("verity-bench.veritysetup");
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..VERITY_BENCH_ROUNDS {
+        theirs.push(timed(
+            Command::new("veritysetup")
+                .arg("format")
+                .args(["--salt", SALT, "--uuid", UUID])
+                .arg(&data)
+                .arg(&theirs_tree),
+        )?);
+        ours.push(timed(
+            Command::new(build)
+                .args(["verity", "format", "--salt", SALT, "--uuid", UUID])
+                .arg(&data)
+                .arg(&ours_tree),
+        )?);
+    }
+    let same = std::fs::read(&ours_tree).ok() == std::fs::read(&theirs_tree).ok();
+    if !same {
+        return Err(format!(
+            "{} and {} differ",
+            ours_tree.display(),
+            theirs_tree.display()
+        ));
+    }
+    for path in [&data, &ours_tree, &theirs_tree] {
+        std::fs::remove_file(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    let ours = median_duration(ours);
+    let theirs = median_duration(theirs);
+    let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
+    println!(
+        "verity format of 1 GiB, median of {VERITY_BENCH_ROUNDS}: xorbang-build {:.2} s, veritysetup {:.2} s, {ratio:.2}x, identical output",
+        ours.as_secs_f64(),
+        theirs.as_secs_f64()
     );
-    Ok(())
+    Ok(format!(
+        "verity_format_s={:.2} veritysetup_format_s={:.2} verity_format_speedup={ratio:.2}",
+        ours.as_secs_f64(),
+        theirs.as_secs_f64()
+    ))
+}
+
+/// 1 GiB of noise (xorshift), written once per benchmark run.
+fn write_bench_data(path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(|error| format!("{}: {error}", path.display()))?,
+    );
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..VERITY_BENCH_BYTES >> 20 {
+        for word in chunk.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&chunk)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    file.flush()
+        .map_err(|error| format!("{}: {error}", path.display()))
+}
+
+fn timed(command: &mut Command) -> Result<Duration, String> {
+    let started = Instant::now();
+    run(command).map_err(|error| error.to_string())?;
+    Ok(started.elapsed())
+}
+
+fn median_duration(mut values: Vec<Duration>) -> Duration {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 fn median(mut values: Vec<u64>) -> u64 {

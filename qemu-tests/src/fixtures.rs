@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
-use xorbang_init::gpt::{self, Guid, Lba, PartitionSpec, SectorSize};
 
 /// Packages of the test root besides `minbase`: systemd as PID 1, udev so device units
-/// (serial getty) work as on a real machine.
-const ROOTFS_PACKAGES: &str = "systemd-sysv,udev";
+/// (serial getty) work as on a real machine, dmsetup for the agent's verity checks.
+const ROOTFS_PACKAGES: &str = "systemd-sysv,udev,dmsetup";
 const DEBIAN_SUITE: &str = "bookworm";
 const AGENT: &str = include_str!("../guest/xorbang-test-agent");
 const AGENT_UNIT: &str = include_str!("../guest/xorbang-test-agent.service");
@@ -18,10 +17,8 @@ const AGENT_UNIT: &str = include_str!("../guest/xorbang-test-agent.service");
 /// not on every change of the init, which the build tool also links).
 const IMAGE_RECIPE: &str = include_str!("../../build-initrd/src/image.rs");
 
-/// The PARTUUID of the root partition on the test disk; scenarios name it in `root=`.
-pub const ROOT_PARTUUID: &str = "6a5b2c1d-0e9f-4a8b-9c7d-5e4f3a2b1c0d";
-pub const ROOT_PARTLABEL: &str = "xorbang-root";
-const DISK_GUID: &str = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
+/// The root partition's label as `xorbang-build disk` writes it (systemd-repart's).
+pub const ROOT_PARTLABEL: &str = "root-x86-64";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
@@ -240,36 +237,75 @@ pub fn debian_rootfs(cache: &Path) -> Result<PathBuf, FixtureError> {
     Ok(tar)
 }
 
-/// The systemd test image: the Debian root plus the test agent, as a GPT disk whose root
-/// partition holds the SquashFS made by `xorbang-build image`.
-pub fn system_disk(cache: &Path, rootfs_tar: &Path, build: &Path) -> Result<PathBuf, FixtureError> {
+/// The systemd test image and its variants: the Debian root plus the test agent and a
+/// canary file, packed by `xorbang-build image` (SquashFS + hash tree) and laid out by
+/// `xorbang-build disk` (root and root-verity partitions, PARTUUIDs from the root hash).
+#[derive(Debug, Clone)]
+pub struct SystemImage {
+    pub disk: PathBuf,
+    pub root_hash: String,
+    /// The disk with one byte of the canary's data flipped.
+    pub tampered_data: PathBuf,
+    /// The disk with one byte of the canary's digest flipped in the hash tree.
+    pub tampered_hash: PathBuf,
+    /// The hash tree cut to half its length, to attach as a disk of its own.
+    pub truncated_tree: PathBuf,
+}
+
+pub fn system_image(
+    cache: &Path,
+    rootfs_tar: &Path,
+    build: &Path,
+) -> Result<SystemImage, FixtureError> {
     let key = cache_key(&[
         rootfs_tar.as_os_str().as_encoded_bytes(),
         AGENT.as_bytes(),
         AGENT_UNIT.as_bytes(),
         IMAGE_RECIPE.as_bytes(),
+        crate::tamper::RECIPE.as_bytes(),
     ]);
     let dir = cache.join("images").join(format!("system-{key}"));
-    let disk = dir.join("disk.img");
-    if disk.exists() {
-        return Ok(disk);
+    let ready = dir.join("ready");
+    if !ready.exists() {
+        eprintln!("fixtures: building the systemd test image");
+        remove_if_present(&dir)?;
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(&tree).map_err(io(&tree))?;
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&tree)
+            .arg("-xf")
+            .arg(rootfs_tar))?;
+        install_agent(&tree)?;
+        crate::tamper::install_canary(&tree)?;
+        let image = dir.join("root.squashfs");
+        pack_tree(build, &tree, &image)?;
+        run(Command::new(build)
+            .args(["disk", "--image"])
+            .arg(&image)
+            .arg("-o")
+            .arg(dir.join("disk.img")))?;
+        crate::tamper::make_variants(&dir)?;
+        std::fs::write(&ready, "").map_err(io(&ready))?;
+        prune_other_versions(&dir)?;
     }
-    eprintln!("fixtures: building the systemd test image");
-    let tree = dir.join("tree");
-    remove_if_present(&dir)?;
-    std::fs::create_dir_all(&tree).map_err(io(&tree))?;
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&tree)
-        .arg("-xf")
-        .arg(rootfs_tar))?;
-    install_agent(&tree)?;
-    let image = dir.join("root.squashfs");
-    pack_tree(build, &tree, &image)?;
-    write_disk(&image, &disk.with_extension("partial"))?;
-    std::fs::rename(disk.with_extension("partial"), &disk).map_err(io(&disk))?;
-    prune_other_versions(&dir)?;
-    Ok(disk)
+    Ok(SystemImage {
+        root_hash: root_hash_of(&dir.join("root.squashfs.json"))?,
+        disk: dir.join("disk.img"),
+        tampered_data: dir.join(crate::tamper::TAMPERED_DATA),
+        tampered_hash: dir.join(crate::tamper::TAMPERED_HASH),
+        truncated_tree: dir.join(crate::tamper::TRUNCATED_TREE),
+    })
+}
+
+fn root_hash_of(manifest: &Path) -> Result<String, FixtureError> {
+    let text = std::fs::read_to_string(manifest).map_err(io(manifest))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|error| FixtureError::Other(format!("{}: {error}", manifest.display())))?;
+    json["root_hash"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| FixtureError::Other(format!("{} has no root_hash", manifest.display())))
 }
 
 /// Removes the other cached versions of an image (`images/system-<other key>`), so the
@@ -335,41 +371,6 @@ fn install_agent(tree: &Path) -> Result<(), FixtureError> {
         })
         .collect();
     std::fs::write(&shadow, text).map_err(io(&shadow))
-}
-
-/// A GPT disk with one root partition (DPS root type, 1 MiB aligned) holding `image`.
-fn write_disk(image: &Path, disk: &Path) -> Result<(), FixtureError> {
-    use std::io::{Seek, SeekFrom, Write};
-    const MIB: u64 = 1 << 20;
-    let sector = SectorSize::BYTES_512;
-    let image_bytes = std::fs::metadata(image).map_err(io(image))?.len();
-    let first = Lba(MIB / 512);
-    let partition_bytes = image_bytes.div_ceil(MIB) * MIB;
-    // One MiB in front for the primary GPT, one behind for the backup.
-    let disk_bytes = partition_bytes + 2 * MIB;
-    let guid =
-        |text: &str| Guid::parse(text).map_err(|error| FixtureError::Other(error.to_string()));
-    let root = PartitionSpec {
-        type_guid: gpt::ROOT_X86_64,
-        unique_guid: guid(ROOT_PARTUUID)?,
-        name: ROOT_PARTLABEL.to_owned(),
-        first_lba: first,
-        last_lba: Lba(first.0 + partition_bytes / 512 - 1),
-        attributes: 0,
-    };
-    let layout = gpt::write_gpt(disk_bytes, sector, guid(DISK_GUID)?, &[root])
-        .map_err(|error| FixtureError::Other(format!("GPT for {}: {error}", disk.display())))?;
-    let mut file = std::fs::File::create(disk).map_err(io(disk))?;
-    file.set_len(disk_bytes).map_err(io(disk))?;
-    file.write_all(&layout.primary).map_err(io(disk))?;
-    file.seek(SeekFrom::Start(layout.backup_offset))
-        .map_err(io(disk))?;
-    file.write_all(&layout.backup).map_err(io(disk))?;
-    file.seek(SeekFrom::Start(sector.offset_of(first)))
-        .map_err(io(disk))?;
-    let mut source = std::fs::File::open(image).map_err(io(image))?;
-    std::io::copy(&mut source, &mut file).map_err(io(disk))?;
-    Ok(())
 }
 
 /// A tiny root: static busybox and an /sbin/init that reports and powers off. Boots in

@@ -14,6 +14,7 @@ mod config;
 mod fixtures;
 mod qemu;
 mod scenarios;
+mod tamper;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
     let result = match action {
         Action::List => Ok(()),
         Action::Run(chosen) => return run_scenarios(&context, chosen),
-        Action::Bench => bench::bench(&context, &binaries.init),
+        Action::Bench => bench::bench(&context, &binaries),
         Action::Demo { dev } => demo(&context, dev),
     };
     match result {
@@ -103,7 +104,7 @@ fn prepare() -> Result<(Context, Binaries), String> {
         cache.display()
     );
     let rootfs = fixtures::debian_rootfs(&cache).map_err(|error| error.to_string())?;
-    let system_disk = fixtures::system_disk(&cache, &rootfs, &binaries.build)
+    let system = fixtures::system_image(&cache, &rootfs, &binaries.build)
         .map_err(|error| error.to_string())?;
     let busybox_image =
         fixtures::busybox_image(&cache, &binaries.build).map_err(|error| error.to_string())?;
@@ -114,7 +115,7 @@ fn prepare() -> Result<(Context, Binaries), String> {
             config,
             kernel,
             initrd,
-            system_disk,
+            system,
             busybox_image,
             work,
         },
@@ -186,10 +187,7 @@ fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode 
 
 /// Boots the systemd image with the console on this terminal (Ctrl-A X quits).
 fn demo(context: &Context, dev: bool) -> Result<(), String> {
-    let mut append = format!(
-        "root=PARTUUID={} xorbang.verity=optional",
-        fixtures::ROOT_PARTUUID
-    );
+    let mut append = context.production_root();
     if dev {
         append.push_str(" xorbang.dev=1");
     }
@@ -197,7 +195,7 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         kernel: context.kernel.vmlinuz.clone(),
         initrd: context.initrd.clone(),
         append: format!("console=ttyS0 {append}"),
-        disks: vec![context.system_disk.clone()],
+        disks: vec![context.system.disk.clone()],
         memory_mib: 512,
         timeout: std::time::Duration::ZERO,
     };

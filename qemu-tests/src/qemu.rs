@@ -33,6 +33,8 @@ pub struct Vm {
 pub enum LineMatch {
     Exact(String),
     Prefix(String),
+    /// A line that starts with the first text and ends with the second.
+    Between(String, String),
 }
 
 impl LineMatch {
@@ -40,6 +42,9 @@ impl LineMatch {
         match self {
             Self::Exact(text) => line == text,
             Self::Prefix(text) => line.starts_with(text.as_str()),
+            Self::Between(start, end) => {
+                line.starts_with(start.as_str()) && line.ends_with(end.as_str())
+            }
         }
     }
 }
@@ -49,6 +54,7 @@ impl fmt::Display for LineMatch {
         match self {
             Self::Exact(text) => write!(f, "{text:?}"),
             Self::Prefix(text) => write!(f, "{text:?}…"),
+            Self::Between(start, end) => write!(f, "{start:?}…{end:?}"),
         }
     }
 }
@@ -335,6 +341,9 @@ mod tests {
         let prefix = LineMatch::Prefix("xorbang: root device".into());
         assert!(prefix.matches("xorbang: root device X did not appear"));
         assert!(!prefix.matches("[ 1.0] xorbang: root device"));
+        let between = LineMatch::Between("device-mapper: verity: ".into(), "is corrupted".into());
+        assert!(between.matches("device-mapper: verity: 254:1: data block 7 is corrupted"));
+        assert!(!between.matches("device-mapper: verity: sha256 using implementation"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use xorbang_init::report::BootReport;
 
 use crate::config::Config;
-use crate::fixtures::{Kernel, ROOT_PARTLABEL, ROOT_PARTUUID};
+use crate::fixtures::{Kernel, SystemImage, ROOT_PARTLABEL};
 use crate::qemu::{Console, LineMatch, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
@@ -24,7 +24,7 @@ pub struct Context {
     pub config: Config,
     pub kernel: Kernel,
     pub initrd: PathBuf,
-    pub system_disk: PathBuf,
+    pub system: SystemImage,
     pub busybox_image: PathBuf,
     /// Console logs go here.
     pub work: PathBuf,
@@ -72,6 +72,42 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "/run/xorbang/boot.json is in the booted system and its stages add up",
         run: boot_report,
     },
+    Scenario {
+        name: "verity-boot",
+        about: "roothash= + explicit devices: systemd on /dev/mapper/root, reported verified",
+        run: verity_boot,
+    },
+    Scenario {
+        name: "verity-dps",
+        about: "only roothash=: both partitions found by the UUIDs derived from it",
+        run: verity_dps,
+    },
+    Scenario {
+        name: "verity-wrong-hash",
+        about: "a wrong root hash is refused before anything is mounted",
+        run: verity_wrong_hash,
+    },
+    Scenario {
+        name: "verity-tamper-data",
+        about:
+            "a flipped byte in a file's data: the corruption policy restarts the machine on read",
+        run: verity_tamper_data,
+    },
+    Scenario {
+        name: "verity-tamper-hash",
+        about: "a flipped byte in the hash tree: detected on read likewise",
+        run: verity_tamper_hash,
+    },
+    Scenario {
+        name: "verity-truncated",
+        about: "a hash device shorter than its superblock claims: refused, naming the sizes",
+        run: verity_truncated,
+    },
+    Scenario {
+        name: "verity-unverified-refused",
+        about: "production refuses root= without roothash=, unless xorbang.verity=optional",
+        run: verity_unverified_refused,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -103,14 +139,38 @@ impl Context {
         append: &str,
         extra: &[LineMatch],
     ) -> Result<Console, String> {
+        let mut expect = extra.to_vec();
+        expect.push(pass_line(check));
+        self.boot_disks(vec![self.system.disk.clone()], check, append, &expect)
+    }
+
+    /// Boots `disks` with `append` and the agent's scenario `check`, expecting `expect`.
+    fn boot_disks(
+        &self,
+        disks: Vec<PathBuf>,
+        check: &str,
+        append: &str,
+        expect: &[LineMatch],
+    ) -> Result<Console, String> {
         let vm = self.vm(
-            vec![self.system_disk.clone()],
+            disks,
             &format!("{append} xtest.scenario={check}"),
             SYSTEMD_TIMEOUT,
         );
-        let mut expect = extra.to_vec();
-        expect.push(pass_line(check));
-        self.boot(&vm, check, &expect)
+        self.boot(&vm, check, expect)
+    }
+
+    /// The production command line: only the root hash.
+    pub fn production_root(&self) -> String {
+        format!("roothash={}", self.system.root_hash)
+    }
+
+    /// The root hash with the devices named explicitly, as systemd's keys allow.
+    fn explicit_verity(&self, root_hash: &str, hash_device: &str) -> String {
+        format!(
+            "roothash={root_hash} systemd.verity_root_data=/dev/vda1 \
+             systemd.verity_root_hash={hash_device}"
+        )
     }
 
     fn boot(&self, vm: &Vm, log_name: &str, expect: &[LineMatch]) -> Result<Console, String> {
@@ -124,10 +184,6 @@ fn pass_line(check: &str) -> LineMatch {
     LineMatch::Exact(format!("XORBANG-TEST: PASS {check}"))
 }
 
-fn production_root() -> String {
-    format!("root=PARTUUID={ROOT_PARTUUID} xorbang.verity=optional")
-}
-
 fn boot_busybox(context: &Context) -> Result<(), String> {
     let vm = context.vm(
         vec![context.busybox_image.clone()],
@@ -139,18 +195,18 @@ fn boot_busybox(context: &Context) -> Result<(), String> {
 }
 
 fn boot_prod(context: &Context) -> Result<(), String> {
-    context.boot_system("boot-prod", &production_root(), &[])?;
+    context.boot_system("boot-prod", &context.production_root(), &[])?;
     Ok(())
 }
 
 fn boot_dev(context: &Context) -> Result<(), String> {
-    let append = format!("root=PARTLABEL={ROOT_PARTLABEL} xorbang.dev=1");
+    let append = format!("{} xorbang.dev=1", context.production_root());
     context.boot_system("boot-dev", &append, &[])?;
     Ok(())
 }
 
 fn dev_discard(context: &Context) -> Result<(), String> {
-    let append = format!("{} xorbang.dev=1", production_root());
+    let append = format!("{} xorbang.dev=1", context.production_root());
     context
         .boot_system("dev-discard-write", &append, &[])
         .map_err(|error| format!("first boot: {error}"))?;
@@ -198,7 +254,7 @@ const FILE_PREFIX: &str = "XORBANG-TEST: FILE boot.json ";
 fn boot_report(context: &Context) -> Result<(), String> {
     let console = context.boot_system(
         "boot-report",
-        &production_root(),
+        &context.production_root(),
         &[LineMatch::Prefix(REPORT_PREFIX.to_owned())],
     )?;
     let printed = parse_report(&console, REPORT_PREFIX)?;
@@ -245,12 +301,126 @@ fn check_report(report: &BootReport) -> Result<(), String> {
             "stages add up to {sum} µs but start to hand-off is {total} µs"
         ));
     }
-    if report.root.device != "/dev/vda1"
+    let verified = report
+        .verity
+        .as_ref()
+        .is_some_and(|verity| verity.status == "V" && verity.data_device == "/dev/vda1");
+    if report.root.device != "/dev/mapper/root"
         || report.root.fstype != "squashfs"
         || report.modules_loaded == 0
+        || !verified
     {
-        return Err(format!("unexpected root or modules in {report:?}"));
+        return Err(format!("unexpected root, verity or modules in {report:?}"));
     }
+    Ok(())
+}
+
+fn verity_boot(context: &Context) -> Result<(), String> {
+    let append = context.explicit_verity(&context.system.root_hash, "/dev/vda2");
+    context.boot_system("verity-boot", &append, &[])?;
+    Ok(())
+}
+
+fn verity_dps(context: &Context) -> Result<(), String> {
+    context.boot_system("verity-dps", &context.production_root(), &[])?;
+    Ok(())
+}
+
+/// The root hash with its last hex digit changed.
+fn wrong_hash(root_hash: &str) -> String {
+    let mut wrong = root_hash.to_owned();
+    let last = if wrong.ends_with('0') { "1" } else { "0" };
+    wrong.replace_range(wrong.len() - 1.., last);
+    wrong
+}
+
+fn verity_wrong_hash(context: &Context) -> Result<(), String> {
+    let wrong = wrong_hash(&context.system.root_hash);
+    let append = context.explicit_verity(&wrong, "/dev/vda2");
+    let expect = refused(format!(
+        "verity: root hash mismatch: roothash={wrong} but the hash tree on /dev/vda2 gives {}",
+        context.system.root_hash
+    ));
+    let disks = vec![context.system.disk.clone()];
+    context.boot_disks(disks, "verity-wrong-hash", &append, &expect)?;
+    Ok(())
+}
+
+const DM_VERITY: &str = "device-mapper: verity: ";
+
+/// dm-verity's own report of a bad block, then the restart that `restart_on_corruption`
+/// orders; the agent's line would come only if the read got through.
+fn corruption_detected() -> [LineMatch; 2] {
+    [
+        LineMatch::Between(DM_VERITY.to_owned(), "is corrupted".to_owned()),
+        LineMatch::Prefix("reboot: Restarting system".to_owned()),
+    ]
+}
+
+fn verity_tamper_data(context: &Context) -> Result<(), String> {
+    let disks = vec![context.system.tampered_data.clone()];
+    let append = context.production_root();
+    let console =
+        context.boot_disks(disks, "verity-tamper-data", &append, &corruption_detected())?;
+    expect_corrupted_block(&console, "data block")
+}
+
+fn verity_tamper_hash(context: &Context) -> Result<(), String> {
+    let disks = vec![context.system.tampered_hash.clone()];
+    let append = context.production_root();
+    let console =
+        context.boot_disks(disks, "verity-tamper-hash", &append, &corruption_detected())?;
+    expect_corrupted_block(&console, "metadata block")
+}
+
+/// Which kind of block dm-verity named proves where the tampering was caught.
+fn expect_corrupted_block(console: &Console, kind: &str) -> Result<(), String> {
+    let line = console
+        .lines
+        .iter()
+        .find(|line| line.starts_with(DM_VERITY) && line.ends_with("is corrupted"))
+        .ok_or("no dm-verity corruption line")?;
+    if line.contains(kind) && line.contains("is corrupted") {
+        Ok(())
+    } else {
+        Err(format!(
+            "dm-verity reported {line:?}, expected a corrupted {kind}"
+        ))
+    }
+}
+
+fn verity_truncated(context: &Context) -> Result<(), String> {
+    let disks = vec![
+        context.system.disk.clone(),
+        context.system.truncated_tree.clone(),
+    ];
+    let append = context.explicit_verity(&context.system.root_hash, "/dev/vdb");
+    let expect = refused("verity: hash device /dev/vdb is ".to_owned());
+    let console = context.boot_disks(disks, "verity-truncated", &append, &expect)?;
+    let line = console
+        .find("xorbang: verity: hash device /dev/vdb is ")
+        .unwrap_or("");
+    if line.contains("shorter than the") && line.contains("its verity superblock needs") {
+        Ok(())
+    } else {
+        Err(format!("unexpected truncation message {line:?}"))
+    }
+}
+
+fn verity_unverified_refused(context: &Context) -> Result<(), String> {
+    let root = format!("root=PARTLABEL={ROOT_PARTLABEL}");
+    let expect = refused(format!("bad kernel command line: {root} without roothash="));
+    let disks = vec![context.system.disk.clone()];
+    context
+        .boot_disks(disks, "verity-unverified-refused", &root, &expect)
+        .map_err(|error| format!("refusal: {error}"))?;
+    context
+        .boot_system(
+            "verity-unverified-allowed",
+            &format!("{root} xorbang.verity=optional"),
+            &[],
+        )
+        .map_err(|error| format!("with xorbang.verity=optional: {error}"))?;
     Ok(())
 }
 
@@ -273,10 +443,15 @@ mod tests {
             mode: xorbang_init::options::Mode::Production,
             root: RootReport {
                 spec: "PARTUUID=x".into(),
-                device: "/dev/vda1".into(),
+                device: "/dev/mapper/root".into(),
                 fstype: "squashfs".into(),
             },
-            verity: None,
+            verity: Some(xorbang_init::report::VerityReport {
+                root_hash: "ab".into(),
+                data_device: "/dev/vda1".into(),
+                hash_device: "/dev/vda2".into(),
+                status: "V".into(),
+            }),
             modules_loaded: 5,
             init: "/sbin/init".into(),
             stages: names

@@ -1,0 +1,244 @@
+//! A root image as the init boots it: the SquashFS, its dm-verity hash tree beside it
+//! (`IMAGE.verity`, with superblock, as veritysetup writes it) and a manifest
+//! (`IMAGE.json`) with the root hash and everything needed to find and check the pair.
+//!
+//! Salt and UUID are derived from the image's bytes, so the same tree gives the same
+//! outputs (and different images never share a salt).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use xorbang_init::gpt::Guid;
+use xorbang_init::verity::{RootHash, Salt};
+
+use crate::output::{OutputError, PendingOutput};
+use crate::verity::{self, FormatParams, TreeParams, VerityBuildError};
+
+/// What `xorbang-build image` writes next to the image, and what `disk` reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub root_hash: String,
+    pub salt: String,
+    pub uuid: String,
+    pub algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_blocks: u64,
+    pub image_bytes: u64,
+    pub verity_bytes: u64,
+    /// File names, relative to the manifest's directory.
+    pub image: String,
+    pub verity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifiedImageError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not an image manifest: {detail}")]
+    Manifest { path: PathBuf, detail: String },
+    #[error("hash tree of {image}")]
+    Verity {
+        image: PathBuf,
+        #[source]
+        source: Box<VerityBuildError>,
+    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// `IMAGE.verity` and `IMAGE.json` beside `image`.
+pub fn companion(image: &Path, extension: &str) -> PathBuf {
+    let mut name = OsString::from(image.as_os_str());
+    name.push(".");
+    name.push(extension);
+    PathBuf::from(name)
+}
+
+/// Formats the hash tree of `image` and writes the manifest; returns it.
+pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
+    let digest = file_digest(image)?;
+    let derive = |purpose: &[u8]| -> [u8; 32] {
+        Sha256::new()
+            .chain_update(purpose)
+            .chain_update(digest)
+            .finalize()
+            .into()
+    };
+    let salt = Salt::new(derive(b"xorbang verity salt").to_vec()).map_err(|error| {
+        VerifiedImageError::Manifest {
+            path: image.to_owned(),
+            detail: error.to_string(),
+        }
+    })?;
+    let uuid = uuid_v4(derive(b"xorbang verity uuid"));
+    let tree_path = companion(image, "verity");
+    let pending = PendingOutput::new(&tree_path);
+    let params = FormatParams::new(TreeParams::new(salt.clone()), uuid);
+    let result = verity::format(image, pending.temporary(), &params).map_err(|source| {
+        VerifiedImageError::Verity {
+            image: image.to_owned(),
+            source: Box::new(source),
+        }
+    })?;
+    pending.commit()?;
+    let manifest = Manifest {
+        root_hash: result.root_hash.to_string(),
+        salt: hex(salt.as_bytes()),
+        uuid: uuid.to_string(),
+        algorithm: result.superblock.algorithm.name().to_owned(),
+        data_block_size: result.superblock.data_block_size.bytes(),
+        hash_block_size: result.superblock.hash_block_size.bytes(),
+        data_blocks: result.superblock.data_blocks,
+        image_bytes: file_size(image)?,
+        verity_bytes: file_size(&tree_path)?,
+        image: file_name(image),
+        verity: file_name(&tree_path),
+    };
+    write_manifest(&companion(image, "json"), &manifest)?;
+    Ok(manifest)
+}
+
+/// Reads `IMAGE.json`; returns the manifest and the image and tree paths it names.
+pub fn read_manifest(image: &Path) -> Result<(Manifest, RootHash, PathBuf), VerifiedImageError> {
+    let path = companion(image, "json");
+    let text = std::fs::read_to_string(&path).map_err(|source| VerifiedImageError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let bad = |detail: String| VerifiedImageError::Manifest {
+        path: path.clone(),
+        detail,
+    };
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|error| bad(error.to_string()))?;
+    let root_hash =
+        RootHash::parse_hex(&manifest.root_hash).map_err(|error| bad(error.to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tree = dir.join(&manifest.verity);
+    Ok((manifest, root_hash, tree))
+}
+
+fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), VerifiedImageError> {
+    let pending = PendingOutput::new(path);
+    let json =
+        serde_json::to_string_pretty(manifest).map_err(|error| VerifiedImageError::Write {
+            path: path.to_owned(),
+            source: error.into(),
+        })?;
+    std::fs::write(pending.temporary(), json + "\n").map_err(|source| {
+        VerifiedImageError::Write {
+            path: pending.temporary().to_owned(),
+            source,
+        }
+    })?;
+    pending.commit()?;
+    Ok(())
+}
+
+fn file_digest(path: &Path) -> Result<[u8; 32], VerifiedImageError> {
+    let read = |source| VerifiedImageError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let count = file.read(&mut buffer).map_err(read)?;
+        if count == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buffer[..count]);
+    }
+}
+
+fn file_size(path: &Path) -> Result<u64, VerifiedImageError> {
+    std::fs::metadata(path)
+        .map(|meta| meta.len())
+        .map_err(|source| VerifiedImageError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A random-looking UUID from derived bytes, marked version 4 like veritysetup's own.
+fn uuid_v4(bytes: [u8; 32]) -> Guid {
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&bytes[..16]);
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    Guid::from_bytes(uuid)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verity::VerifyParams;
+
+    #[test]
+    fn adds_a_tree_that_verifies_and_a_manifest_that_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("root.img");
+        let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&image, &data).expect("write");
+        let manifest = add_verity(&image).expect("formats");
+        assert_eq!(manifest.data_blocks, 64);
+        assert_eq!(manifest.image, "root.img");
+        let (read, root_hash, tree) = read_manifest(&image).expect("reads");
+        assert_eq!(read, manifest);
+        assert_eq!(tree, dir.path().join("root.img.verity"));
+        verity::verify(
+            &image,
+            &tree,
+            &root_hash,
+            &VerifyParams::Superblock { hash_offset: 0 },
+        )
+        .expect("our verifier accepts it");
+        let first = std::fs::read(&tree).expect("read");
+        add_verity(&image).expect("formats again");
+        assert_eq!(std::fs::read(&tree).expect("read"), first, "reproducible");
+    }
+
+    #[test]
+    fn a_different_image_gets_a_different_salt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.img");
+        let b = dir.path().join("b.img");
+        std::fs::write(&a, vec![1u8; 4096]).expect("write");
+        std::fs::write(&b, vec![2u8; 4096]).expect("write");
+        let salt_a = add_verity(&a).expect("a").salt;
+        let salt_b = add_verity(&b).expect("b").salt;
+        assert_ne!(salt_a, salt_b);
+    }
+
+    #[test]
+    fn a_missing_manifest_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = read_manifest(&dir.path().join("nope.img")).expect_err("missing");
+        assert!(error.to_string().contains("nope.img.json"), "{error}");
+    }
+}
