@@ -16,6 +16,9 @@ use crate::superblock::{self, FsInfo, PROBE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// Image files are attached to loop devices by the caller, never looked up here.
+    #[error("{path} is an image file, not a block device")]
+    ImageFile { path: PathBuf },
     #[error("cannot list {path}: {source}")]
     List { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
@@ -45,6 +48,7 @@ pub fn resolve(
     };
     match spec {
         DeviceSpec::Path(path) => scan.existing_path(path),
+        DeviceSpec::File(path) => Err(BlockError::ImageFile { path: path.clone() }),
         DeviceSpec::PartUuid(guid) => scan.find_partition(|part| part.unique_guid == *guid),
         DeviceSpec::PartLabel(name) => scan.find_partition(|part| part.name == *name),
         DeviceSpec::Uuid(uuid) => scan.find_filesystem(|fs| {

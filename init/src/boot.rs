@@ -8,6 +8,7 @@ use crate::blockdev::{self, BlockError};
 use crate::cmdline::Cmdline;
 use crate::devspec::DeviceSpec;
 use crate::kmod::{KmodError, ModuleLoader};
+use crate::loopdev::{self, LoopError};
 use crate::mounts::{self, MountError, RootSource};
 use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError, RootChoice};
 use crate::paths::Paths;
@@ -75,6 +76,8 @@ pub enum BootError {
     SwitchRoot(#[from] SwitchRootError),
     #[error("verity: {0}")]
     Verity(#[from] VerityRootError),
+    #[error("loop device: {0}")]
+    Loop(#[from] LoopError),
 }
 
 /// Runs the boot. With `switch_root` it only returns on failure; without, it returns the
@@ -99,16 +102,28 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     clock.finish_stage("modules");
 
     let deadline = started + options.timeout;
-    let wait = |what, spec| wait_for_device(paths, what, spec, options.timeout, deadline);
+    let budget = (options.timeout, deadline);
     let (device, verity) = match &options.root {
         RootChoice::Plain(spec) => {
-            let device = wait("root device", spec)?;
+            let device = locate(paths, &mut modules, "root device", spec, budget)?;
             clock.finish_stage("root-device");
             (device, None)
         }
         RootChoice::Verity(request) => {
-            let data = wait("verity data device", &request.data)?;
-            let hash = wait("verity hash device", &request.hash)?;
+            let data = locate(
+                paths,
+                &mut modules,
+                "verity data device",
+                &request.data,
+                budget,
+            )?;
+            let hash = locate(
+                paths,
+                &mut modules,
+                "verity hash device",
+                &request.hash,
+                budget,
+            )?;
             clock.finish_stage("root-device");
             modules.ensure("dm_verity")?;
             let active = verity_root::activate(&paths.dev(), request, &data, &hash)?;
@@ -245,6 +260,38 @@ fn wait_for_device(
         }
         std::thread::sleep(DEVICE_POLL);
     }
+}
+
+/// The device node for `spec`: a block device waited for within the budget, or an image
+/// file of the initramfs attached to a loop device.
+fn locate(
+    paths: &Paths,
+    modules: &mut ModuleLoader,
+    what: &'static str,
+    spec: &DeviceSpec,
+    (budget, deadline): (Duration, Instant),
+) -> Result<PathBuf, BootError> {
+    match spec {
+        DeviceSpec::File(file) => attach_image_file(paths, modules, file),
+        _ => wait_for_device(paths, what, spec, budget, deadline),
+    }
+}
+
+/// An image file inside the initramfs (a PXE boot's root) on a read-only loop device.
+fn attach_image_file(
+    paths: &Paths,
+    modules: &mut ModuleLoader,
+    file: &Path,
+) -> Result<PathBuf, BootError> {
+    modules.ensure("loop")?;
+    let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
+    let device = loopdev::attach_read_only(&paths.dev(), &inside)?;
+    log::info!(
+        "attached {} to {}",
+        file.display(),
+        system_path(paths, &device)
+    );
+    Ok(device)
 }
 
 /// How the command line named the root, for messages and the report.

@@ -18,9 +18,13 @@ pub enum DeviceSpec {
     Label(String),
     /// `/dev/...`: a device node path.
     Path(PathBuf),
+    /// Any other absolute path: an image file inside the initramfs (how a PXE-served
+    /// initramfs carries its root), attached to a loop device.
+    File(PathBuf),
 }
 
-const EXPECTED: &str = "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path";
+const EXPECTED: &str =
+    "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path or the path of an image file";
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceSpecError {
@@ -58,6 +62,9 @@ impl DeviceSpec {
         }
         match value.strip_prefix(DEV) {
             Some(node) if !node.is_empty() => Ok(Self::Path(PathBuf::from(value))),
+            None if value.len() > 1 && value.starts_with('/') => {
+                Ok(Self::File(PathBuf::from(value)))
+            }
             _ => Err(DeviceSpecError::Unrecognized),
         }
     }
@@ -86,7 +93,7 @@ impl fmt::Display for DeviceSpec {
             Self::PartLabel(name) => write!(f, "{PARTLABEL}{name}"),
             Self::Uuid(uuid) => write!(f, "{UUID}{uuid}"),
             Self::Label(label) => write!(f, "{LABEL}{label}"),
-            Self::Path(path) => write!(f, "{}", path.display()),
+            Self::Path(path) | Self::File(path) => write!(f, "{}", path.display()),
         }
     }
 }
@@ -144,15 +151,15 @@ mod tests {
     fn errors_say_what_was_expected() {
         assert_eq!(
             error("sda1"),
-            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path or the path of an image file"
         );
         assert_eq!(
             error("/dev/"),
-            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path or the path of an image file"
         );
         assert_eq!(
-            error("/boot/root.img"),
-            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL= or a /dev path"
+            parse("/boot/root.img"),
+            DeviceSpec::File("/boot/root.img".into())
         );
         assert_eq!(error("UUID="), "UUID= needs a value");
         assert_eq!(
@@ -165,5 +172,103 @@ mod tests {
             "/PARTNROFF= is not \
              supported; name the partition itself by its PARTUUID"
         );
+    }
+
+    use crate::gpt::tests::XorShift;
+
+    const FUZZ_ITERATIONS: usize = 100_000;
+
+    /// A `root=` value: random printable ASCII (quotes, spaces, '=' and '/' weighted in),
+    /// mostly behind one of the prefixes the parser looks for, and for `PARTUUID=` often a
+    /// GUID with a few characters changed.
+    fn random_value(rng: &mut XorShift) -> String {
+        let prefix = rng.pick(&[
+            "",
+            "PARTUUID=",
+            "PARTUUID=",
+            "PARTLABEL=",
+            "UUID=",
+            "LABEL=",
+            "/dev/",
+            "/",
+            "/dev",
+        ]);
+        let mut rest = crate::cmdline::tests::random_text(rng, true);
+        if prefix == PARTUUID && rng.below(3) != 0 {
+            let mut guid: Vec<char> = "954172df-ee9a-aab2-d90a-0ab162ee6bc5".chars().collect();
+            for _ in 0..rng.below(3) {
+                let at = rng.below(guid.len());
+                guid[at] = rng.pick(&['A', 'f', 'g', '-', '0', ' ', '"', '/']);
+            }
+            rest = guid.into_iter().collect();
+            if rng.chance(8) {
+                rest.push_str("/PARTNROFF=1");
+            }
+        }
+        format!("{prefix}{rest}")
+    }
+
+    /// The variant's name, to show which ones the loop reached.
+    fn kind<T: std::fmt::Debug>(value: &T) -> String {
+        let debug = format!("{value:?}");
+        debug
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Random `root=` values: parsing never panics, errors have a message, and whatever
+    /// parses prints back to the text it came from (a PARTUUID in lower case) and parses
+    /// again to the same device.
+    #[test]
+    fn random_values_never_panic_and_what_parses_round_trips() {
+        let mut rng = XorShift(0x1f83_d9ab_fb41_bd6b);
+        let mut kinds = std::collections::BTreeMap::new();
+        for _ in 0..FUZZ_ITERATIONS {
+            let text = random_value(&mut rng);
+            let outcome = match DeviceSpec::parse(&text) {
+                Ok(spec) => {
+                    let printed = spec.to_string();
+                    match &spec {
+                        DeviceSpec::PartUuid(_) => {
+                            assert_eq!(
+                                printed,
+                                format!("{PARTUUID}{}", text[PARTUUID.len()..].to_lowercase())
+                            )
+                        }
+                        _ => assert_eq!(printed, text),
+                    }
+                    assert_eq!(DeviceSpec::parse(&printed).as_ref(), Ok(&spec), "{text:?}");
+                    kind(&spec)
+                }
+                Err(error) => {
+                    assert!(!error.to_string().is_empty());
+                    if let DeviceSpecError::Empty { prefix } = error {
+                        assert_eq!(text, prefix);
+                    }
+                    format!("error {}", kind(&error))
+                }
+            };
+            *kinds.entry(outcome).or_insert(0usize) += 1;
+        }
+        eprintln!("root= outcomes over {FUZZ_ITERATIONS} values: {kinds:?}");
+        for expected in [
+            "PartUuid",
+            "PartLabel",
+            "Uuid",
+            "Label",
+            "Path",
+            "File",
+            "error Unrecognized",
+            "error Empty",
+            "error PartUuid",
+            "error PartNrOff",
+        ] {
+            assert!(
+                kinds.contains_key(expected),
+                "never saw {expected}: {kinds:?}"
+            );
+        }
     }
 }

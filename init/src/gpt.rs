@@ -211,6 +211,30 @@ pub enum GptError {
     EntriesTooShort { expected: u64, found: usize },
     #[error("GPT entry array CRC32 is {found:#010x}, computed {expected:#010x}")]
     EntriesCrc { expected: u32, found: u32 },
+    #[error("GPT header at LBA {lba} lies inside its own usable LBAs {first}..={last}")]
+    HeaderInUsable { lba: u64, first: u64, last: u64 },
+    #[error("GPT entry array (LBAs {start}..={end}) overlaps the usable LBAs {first}..={last}")]
+    EntriesInUsable {
+        start: u64,
+        end: u64,
+        first: u64,
+        last: u64,
+    },
+    #[error("GPT entry array (LBAs {start}..={end}) overlaps its header at LBA {header}")]
+    EntriesOverHeader { start: u64, end: u64, header: u64 },
+    #[error("GPT partition {number} ends at LBA {last}, before it starts at LBA {first}")]
+    PartitionExtent { number: u32, first: u64, last: u64 },
+    #[error(
+        "GPT partition {number} (LBAs {first}..={last}) is outside the usable LBAs \
+         {usable_first}..={usable_last}"
+    )]
+    PartitionOutsideUsable {
+        number: u32,
+        first: u64,
+        last: u64,
+        usable_first: u64,
+        usable_last: u64,
+    },
 }
 
 /// A GPT header, as read from LBA 1 (or written there and, as the backup, at the last LBA).
@@ -230,7 +254,9 @@ pub struct GptHeader {
 }
 
 impl GptHeader {
-    /// Parses and checks the primary header; `lba1` is the whole block read from LBA 1.
+    /// Parses and checks the primary header; `lba1` is the whole block read from LBA 1. Its
+    /// length is taken as the sector size: it bounds the header size and gives the number of
+    /// LBAs the entry array spans.
     pub fn parse(lba1: &[u8]) -> Result<Self, GptError> {
         Self::parse_at(lba1, Lba(1))
     }
@@ -264,6 +290,8 @@ impl GptHeader {
         check_header_crc(&block[..size])?;
         let header = Self::from_fields(block, revision, header_size);
         header.check(lba)?;
+        // `block` is one whole sector: its length is the unit the LBAs count in.
+        header.check_entries_placement(block.len() as u64)?;
         Ok(header)
     }
 
@@ -297,6 +325,20 @@ impl GptHeader {
                 last: self.last_usable.0,
             });
         }
+        // Partitions may be written anywhere in the usable range: the header must be outside.
+        if self.is_usable(self.my_lba) {
+            return Err(GptError::HeaderInUsable {
+                lba: self.my_lba.0,
+                first: self.first_usable.0,
+                last: self.last_usable.0,
+            });
+        }
+        self.check_entry_layout()
+    }
+
+    /// The entry size and the array's size; `parse_entries` repeats this, since a header can
+    /// also be built without `parse`.
+    fn check_entry_layout(&self) -> Result<(), GptError> {
         if self.entry_size < MIN_ENTRY_SIZE || self.entry_size % 8 != 0 {
             return Err(GptError::EntrySize {
                 found: self.entry_size,
@@ -310,6 +352,37 @@ impl GptHeader {
             });
         }
         Ok(())
+    }
+
+    /// The entry array, `sector` bytes per LBA, must lie outside the usable range (a
+    /// partition would overwrite it) and must not cover the header.
+    fn check_entries_placement(&self, sector: u64) -> Result<(), GptError> {
+        let sectors = self.entries_bytes().div_ceil(sector.max(1));
+        if sectors == 0 {
+            return Ok(());
+        }
+        let start = self.entries_lba.0;
+        let end = start.saturating_add(sectors - 1);
+        if start <= self.last_usable.0 && self.first_usable.0 <= end {
+            return Err(GptError::EntriesInUsable {
+                start,
+                end,
+                first: self.first_usable.0,
+                last: self.last_usable.0,
+            });
+        }
+        if (start..=end).contains(&self.my_lba.0) {
+            return Err(GptError::EntriesOverHeader {
+                start,
+                end,
+                header: self.my_lba.0,
+            });
+        }
+        Ok(())
+    }
+
+    fn is_usable(&self, lba: Lba) -> bool {
+        (self.first_usable..=self.last_usable).contains(&lba)
     }
 
     /// Size of the partition entry array in bytes (what to read at `entries_lba`).
@@ -363,9 +436,11 @@ pub struct GptPartition {
     pub name: String,
 }
 
-/// Checks the entry array's CRC and returns its used entries (non-zero type GUID).
-/// `bytes` is what was read at `header.entries_lba`: at least `header.entries_bytes()` long.
+/// Checks the entry array's CRC and returns its used entries (non-zero type GUID), each of
+/// which must lie inside the header's usable range. `bytes` is what was read at
+/// `header.entries_lba`: at least `header.entries_bytes()` long.
 pub fn parse_entries(header: &GptHeader, bytes: &[u8]) -> Result<Vec<GptPartition>, GptError> {
+    header.check_entry_layout()?;
     let expected_len = header.entries_bytes();
     let array = usize::try_from(expected_len)
         .ok()
@@ -381,13 +456,37 @@ pub fn parse_entries(header: &GptHeader, bytes: &[u8]) -> Result<Vec<GptPartitio
             found: header.entries_crc32,
         });
     }
-    // `check` guaranteed entry_size >= 128, so every chunk holds a whole UEFI entry.
+    // `check_entry_layout` guaranteed entry_size >= 128: every chunk holds a UEFI entry.
     let entry_size = usize::try_from(header.entry_size).unwrap_or(usize::MAX);
-    Ok(array
+    array
         .chunks_exact(entry_size)
         .zip(1u32..)
         .filter_map(|(entry, number)| parse_entry(entry, number))
-        .collect())
+        .map(|partition| check_extent(header, partition))
+        .collect()
+}
+
+/// A used entry must span at least one LBA, all of them inside the usable range: a CRC-valid
+/// table that breaks this was written by a broken tool and cannot be trusted to name a root.
+fn check_extent(header: &GptHeader, partition: GptPartition) -> Result<GptPartition, GptError> {
+    let (first, last) = (partition.first_lba, partition.last_lba);
+    if first > last {
+        return Err(GptError::PartitionExtent {
+            number: partition.number,
+            first: first.0,
+            last: last.0,
+        });
+    }
+    if !header.is_usable(first) || !header.is_usable(last) {
+        return Err(GptError::PartitionOutsideUsable {
+            number: partition.number,
+            first: first.0,
+            last: last.0,
+            usable_first: header.first_usable.0,
+            usable_last: header.last_usable.0,
+        });
+    }
+    Ok(partition)
 }
 
 /// One entry of at least 128 bytes; `None` when unused.
@@ -666,7 +765,9 @@ fn crc32(data: &[u8]) -> u32 {
     })
 }
 
-const CRC32_TABLE: [u32; 256] = crc32_table();
+/// A `static`, not a `const`: indexing a `const` array copies all 1 KiB of it per byte in an
+/// unoptimised build.
+static CRC32_TABLE: [u32; 256] = crc32_table();
 
 const fn crc32_table() -> [u32; 256] {
     let mut table = [0u32; 256];
@@ -1058,5 +1159,635 @@ pub(crate) mod tests {
         file.write_all_at(&image.primary, 0).expect("write primary");
         file.write_all_at(&image.backup, image.backup_offset)
             .expect("write backup");
+    }
+
+    /// A small deterministic generator: the fuzz loops must be reproducible. The other
+    /// modules' fuzz tests use it too.
+    pub(crate) struct XorShift(pub(crate) u64);
+
+    impl XorShift {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        pub(crate) fn below(&mut self, bound: usize) -> usize {
+            (self.next() % bound as u64) as usize
+        }
+
+        pub(crate) fn chance(&mut self, one_in: usize) -> bool {
+            self.below(one_in) == 0
+        }
+
+        pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len())]
+        }
+
+        pub(crate) fn fill(&mut self, bytes: &mut [u8]) {
+            for chunk in bytes.chunks_mut(8) {
+                let word = self.next().to_le_bytes();
+                chunk.copy_from_slice(&word[..chunk.len()]);
+            }
+        }
+    }
+
+    const FUZZ_ITERATIONS: usize = 100_000;
+    /// Half as many for entry arrays: each iteration computes two CRCs of up to 16 KiB and
+    /// decodes up to 128 names, and 100,000 of them take some 3 s in a debug build.
+    const ENTRY_FUZZ_ITERATIONS: usize = 50_000;
+    /// Header fields holding LBAs, and those holding 32-bit sizes and counts.
+    const LBA_FIELDS: [usize; 5] = [24, 32, 40, 48, 72];
+    const U32_FIELDS: [usize; 3] = [12, 80, 84];
+
+    /// The error's variant name, to show which checks a fuzz loop reached.
+    fn kind(error: &GptError) -> String {
+        let debug = format!("{error:?}");
+        debug
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn put_u64(bytes: &mut [u8], offset: usize, value: u64) {
+        if let Some(field) = bytes.get_mut(offset..offset + 8) {
+            field.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn put_u32(bytes: &mut [u8], offset: usize, value: u32) {
+        if let Some(field) = bytes.get_mut(offset..offset + 4) {
+            field.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    /// Recomputes the header CRC over the `header_size` bytes the block claims, as a tool
+    /// writing those fields would; false when that size does not fit the block.
+    fn fix_header_crc(block: &mut [u8]) -> bool {
+        if block.len() < HEADER_SIZE {
+            return false;
+        }
+        let size = le_u32(block, 12) as usize;
+        if !(HEADER_SIZE..=block.len()).contains(&size) {
+            return false;
+        }
+        block[HEADER_CRC_RANGE].fill(0);
+        let crc = crc32(&block[..size]);
+        block[HEADER_CRC_RANGE].copy_from_slice(&crc.to_le_bytes());
+        true
+    }
+
+    /// An LBA near the ones that matter (`near`), at a boundary, or anything at all.
+    fn interesting_lba(rng: &mut XorShift, near: &[u64]) -> u64 {
+        match rng.below(4) {
+            0 => rng.next(),
+            1 => rng.pick(&[0, 1, 2, 33, 34, u64::MAX - 1, u64::MAX]),
+            _ => rng
+                .pick(near)
+                .wrapping_add(rng.below(5) as u64)
+                .wrapping_sub(2),
+        }
+    }
+
+    fn interesting_u32(rng: &mut XorShift) -> u32 {
+        rng.pick(&[0, 1, 8, 92, 127, 128, 136, 256, 512, 513, 8192, u32::MAX])
+    }
+
+    /// What every accepted header satisfies, whatever bytes it came from: the UEFI rules the
+    /// init relies on, restated independently of `check`.
+    fn assert_consistent_header(header: &GptHeader, block_len: usize, lba: Lba) {
+        let usable = header.first_usable..=header.last_usable;
+        assert_eq!(header.my_lba, lba, "{header:?}");
+        assert_eq!(header.revision >> 16, 1, "{header:?}");
+        let size = header.header_size as usize;
+        assert!((HEADER_SIZE..=block_len).contains(&size), "{header:?}");
+        assert!(header.first_usable <= header.last_usable, "{header:?}");
+        assert!(!usable.contains(&header.my_lba), "{header:?}");
+        assert!(header.entry_size >= 128, "{header:?}");
+        assert_eq!(header.entry_size % 8, 0, "{header:?}");
+        assert!(header.entries_bytes() <= MAX_ENTRIES_BYTES, "{header:?}");
+        let sectors = header.entries_bytes().div_ceil(block_len as u64);
+        if sectors > 0 {
+            let start = header.entries_lba;
+            let end = Lba(start.0.saturating_add(sectors - 1));
+            assert!(
+                end < header.first_usable || header.last_usable < start,
+                "entries overlap the usable range: {header:?}"
+            );
+            assert!(
+                !(start..=end).contains(&header.my_lba),
+                "entries cover the header: {header:?}"
+            );
+        }
+    }
+
+    /// Random 512-byte blocks: half pure noise (stopped by the signature), half with a valid
+    /// signature, mostly valid revision and size, a recomputed CRC and random fields biased
+    /// to small LBAs, so that the checks after the CRC see values that can pass. Parsing
+    /// never panics, and whatever parses is consistent.
+    #[test]
+    fn random_header_blocks_never_panic_and_what_parses_is_consistent() {
+        let mut rng = XorShift(0x6a09_e667_f3bc_c908);
+        let mut block = [0u8; 512];
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut accepted = 0;
+        for _ in 0..FUZZ_ITERATIONS {
+            rng.fill(&mut block);
+            if rng.chance(2) {
+                block[..8].copy_from_slice(SIGNATURE);
+                if !rng.chance(16) {
+                    put_u32(&mut block, 8, REVISION_1_0 | rng.below(4) as u32);
+                }
+                let size = if rng.chance(16) {
+                    interesting_u32(&mut rng)
+                } else {
+                    (HEADER_SIZE + rng.below(512 - HEADER_SIZE + 1)) as u32
+                };
+                put_u32(&mut block, 12, size);
+                let my_lba = if rng.chance(8) {
+                    rng.below(3) as u64
+                } else {
+                    1
+                };
+                let first = rng.below(100) as u64;
+                let last = first
+                    .wrapping_add(rng.below(1 << 20) as u64)
+                    .wrapping_sub(8);
+                let entries_lba = rng.below(40) as u64;
+                let near = [first, last, entries_lba];
+                for (offset, value) in LBA_FIELDS.into_iter().zip([1, 0, first, last, 2]) {
+                    let value = match rng.below(4) {
+                        0 => interesting_lba(&mut rng, &near),
+                        _ if offset == 24 => my_lba,
+                        _ if offset == 72 => entries_lba,
+                        _ if offset == 32 => rng.next(),
+                        _ => value,
+                    };
+                    put_u64(&mut block, offset, value);
+                }
+                put_u32(&mut block, 80, rng.below(300) as u32);
+                let entry_size = match rng.below(4) {
+                    0 => interesting_u32(&mut rng),
+                    1 => 128 + 8 * rng.below(64) as u32,
+                    _ => 128,
+                };
+                put_u32(&mut block, 84, entry_size);
+                if !rng.chance(16) {
+                    fix_header_crc(&mut block);
+                }
+            }
+            match GptHeader::parse(&block) {
+                Ok(header) => {
+                    accepted += 1;
+                    assert_consistent_header(&header, block.len(), Lba(1));
+                }
+                Err(error) => {
+                    kinds.insert(kind(&error));
+                }
+            }
+        }
+        eprintln!("{accepted} of {FUZZ_ITERATIONS} random blocks parsed; errors: {kinds:?}");
+        assert!(accepted > FUZZ_ITERATIONS / 100, "{accepted} parsed");
+        for expected in [
+            "Signature",
+            "Revision",
+            "HeaderSize",
+            "HeaderCrc",
+            "MyLba",
+            "UsableRange",
+            "HeaderInUsable",
+            "EntrySize",
+            "EntriesTooLarge",
+            "EntriesInUsable",
+            "EntriesOverHeader",
+        ] {
+            assert!(
+                kinds.contains(expected),
+                "never reached {expected}: {kinds:?}"
+            );
+        }
+    }
+
+    /// One random change to `bytes`: a bit flip (anywhere, or in the header fields), a byte
+    /// overwrite, a field set to a boundary value, a zeroed run, or a truncation.
+    fn mutate_header(rng: &mut XorShift, bytes: &mut Vec<u8>, near: &[u64]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let len = bytes.len();
+        match rng.below(8) {
+            0 => bytes[rng.below(len)] ^= 1 << rng.below(8),
+            1 => bytes[rng.below(len.min(HEADER_SIZE))] ^= 1 << rng.below(8),
+            2 => bytes[rng.below(len)] = rng.next() as u8,
+            3 | 4 => {
+                let value = interesting_lba(rng, near);
+                put_u64(bytes, rng.pick(&LBA_FIELDS), value);
+            }
+            5 => {
+                let value = interesting_u32(rng);
+                put_u32(bytes, rng.pick(&U32_FIELDS), value);
+            }
+            6 => {
+                let start = rng.below(len);
+                let end = (start + rng.below(16)).min(len);
+                bytes[start..end].fill(0);
+            }
+            _ => bytes.truncate(rng.below(len + 1)),
+        }
+    }
+
+    /// Up to three random changes to a valid primary or backup header, with the header CRC
+    /// recomputed half the time (as a broken tool would write it) so that the field checks
+    /// see the damage. Parsing never panics; what parses is consistent; and without a new
+    /// CRC, any change to the 92 covered bytes is refused while changes past them do not
+    /// matter.
+    #[test]
+    fn damaged_headers_never_panic_and_what_parses_is_consistent() {
+        let sector = SectorSize::BYTES_512;
+        let image =
+            write_gpt(DISK_SIZE, sector, guid(DISK_GUID), &dps_partitions()).expect("write");
+        let last = Lba(DISK_SIZE / 512 - 1);
+        let primary = image.primary[512..1024].to_vec();
+        let backup = image.backup[image.backup.len() - 512..].to_vec();
+        let originals = [
+            (
+                primary.clone(),
+                Lba(1),
+                GptHeader::parse(&primary).expect("primary"),
+            ),
+            (
+                backup.clone(),
+                last,
+                GptHeader::parse_at(&backup, last).expect("backup"),
+            ),
+        ];
+        let near = [
+            1,
+            2,
+            image.first_usable.0,
+            image.last_usable.0,
+            last.0,
+            last.0 - 32,
+        ];
+        let mut rng = XorShift(0xbb67_ae85_84ca_a73b);
+        let mut kinds = std::collections::BTreeSet::new();
+        let (mut accepted, mut changed) = (0, 0);
+        for iteration in 0..FUZZ_ITERATIONS {
+            let (source, lba, original) = &originals[iteration % 2];
+            let mut block = source.clone();
+            for _ in 0..=rng.below(3) {
+                mutate_header(&mut rng, &mut block, &near);
+            }
+            let recomputed = rng.chance(2) && fix_header_crc(&mut block);
+            let result = GptHeader::parse_at(&block, *lba);
+            match &result {
+                Ok(header) => {
+                    accepted += 1;
+                    changed += usize::from(header != original);
+                    assert_consistent_header(header, block.len(), *lba);
+                }
+                Err(error) => {
+                    kinds.insert(kind(error));
+                }
+            }
+            if recomputed {
+                continue;
+            }
+            if block.len() < HEADER_SIZE {
+                assert!(
+                    matches!(result, Err(GptError::HeaderTooShort { .. })),
+                    "{result:?}"
+                );
+            } else if block[..HEADER_SIZE] == source[..HEADER_SIZE] {
+                // Only a whole sector: a shorter block is taken as a smaller sector size,
+                // and the entry array then spans more LBAs.
+                if block.len() == source.len() {
+                    assert_eq!(result.as_ref(), Ok(original), "padding changed only");
+                }
+            } else {
+                assert!(
+                    result.is_err(),
+                    "damage under the old CRC accepted: {block:02x?}"
+                );
+            }
+        }
+        eprintln!(
+            "{accepted} of {FUZZ_ITERATIONS} damaged headers parsed ({changed} with changed \
+             fields); errors: {kinds:?}"
+        );
+        assert!(
+            changed > FUZZ_ITERATIONS / 50,
+            "{changed} changed headers parsed"
+        );
+        for expected in [
+            "HeaderTooShort",
+            "Signature",
+            "Revision",
+            "HeaderSize",
+            "HeaderCrc",
+            "MyLba",
+            "UsableRange",
+            "HeaderInUsable",
+            "EntrySize",
+            "EntriesTooLarge",
+            "EntriesInUsable",
+            "EntriesOverHeader",
+        ] {
+            assert!(
+                kinds.contains(expected),
+                "never reached {expected}: {kinds:?}"
+            );
+        }
+    }
+
+    /// One random change to an entry array of `count` entries of `size` bytes, aimed at the
+    /// fields parse_entries reads.
+    fn mutate_entries(rng: &mut XorShift, array: &mut Vec<u8>, size: usize, near: &[u64]) {
+        let count = array.len() / size;
+        if count == 0 {
+            return;
+        }
+        let entry = rng.below(count) * size;
+        match rng.below(8) {
+            0 => array[entry..entry + 16].fill(0),
+            1 => {
+                let at = entry + rng.below(16);
+                array[at] = rng.next() as u8;
+            }
+            2..=4 => {
+                let value = interesting_lba(rng, near);
+                put_u64(array, entry + rng.pick(&[32, 40]), value);
+            }
+            5 => {
+                let any = rng.next() as u16;
+                let unit = rng.pick(&[0, 0x41, 0xd800, 0xdc00, 0xfffd, any]);
+                let at = entry + 56 + 2 * rng.below(NAME_UNITS);
+                array[at..at + 2].copy_from_slice(&unit.to_le_bytes());
+            }
+            6 => {
+                let at = rng.below(array.len());
+                array[at] ^= 1 << rng.below(8);
+            }
+            _ if rng.chance(4) => array.truncate(rng.below(array.len() + 1)),
+            _ => {
+                let at = entry + 48;
+                put_u64(array, at, rng.next());
+            }
+        }
+    }
+
+    /// Damaged entry arrays under a header that vouches for them: both the entry array CRC
+    /// and the header CRC are recomputed, as a broken tool would write them, and the header
+    /// sometimes claims another entry count or size. Parsing never panics, and what parses
+    /// lists exactly the used entries, in slot order, each inside the usable range.
+    #[test]
+    fn damaged_entry_arrays_never_panic_and_what_parses_is_consistent() {
+        let sector = SectorSize::BYTES_512;
+        let image =
+            write_gpt(DISK_SIZE, sector, guid(DISK_GUID), &dps_partitions()).expect("write");
+        let header_block = image.primary[512..1024].to_vec();
+        let written = &image.primary[1024..1024 + 128 * 128];
+        let (first, last) = (image.first_usable.0, image.last_usable.0);
+        let near = [0, first, last, 2048, 4095, 4096, 16383];
+        let mut rng = XorShift(0x3c6e_f372_fe94_f82b);
+        let mut kinds = std::collections::BTreeSet::new();
+        let (mut accepted, mut partitions) = (0, 0);
+        for _ in 0..ENTRY_FUZZ_ITERATIONS {
+            // Mostly the 7 used entries and one free: the CRCs of the whole 16 KiB array
+            // would make the loop too slow for a debug build.
+            let count = match rng.below(256) {
+                0 => 128,
+                1..=48 => rng.below(17),
+                _ => 8,
+            };
+            let size = if rng.chance(4) && count <= 32 {
+                128 + 8 * rng.below(49)
+            } else {
+                128
+            };
+            let mut array = written[..(count * size).min(written.len())].to_vec();
+            array.resize(count * size, 0);
+            for _ in 0..=rng.below(3) {
+                mutate_entries(&mut rng, &mut array, size, &near);
+            }
+            let mut block = header_block.clone();
+            put_u32(&mut block, 80, count as u32);
+            put_u32(&mut block, 84, size as u32);
+            let vouched = &array[..array.len().min(count * size)];
+            put_u32(&mut block, 88, crc32(vouched));
+            assert!(fix_header_crc(&mut block));
+            let header = GptHeader::parse(&block).expect("the header itself is valid");
+            match parse_entries(&header, &array) {
+                Ok(parts) => {
+                    accepted += 1;
+                    partitions += parts.len();
+                    assert_consistent_entries(&header, &array, &parts);
+                }
+                Err(error) => {
+                    kinds.insert(kind(&error));
+                }
+            }
+        }
+        eprintln!(
+            "{accepted} of {ENTRY_FUZZ_ITERATIONS} damaged entry arrays parsed, with \
+             {partitions} partitions; errors: {kinds:?}"
+        );
+        assert!(accepted > ENTRY_FUZZ_ITERATIONS / 10, "{accepted} parsed");
+        assert!(
+            partitions > ENTRY_FUZZ_ITERATIONS,
+            "{partitions} partitions"
+        );
+        for expected in [
+            "EntriesTooShort",
+            "PartitionExtent",
+            "PartitionOutsideUsable",
+        ] {
+            assert!(
+                kinds.contains(expected),
+                "never reached {expected}: {kinds:?}"
+            );
+        }
+    }
+
+    /// What a successful `parse_entries` returns, restated from the raw array: one
+    /// partition per used slot, in order, with its LBAs, inside the usable range.
+    fn assert_consistent_entries(header: &GptHeader, array: &[u8], parts: &[GptPartition]) {
+        let size = header.entry_size as usize;
+        let used: Vec<(u32, &[u8])> = array[..header.entries_bytes() as usize]
+            .chunks_exact(size)
+            .zip(1u32..)
+            .filter(|(entry, _)| entry[..16] != [0; 16])
+            .map(|(entry, number)| (number, entry))
+            .collect();
+        assert_eq!(parts.len(), used.len(), "{parts:?}");
+        for (part, (number, entry)) in parts.iter().zip(used) {
+            assert_eq!(part.number, number);
+            assert!(!part.type_guid.is_nil());
+            assert_eq!(part.first_lba, Lba(le_u64(entry, 32)));
+            assert_eq!(part.last_lba, Lba(le_u64(entry, 40)));
+            assert!(part.first_lba <= part.last_lba, "{part:?}");
+            assert!(header.first_usable <= part.first_lba, "{part:?}");
+            assert!(part.last_lba <= header.last_usable, "{part:?}");
+            assert!(!part.name.contains('\0'), "{part:?}");
+            assert!(part.name.encode_utf16().count() <= NAME_UNITS, "{part:?}");
+        }
+    }
+
+    /// Rewrites the entries of a valid image with `edit` and recomputes both CRCs, as a
+    /// broken tool would: the damage reaches the entry checks.
+    fn vouched_entries(edit: impl FnOnce(&mut [u8])) -> (GptHeader, Vec<u8>) {
+        let image = write_gpt(
+            DISK_SIZE,
+            SectorSize::BYTES_512,
+            guid(DISK_GUID),
+            &dps_partitions(),
+        )
+        .expect("write");
+        let mut block = image.primary[512..1024].to_vec();
+        let mut entries = image.primary[1024..1024 + 128 * 128].to_vec();
+        edit(&mut entries);
+        put_u32(&mut block, 88, crc32(&entries));
+        assert!(fix_header_crc(&mut block));
+        (GptHeader::parse(&block).expect("header"), entries)
+    }
+
+    // Findings of the fuzz loops above, each a table the parser used to accept.
+
+    #[test]
+    fn a_partition_ending_before_it_starts_is_refused() {
+        // Partition 2 spans 4096..=6143: make it end at 4095.
+        let (header, entries) = vouched_entries(|entries| put_u64(entries, 128 + 40, 4095));
+        assert_eq!(
+            parse_entries(&header, &entries),
+            Err(GptError::PartitionExtent {
+                number: 2,
+                first: 4096,
+                last: 4095
+            })
+        );
+        let (header, entries) = vouched_entries(|entries| put_u64(entries, 128 + 40, 4096));
+        assert_eq!(parse_entries(&header, &entries).expect("one LBA").len(), 7);
+    }
+
+    #[test]
+    fn a_partition_outside_the_usable_range_is_refused() {
+        let last_usable = DISK_SIZE / 512 - 34;
+        for (field, value) in [(32, 33), (32, 0), (40, last_usable + 1), (40, u64::MAX)] {
+            let (header, entries) = vouched_entries(|entries| put_u64(entries, field, value));
+            let err = parse_entries(&header, &entries).expect_err("outside");
+            let (first, last) = if field == 32 {
+                (value, 4095)
+            } else {
+                (2048, value)
+            };
+            assert_eq!(
+                err,
+                GptError::PartitionOutsideUsable {
+                    number: 1,
+                    first,
+                    last,
+                    usable_first: 34,
+                    usable_last: last_usable
+                }
+            );
+        }
+        assert_eq!(
+            GptError::PartitionOutsideUsable {
+                number: 1,
+                first: 0,
+                last: 4095,
+                usable_first: 34,
+                usable_last: 65502
+            }
+            .to_string(),
+            "GPT partition 1 (LBAs 0..=4095) is outside the usable LBAs 34..=65502"
+        );
+    }
+
+    /// A header edited with `edit` and its CRC recomputed.
+    fn vouched_header(edit: impl FnOnce(&mut [u8])) -> Result<GptHeader, GptError> {
+        let image =
+            write_gpt(DISK_SIZE, SectorSize::BYTES_512, guid(DISK_GUID), &[]).expect("write");
+        let mut block = image.primary[512..1024].to_vec();
+        edit(&mut block);
+        assert!(fix_header_crc(&mut block));
+        GptHeader::parse(&block)
+    }
+
+    #[test]
+    fn a_header_inside_its_usable_range_is_refused() {
+        assert_eq!(
+            vouched_header(|block| put_u64(block, 40, 0)),
+            Err(GptError::HeaderInUsable {
+                lba: 1,
+                first: 0,
+                last: DISK_SIZE / 512 - 34
+            })
+        );
+        // LBA 1 just outside either end of the range is fine (entries moved out of the way).
+        let below = vouched_header(|block| {
+            put_u64(block, 40, 0);
+            put_u64(block, 48, 0);
+            put_u64(block, 72, 2);
+        });
+        assert!(below.is_ok(), "{below:?}");
+    }
+
+    #[test]
+    fn an_entry_array_overlapping_partitions_or_its_header_is_refused() {
+        let last_usable = DISK_SIZE / 512 - 34;
+        // 128 entries of 128 bytes are 32 sectors: from LBA 3 they reach LBA 34.
+        assert_eq!(
+            vouched_header(|block| put_u64(block, 72, 3)),
+            Err(GptError::EntriesInUsable {
+                start: 3,
+                end: 34,
+                first: 34,
+                last: last_usable
+            })
+        );
+        assert_eq!(
+            vouched_header(|block| put_u64(block, 72, 1)),
+            Err(GptError::EntriesOverHeader {
+                start: 1,
+                end: 32,
+                header: 1
+            })
+        );
+        // Past the usable range is where the backup array lives: fine for the primary too.
+        let after = vouched_header(|block| put_u64(block, 72, last_usable + 1));
+        assert!(after.is_ok(), "{after:?}");
+        // An empty array occupies no LBA, so it overlaps nothing.
+        let empty = vouched_header(|block| {
+            put_u32(block, 80, 0);
+            put_u64(block, 72, 1);
+        });
+        assert!(empty.is_ok(), "{empty:?}");
+    }
+
+    #[test]
+    fn entries_under_a_hand_built_header_with_a_bad_entry_size_are_refused() {
+        // The fields are public, so a header need not come from `parse`: an entry size of 0
+        // or under 128 bytes used to panic (zero-sized chunks, a name field past the entry).
+        let image = write_gpt(
+            DISK_SIZE,
+            SectorSize::BYTES_512,
+            guid(DISK_GUID),
+            &dps_partitions(),
+        )
+        .expect("write");
+        let header = GptHeader::parse(&image.primary[512..1024]).expect("header");
+        for size in [0, 8, 64, 120, 129] {
+            let bad = GptHeader {
+                entry_size: size,
+                ..header.clone()
+            };
+            assert_eq!(
+                parse_entries(&bad, &image.primary[1024..]),
+                Err(GptError::EntrySize { found: size })
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod failure;
 pub mod gpt;
 pub mod kmod;
 pub mod kmsg;
+pub mod loopdev;
 pub mod modules;
 pub mod mounts;
 pub mod options;

@@ -108,10 +108,18 @@ fn format_uuid(bytes: &[u8; 16]) -> Option<String> {
     ))
 }
 
-/// Text up to the first NUL; `None` when empty.
+/// Text up to the first NUL, without the trailing white space blkid trims; `None` when
+/// that leaves nothing.
 fn nul_terminated(raw: &[u8]) -> Option<String> {
     let end = raw.iter().position(|&byte| byte == 0).unwrap_or(raw.len());
-    non_empty(String::from_utf8_lossy(&raw[..end]).into_owned())
+    let text = String::from_utf8_lossy(&raw[..end]);
+    non_empty(text.trim_end_matches(is_c_space).to_owned())
+}
+
+/// C's `isspace` in the C locale, which blkid trims labels with: ASCII white space and the
+/// vertical tab.
+fn is_c_space(ch: char) -> bool {
+    ch.is_ascii_whitespace() || ch == '\x0b'
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -191,14 +199,10 @@ fn fat_bpb_is_plausible(sector: &[u8]) -> Option<bool> {
     )
 }
 
-/// The 11-byte label, space-padded; "NO NAME" and blank mean unlabelled.
+/// The 11-byte label, space-padded, and cut at a NUL as blkid cuts it; "NO NAME" and blank
+/// mean unlabelled.
 fn fat_label(raw: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
-    let trimmed = text.trim_end_matches([' ', '\0']);
-    if trimmed == FAT_NO_LABEL {
-        return None;
-    }
-    non_empty(trimmed.to_owned())
+    nul_terminated(raw).filter(|label| label != FAT_NO_LABEL)
 }
 
 fn le_u16(bytes: &[u8], offset: usize) -> Option<u16> {
@@ -430,5 +434,221 @@ pub(crate) mod tests {
             uuid: field("UUID"),
             label: field("LABEL"),
         })
+    }
+
+    #[test]
+    fn labels_are_cut_at_a_nul_and_trimmed_as_blkid_does() {
+        // blkid 2.39 reports the FAT boot sector label "AB\0CD" as "AB", and trims trailing
+        // white space from both kinds of label; these used to come back with the NUL and the
+        // spaces in them.
+        let fat = probe(&vfat_fixture(false, 1, b"AB\0CD      ")).expect("vfat");
+        assert_eq!(fat.label.as_deref(), Some("AB"));
+        let spaced = probe(&vfat_fixture(true, 1, b"AB  CD\t    ")).expect("vfat");
+        assert_eq!(spaced.label.as_deref(), Some("AB  CD"));
+        let blank = probe(&vfat_fixture(false, 1, b"\0NO NAME   ")).expect("vfat");
+        assert_eq!(blank.label, None);
+        let ext = probe(&ext4_fixture([1; 16], "root  \x0b")).expect("ext4");
+        assert_eq!(ext.label.as_deref(), Some("root"));
+        let ext = probe(&ext4_fixture([1; 16], "  ")).expect("ext4");
+        assert_eq!(ext.label, None);
+    }
+
+    /// An ext4 image whose label has trailing spaces, as mkfs.ext4 writes it, against blkid.
+    #[test]
+    fn trailing_spaces_in_a_real_ext4_label_match_blkid() {
+        if !crate::gpt::tests::tool_exists("mkfs.ext4") {
+            eprintln!("mkfs.ext4 not installed: skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("spaced.img");
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(4 << 20))
+            .expect("create");
+        let output = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "root  "])
+            .arg(&image)
+            .output()
+            .expect("run mkfs.ext4");
+        assert!(output.status.success(), "mkfs.ext4: {output:?}");
+        let bytes = std::fs::read(&image).expect("read image");
+        assert_eq!(&bytes[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + 7], b"root  \0");
+        let info = probe(&bytes[..PROBE_BYTES]).expect("ext4");
+        assert_eq!(info.label.as_deref(), Some("root"));
+        if let Some(expected) = blkid(&image) {
+            assert_eq!(info, expected);
+        }
+    }
+
+    use crate::gpt::tests::XorShift;
+
+    const FUZZ_ITERATIONS: usize = 100_000;
+    /// Every byte `probe` reads lies below this (the ext label ends at 0x488); the loop
+    /// re-randomises only this head of its 64 KiB buffer, and checks that the rest does not
+    /// matter.
+    const HEAD: usize = 0x600;
+
+    /// The byte ranges of the fields `probe` reads, where damage is most telling.
+    const FIELDS: [std::ops::Range<usize>; 8] = [
+        0..4,
+        0x0B..0x18,
+        0x24..0x60,
+        0x1FE..0x200,
+        EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2,
+        EXT_INCOMPAT_OFFSET..EXT_INCOMPAT_OFFSET + 4,
+        EXT_UUID_OFFSET..EXT_UUID_OFFSET + 16,
+        EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + 16,
+    ];
+
+    /// One random change: a byte anywhere in the head or in a field, a byte a label parser
+    /// must handle (NUL, space, invalid UTF-8), or a zeroed run.
+    fn mutate(rng: &mut XorShift, head: &mut [u8]) {
+        let field = FIELDS[rng.below(FIELDS.len())].clone();
+        let at = field.start + rng.below(field.len());
+        match rng.below(5) {
+            0 => head[rng.below(HEAD)] = rng.next() as u8,
+            1 => head[at] ^= 1 << rng.below(8),
+            2 => head[at] = rng.pick(&[0, b' ', b'\t', 0x80, 0xC3, 0xFF, b'A']),
+            3 => head[at] = rng.next() as u8,
+            _ => {
+                let end = (at + rng.below(8)).min(HEAD);
+                head[at..end].fill(0);
+            }
+        }
+    }
+
+    fn is_hex_in(text: &str, upper: bool) -> bool {
+        text.chars().all(|ch| {
+            ch.is_ascii_digit() || (ch.is_ascii_hexdigit() && ch.is_ascii_uppercase() == upper)
+        })
+    }
+
+    /// What every `probe` answer satisfies, whatever bytes it came from.
+    fn assert_consistent(bytes: &[u8], info: &FsInfo) {
+        for text in [&info.uuid, &info.label].into_iter().flatten() {
+            assert!(!text.is_empty(), "{info:?}");
+            assert!(!text.contains('\0'), "NUL in {info:?}");
+            assert_eq!(
+                text.trim_end_matches(is_c_space),
+                text,
+                "untrimmed {info:?}"
+            );
+        }
+        match info.kind {
+            FsKind::Squashfs => {
+                assert_eq!(&bytes[..4], b"hsqs");
+                assert_eq!((&info.uuid, &info.label), (&None, &None));
+            }
+            FsKind::Ext4 => {
+                assert_eq!(le_u16(bytes, EXT_MAGIC_OFFSET), Some(EXT_MAGIC));
+                let raw = &bytes[EXT_UUID_OFFSET..EXT_UUID_OFFSET + 16];
+                match &info.uuid {
+                    Some(uuid) => {
+                        assert_eq!(uuid.len(), 36, "{info:?}");
+                        let digits: String = uuid.split('-').collect();
+                        assert_eq!(
+                            uuid.split('-').map(str::len).collect::<Vec<_>>(),
+                            [8, 4, 4, 4, 12]
+                        );
+                        assert!(is_hex_in(&digits, false), "{info:?}");
+                        let expected: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                        assert_eq!(digits, expected);
+                    }
+                    None => assert_eq!(raw, [0; 16]),
+                }
+                if let Some(label) = &info.label {
+                    assert!(label.len() <= 16 * 3, "{info:?}");
+                }
+            }
+            FsKind::Vfat => {
+                assert!(matches!(bytes[0], 0xEB | 0xE9));
+                if let Some(uuid) = &info.uuid {
+                    assert_eq!(uuid.len(), 9, "{info:?}");
+                    assert_eq!(uuid.as_bytes()[4], b'-', "{info:?}");
+                    assert!(is_hex_in(&uuid.replace('-', ""), true), "{info:?}");
+                }
+                if let Some(label) = &info.label {
+                    assert_ne!(label, FAT_NO_LABEL);
+                    assert!(label.chars().count() <= FAT_LABEL_LEN, "{info:?}");
+                }
+            }
+        }
+    }
+
+    /// Random 64 KiB buffers and damaged copies of the fixtures, cut to random lengths:
+    /// `probe` never panics, its answers are consistent with the bytes, and its UUIDs and
+    /// labels are non-empty text without NULs or trailing white space.
+    #[test]
+    fn random_and_damaged_buffers_never_panic_and_answer_clean_text() {
+        let mut rng = XorShift(0x510e_527f_ade6_82d1);
+        let uuid = [
+            0x95, 0x41, 0x72, 0xdf, 0xee, 0x9a, 0xaa, 0xb2, 0xd9, 0x0a, 0x0a, 0xb1, 0x62, 0xee,
+            0x6b, 0xc5,
+        ];
+        let fixtures = [
+            squashfs_fixture(),
+            ext4_fixture(uuid, "rootfs"),
+            ext4_fixture([0; 16], "sixteen-chars-xx"),
+            vfat_fixture(false, 0x1A2B_3C4D, b"EFI SYSTEM "),
+            vfat_fixture(true, 0xABCD, b"NO NAME    "),
+        ];
+        let mut buffer = vec![0u8; PROBE_BYTES];
+        rng.fill(&mut buffer);
+        let mut found = std::collections::BTreeMap::new();
+        for iteration in 0..FUZZ_ITERATIONS {
+            let head = &mut buffer[..HEAD];
+            if iteration % 4 == 0 {
+                rng.fill(head);
+            } else {
+                let fixture = &fixtures[rng.below(fixtures.len())];
+                head.copy_from_slice(&fixture[..HEAD]);
+                for _ in 0..=rng.below(4) {
+                    mutate(&mut rng, head);
+                }
+            }
+            let len = match rng.below(8) {
+                0 => rng.below(HEAD),
+                1 => rng.below(PROBE_BYTES + 1),
+                _ => PROBE_BYTES,
+            };
+            let bytes = &buffer[..len];
+            let info = probe(bytes);
+            if let Some(info) = &info {
+                assert_consistent(bytes, info);
+            }
+            let key = match &info {
+                None => "none".to_owned(),
+                Some(info) => format!(
+                    "{}{}{}",
+                    info.kind,
+                    if info.uuid.is_some() { "+uuid" } else { "" },
+                    if info.label.is_some() { "+label" } else { "" }
+                ),
+            };
+            *found.entry(key).or_insert(0usize) += 1;
+            if iteration % 256 == 0 && len == PROBE_BYTES {
+                rng.fill(&mut buffer[HEAD..]);
+                assert_eq!(
+                    probe(&buffer),
+                    info,
+                    "bytes past {HEAD:#x} changed the answer"
+                );
+            }
+        }
+        eprintln!("probe answers over {FUZZ_ITERATIONS} buffers: {found:?}");
+        for expected in [
+            "none",
+            "squashfs",
+            "ext4",
+            "ext4+uuid+label",
+            "vfat",
+            "vfat+uuid",
+            "vfat+uuid+label",
+        ] {
+            assert!(
+                found.contains_key(expected),
+                "never saw {expected}: {found:?}"
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The crate's only unsafe code: the device-mapper control ioctl, which rustix does not wrap.
+//! The crate's only unsafe code: the device-mapper control ioctl and the two loop-device
+//! ioctls, which rustix does not wrap.
 //!
 //! Everything else here is the C ABI of include/uapi/linux/dm-ioctl.h written down in Rust:
 //! the header layout (checked at compile time), the request numbers and the flags. The header
@@ -283,10 +284,90 @@ pub(crate) fn dm_ioctl(
     Ok(())
 }
 
+/// ```c
+/// #define LOOP_CTL_GET_FREE 0x4C82
+/// ```
+/// Returns the index of a free loop device, adding one if none is free (its /dev node then
+/// appears in devtmpfs before the ioctl returns).
+pub(crate) fn loop_ctl_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    // SAFETY: `control` is a live descriptor for the borrow's duration; LOOP_CTL_GET_FREE
+    // takes no argument and only returns a number.
+    let result = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+    u32::try_from(result).map_err(|_| io::Error::last_os_error())
+}
+
+/// ```c
+/// struct loop_info64 {
+///     __u64 lo_device; __u64 lo_inode; __u64 lo_rdevice; __u64 lo_offset;
+///     __u64 lo_sizelimit; __u32 lo_number; __u32 lo_encrypt_type;
+///     __u32 lo_encrypt_key_size; __u32 lo_flags;
+///     __u8 lo_file_name[LO_NAME_SIZE]; __u8 lo_crypt_name[LO_NAME_SIZE];
+///     __u8 lo_encrypt_key[LO_KEY_SIZE]; __u64 lo_init[2];
+/// };                                          /* 232 bytes, LO_NAME_SIZE 64, LO_KEY_SIZE 32 */
+/// struct loop_config {
+///     __u32 fd; __u32 block_size; struct loop_info64 info; __u64 __reserved[8];
+/// };                                          /* 304 bytes */
+/// #define LO_FLAGS_READ_ONLY 1
+/// ```
+pub(crate) const LOOP_CONFIG_SIZE: usize = 304;
+const LOOP_CONFIG_FLAGS: usize = 8 + 5 * 8 + 3 * 4;
+const LOOP_CONFIG_FILE_NAME: usize = 8 + 5 * 8 + 4 * 4;
+const LO_NAME_SIZE: usize = 64;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+
+/// A `struct loop_config` that backs a loop device read-only by `backing` (its name is only
+/// what the kernel shows in sysfs).
+pub(crate) fn read_only_loop_config(
+    backing: BorrowedFd<'_>,
+    name: &[u8],
+) -> [u8; LOOP_CONFIG_SIZE] {
+    let mut config = [0u8; LOOP_CONFIG_SIZE];
+    let fd = u32::try_from(backing.as_raw_fd()).unwrap_or(u32::MAX);
+    config[..4].copy_from_slice(&fd.to_ne_bytes());
+    config[LOOP_CONFIG_FLAGS..LOOP_CONFIG_FLAGS + 4]
+        .copy_from_slice(&LO_FLAGS_READ_ONLY.to_ne_bytes());
+    // NUL-terminated: at most LO_NAME_SIZE - 1 bytes of the name.
+    let length = name.len().min(LO_NAME_SIZE - 1);
+    config[LOOP_CONFIG_FILE_NAME..LOOP_CONFIG_FILE_NAME + length].copy_from_slice(&name[..length]);
+    config
+}
+
+/// ```c
+/// #define LOOP_CONFIGURE 0x4C0A
+/// ```
+/// Binds the loop device `device` to the file and flags in `config` in one step (Linux 5.8+).
+pub(crate) fn loop_configure(
+    device: BorrowedFd<'_>,
+    config: &[u8; LOOP_CONFIG_SIZE],
+) -> io::Result<()> {
+    const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    // SAFETY: `device` is a live descriptor for the borrow's duration; LOOP_CONFIGURE reads
+    // exactly sizeof(struct loop_config) = LOOP_CONFIG_SIZE bytes from the pointer
+    // (copy_from_user, no alignment needed) and writes nothing back.
+    let result = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, config.as_ptr()) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn loop_config_puts_fd_flags_and_name_at_the_c_offsets() {
+        let file = std::fs::File::open("/proc/self/cmdline").expect("open");
+        let config = read_only_loop_config(file.as_fd(), &[b'x'; 100]);
+        let fd = u32::try_from(file.as_raw_fd()).expect("fd");
+        assert_eq!(&config[..4], &fd.to_ne_bytes());
+        assert_eq!(&config[60..64], &1u32.to_ne_bytes(), "lo_flags");
+        assert_eq!(&config[64..127], &[b'x'; 63][..], "lo_file_name");
+        assert_eq!(config[127], 0, "NUL-terminated");
+        assert!(config[128..].iter().all(|&byte| byte == 0));
+    }
 
     #[test]
     fn request_numbers_match_the_kernel_headers() {

@@ -3,7 +3,7 @@
 //! a shell in the same namespace checks what the booted system would see. Skipped, saying
 //! so, when not root or when the tools are missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 struct LoopImage {
@@ -71,7 +71,15 @@ fn squashfs_on_loop() -> LoopImage {
 /// Runs the init (stopping before switch_root) and then `checks` in one private mount
 /// namespace; returns the combined output. `$ROOT` is the fake initramfs root.
 fn boot_then(cmdline: &str, checks: &str) -> (bool, String) {
+    boot_with_files(&[], cmdline, checks)
+}
+
+/// Like [`boot_then`], with `files` (source, name) copied into the fake initramfs root first.
+fn boot_with_files(files: &[(&Path, &str)], cmdline: &str, checks: &str) -> (bool, String) {
     let root: PathBuf = tempfile::tempdir().expect("tempdir").keep();
+    for (source, name) in files {
+        std::fs::copy(source, root.join(name)).expect("copy into the fake initramfs");
+    }
     let script = format!(
         "set -e; \"$INIT\" --root \"$ROOT\" --no-switch-root --cmdline \"$CMDLINE\"; {checks}"
     );
@@ -163,4 +171,45 @@ fn a_device_without_squashfs_is_refused_by_name() {
         image.device
     );
     assert!(text.contains(&expected), "{text}");
+}
+
+/// How a PXE-served initramfs boots: the root image is a file inside it, attached to a loop
+/// device by the init itself.
+#[test]
+fn an_image_file_in_the_initramfs_is_attached_and_mounted() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
+    std::fs::create_dir_all(tree.join("sbin")).expect("mkdir");
+    std::fs::write(tree.join("etc/hostname"), "from-a-file\n").expect("write");
+    let init = tree.join("sbin/init");
+    std::fs::write(&init, "#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let image = dir.path().join("root.squashfs");
+    let status = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .expect("mksquashfs runs");
+    assert!(status.success());
+    let (ok, text) = boot_with_files(
+        &[(&image, "root.squashfs")],
+        "root=/root.squashfs xorbang.verity=optional",
+        r#"cat "$ROOT/sysroot/etc/hostname"
+           device=$(losetup -n -O NAME -j "$ROOT/root.squashfs")
+           echo "read-only: $(cat /sys/block/${device#/dev/}/ro)"
+           losetup -d "$device""#,
+    );
+    assert!(ok, "{text}");
+    assert!(text.lines().any(|line| line == "from-a-file"), "{text}");
+    assert!(
+        text.contains("attached /root.squashfs to /dev/loop"),
+        "{text}"
+    );
+    assert!(text.contains("read-only: 1"), "{text}");
 }

@@ -375,16 +375,32 @@ fn install_agent(tree: &Path) -> Result<(), FixtureError> {
 
 /// A tiny root: static busybox and an /sbin/init that reports and powers off. Boots in
 /// seconds, for scenarios about the initramfs itself.
-pub fn busybox_image(cache: &Path, build: &Path) -> Result<PathBuf, FixtureError> {
-    let busybox = Path::new("/bin/busybox");
+/// The busybox root: the SquashFS, its hash tree and root hash (from `xorbang-build image`).
+#[derive(Debug, Clone)]
+pub struct BusyboxImage {
+    pub image: PathBuf,
+    pub tree: PathBuf,
+    pub root_hash: String,
+}
+
+pub fn busybox_image(cache: &Path, build: &Path) -> Result<BusyboxImage, FixtureError> {
     let key = cache_key(&[BUSYBOX_INIT.as_bytes(), IMAGE_RECIPE.as_bytes()]);
     let dir = cache.join("images").join(format!("busybox-{key}"));
     let image = dir.join("root.squashfs");
-    if image.exists() {
-        return Ok(image);
+    if !dir.join("ready").exists() {
+        build_busybox_image(&dir, build, &image)?;
     }
+    Ok(BusyboxImage {
+        root_hash: root_hash_of(&dir.join("root.squashfs.json"))?,
+        tree: dir.join("root.squashfs.verity"),
+        image,
+    })
+}
+
+fn build_busybox_image(dir: &Path, build: &Path, image: &Path) -> Result<(), FixtureError> {
+    let busybox = Path::new("/bin/busybox");
     let tree = dir.join("tree");
-    remove_if_present(&dir)?;
+    remove_if_present(dir)?;
     for sub in ["bin", "sbin", "proc", "sys", "dev", "run"] {
         let path = tree.join(sub);
         std::fs::create_dir_all(&path).map_err(io(&path))?;
@@ -394,28 +410,54 @@ pub fn busybox_image(cache: &Path, build: &Path) -> Result<PathBuf, FixtureError
     let sh = tree.join("bin/sh");
     std::os::unix::fs::symlink("busybox", &sh).map_err(io(&sh))?;
     write_file(&tree.join("sbin/init"), BUSYBOX_INIT, 0o755)?;
-    pack_tree(build, &tree, &image)?;
-    prune_other_versions(&dir)?;
-    Ok(image)
+    pack_tree(build, &tree, image)?;
+    let ready = dir.join("ready");
+    std::fs::write(&ready, "").map_err(io(&ready))?;
+    prune_other_versions(dir)
 }
 
-const BUSYBOX_INIT: &str = "#!/bin/sh
+/// Reports the scenario as passed, after checking that `/` is the verity mapping when the
+/// scenario is about that, and powers off.
+const BUSYBOX_INIT: &str = r#"#!/bin/sh
 /bin/busybox mount -t proc proc /proc
-scenario=$(/bin/busybox sed -n 's/.*xtest\\.scenario=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
-echo \"XORBANG-TEST: PASS $scenario\"
+scenario=$(/bin/busybox sed -n 's/.*xtest\.scenario=\([^ ]*\).*/\1/p' /proc/cmdline)
+case "$scenario" in
+    verity-initramfs-file)
+        if /bin/busybox grep -q '^/dev/mapper/root / squashfs ro' /proc/mounts; then
+            echo "XORBANG-TEST: PASS $scenario"
+        else
+            echo "XORBANG-TEST: FAIL $scenario: / is not the verity mapping: $(/bin/busybox head -n 3 /proc/mounts)"
+        fi ;;
+    *) echo "XORBANG-TEST: PASS $scenario" ;;
+esac
 /bin/busybox poweroff -f
-";
+"#;
 
-/// The initramfs for this run: our init and the module closure of the Debian kernel.
-pub fn initrd(work: &Path, binaries: &Binaries, kernel: &Kernel) -> Result<PathBuf, FixtureError> {
-    let initrd = work.join("initrd.img");
-    run(Command::new(&binaries.build)
+/// An initramfs of this run, `name` in the work directory: our init, the module closure of
+/// the Debian kernel, and `files` (source, path in the initramfs) added.
+pub fn initrd(
+    work: &Path,
+    name: &str,
+    binaries: &Binaries,
+    kernel: &Kernel,
+    files: &[(&Path, &str)],
+) -> Result<PathBuf, FixtureError> {
+    let initrd = work.join(name);
+    let mut command = Command::new(&binaries.build);
+    command
         .arg("initrd")
         .arg("--init")
         .arg(&binaries.init)
         .arg("--kernel-modules")
         .arg(&kernel.modules)
         .arg("-o")
-        .arg(&initrd))?;
+        .arg(&initrd);
+    for (source, target) in files {
+        let mut addition = source.as_os_str().to_owned();
+        addition.push(":");
+        addition.push(target);
+        command.arg("--add").arg(addition);
+    }
+    run(&mut command)?;
     Ok(initrd)
 }

@@ -106,17 +106,32 @@ fn prepare() -> Result<(Context, Binaries), String> {
     let rootfs = fixtures::debian_rootfs(&cache).map_err(|error| error.to_string())?;
     let system = fixtures::system_image(&cache, &rootfs, &binaries.build)
         .map_err(|error| error.to_string())?;
-    let busybox_image =
+    let busybox =
         fixtures::busybox_image(&cache, &binaries.build).map_err(|error| error.to_string())?;
     let work = work_dir()?;
-    let initrd = fixtures::initrd(&work, &binaries, &kernel).map_err(|error| error.to_string())?;
+    let initrd = fixtures::initrd(&work, "initrd.img", &binaries, &kernel, &[])
+        .map_err(|error| error.to_string())?;
+    // How a PXE server ships a machine its root: the image and tree inside the initramfs.
+    let image_files = [
+        (busybox.image.as_path(), "/root.squashfs"),
+        (busybox.tree.as_path(), "/root.verity"),
+    ];
+    let pxe_initrd = fixtures::initrd(
+        &work,
+        "initrd-with-root.img",
+        &binaries,
+        &kernel,
+        &image_files,
+    )
+    .map_err(|error| error.to_string())?;
     Ok((
         Context {
             config,
             kernel,
             initrd,
             system,
-            busybox_image,
+            busybox,
+            pxe_initrd,
             work,
         },
         binaries,

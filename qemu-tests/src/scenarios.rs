@@ -8,7 +8,7 @@ use std::time::Duration;
 use xorbang_init::report::BootReport;
 
 use crate::config::Config;
-use crate::fixtures::{Kernel, SystemImage, ROOT_PARTLABEL};
+use crate::fixtures::{BusyboxImage, Kernel, SystemImage, ROOT_PARTLABEL};
 use crate::qemu::{Console, LineMatch, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
@@ -25,7 +25,9 @@ pub struct Context {
     pub kernel: Kernel,
     pub initrd: PathBuf,
     pub system: SystemImage,
-    pub busybox_image: PathBuf,
+    pub busybox: BusyboxImage,
+    /// The initramfs that also carries the busybox image and its tree (a PXE boot).
+    pub pxe_initrd: PathBuf,
     /// Console logs go here.
     pub work: PathBuf,
 }
@@ -102,6 +104,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "verity-truncated",
         about: "a hash device shorter than its superblock claims: refused, naming the sizes",
         run: verity_truncated,
+    },
+    Scenario {
+        name: "verity-initramfs-file",
+        about: "PXE: the root image and tree are files in the initramfs, attached to loop devices",
+        run: verity_initramfs_file,
     },
     Scenario {
         name: "verity-unverified-refused",
@@ -186,7 +193,7 @@ fn pass_line(check: &str) -> LineMatch {
 
 fn boot_busybox(context: &Context) -> Result<(), String> {
     let vm = context.vm(
-        vec![context.busybox_image.clone()],
+        vec![context.busybox.image.clone()],
         "root=/dev/vda xorbang.verity=optional xtest.scenario=boot-busybox",
         INITRAMFS_TIMEOUT,
     );
@@ -239,7 +246,7 @@ fn missing_root(context: &Context) -> Result<(), String> {
 
 fn bad_init(context: &Context) -> Result<(), String> {
     let vm = context.vm(
-        vec![context.busybox_image.clone()],
+        vec![context.busybox.image.clone()],
         "root=/dev/vda xorbang.verity=optional init=/sbin/nope",
         INITRAMFS_TIMEOUT,
     );
@@ -405,6 +412,24 @@ fn verity_truncated(context: &Context) -> Result<(), String> {
     } else {
         Err(format!("unexpected truncation message {line:?}"))
     }
+}
+
+fn verity_initramfs_file(context: &Context) -> Result<(), String> {
+    let append = format!(
+        "roothash={} systemd.verity_root_data=/root.squashfs \
+         systemd.verity_root_hash=/root.verity xtest.scenario=verity-initramfs-file",
+        context.busybox.root_hash
+    );
+    let vm = Vm {
+        initrd: context.pxe_initrd.clone(),
+        ..context.vm(Vec::new(), &append, INITRAMFS_TIMEOUT)
+    };
+    context.boot(
+        &vm,
+        "verity-initramfs-file",
+        &[pass_line("verity-initramfs-file")],
+    )?;
+    Ok(())
 }
 
 fn verity_unverified_refused(context: &Context) -> Result<(), String> {

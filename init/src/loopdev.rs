@@ -1,0 +1,81 @@
+//! Loop devices for root images that are files (a PXE-served initramfs carries its root
+//! image inside itself): attach read-only, no udev, no losetup.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::sys;
+
+/// Another process may take the free device between GET_FREE and CONFIGURE; the init is
+/// alone, but the retry costs nothing.
+const ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("{path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no free loop device: {0}")]
+    GetFree(std::io::Error),
+    #[error("cannot attach {file} to {device}: {source}")]
+    Configure {
+        file: PathBuf,
+        device: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Attaches `file` read-only to a free loop device; returns the device node under `dev_dir`.
+pub fn attach_read_only(dev_dir: &Path, file: &Path) -> Result<PathBuf, LoopError> {
+    let open = |path: &Path| {
+        File::open(path).map_err(|source| LoopError::Open {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let backing = open(file)?;
+    let control_path = dev_dir.join("loop-control");
+    let control = File::options()
+        .read(true)
+        .write(true)
+        .open(&control_path)
+        .map_err(|source| LoopError::Open {
+            path: control_path,
+            source,
+        })?;
+    let config = sys::read_only_loop_config(backing.as_fd(), file.as_os_str().as_bytes());
+    let mut last_error = None;
+    for _ in 0..ATTEMPTS {
+        let index = sys::loop_ctl_get_free(control.as_fd()).map_err(LoopError::GetFree)?;
+        let device = dev_dir.join(format!("loop{index}"));
+        let node = open(&device)?;
+        match sys::loop_configure(node.as_fd(), &config) {
+            Ok(()) => return Ok(device),
+            Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {
+                last_error = Some((device, error))
+            }
+            Err(source) => {
+                return Err(LoopError::Configure {
+                    file: file.to_owned(),
+                    device,
+                    source,
+                })
+            }
+        }
+    }
+    let (device, source) = last_error.unwrap_or_else(|| {
+        (
+            dev_dir.join("loop"),
+            std::io::Error::from_raw_os_error(libc::EBUSY),
+        )
+    });
+    Err(LoopError::Configure {
+        file: file.to_owned(),
+        device,
+        source,
+    })
+}
