@@ -18,6 +18,17 @@ impl From<Duration> for Micros {
     }
 }
 
+/// The stages of a boot that reaches switch_root, in order (verity is 0 µs for an
+/// unverified root).
+pub const STAGES: [&str; 6] = [
+    "setup",
+    "modules",
+    "root-device",
+    "verity",
+    "mount-root",
+    "switch-root",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
     pub name: String,

@@ -34,19 +34,18 @@ fn can_run() -> bool {
     root && tools
 }
 
-/// A SquashFS root with /etc, /usr and an executable /sbin/init, attached read-only.
-fn squashfs_on_loop() -> LoopImage {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tree = dir.path().join("tree");
+/// `dir/root.squashfs`: a root with /etc/hostname, /usr/local and an executable /sbin/init.
+fn make_squashfs(dir: &Path, hostname: &str) -> PathBuf {
+    let tree = dir.join("tree");
     for sub in ["etc", "usr/local", "sbin", "proc", "sys", "dev", "run"] {
         std::fs::create_dir_all(tree.join(sub)).expect("mkdir");
     }
-    std::fs::write(tree.join("etc/hostname"), "base\n").expect("write");
+    std::fs::write(tree.join("etc/hostname"), format!("{hostname}\n")).expect("write");
     let init = tree.join("sbin/init");
     std::fs::write(&init, "#!/bin/sh\n").expect("write");
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let image = dir.path().join("root.squashfs");
+    let image = dir.join("root.squashfs");
     let status = Command::new("mksquashfs")
         .arg(&tree)
         .arg(&image)
@@ -54,6 +53,13 @@ fn squashfs_on_loop() -> LoopImage {
         .status()
         .expect("mksquashfs runs");
     assert!(status.success());
+    image
+}
+
+/// A SquashFS root with /etc, /usr and an executable /sbin/init, attached read-only.
+fn squashfs_on_loop() -> LoopImage {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = make_squashfs(dir.path(), "base");
     let output = Command::new("losetup")
         .args(["--find", "--show", "--read-only"])
         .arg(&image)
@@ -181,22 +187,7 @@ fn an_image_file_in_the_initramfs_is_attached_and_mounted() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let tree = dir.path().join("tree");
-    std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
-    std::fs::create_dir_all(tree.join("sbin")).expect("mkdir");
-    std::fs::write(tree.join("etc/hostname"), "from-a-file\n").expect("write");
-    let init = tree.join("sbin/init");
-    std::fs::write(&init, "#!/bin/sh\n").expect("write");
-    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let image = dir.path().join("root.squashfs");
-    let status = Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&image)
-        .args(["-noappend", "-quiet", "-no-progress"])
-        .status()
-        .expect("mksquashfs runs");
-    assert!(status.success());
+    let image = make_squashfs(dir.path(), "from-a-file");
     let (ok, text) = boot_with_files(
         &[(&image, "root.squashfs")],
         "root=/root.squashfs xorbang.verity=optional",

@@ -290,14 +290,7 @@ fn check_report(report: &BootReport) -> Result<(), String> {
         .iter()
         .map(|stage| stage.name.as_str())
         .collect();
-    let expected = [
-        "setup",
-        "modules",
-        "root-device",
-        "verity",
-        "mount-root",
-        "switch-root",
-    ];
+    let expected = xorbang_init::report::STAGES;
     if names != expected {
         return Err(format!("stages {names:?}, expected {expected:?}"));
     }
@@ -455,14 +448,7 @@ mod tests {
     use xorbang_init::report::{Micros, RootReport, Stage};
 
     fn report(stage_us: &[u64], total_us: u64) -> BootReport {
-        let names = [
-            "setup",
-            "modules",
-            "root-device",
-            "verity",
-            "mount-root",
-            "switch-root",
-        ];
+        let names = xorbang_init::report::STAGES;
         BootReport {
             version: 1,
             mode: xorbang_init::options::Mode::Production,
