@@ -116,6 +116,14 @@ fn map(
     params: &str,
 ) -> Result<ActiveRoot, VerityRootError> {
     let control = DeviceMapper::open(&dev_dir.join("mapper/control"))?;
+    // Refuses a kernel whose device-mapper interface is not version 4, before anything else.
+    let version = control.version()?;
+    log::debug!(
+        "device-mapper interface {}.{}.{}",
+        version[0],
+        version[1],
+        version[2]
+    );
     let sectors = superblock.data_blocks * superblock.data_block_size.as_u64() / 512;
     let target = Target {
         start: Sectors(0),
