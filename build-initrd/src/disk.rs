@@ -70,6 +70,23 @@ pub fn verity_root_partitions(
     ]
 }
 
+/// The ESP partition for `esp` (a FAT image from [`crate::esp::write_esp`]); its PARTUUID
+/// is derived from the root hash so the disk stays reproducible.
+pub fn esp_partition(root_hash: &RootHash, esp: &Path) -> DiskPartition {
+    let digest = Sha256::new()
+        .chain_update(b"xorbang esp partition")
+        .chain_update(root_hash.as_bytes())
+        .finalize();
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    DiskPartition {
+        type_guid: gpt::ESP,
+        uuid: Guid::from_bytes(uuid),
+        label: "esp".to_owned(),
+        source: esp.to_owned(),
+    }
+}
+
 /// Writes the disk atomically; returns its size in bytes. The disk GUID is derived from the
 /// partitions' UUIDs, so the same inputs give the same bytes.
 pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskError> {

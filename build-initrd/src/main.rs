@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xorbang_build::compress::Compression;
 use xorbang_build::disk::{self, DiskError};
+use xorbang_build::esp;
 use xorbang_build::image::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::initrd::{self, Addition, InitrdError, InitrdSpec};
 use xorbang_build::kernel_modules::DEFAULT_MODULES;
+use xorbang_build::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::verified_image::{self, VerifiedImageError};
 use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
 use xorbang_init::gpt::Guid;
@@ -37,6 +39,9 @@ enum Command {
     /// (root-x86-64 and root-x86-64-verity, PARTUUIDs derived from the root hash), so that
     /// `roothash=` alone boots it.
     Disk(DiskArgs),
+    /// Write a Unified Kernel Image: the systemd EFI stub with the os-release, command line,
+    /// kernel release, initramfs and kernel as PE sections, optionally signed for Secure Boot.
+    Uki(UkiArgs),
     /// dm-verity hash trees, byte for byte as veritysetup writes them.
     Verity {
         #[command(subcommand)]
@@ -186,7 +191,49 @@ struct DiskArgs {
     /// An image made by `xorbang-build image`; its .verity and .json files are beside it.
     #[arg(long, value_name = "IMAGE")]
     image: PathBuf,
+    /// Also an EFI System Partition in front, holding this UKI as EFI/BOOT/BOOTX64.EFI and
+    /// EFI/Linux/NAME.efi, so firmware boots the disk.
+    #[arg(long, value_name = "UKI")]
+    uki: Option<PathBuf>,
+    /// The UKI's file name under EFI/Linux/.
+    #[arg(long, value_name = "NAME", default_value = "xorbang", requires = "uki")]
+    uki_name: String,
     /// Where to write the disk image.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("command_line").required(true).args(["cmdline", "cmdline_file"])))]
+struct UkiArgs {
+    /// The EFI stub the sections are added to (systemd-boot-efi's).
+    #[arg(long, value_name = "PATH", default_value = uki::DEFAULT_STUB)]
+    stub: PathBuf,
+    /// The kernel: an x86 bzImage with the EFI stub (a vmlinuz).
+    #[arg(long, value_name = "VMLINUZ")]
+    linux: PathBuf,
+    /// The initramfs.
+    #[arg(long, value_name = "INITRD")]
+    initrd: PathBuf,
+    /// The kernel command line, sealed into the image.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// A file holding the kernel command line (surrounding whitespace is dropped).
+    #[arg(long, value_name = "FILE")]
+    cmdline_file: Option<PathBuf>,
+    /// The os-release file boot loaders show the entry by.
+    #[arg(long, value_name = "FILE", default_value = uki::DEFAULT_OS_RELEASE)]
+    os_release: PathBuf,
+    /// The kernel release for .uname [default: the version string in the bzImage's header].
+    #[arg(long, value_name = "STR")]
+    uname: Option<String>,
+    /// Sign the image with this private key (PEM) through sbsign, then check it with sbverify.
+    #[arg(long, value_name = "KEY", requires = "sign_cert")]
+    sign_key: Option<PathBuf>,
+    /// The certificate (PEM) of --sign-key.
+    #[arg(long, value_name = "CERT", requires = "sign_key")]
+    sign_cert: Option<PathBuf>,
+    /// Where to write the UKI.
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
 }
@@ -213,11 +260,23 @@ enum CliError {
         #[source]
         source: VerifiedImageError,
     },
+    #[error("cannot make the EFI System Partition {path}")]
+    Esp {
+        path: PathBuf,
+        #[source]
+        source: esp::EspError,
+    },
     #[error("cannot write the disk {path}")]
     Disk {
         path: PathBuf,
         #[source]
         source: DiskError,
+    },
+    #[error("cannot build the UKI {path}")]
+    Uki {
+        path: PathBuf,
+        #[source]
+        source: UkiError,
     },
     #[error("cannot write the verity hash tree of {data} to {hash}")]
     VerityFormat {
@@ -251,6 +310,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Initrd(args) => build_initrd(args, source_date_epoch()?),
         Command::Image(args) => build_image(&args, source_date_epoch()?),
         Command::Disk(args) => build_disk(&args),
+        Command::Uki(args) => build_uki(args, source_date_epoch()?),
         Command::Verity {
             command: VerityCommand::Format(args),
         } => verity_format(args),
@@ -334,10 +394,55 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
             path: args.image.clone(),
             source,
         })?;
-    let partitions = disk::verity_root_partitions(&root_hash, &args.image, &tree);
-    let size = disk::write_disk(&args.output, &partitions).map_err(disk_error)?;
+    let mut partitions = disk::verity_root_partitions(&root_hash, &args.image, &tree).to_vec();
+    let esp = verified_image::companion(&args.output, "esp.tmp");
+    if let Some(uki) = &args.uki {
+        esp::write_esp(uki, &args.uki_name, &esp).map_err(|source| CliError::Esp {
+            path: esp.clone(),
+            source,
+        })?;
+        partitions.insert(0, disk::esp_partition(&root_hash, &esp));
+    }
+    let written = disk::write_disk(&args.output, &partitions);
+    if args.uki.is_some() {
+        std::fs::remove_file(&esp).map_err(|source| CliError::Esp {
+            path: esp.clone(),
+            source: esp::EspError::Write {
+                path: esp.clone(),
+                source,
+            },
+        })?;
+    }
+    let size = written.map_err(disk_error)?;
     println!("{}: {size} bytes", args.output.display());
     println!("Root hash: {root_hash}");
+    Ok(())
+}
+
+fn build_uki(args: UkiArgs, timestamp: u32) -> Result<(), CliError> {
+    let cmdline = match (args.cmdline, args.cmdline_file) {
+        (Some(text), _) => CmdlineSource::Text(text),
+        // clap requires exactly one of the two.
+        (None, file) => CmdlineSource::File(file.unwrap_or_default()),
+    };
+    let signing = match (args.sign_key, args.sign_cert) {
+        (Some(key), Some(cert)) => Some(Signing { key, cert }),
+        _ => None,
+    };
+    let spec = UkiSpec {
+        stub: args.stub,
+        linux: args.linux,
+        initrd: args.initrd,
+        cmdline,
+        os_release: args.os_release,
+        uname: args.uname,
+        signing,
+    };
+    let summary = uki::build(&spec, &args.output, timestamp).map_err(|source| CliError::Uki {
+        path: args.output.clone(),
+        source,
+    })?;
+    println!("{}: {summary}", args.output.display());
     Ok(())
 }
 
@@ -506,6 +611,32 @@ mod tests {
         };
         assert!(args.salt.is_some_and(|salt| salt.is_empty()));
         assert_eq!(args.hash_type, Some(HashType::ChromeOs));
+    }
+
+    #[test]
+    fn uki_takes_exactly_one_command_line_and_a_key_only_with_its_certificate() {
+        let base = [
+            "uki",
+            "--linux",
+            "vmlinuz",
+            "--initrd",
+            "initrd.img",
+            "-o",
+            "uki.efi",
+        ];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let Ok(Command::Uki(args)) = with(&["--cmdline", "console=ttyS0"]) else {
+            panic!("parses");
+        };
+        assert_eq!(args.stub, Path::new(uki::DEFAULT_STUB));
+        assert_eq!(args.os_release, Path::new("/etc/os-release"));
+        assert!(with(&["--cmdline-file", "cmdline"]).is_ok());
+        let err = with(&[]).expect_err("needs a command line");
+        assert!(err.to_string().contains("--cmdline"), "{err}");
+        assert!(with(&["--cmdline", "a", "--cmdline-file", "f"]).is_err());
+        let err = with(&["--cmdline", "a", "--sign-key", "k"]).expect_err("needs the cert");
+        assert!(err.to_string().contains("--sign-cert"), "{err}");
+        assert!(with(&["--cmdline", "a", "--sign-key", "k", "--sign-cert", "c"]).is_ok());
     }
 
     #[test]

@@ -242,6 +242,8 @@ pub fn debian_rootfs(cache: &Path) -> Result<PathBuf, FixtureError> {
 /// `xorbang-build disk` (root and root-verity partitions, PARTUUIDs from the root hash).
 #[derive(Debug, Clone)]
 pub struct SystemImage {
+    /// The SquashFS; its hash tree and manifest lie beside it.
+    pub image: PathBuf,
     pub disk: PathBuf,
     pub root_hash: String,
     /// The disk with one byte of the canary's data flipped.
@@ -291,6 +293,7 @@ pub fn system_image(
     }
     Ok(SystemImage {
         root_hash: root_hash_of(&dir.join("root.squashfs.json"))?,
+        image: dir.join("root.squashfs"),
         disk: dir.join("disk.img"),
         tampered_data: dir.join(crate::tamper::TAMPERED_DATA),
         tampered_hash: dir.join(crate::tamper::TAMPERED_HASH),

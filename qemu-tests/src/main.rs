@@ -10,6 +10,7 @@
 //! line `N passed, N failed`. Configuration comes from the environment: see `config.rs`.
 
 mod bench;
+mod boot_chain;
 mod config;
 mod fixtures;
 mod qemu;
@@ -116,6 +117,8 @@ fn prepare() -> Result<(Context, Binaries), String> {
         (busybox.image.as_path(), "/root.squashfs"),
         (busybox.tree.as_path(), "/root.verity"),
     ];
+    let chain = boot_chain::boot_chain(&work, &binaries, &kernel, &initrd, &system)
+        .map_err(|error| error.to_string())?;
     let pxe_initrd = fixtures::initrd(
         &work,
         "initrd-with-root.img",
@@ -132,6 +135,8 @@ fn prepare() -> Result<(Context, Binaries), String> {
             system,
             busybox,
             pxe_initrd,
+            chain,
+            binaries: binaries.clone(),
             work,
         },
         binaries,
@@ -207,12 +212,15 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         append.push_str(" xorbang.dev=1");
     }
     let vm = qemu::Vm {
-        kernel: context.kernel.vmlinuz.clone(),
-        initrd: context.initrd.clone(),
-        append: format!("console=ttyS0 {append}"),
+        boot: qemu::Boot::Direct {
+            kernel: context.kernel.vmlinuz.clone(),
+            initrd: context.initrd.clone(),
+            append: format!("console=ttyS0 {append}"),
+        },
         disks: vec![context.system.disk.clone()],
         memory_mib: 512,
         timeout: std::time::Duration::ZERO,
+        stop_at_markers: false,
     };
     let mut command = vm.command(&context.config, true);
     eprintln!("demo: {}", qemu::shell_quoted(&command));

@@ -18,14 +18,40 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub struct Vm {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub append: String,
+    pub boot: Boot,
     /// Raw disk images, attached read-only as virtio disks in order (vda, vdb, …).
     pub disks: Vec<PathBuf>,
     pub memory_mib: u32,
     /// Give up after this long without the expected lines.
     pub timeout: Duration,
+    /// Pass as soon as the expected lines are in, without waiting for the guest to power
+    /// off: for machines that are refused by their firmware and then wait forever.
+    pub stop_at_markers: bool,
+}
+
+/// How the machine starts.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// QEMU loads the kernel and initramfs itself: no firmware, the fastest way in.
+    Direct {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+    /// OVMF boots from the disks like a real machine.
+    Firmware(Firmware),
+}
+
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    pub code: PathBuf,
+    /// A writable copy of the variable store (the firmware writes boot entries to it).
+    pub vars: PathBuf,
+    /// Secure Boot enforced: SMM and a secure flash, as OVMF's secboot builds need.
+    pub secure_boot: bool,
+    /// An image QEMU hands the firmware to start, with the options a boot loader would pass
+    /// (`-kernel`/`-append` under OVMF): how a command line is supplied from outside a UKI.
+    pub loader_image: Option<(PathBuf, String)>,
 }
 
 /// What must appear on the console, in this order, for the run to pass.
@@ -95,7 +121,9 @@ impl Vm {
     /// (Ctrl-A X quits) instead of a pipe the runner reads.
     pub fn command(&self, config: &Config, interactive: bool) -> Command {
         let mut command = Command::new(&config.qemu);
-        command.args(["-machine", "q35", "-cpu", "max", "-smp", "1"]);
+        let secure_boot = matches!(&self.boot, Boot::Firmware(firmware) if firmware.secure_boot);
+        let machine = if secure_boot { "q35,smm=on" } else { "q35" };
+        command.args(["-machine", machine, "-cpu", "max", "-smp", "1"]);
         command.args(["-accel", config.accel.as_str()]);
         command.args(["-m", &self.memory_mib.to_string()]);
         command.args(["-nodefaults", "-display", "none", "-no-reboot"]);
@@ -104,9 +132,18 @@ impl Vm {
         } else {
             command.args(["-serial", "stdio", "-monitor", "none"]);
         }
-        command.arg("-kernel").arg(&self.kernel);
-        command.arg("-initrd").arg(&self.initrd);
-        command.args(["-append", &self.append]);
+        match &self.boot {
+            Boot::Direct {
+                kernel,
+                initrd,
+                append,
+            } => {
+                command.arg("-kernel").arg(kernel);
+                command.arg("-initrd").arg(initrd);
+                command.args(["-append", append]);
+            }
+            Boot::Firmware(firmware) => add_firmware(&mut command, firmware),
+        }
         for disk in &self.disks {
             command.arg("-drive").arg(format!(
                 "file={},format=raw,if=virtio,readonly=on",
@@ -166,6 +203,10 @@ impl Vm {
                     if pending.peek().is_some_and(|want| want.matches(&line)) {
                         pending.next();
                         last_marker = started.elapsed();
+                        if self.stop_at_markers && pending.peek().is_none() {
+                            seen.push(line);
+                            break;
+                        }
                     }
                     seen.push(line);
                 }
@@ -205,6 +246,20 @@ impl Vm {
                 tail: tail(&seen, 15),
             }),
         }
+    }
+}
+
+fn add_firmware(command: &mut Command, firmware: &Firmware) {
+    if firmware.secure_boot {
+        command.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+    }
+    let mut code = std::ffi::OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+    code.push(&firmware.code);
+    let mut vars = std::ffi::OsString::from("if=pflash,format=raw,unit=1,file=");
+    vars.push(&firmware.vars);
+    command.arg("-drive").arg(code).arg("-drive").arg(vars);
+    if let Some((image, append)) = &firmware.loader_image {
+        command.arg("-kernel").arg(image).args(["-append", append]);
     }
 }
 
@@ -360,12 +415,15 @@ mod tests {
     /// ordering and failure reasons, without booting anything.
     fn fake_vm(script: &str) -> (Vm, Config, tempfile::TempDir) {
         let vm = Vm {
-            kernel: PathBuf::from("/dev/null"),
-            initrd: PathBuf::from("/dev/null"),
-            append: String::new(),
+            boot: Boot::Direct {
+                kernel: PathBuf::from("/dev/null"),
+                initrd: PathBuf::from("/dev/null"),
+                append: String::new(),
+            },
             disks: Vec::new(),
             memory_mib: 64,
             timeout: Duration::from_secs(5),
+            stop_at_markers: false,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("qemu");

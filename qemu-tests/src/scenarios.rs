@@ -2,14 +2,15 @@
 //! guest agent's `XORBANG-TEST: PASS <name>`, or the init's own error and failure-policy
 //! lines for the scenarios where the boot must be refused.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xorbang_init::report::BootReport;
 
+use crate::boot_chain::{self, uki_cmdline, BootChain};
 use crate::config::Config;
-use crate::fixtures::{BusyboxImage, Kernel, SystemImage, ROOT_PARTLABEL};
-use crate::qemu::{Console, LineMatch, Vm};
+use crate::fixtures::{self, Binaries, BusyboxImage, Kernel, SystemImage, ROOT_PARTLABEL};
+use crate::qemu::{Boot, Console, Firmware, LineMatch, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
 const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -28,6 +29,8 @@ pub struct Context {
     pub busybox: BusyboxImage,
     /// The initramfs that also carries the busybox image and its tree (a PXE boot).
     pub pxe_initrd: PathBuf,
+    pub chain: BootChain,
+    pub binaries: Binaries,
     /// Console logs go here.
     pub work: PathBuf,
 }
@@ -111,6 +114,31 @@ pub const SCENARIOS: &[Scenario] = &[
         run: verity_initramfs_file,
     },
     Scenario {
+        name: "uki-boot",
+        about: "OVMF without Secure Boot boots the disk's ESP UKI into systemd on the verified root",
+        run: uki_boot,
+    },
+    Scenario {
+        name: "secureboot-signed",
+        about: "OVMF with Secure Boot enforced boots the snakeoil-signed UKI; the guest reads SecureBoot=1",
+        run: secureboot_signed,
+    },
+    Scenario {
+        name: "secureboot-unsigned",
+        about: "an unsigned UKI and a signed one with a byte changed are refused by the firmware",
+        run: secureboot_unsigned,
+    },
+    Scenario {
+        name: "secureboot-cmdline-locked",
+        about: "under Secure Boot a command line from the loader cannot replace the signed one",
+        run: secureboot_cmdline_locked,
+    },
+    Scenario {
+        name: "reproducible-build",
+        about: "the initramfs and the UKI built twice from the same inputs are byte-identical",
+        run: reproducible_build,
+    },
+    Scenario {
         name: "verity-unverified-refused",
         about: "production refuses root= without roothash=, unless xorbang.verity=optional",
         run: verity_unverified_refused,
@@ -130,12 +158,15 @@ impl Context {
 
     fn vm(&self, disks: Vec<PathBuf>, append: &str, timeout: Duration) -> Vm {
         Vm {
-            kernel: self.kernel.vmlinuz.clone(),
-            initrd: self.initrd.clone(),
-            append: self.append(append),
+            boot: Boot::Direct {
+                kernel: self.kernel.vmlinuz.clone(),
+                initrd: self.initrd.clone(),
+                append: self.append(append),
+            },
             disks,
             memory_mib: MEMORY_MIB,
             timeout,
+            stop_at_markers: false,
         }
     }
 
@@ -414,8 +445,15 @@ fn verity_initramfs_file(context: &Context) -> Result<(), String> {
         context.busybox.root_hash
     );
     let vm = Vm {
-        initrd: context.pxe_initrd.clone(),
-        ..context.vm(Vec::new(), &append, INITRAMFS_TIMEOUT)
+        boot: Boot::Direct {
+            kernel: context.kernel.vmlinuz.clone(),
+            initrd: context.pxe_initrd.clone(),
+            append: context.append(&append),
+        },
+        disks: Vec::new(),
+        memory_mib: MEMORY_MIB,
+        timeout: INITRAMFS_TIMEOUT,
+        stop_at_markers: false,
     };
     context.boot(
         &vm,
@@ -423,6 +461,152 @@ fn verity_initramfs_file(context: &Context) -> Result<(), String> {
         &[pass_line("verity-initramfs-file")],
     )?;
     Ok(())
+}
+
+/// OVMF under TCG plus a systemd boot: as slow as it gets.
+const FIRMWARE_TIMEOUT: Duration = Duration::from_secs(400);
+
+impl Context {
+    fn firmware_vm(
+        &self,
+        name: &str,
+        secure_boot: bool,
+        disks: Vec<PathBuf>,
+    ) -> Result<(Vm, Firmware), String> {
+        let firmware = boot_chain::firmware(&self.work, name, secure_boot)
+            .map_err(|error| error.to_string())?;
+        let vm = Vm {
+            boot: Boot::Firmware(firmware.clone()),
+            disks,
+            memory_mib: MEMORY_MIB,
+            timeout: FIRMWARE_TIMEOUT,
+            stop_at_markers: false,
+        };
+        Ok((vm, firmware))
+    }
+}
+
+fn uki_boot(context: &Context) -> Result<(), String> {
+    let (vm, _) =
+        context.firmware_vm("uki-boot", false, vec![context.chain.unsigned_disk.clone()])?;
+    context.boot(&vm, "uki-boot", &[pass_line("uki-boot")])?;
+    Ok(())
+}
+
+fn secureboot_signed(context: &Context) -> Result<(), String> {
+    let disks = vec![context.chain.signed_disk.clone()];
+    let (vm, _) = context.firmware_vm("secureboot-signed", true, disks)?;
+    let expect = [
+        LineMatch::Exact("secureboot: Secure boot enabled".to_owned()),
+        pass_line("secureboot-signed"),
+    ];
+    context.boot(&vm, "secureboot-signed", &expect)?;
+    Ok(())
+}
+
+fn secureboot_unsigned(context: &Context) -> Result<(), String> {
+    let cases = [
+        ("secureboot-unsigned", &context.chain.unsigned_disk),
+        ("secureboot-tampered", &context.chain.tampered_disk),
+    ];
+    for (name, disk) in cases {
+        let (mut vm, _) = context.firmware_vm(name, true, vec![disk.clone()])?;
+        vm.stop_at_markers = true;
+        vm.timeout = INITRAMFS_TIMEOUT;
+        let denied = LineMatch::Between(
+            "BdsDxe: failed to load".to_owned(),
+            "Access Denied".to_owned(),
+        );
+        let console = context
+            .boot(&vm, name, &[denied])
+            .map_err(|error| format!("{name}: {error}"))?;
+        if let Some(line) = console
+            .lines
+            .iter()
+            .find(|line| line.starts_with("Linux version") || line.starts_with("xorbang:"))
+        {
+            return Err(format!("{name}: the kernel ran anyway: {line:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn secureboot_cmdline_locked(context: &Context) -> Result<(), String> {
+    let wrong = wrong_hash(&context.system.root_hash);
+    let injected = uki_cmdline(&wrong, "injected");
+    let (mut vm, mut firmware) = context.firmware_vm(
+        "secureboot-cmdline-locked",
+        true,
+        vec![context.system.disk.clone()],
+    )?;
+    firmware.loader_image = Some((context.chain.signed_uki.clone(), injected));
+    vm.boot = Boot::Firmware(firmware);
+    let console = context.boot(
+        &vm,
+        "secureboot-cmdline-locked",
+        &[pass_line("secureboot-signed")],
+    )?;
+    let cmdline = console
+        .find("Kernel command line: ")
+        .ok_or("no kernel command line on the console")?;
+    if cmdline.contains(&wrong) || !cmdline.contains(&context.system.root_hash) {
+        return Err(format!("the kernel ran with {cmdline:?}"));
+    }
+    Ok(())
+}
+
+fn reproducible_build(context: &Context) -> Result<(), String> {
+    let build_twice = |name: &str,
+                       build: &dyn Fn(&Path) -> Result<(), String>|
+     -> Result<(), String> {
+        let first = context.work.join(format!("repro-1-{name}"));
+        let second = context.work.join(format!("repro-2-{name}"));
+        build(&first)?;
+        build(&second)?;
+        let same = std::fs::read(&first).ok() == std::fs::read(&second).ok();
+        for path in [&first, &second] {
+            std::fs::remove_file(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        }
+        if same {
+            Ok(())
+        } else {
+            Err(format!("two builds of the {name} differ"))
+        }
+    };
+    let initrd = |out: &Path| -> Result<(), String> {
+        let name = out
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fixtures::initrd(
+            &context.work,
+            &name,
+            &context.binaries,
+            &context.kernel,
+            &[],
+        )
+        .map(drop)
+        .map_err(|error| error.to_string())
+    };
+    build_twice("initramfs", &initrd)?;
+    let uki = |out: &Path| -> Result<(), String> {
+        fixtures::run(
+            std::process::Command::new(&context.binaries.build)
+                .args(["uki", "--linux"])
+                .arg(&context.kernel.vmlinuz)
+                .arg("--initrd")
+                .arg(&context.initrd)
+                .args([
+                    "--cmdline",
+                    &uki_cmdline(&context.system.root_hash, "uki-boot"),
+                ])
+                .arg("-o")
+                .arg(out),
+        )
+        .map(drop)
+        .map_err(|error| error.to_string())
+    };
+    build_twice("UKI", &uki)
 }
 
 fn verity_unverified_refused(context: &Context) -> Result<(), String> {

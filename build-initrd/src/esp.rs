@@ -1,0 +1,190 @@
+//! The EFI System Partition for a UKI: a FAT32 image holding the UKI both as the removable
+//! media path `EFI/BOOT/BOOTX64.EFI` (what firmware boots with no boot entries) and as a
+//! Boot Loader Specification type #2 entry `EFI/Linux/<name>.efi` (what systemd-boot lists).
+//!
+//! Made with mkfs.vfat (`--invariant`, fixed volume id) and mtools, so the same UKI gives the
+//! same bytes.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::output::{OutputError, PendingOutput};
+
+const MIB: u64 = 1 << 20;
+/// FAT32 needs at least 65525 clusters; with 512-byte clusters that is about 33 MiB.
+const MIN_BYTES: u64 = 64 * MIB;
+/// Room beyond the UKI for FAT metadata and a later UKI beside it.
+const SLACK_BYTES: u64 = 16 * MIB;
+const VOLUME_ID: &str = "58425200";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EspError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot run {program} (install dosfstools and mtools)")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{program} failed: {stderr}")]
+    Failed { program: String, stderr: String },
+    #[error("the entry name {0:?} must be a plain file name")]
+    Name(String),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`.
+pub fn write_esp(uki: &Path, name: &str, out: &Path) -> Result<u64, EspError> {
+    if name.is_empty() || name.contains(['/', '\\', ':']) {
+        return Err(EspError::Name(name.to_owned()));
+    }
+    let uki_bytes = std::fs::metadata(uki)
+        .map_err(|source| EspError::Read {
+            path: uki.to_owned(),
+            source,
+        })?
+        .len();
+    // Two copies of the UKI, then slack, in whole MiB.
+    let bytes = (2 * uki_bytes + SLACK_BYTES)
+        .div_ceil(MIB)
+        .max(MIN_BYTES / MIB)
+        * MIB;
+    let pending = PendingOutput::new(out);
+    let image = pending.temporary();
+    let file = std::fs::File::create(image).map_err(|source| EspError::Write {
+        path: image.to_owned(),
+        source,
+    })?;
+    file.set_len(bytes).map_err(|source| EspError::Write {
+        path: image.to_owned(),
+        source,
+    })?;
+    run(Command::new("mkfs.vfat")
+        .args([
+            "-F",
+            "32",
+            "-S",
+            "512",
+            "-s",
+            "1",
+            "-n",
+            "ESP",
+            "-i",
+            VOLUME_ID,
+            "--invariant",
+        ])
+        .arg(image))?;
+    for dir in ["::/EFI", "::/EFI/BOOT", "::/EFI/Linux"] {
+        run(Command::new("mmd").arg("-i").arg(image).arg(dir))?;
+    }
+    for target in [
+        "::/EFI/BOOT/BOOTX64.EFI".to_owned(),
+        format!("::/EFI/Linux/{name}.efi"),
+    ] {
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(image)
+            .arg(uki)
+            .arg(target))?;
+    }
+    pending.commit()?;
+    Ok(bytes)
+}
+
+/// Runs a tool; mtools stamps files with the time unless SOURCE_DATE_EPOCH says otherwise,
+/// so it is pinned to the epoch when unset.
+fn run(command: &mut Command) -> Result<(), EspError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_none() {
+        command.env("SOURCE_DATE_EPOCH", OsString::from("0"));
+    }
+    let output = command.output().map_err(|source| EspError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(EspError::Failed {
+            program,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools_present() -> bool {
+        ["mkfs.vfat", "mmd", "mcopy", "mdir"].iter().all(|tool| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+    }
+
+    #[test]
+    fn holds_the_uki_at_both_paths_and_rebuilds_identically() {
+        if !tools_present() {
+            eprintln!("skipped: needs dosfstools and mtools");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uki = dir.path().join("uki.efi");
+        std::fs::write(&uki, vec![0x5a; 300_000]).expect("write");
+        let esp = dir.path().join("esp.img");
+        let size = write_esp(&uki, "xorbang", &esp).expect("writes");
+        assert_eq!(size, MIN_BYTES);
+        for path in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/xorbang.efi"] {
+            let copy = dir.path().join("copy.efi");
+            let status = Command::new("mcopy")
+                .arg("-o")
+                .arg("-i")
+                .arg(&esp)
+                .arg(path)
+                .arg(&copy)
+                .status()
+                .expect("mcopy runs");
+            assert!(status.success(), "{path}");
+            assert_eq!(
+                std::fs::read(&copy).expect("read"),
+                vec![0x5a; 300_000],
+                "{path}"
+            );
+        }
+        let again = dir.path().join("again.img");
+        write_esp(&uki, "xorbang", &again).expect("writes");
+        assert_eq!(
+            std::fs::read(&again).expect("read"),
+            std::fs::read(&esp).expect("read"),
+            "reproducible"
+        );
+    }
+
+    #[test]
+    fn refuses_names_with_paths_and_missing_ukis() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("esp.img");
+        let error = write_esp(&dir.path().join("uki.efi"), "a/b", &out).expect_err("name");
+        assert!(error.to_string().contains("\"a/b\""), "{error}");
+        let error = write_esp(&dir.path().join("nope.efi"), "xorbang", &out).expect_err("missing");
+        assert!(error.to_string().contains("nope.efi"), "{error}");
+        assert!(!out.exists());
+    }
+}
