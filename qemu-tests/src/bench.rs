@@ -30,9 +30,29 @@ impl Run {
 
 pub fn bench(context: &Context, binaries: &Binaries) -> Result<(), String> {
     let boot = boot_bench(context, &binaries.init)?;
+    let firmware = firmware_bench(context)?;
     let verity = verity_format_bench(&context.work, &binaries.build)?;
-    println!("{boot} {verity}");
+    println!("{boot} {firmware} {verity}");
     Ok(())
+}
+
+/// OVMF power-on to the agent's marker through the UKI on the ESP (the whole chain a
+/// machine runs), and the UKI's size. Returns the `key=value` pairs.
+fn firmware_bench(context: &Context) -> Result<String, String> {
+    let mut marker_ms = Vec::new();
+    for index in 1..=context.config.bench_runs {
+        let console = crate::scenarios::boot_uki(context)?;
+        let ms = u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX);
+        println!(
+            "ovmf run {index}: power-on to marker {:.1} s",
+            ms as f64 / 1000.0
+        );
+        marker_ms.push(ms);
+    }
+    let median_s = median(marker_ms) as f64 / 1000.0;
+    let uki_bytes = size_of(&context.chain.unsigned_uki)?;
+    println!("median: OVMF power-on to marker {median_s:.1} s; UKI {uki_bytes} bytes");
+    Ok(format!("ovmf_marker_s={median_s:.1} uki_bytes={uki_bytes}"))
 }
 
 /// Returns the `key=value` pairs of the boot figures.

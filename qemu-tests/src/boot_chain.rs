@@ -18,7 +18,9 @@ const SNAKEOIL_CERT: &str = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
 
 #[derive(Debug, Clone)]
 pub struct BootChain {
-    /// Unsigned UKI whose command line names the `uki-boot` check, on a disk with an ESP.
+    /// Unsigned UKI whose command line names the `uki-boot` check, alone and on a disk with
+    /// an ESP.
+    pub unsigned_uki: PathBuf,
     pub unsigned_disk: PathBuf,
     /// Signed UKI (check `secureboot-signed`), alone and on a disk with an ESP.
     pub signed_uki: PathBuf,
@@ -66,6 +68,7 @@ pub fn boot_chain(
         signed_disk: disk_with_esp(binaries, system, &signed)?,
         tampered_disk: disk_with_esp(binaries, system, &tampered)?,
         signed_uki: signed,
+        unsigned_uki: unsigned,
     })
 }
 

@@ -487,10 +487,15 @@ impl Context {
 }
 
 fn uki_boot(context: &Context) -> Result<(), String> {
-    let (vm, _) =
-        context.firmware_vm("uki-boot", false, vec![context.chain.unsigned_disk.clone()])?;
-    context.boot(&vm, "uki-boot", &[pass_line("uki-boot")])?;
+    boot_uki(context)?;
     Ok(())
+}
+
+/// Firmware, UKI from the ESP, init, systemd: the `uki-boot` check.
+pub fn boot_uki(context: &Context) -> Result<Console, String> {
+    let disks = vec![context.chain.unsigned_disk.clone()];
+    let (vm, _) = context.firmware_vm("uki-boot", false, disks)?;
+    context.boot(&vm, "uki-boot", &[pass_line("uki-boot")])
 }
 
 fn secureboot_signed(context: &Context) -> Result<(), String> {
