@@ -16,13 +16,17 @@ use crate::output::{OutputError, PendingOutput};
 const ALIGNMENT: u64 = 1 << 20;
 const SECTOR: SectorSize = SectorSize::BYTES_512;
 
-/// One partition: its DPS type, identity, and the file whose bytes fill it.
+/// One partition: its DPS type, identity, and what fills it.
 #[derive(Debug, Clone)]
 pub struct DiskPartition {
     pub type_guid: Guid,
     pub uuid: Guid,
     pub label: String,
-    pub source: PathBuf,
+    /// The file whose bytes fill the partition; `None` leaves it zero-filled.
+    pub source: Option<PathBuf>,
+    /// The partition is at least this large (before rounding up to whole MiB), even when
+    /// its source is smaller.
+    pub min_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +63,15 @@ pub fn verity_root_partitions(
             type_guid: gpt::ROOT_X86_64,
             uuid: data_uuid,
             label: "root-x86-64".to_owned(),
-            source: image.to_owned(),
+            source: Some(image.to_owned()),
+            min_bytes: 0,
         },
         DiskPartition {
             type_guid: gpt::ROOT_VERITY_X86_64,
             uuid: hash_uuid,
             label: "root-x86-64-verity".to_owned(),
-            source: tree.to_owned(),
+            source: Some(tree.to_owned()),
+            min_bytes: 0,
         },
     ]
 }
@@ -83,7 +89,8 @@ pub fn esp_partition(root_hash: &RootHash, esp: &Path) -> DiskPartition {
         type_guid: gpt::ESP,
         uuid: Guid::from_bytes(uuid),
         label: "esp".to_owned(),
-        source: esp.to_owned(),
+        source: Some(esp.to_owned()),
+        min_bytes: 0,
     }
 }
 
@@ -92,7 +99,13 @@ pub fn esp_partition(root_hash: &RootHash, esp: &Path) -> DiskPartition {
 pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskError> {
     let sizes = partitions
         .iter()
-        .map(|partition| source_size(&partition.source))
+        .map(|partition| {
+            let content = match &partition.source {
+                Some(source) => source_size(source)?,
+                None => 0,
+            };
+            Ok::<_, DiskError>(content.max(partition.min_bytes))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let specs = layout(partitions, &sizes);
     let end = specs
@@ -113,18 +126,19 @@ pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskE
         .map_err(write)?;
     file.write_all(&image.backup).map_err(write)?;
     for (partition, spec) in partitions.iter().zip(&specs) {
-        copy_into(
-            &mut file,
-            SECTOR.offset_of(spec.first_lba),
-            &partition.source,
-        )
-        .map_err(|error| match error {
-            CopyError::Read(source) => DiskError::Read {
-                path: partition.source.clone(),
-                source,
+        // The file was made with set_len, so a partition without a source reads as zeros.
+        let Some(path) = &partition.source else {
+            continue;
+        };
+        copy_into(&mut file, SECTOR.offset_of(spec.first_lba), path).map_err(
+            |error| match error {
+                CopyError::Read(source) => DiskError::Read {
+                    path: path.clone(),
+                    source,
+                },
+                CopyError::Write(source) => write(source),
             },
-            CopyError::Write(source) => write(source),
-        })?;
+        )?;
     }
     file.sync_all().map_err(write)?;
     pending.commit()?;
@@ -141,6 +155,7 @@ fn source_size(path: &Path) -> Result<u64, DiskError> {
 }
 
 /// Places the partitions one after another from 1 MiB on, each rounded up to whole MiB.
+/// `sizes` are the partitions' sizes in bytes: their source's, or their minimum if larger.
 fn layout(partitions: &[DiskPartition], sizes: &[u64]) -> Vec<PartitionSpec> {
     let sectors_per_mib = ALIGNMENT / u64::from(SECTOR.bytes());
     let mut next = Lba(sectors_per_mib);

@@ -11,8 +11,8 @@ use xorbang_init::modules::{Builtin, DepEntry, ModuleError, ModuleName, ModulesD
 use crate::cpio::{Archive, CpioError};
 
 /// What a QEMU/OVMF guest needs to reach a verified SquashFS root on a virtio disk, plus
-/// fw_cfg for host config and efivarfs (loaded by the init, since root images need not carry
-/// the UKI kernel's modules, and systemd reads EFI variables through it). Every module costs boot time (the SCSI stack alone about 130 ms
+/// fw_cfg for host config and efivarfs (loaded by the init on UEFI machines, since root
+/// images need not carry the UKI kernel's modules, and systemd reads EFI variables through it). Every module costs boot time (the SCSI stack alone about 130 ms
 /// under TCG), so other disk drivers (virtio_scsi, sd_mod, nvme, ahci) are asked for with
 /// `--modules` by the images that need them.
 pub const DEFAULT_MODULES: &[&str] = &[

@@ -11,6 +11,7 @@ pub mod initrd;
 pub mod kernel_modules;
 pub mod output;
 pub mod pe;
+pub mod repart;
 pub mod uki;
 pub mod verified_image;
 pub mod verity;

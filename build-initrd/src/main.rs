@@ -11,6 +11,7 @@ use xorbang_build::esp;
 use xorbang_build::image::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::initrd::{self, Addition, InitrdError, InitrdSpec};
 use xorbang_build::kernel_modules::DEFAULT_MODULES;
+use xorbang_build::repart::{self, BuildOutputs, RepartError};
 use xorbang_build::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::verified_image::{self, VerifiedImageError};
 use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
@@ -37,7 +38,8 @@ enum Command {
     Image(ImageArgs),
     /// Write a GPT disk image holding an image and its hash tree as Discoverable Partitions
     /// (root-x86-64 and root-x86-64-verity, PARTUUIDs derived from the root hash), so that
-    /// `roothash=` alone boots it.
+    /// `roothash=` alone boots it; or, with --definitions, the layout in systemd-repart's
+    /// partition definition format.
     Disk(DiskArgs),
     /// Write a Unified Kernel Image: the systemd EFI stub with the os-release, command line,
     /// kernel release, initramfs and kernel as PE sections, optionally signed for Secure Boot.
@@ -188,6 +190,11 @@ struct ImageArgs {
 
 #[derive(Debug, clap::Args)]
 struct DiskArgs {
+    /// Lay the disk out from the systemd-repart style `*.conf` files in DIR (keys Type,
+    /// Label, UUID, SizeMinBytes, SizeMaxBytes, CopyBlocks; CopyBlocks=root-image,
+    /// root-verity and uki-esp stand for this build's image, hash tree and ESP).
+    #[arg(long, value_name = "DIR")]
+    definitions: Option<PathBuf>,
     /// An image made by `xorbang-build image`; its .verity and .json files are beside it.
     #[arg(long, value_name = "IMAGE")]
     image: PathBuf,
@@ -265,6 +272,12 @@ enum CliError {
         path: PathBuf,
         #[source]
         source: esp::EspError,
+    },
+    #[error("cannot lay out the disk from the definitions in {path}")]
+    Repart {
+        path: PathBuf,
+        #[source]
+        source: RepartError,
     },
     #[error("cannot write the disk {path}")]
     Disk {
@@ -394,16 +407,52 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
             path: args.image.clone(),
             source,
         })?;
-    let mut partitions = disk::verity_root_partitions(&root_hash, &args.image, &tree).to_vec();
+    // Read the definitions before making the ESP, so a bad layout fails fast.
+    let definitions = args
+        .definitions
+        .as_ref()
+        .map(|dir| {
+            repart::read_definitions(dir)
+                .map(|definitions| (dir, definitions))
+                .map_err(|source| CliError::Repart {
+                    path: dir.clone(),
+                    source,
+                })
+        })
+        .transpose()?;
     let esp = verified_image::companion(&args.output, "esp.tmp");
     if let Some(uki) = &args.uki {
         esp::write_esp(uki, &args.uki_name, &esp).map_err(|source| CliError::Esp {
             path: esp.clone(),
             source,
         })?;
-        partitions.insert(0, disk::esp_partition(&root_hash, &esp));
     }
-    let written = disk::write_disk(&args.output, &partitions);
+    let written = match &definitions {
+        Some((dir, definitions)) => {
+            let outputs = BuildOutputs {
+                root_hash: &root_hash,
+                image: &args.image,
+                tree: &tree,
+                esp: args.uki.as_ref().map(|_| esp.as_path()),
+            };
+            repart::partitions(dir, definitions, &outputs)
+                .map_err(|source| CliError::Repart {
+                    path: (*dir).clone(),
+                    source,
+                })
+                .and_then(|partitions| {
+                    disk::write_disk(&args.output, &partitions).map_err(disk_error)
+                })
+        }
+        None => {
+            let mut partitions =
+                disk::verity_root_partitions(&root_hash, &args.image, &tree).to_vec();
+            if args.uki.is_some() {
+                partitions.insert(0, disk::esp_partition(&root_hash, &esp));
+            }
+            disk::write_disk(&args.output, &partitions).map_err(disk_error)
+        }
+    };
     if args.uki.is_some() {
         std::fs::remove_file(&esp).map_err(|source| CliError::Esp {
             path: esp.clone(),
@@ -413,7 +462,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
             },
         })?;
     }
-    let size = written.map_err(disk_error)?;
+    let size = written?;
     println!("{}: {size} bytes", args.output.display());
     println!("Root hash: {root_hash}");
     Ok(())

@@ -99,6 +99,11 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
 
     let mut modules = ModuleLoader::open(&paths.modules(&kernel_release()))?;
     modules.load_drivers()?;
+    // systemd reads EFI variables through efivarfs, and root images need not carry the UKI
+    // kernel's modules: provide it, but only on machines booted through UEFI.
+    if paths.sys().join("firmware/efi").exists() {
+        modules.ensure("efivarfs")?;
+    }
     clock.finish_stage("modules");
 
     let deadline = started + options.timeout;

@@ -1,6 +1,6 @@
 //! Fixtures of the UEFI boot chain: UKIs built by `xorbang-build uki` from Debian's systemd
 //! stub, kernel and our initramfs, signed with Debian's snakeoil key for OVMF's snakeoil
-//! Secure Boot variables, and GPT disks with an ESP in front (`xorbang-build disk --uki`).
+//! Secure Boot variables, and full GPT disks laid out from the example repart definitions.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

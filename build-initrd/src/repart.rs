@@ -1,0 +1,669 @@
+//! Declarative disk layouts for `xorbang-build disk --definitions DIR`, written in
+//! systemd-repart's partition definition format (`repart.d(5)`) and read by our own parser.
+//!
+//! Why not run systemd-repart itself: the one in Debian 12 (systemd 252) cannot place the
+//! pre-built SquashFS image and verity hash tree of `xorbang-build image` the way we need
+//! (its `Verity=` support computes its own tree and root hash), and it wants a real block
+//! device or a loop device, which a build without root privileges does not have. So we read
+//! the same files and write the GPT with [`crate::disk::write_disk`].
+//!
+//! `DIR` holds `*.conf` files, laid out in file-name order as repart does, each with one
+//! `[Partition]` section. Exactly these keys are supported (case-sensitive, as in repart; a
+//! later assignment replaces an earlier one and an empty value resets the key, as in repart's
+//! parser); any other key or section is an error naming the file, line and key:
+//!
+//! * `Type=`: `esp`, `root`, `root-verity`, `var` (the x86-64 Discoverable Partitions type
+//!   GUIDs) or `linux-generic`.
+//! * `Label=`: the partition name [default: the type's DPS name, e.g. `root-x86-64`].
+//! * `UUID=`: an explicit PARTUUID. Without it `root` and `root-verity` get the first and last
+//!   16 bytes of the root hash (so `roothash=` alone finds them) and every other partition
+//!   the first 16 bytes of a SHA-256 over the root hash and its label, so the disk stays
+//!   reproducible.
+//! * `SizeMinBytes=`, `SizeMaxBytes=`: bytes, or with a `K`, `M`, `G` or `T` suffix
+//!   (1024-based, as repart's). The partition is its content rounded up to whole MiB and at
+//!   least `SizeMinBytes=`; content larger than `SizeMaxBytes=` is an error.
+//! * `CopyBlocks=`: a file whose bytes fill the partition, relative to `DIR`, or one of
+//!   xorbang's names for the outputs of this build (where repart would take a path):
+//!   `root-image` (the `--image`), `root-verity` (its `.verity` hash tree) and `uki-esp` (the
+//!   EFI System Partition made from `--uki`).
+//!
+//! A partition without `CopyBlocks=` is left zero-filled and needs `SizeMinBytes=`: e.g. a
+//! `var` partition that systemd-repart / systemd-makefs formats on first boot. `Format=` is not
+//! supported: we never make file systems ourselves.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use xorbang_init::gpt::{self, Guid, GuidError};
+use xorbang_init::verity::RootHash;
+
+use crate::disk::DiskPartition;
+
+/// The generic Linux data partition type (`linux-generic` in repart).
+pub const LINUX_GENERIC: Guid = Guid::from_bytes([
+    0x0f, 0xc6, 0x3d, 0xaf, 0x84, 0x83, 0x47, 0x72, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
+]);
+
+/// The section every definition file holds.
+const SECTION: &str = "Partition";
+
+/// `Type=`: the partition types we lay out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionType {
+    Esp,
+    Root,
+    RootVerity,
+    Var,
+    LinuxGeneric,
+}
+
+impl PartitionType {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "esp" => Self::Esp,
+            "root" => Self::Root,
+            "root-verity" => Self::RootVerity,
+            "var" => Self::Var,
+            "linux-generic" => Self::LinuxGeneric,
+            _ => return None,
+        })
+    }
+
+    /// The GPT type GUID (x86-64 for the architecture-specific ones).
+    pub fn guid(self) -> Guid {
+        match self {
+            Self::Esp => gpt::ESP,
+            Self::Root => gpt::ROOT_X86_64,
+            Self::RootVerity => gpt::ROOT_VERITY_X86_64,
+            Self::Var => gpt::VAR,
+            Self::LinuxGeneric => LINUX_GENERIC,
+        }
+    }
+
+    /// The label a partition gets without `Label=`: the type's name as repart gives it.
+    fn default_label(self) -> &'static str {
+        match self {
+            Self::Esp => "esp",
+            Self::Root => "root-x86-64",
+            Self::RootVerity => "root-x86-64-verity",
+            Self::Var => "var",
+            Self::LinuxGeneric => "linux-generic",
+        }
+    }
+}
+
+/// `CopyBlocks=`: what fills a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyBlocks {
+    /// `root-image`: the image given with `--image`.
+    RootImage,
+    /// `root-verity`: that image's hash tree.
+    RootVerity,
+    /// `uki-esp`: the EFI System Partition made from `--uki`.
+    UkiEsp,
+    /// A file, relative to the definitions directory.
+    File(PathBuf),
+}
+
+impl CopyBlocks {
+    fn parse(text: &str) -> Self {
+        match text {
+            "root-image" => Self::RootImage,
+            "root-verity" => Self::RootVerity,
+            "uki-esp" => Self::UkiEsp,
+            path => Self::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// One definition file, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// The file it came from, for errors.
+    pub file: PathBuf,
+    pub partition_type: PartitionType,
+    pub label: Option<String>,
+    pub uuid: Option<Guid>,
+    pub size_min_bytes: Option<u64>,
+    pub size_max_bytes: Option<u64>,
+    pub copy_blocks: Option<CopyBlocks>,
+}
+
+/// The outputs of this build that `CopyBlocks=` names stand for.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOutputs<'a> {
+    pub root_hash: &'a RootHash,
+    pub image: &'a Path,
+    pub tree: &'a Path,
+    /// The ESP made from `--uki`, if there is one.
+    pub esp: Option<&'a Path>,
+}
+
+/// What is wrong with one line of a definition file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("unknown section [{0}] (only [Partition] is supported)")]
+    UnknownSection(String),
+    #[error("unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("{0}= is outside of the [Partition] section")]
+    OutsideSection(String),
+    #[error("expected a [Section] or a Key=Value assignment, found {0:?}")]
+    Syntax(String),
+    #[error("Type={0:?} is not one of esp, root, root-verity, var, linux-generic")]
+    Type(String),
+    #[error("{key}={value:?} is not a size: bytes, or with a K, M, G or T suffix")]
+    Size { key: &'static str, value: String },
+    #[error("UUID={value:?} is not a GUID")]
+    Uuid {
+        value: String,
+        #[source]
+        source: GuidError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepartError {
+    #[error("cannot read the definitions directory {path}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no *.conf files in {0}")]
+    Empty(PathBuf),
+    #[error("{}:{line}", file.display())]
+    Line {
+        file: PathBuf,
+        line: usize,
+        #[source]
+        source: LineError,
+    },
+    #[error("{}: no Type= in [Partition]", .0.display())]
+    MissingType(PathBuf),
+    #[error("{}: a partition without CopyBlocks= needs SizeMinBytes=", .0.display())]
+    MissingSize(PathBuf),
+    #[error("{}: SizeMinBytes={min} is larger than SizeMaxBytes={max}", file.display())]
+    SizeRange { file: PathBuf, min: u64, max: u64 },
+    #[error("{}: CopyBlocks=uki-esp needs --uki", .0.display())]
+    NoUki(PathBuf),
+    #[error("{}: cannot read CopyBlocks={}", file.display(), path.display())]
+    Source {
+        file: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: CopyBlocks={} is {bytes} bytes, more than SizeMaxBytes={max}", file.display(), path.display())]
+    TooLarge {
+        file: PathBuf,
+        path: PathBuf,
+        bytes: u64,
+        max: u64,
+    },
+}
+
+/// Parses one definition file: `file` names it in errors, `text` is its contents.
+pub fn parse_definition(file: &Path, text: &str) -> Result<Definition, RepartError> {
+    let mut in_section = false;
+    let mut partition_type = None;
+    let mut definition = Definition {
+        file: file.to_owned(),
+        partition_type: PartitionType::LinuxGeneric,
+        label: None,
+        uuid: None,
+        size_min_bytes: None,
+        size_max_bytes: None,
+        copy_blocks: None,
+    };
+    for (index, raw) in text.lines().enumerate() {
+        let at_line = |source| RepartError::Line {
+            file: file.to_owned(),
+            line: index + 1,
+            source,
+        };
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(name) = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            if name != SECTION {
+                return Err(at_line(LineError::UnknownSection(name.to_owned())));
+            }
+            in_section = true;
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(at_line(LineError::Syntax(line.to_owned())));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !in_section {
+            return Err(at_line(LineError::OutsideSection(key.to_owned())));
+        }
+        // As in repart, an empty value resets the key to its default.
+        let set = (!value.is_empty()).then_some(value);
+        match key {
+            "Type" => {
+                partition_type = set
+                    .map(|value| {
+                        PartitionType::parse(value)
+                            .ok_or_else(|| at_line(LineError::Type(value.to_owned())))
+                    })
+                    .transpose()?;
+            }
+            "Label" => definition.label = set.map(str::to_owned),
+            "UUID" => {
+                definition.uuid = set
+                    .map(|value| {
+                        Guid::parse(value).map_err(|source| {
+                            at_line(LineError::Uuid {
+                                value: value.to_owned(),
+                                source,
+                            })
+                        })
+                    })
+                    .transpose()?;
+            }
+            "SizeMinBytes" => {
+                definition.size_min_bytes = set
+                    .map(|value| parse_size("SizeMinBytes", value).map_err(at_line))
+                    .transpose()?;
+            }
+            "SizeMaxBytes" => {
+                definition.size_max_bytes = set
+                    .map(|value| parse_size("SizeMaxBytes", value).map_err(at_line))
+                    .transpose()?;
+            }
+            "CopyBlocks" => definition.copy_blocks = set.map(CopyBlocks::parse),
+            _ => return Err(at_line(LineError::UnknownKey(key.to_owned()))),
+        }
+    }
+    definition.partition_type =
+        partition_type.ok_or_else(|| RepartError::MissingType(file.to_owned()))?;
+    if definition.copy_blocks.is_none() && definition.size_min_bytes.is_none() {
+        return Err(RepartError::MissingSize(file.to_owned()));
+    }
+    if let (Some(min), Some(max)) = (definition.size_min_bytes, definition.size_max_bytes) {
+        if min > max {
+            return Err(RepartError::SizeRange {
+                file: file.to_owned(),
+                min,
+                max,
+            });
+        }
+    }
+    Ok(definition)
+}
+
+/// A size as repart reads one: a whole number of bytes, optionally with a 1024-based suffix.
+fn parse_size(key: &'static str, value: &str) -> Result<u64, LineError> {
+    let bad = || LineError::Size {
+        key,
+        value: value.to_owned(),
+    };
+    let digits = value.trim_end_matches(|ch: char| ch.is_ascii_alphabetic());
+    let shift = match value[digits.len()..].trim() {
+        "" | "B" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    let digits = digits.trim();
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    number.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+/// Reads and parses the `*.conf` files of `dir`, in file-name order.
+pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
+    let read_dir = |source| RepartError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_dir)? {
+        let path = entry.map_err(read_dir)?.path();
+        if path.extension().is_some_and(|ext| ext == "conf") {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(RepartError::Empty(dir.to_owned()));
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).map_err(|source| RepartError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            parse_definition(path, &text)
+        })
+        .collect()
+}
+
+/// The partitions the definitions lay out, with `CopyBlocks=` names resolved against this
+/// build's `outputs` and relative paths against `dir`.
+pub fn partitions(
+    dir: &Path,
+    definitions: &[Definition],
+    outputs: &BuildOutputs<'_>,
+) -> Result<Vec<DiskPartition>, RepartError> {
+    definitions
+        .iter()
+        .map(|definition| partition(dir, definition, outputs))
+        .collect()
+}
+
+fn partition(
+    dir: &Path,
+    definition: &Definition,
+    outputs: &BuildOutputs<'_>,
+) -> Result<DiskPartition, RepartError> {
+    let file = &definition.file;
+    let source = match &definition.copy_blocks {
+        None => None,
+        Some(CopyBlocks::RootImage) => Some(outputs.image.to_owned()),
+        Some(CopyBlocks::RootVerity) => Some(outputs.tree.to_owned()),
+        Some(CopyBlocks::UkiEsp) => Some(
+            outputs
+                .esp
+                .ok_or_else(|| RepartError::NoUki(file.clone()))?
+                .to_owned(),
+        ),
+        Some(CopyBlocks::File(path)) => Some(dir.join(path)),
+    };
+    if let (Some(path), Some(max)) = (&source, definition.size_max_bytes) {
+        let bytes = std::fs::metadata(path)
+            .map_err(|error| RepartError::Source {
+                file: file.clone(),
+                path: path.clone(),
+                source: error,
+            })?
+            .len();
+        if bytes > max {
+            return Err(RepartError::TooLarge {
+                file: file.clone(),
+                path: path.clone(),
+                bytes,
+                max,
+            });
+        }
+    }
+    let label = definition
+        .label
+        .clone()
+        .unwrap_or_else(|| definition.partition_type.default_label().to_owned());
+    let (data_uuid, hash_uuid) = outputs.root_hash.partition_uuids();
+    let uuid = definition
+        .uuid
+        .unwrap_or_else(|| match definition.partition_type {
+            PartitionType::Root => data_uuid,
+            PartitionType::RootVerity => hash_uuid,
+            _ => derived_uuid(outputs.root_hash, &label),
+        });
+    Ok(DiskPartition {
+        type_guid: definition.partition_type.guid(),
+        uuid,
+        label,
+        source,
+        min_bytes: definition.size_min_bytes.unwrap_or(0),
+    })
+}
+
+/// The first 16 bytes of SHA-256 over the root hash and the label.
+fn derived_uuid(root_hash: &RootHash, label: &str) -> Guid {
+    let digest = Sha256::new()
+        .chain_update(root_hash.as_bytes())
+        .chain_update(label.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Guid::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    const ROOT_HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
+
+    fn root_hash() -> RootHash {
+        RootHash::parse_hex(ROOT_HASH).expect("hex")
+    }
+
+    fn chain(error: &dyn Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    fn parse(text: &str) -> Result<Definition, RepartError> {
+        parse_definition(Path::new("10-x.conf"), text)
+    }
+
+    #[test]
+    fn parses_a_full_layout() {
+        let esp = parse("# the ESP\n[Partition]\nType=esp\nSizeMinBytes=64M\nCopyBlocks=uki-esp\n")
+            .expect("esp");
+        assert_eq!(esp.partition_type, PartitionType::Esp);
+        assert_eq!(esp.size_min_bytes, Some(64 << 20));
+        assert_eq!(esp.copy_blocks, Some(CopyBlocks::UkiEsp));
+        let root = parse("[Partition]\nType=root\nCopyBlocks=root-image\nSizeMaxBytes=2G\n")
+            .expect("root");
+        assert_eq!(root.size_max_bytes, Some(2 << 30));
+        assert_eq!(root.copy_blocks, Some(CopyBlocks::RootImage));
+        let verity = parse(
+            "[Partition]\nType=root-verity\nCopyBlocks=root-verity\n\
+             UUID=00112233-4455-6677-8899-AABBCCDDEEFF\n",
+        )
+        .expect("verity");
+        assert_eq!(
+            verity.uuid.map(|uuid| uuid.to_string()).as_deref(),
+            Some("00112233-4455-6677-8899-aabbccddeeff")
+        );
+        let var =
+            parse("[Partition]\n  Type = var\nLabel=state\n; no content\nSizeMinBytes=256M\n")
+                .expect("var");
+        assert_eq!(var.label.as_deref(), Some("state"));
+        assert_eq!(var.copy_blocks, None);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("root.img");
+        let tree = dir.path().join("root.verity");
+        let esp_image = dir.path().join("esp.img");
+        std::fs::write(&image, vec![0xaa; 3 << 20]).expect("write");
+        std::fs::write(&tree, vec![0xbb; 4096]).expect("write");
+        std::fs::write(&esp_image, vec![0xcc; 4096]).expect("write");
+        let hash = root_hash();
+        let outputs = BuildOutputs {
+            root_hash: &hash,
+            image: &image,
+            tree: &tree,
+            esp: Some(&esp_image),
+        };
+        let laid_out =
+            partitions(dir.path(), &[esp, root, verity, var], &outputs).expect("partitions");
+        let types: Vec<_> = laid_out.iter().map(|p| p.type_guid).collect();
+        assert_eq!(
+            types,
+            [
+                gpt::ESP,
+                gpt::ROOT_X86_64,
+                gpt::ROOT_VERITY_X86_64,
+                gpt::VAR
+            ]
+        );
+        let labels: Vec<_> = laid_out.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["esp", "root-x86-64", "root-x86-64-verity", "state"]
+        );
+        assert_eq!(laid_out[1].uuid, hash.partition_uuids().0);
+        assert_eq!(
+            laid_out[2].uuid.to_string(),
+            "00112233-4455-6677-8899-aabbccddeeff"
+        );
+        assert_eq!(laid_out[3].uuid, derived_uuid(&hash, "state"));
+        assert_eq!(laid_out[3].source, None);
+        assert_eq!(laid_out[3].min_bytes, 256 << 20);
+
+        let disk = dir.path().join("disk.img");
+        let size = crate::disk::write_disk(&disk, &laid_out).expect("disk");
+        // 1 MiB GPT + 64 + 3 + 1 + 256 MiB + 1 MiB backup GPT.
+        assert_eq!(size, (1 + 64 + 3 + 1 + 256 + 1) << 20);
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key() {
+        let error = parse("[Partition]\nType=root\nFormat=vfat\n").expect_err("unknown");
+        assert!(
+            matches!(error, RepartError::Line { line: 3, .. }),
+            "{error:?}"
+        );
+        let text = chain(&error);
+        assert!(
+            text.contains("10-x.conf:3") && text.contains("\"Format\""),
+            "{text}"
+        );
+        let error = parse("[Partition]\ntype=root\n").expect_err("case-sensitive");
+        assert!(chain(&error).contains("unknown key \"type\""), "{error:?}");
+        let error = parse("[Install]\nType=root\n").expect_err("section");
+        assert!(chain(&error).contains("10-x.conf:1: unknown section [Install]"));
+    }
+
+    #[test]
+    fn a_missing_type_is_an_error() {
+        let error = parse("[Partition]\nCopyBlocks=root-image\n").expect_err("no type");
+        assert!(matches!(error, RepartError::MissingType(_)), "{error:?}");
+        assert_eq!(error.to_string(), "10-x.conf: no Type= in [Partition]");
+    }
+
+    #[test]
+    fn a_bad_size_is_an_error() {
+        for bad in [
+            "64X",
+            "M",
+            "-1",
+            "1.5G",
+            "99999999999999999999",
+            "20000000T",
+        ] {
+            let error =
+                parse(&format!("[Partition]\nType=var\nSizeMinBytes={bad}\n")).expect_err(bad);
+            assert!(
+                chain(&error).contains("10-x.conf:3: SizeMinBytes="),
+                "{bad}: {error:?}"
+            );
+        }
+        assert_eq!(parse_size("SizeMinBytes", "4096").expect("bytes"), 4096);
+        assert_eq!(parse_size("SizeMinBytes", "1 K").expect("K"), 1024);
+        let error = parse("[Partition]\nType=var\n").expect_err("no size");
+        assert!(matches!(error, RepartError::MissingSize(_)), "{error:?}");
+        let error =
+            parse("[Partition]\nType=var\nSizeMinBytes=2M\nSizeMaxBytes=1M\n").expect_err("range");
+        assert!(matches!(error, RepartError::SizeRange { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn uki_esp_without_an_esp_is_an_error() {
+        let esp = parse("[Partition]\nType=esp\nCopyBlocks=uki-esp\n").expect("esp");
+        let hash = root_hash();
+        let outputs = BuildOutputs {
+            root_hash: &hash,
+            image: Path::new("root.img"),
+            tree: Path::new("root.verity"),
+            esp: None,
+        };
+        let error = partitions(Path::new("."), &[esp], &outputs).expect_err("no uki");
+        assert_eq!(
+            error.to_string(),
+            "10-x.conf: CopyBlocks=uki-esp needs --uki"
+        );
+    }
+
+    #[test]
+    fn content_larger_than_size_max_bytes_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("blob"), vec![1; 2048]).expect("write");
+        let definition =
+            parse("[Partition]\nType=linux-generic\nCopyBlocks=blob\nSizeMaxBytes=1K\n")
+                .expect("parse");
+        let hash = root_hash();
+        let outputs = BuildOutputs {
+            root_hash: &hash,
+            image: Path::new("root.img"),
+            tree: Path::new("root.verity"),
+            esp: None,
+        };
+        let error = partitions(dir.path(), &[definition], &outputs).expect_err("too large");
+        assert!(
+            matches!(
+                error,
+                RepartError::TooLarge {
+                    bytes: 2048,
+                    max: 1024,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_layout_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions");
+        let definitions = read_definitions(&dir).expect("definitions");
+        let names: Vec<_> = definitions
+            .iter()
+            .map(|d| d.file.file_name().and_then(|n| n.to_str()).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "00-esp.conf",
+                "10-root.conf",
+                "20-root-verity.conf",
+                "30-var.conf"
+            ]
+        );
+        let types: Vec<_> = definitions.iter().map(|d| d.partition_type).collect();
+        assert_eq!(
+            types,
+            [
+                PartitionType::Esp,
+                PartitionType::Root,
+                PartitionType::RootVerity,
+                PartitionType::Var
+            ]
+        );
+        assert_eq!(definitions[0].copy_blocks, Some(CopyBlocks::UkiEsp));
+        assert_eq!(definitions[0].size_min_bytes, Some(64 << 20));
+        assert_eq!(definitions[1].copy_blocks, Some(CopyBlocks::RootImage));
+        assert_eq!(definitions[2].copy_blocks, Some(CopyBlocks::RootVerity));
+        assert_eq!(definitions[3].copy_blocks, None);
+        assert_eq!(definitions[3].size_min_bytes, Some(256 << 20));
+        assert_eq!(definitions[3].label.as_deref(), Some("var"));
+    }
+}
