@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::output::{OutputError, PendingOutput};
+use crate::tool::{self, ToolError};
 
 const MIB: u64 = 1 << 20;
 /// FAT32 needs at least 65525 clusters; with 512-byte clusters that is about 33 MiB.
@@ -33,14 +34,8 @@ pub enum EspError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot run {program} (install dosfstools and mtools)")]
-    Spawn {
-        program: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{program} failed: {stderr}")]
-    Failed { program: String, stderr: String },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
     #[error("the entry name {0:?} must be a plain file name")]
     Name(String),
     #[error(transparent)]
@@ -108,21 +103,10 @@ pub fn write_esp(uki: &Path, name: &str, out: &Path) -> Result<u64, EspError> {
 /// Runs a tool; mtools stamps files with the time unless SOURCE_DATE_EPOCH says otherwise,
 /// so it is pinned to the epoch when unset.
 fn run(command: &mut Command) -> Result<(), EspError> {
-    let program = command.get_program().to_string_lossy().into_owned();
     if std::env::var_os("SOURCE_DATE_EPOCH").is_none() {
         command.env("SOURCE_DATE_EPOCH", OsString::from("0"));
     }
-    let output = command.output().map_err(|source| EspError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    if !output.status.success() {
-        return Err(EspError::Failed {
-            program,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+    Ok(tool::run(command, "dosfstools and mtools")?)
 }
 
 #[cfg(test)]

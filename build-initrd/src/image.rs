@@ -6,9 +6,10 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 
 use crate::output::{OutputError, PendingOutput};
+use crate::tool::{self, ToolError};
 
 /// The program run unless the caller names another.
 pub const MKSQUASHFS: &str = "mksquashfs";
@@ -37,20 +38,8 @@ impl SquashfsCompression {
 pub enum ImageError {
     #[error("the root file system {path} is not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("{program} not found; install squashfs-tools")]
-    MissingTool { program: PathBuf },
-    #[error("cannot run {program}")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{program} failed ({status}): {output}")]
-    Failed {
-        program: PathBuf,
-        status: ExitStatus,
-        output: String,
-    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
     #[error("cannot read the size of {path}")]
     Size {
         path: PathBuf,
@@ -121,36 +110,11 @@ fn mksquashfs_args(
 }
 
 fn run(program: &Path, args: &[OsString]) -> Result<(), ImageError> {
-    let output = Command::new(program)
-        .args(args)
-        // mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time, and the
-        // times are already passed explicitly.
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => ImageError::MissingTool {
-                program: program.to_owned(),
-            },
-            _ => ImageError::Spawn {
-                program: program.to_owned(),
-                source,
-            },
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    // mksquashfs reports some errors on stdout, others on stderr: keep both.
-    let text = [output.stderr, output.stdout]
-        .iter()
-        .map(|bytes| String::from_utf8_lossy(bytes).trim().to_owned())
-        .filter(|text| !text.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    Err(ImageError::Failed {
-        program: program.to_owned(),
-        status: output.status,
-        output: text,
-    })
+    let mut command = Command::new(program);
+    // mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time, and the
+    // times are already passed explicitly.
+    command.args(args).env_remove("SOURCE_DATE_EPOCH");
+    Ok(tool::run(&mut command, "squashfs-tools")?)
 }
 
 #[cfg(test)]
@@ -244,7 +208,10 @@ mod tests {
             0,
         )
         .expect_err("cannot create the output");
-        assert!(matches!(err, ImageError::Failed { .. }), "{err}");
+        assert!(
+            matches!(err, ImageError::Tool(ToolError::Failed { .. })),
+            "{err}"
+        );
         // mksquashfs's own words come through ("Could not create destination file").
         assert!(err.to_string().contains("destination"), "{err}");
     }
@@ -256,7 +223,7 @@ mod tests {
         let out = dir.path().join("root.squashfs");
         let missing = Path::new("/nonexistent/mksquashfs");
         let err = build(missing, &tree, &out, SquashfsCompression::Gzip, 0).expect_err("missing");
-        assert!(matches!(err, ImageError::MissingTool { .. }));
+        assert!(matches!(err, ImageError::Tool(ToolError::Missing { .. })));
         assert!(err.to_string().contains("/nonexistent/mksquashfs"), "{err}");
         let err = build(
             missing,

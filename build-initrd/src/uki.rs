@@ -9,11 +9,12 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 
 use crate::output::{self, OutputError, PendingOutput};
 use crate::pe::{self, Appended, NewSection, PeError, SectionHeader};
 use crate::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
+use crate::tool::{self, ToolError};
 
 /// Debian's systemd-boot-efi package puts the x86-64 stub here.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -256,20 +257,8 @@ pub enum UkiError {
     Uname(#[from] UnameError),
     #[error("the kernel command line is refused")]
     Cmdline(#[source] CmdlineError),
-    #[error("{program} not found; install sbsigntool")]
-    MissingTool { program: PathBuf },
-    #[error("cannot run {program}")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{program} failed ({status}): {output}")]
-    Failed {
-        program: PathBuf,
-        status: ExitStatus,
-        output: String,
-    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -432,34 +421,7 @@ fn write_signed(image: &[u8], out: &Path, signing: &Signing) -> Result<u64, UkiE
 }
 
 fn run_tool(program: &str, args: &[&OsStr]) -> Result<(), UkiError> {
-    let output = Command::new(program)
-        .args(args)
-        // An encrypted key is asked for on the terminal, never read from our stdin.
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => UkiError::MissingTool {
-                program: program.into(),
-            },
-            _ => UkiError::Spawn {
-                program: program.into(),
-                source,
-            },
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let text = [output.stderr, output.stdout]
-        .iter()
-        .map(|bytes| String::from_utf8_lossy(bytes).trim().to_owned())
-        .filter(|text| !text.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    Err(UkiError::Failed {
-        program: program.into(),
-        status: output.status,
-        output: text,
-    })
+    Ok(tool::run(Command::new(program).args(args), "sbsigntool")?)
 }
 
 #[cfg(test)]
