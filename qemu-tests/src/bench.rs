@@ -31,9 +31,49 @@ impl Run {
 pub fn bench(context: &Context, binaries: &Binaries) -> Result<(), String> {
     let boot = boot_bench(context, &binaries.init)?;
     let firmware = firmware_bench(context)?;
+    let custom = custom_kernel_bench(context)?;
     let verity = verity_format_bench(&context.work, &binaries.build)?;
-    println!("{boot} {firmware} {verity}");
+    println!("{boot} {firmware} {custom} {verity}");
     Ok(())
+}
+
+/// The same firmware boot with the kernel built from kernel-config/ and an initramfs
+/// without modules. Returns the `key=value` pairs.
+fn custom_kernel_bench(context: &Context) -> Result<String, String> {
+    let bzimage =
+        crate::fixtures::custom_kernel(&context.cache).map_err(|error| error.to_string())?;
+    let initrd = crate::fixtures::initrd(
+        &context.work,
+        "initrd-no-modules.img",
+        &context.binaries,
+        None,
+        &[],
+    )
+    .map_err(|error| error.to_string())?;
+    let disk = crate::boot_chain::uki_disk(
+        &context.work,
+        "uki-custom-kernel",
+        &context.binaries,
+        &bzimage,
+        &initrd,
+        &context.system,
+    )
+    .map_err(|error| error.to_string())?;
+    let mut marker_ms = Vec::new();
+    for index in 1..=context.config.bench_runs {
+        let console = crate::scenarios::boot_uki_disk(context, &disk)?;
+        let ms = u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX);
+        println!(
+            "custom kernel ovmf run {index}: power-on to marker {:.1} s",
+            ms as f64 / 1000.0
+        );
+        marker_ms.push(ms);
+    }
+    let median_s = median(marker_ms) as f64 / 1000.0;
+    let initrd_bytes = size_of(&initrd)?;
+    let kernel_bytes = size_of(&bzimage)?;
+    println!("median: custom kernel OVMF power-on to marker {median_s:.1} s; bzImage {kernel_bytes} bytes, initramfs without modules {initrd_bytes} bytes");
+    Ok(format!("custom_ovmf_marker_s={median_s:.1} custom_bzimage_bytes={kernel_bytes} initramfs_no_modules_bytes={initrd_bytes}"))
 }
 
 /// OVMF power-on to the agent's marker through the UKI on the ESP (the whole chain a

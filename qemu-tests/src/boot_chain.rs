@@ -45,7 +45,7 @@ pub fn boot_chain(
     let unsigned = work.join("uki-boot.efi");
     build_uki(
         binaries,
-        kernel,
+        &kernel.vmlinuz,
         initrd,
         &uki_cmdline(&system.root_hash, "uki-boot"),
         None,
@@ -55,7 +55,7 @@ pub fn boot_chain(
     let signed_cmdline = uki_cmdline(&system.root_hash, "secureboot-signed");
     build_uki(
         binaries,
-        kernel,
+        &kernel.vmlinuz,
         initrd,
         &signed_cmdline,
         Some(&key),
@@ -70,6 +70,27 @@ pub fn boot_chain(
         signed_uki: signed,
         unsigned_uki: unsigned,
     })
+}
+
+/// A machine disk whose UKI holds `kernel` and `initrd` (the `uki-boot` check), as `name`.
+pub fn uki_disk(
+    work: &Path,
+    name: &str,
+    binaries: &Binaries,
+    kernel: &Path,
+    initrd: &Path,
+    system: &SystemImage,
+) -> Result<PathBuf, FixtureError> {
+    let uki = work.join(format!("{name}.efi"));
+    build_uki(
+        binaries,
+        kernel,
+        initrd,
+        &uki_cmdline(&system.root_hash, "uki-boot"),
+        None,
+        &uki,
+    )?;
+    disk_with_esp(binaries, system, &uki)
 }
 
 /// A firmware setup with a fresh copy of its variable store in `work`.
@@ -110,7 +131,7 @@ fn decrypted_snakeoil_key(work: &Path) -> Result<PathBuf, FixtureError> {
 
 fn build_uki(
     binaries: &Binaries,
-    kernel: &Kernel,
+    kernel: &Path,
     initrd: &Path,
     cmdline: &str,
     key: Option<&Path>,
@@ -119,7 +140,7 @@ fn build_uki(
     let mut command = Command::new(&binaries.build);
     command
         .args(["uki", "--linux"])
-        .arg(&kernel.vmlinuz)
+        .arg(kernel)
         .arg("--initrd")
         .arg(initrd)
         .args(["--cmdline", cmdline])

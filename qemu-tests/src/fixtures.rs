@@ -40,6 +40,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FixtureError + '_ {
     }
 }
 
+/// The kernel built from `kernel-config/` (everything the boot needs built in), cached under
+/// `cache/custom-kernel`; the first build takes a while on two cores.
+pub fn custom_kernel(cache: &Path) -> Result<PathBuf, FixtureError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-config/build-kernel");
+    let dir = cache.join("custom-kernel");
+    eprintln!("fixtures: the custom kernel (kernel-config/build-kernel; slow the first time)");
+    run(Command::new(script).arg(&dir))?;
+    Ok(dir.join("bzImage"))
+}
+
 /// Runs a command to completion; its stderr becomes the error.
 pub fn run(command: &mut Command) -> Result<String, FixtureError> {
     let printable = crate::qemu::shell_quoted(command);
@@ -437,12 +447,13 @@ esac
 "#;
 
 /// An initramfs of this run, `name` in the work directory: our init, the module closure of
-/// the Debian kernel, and `files` (source, path in the initramfs) added.
+/// `kernel` (none for a kernel with everything built in), and `files` (source, path in the
+/// initramfs) added.
 pub fn initrd(
     work: &Path,
     name: &str,
     binaries: &Binaries,
-    kernel: &Kernel,
+    kernel: Option<&Kernel>,
     files: &[(&Path, &str)],
 ) -> Result<PathBuf, FixtureError> {
     let initrd = work.join(name);
@@ -451,10 +462,11 @@ pub fn initrd(
         .arg("initrd")
         .arg("--init")
         .arg(&binaries.init)
-        .arg("--kernel-modules")
-        .arg(&kernel.modules)
         .arg("-o")
         .arg(&initrd);
+    if let Some(kernel) = kernel {
+        command.arg("--kernel-modules").arg(&kernel.modules);
+    }
     for (source, target) in files {
         let mut addition = source.as_os_str().to_owned();
         addition.push(":");
@@ -463,4 +475,66 @@ pub fn initrd(
     }
     run(&mut command)?;
     Ok(initrd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_config(fragment: &str, dotconfig: &str) -> std::process::Output {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("fragment"), fragment).expect("write");
+        std::fs::write(dir.path().join("config"), dotconfig).expect("write");
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-config/check-config"))
+            .arg(dir.path().join("fragment"))
+            .arg(dir.path().join("config"))
+            .output()
+            .expect("check-config runs")
+    }
+
+    #[test]
+    fn check_config_names_every_option_kconfig_dropped() {
+        let fragment = "# why\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_C=\"x\"\n# CONFIG_D is not set\n";
+        let matching = "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=\"x\"\n# CONFIG_D is not set\n";
+        assert!(check_config(fragment, matching).status.success());
+        let dropped = check_config(fragment, "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_D=y\n");
+        assert_eq!(dropped.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&dropped.stderr);
+        for name in [
+            "CONFIG_B: wanted y, got n",
+            "CONFIG_C: wanted \"x\", absent",
+            "CONFIG_D: wanted n, got y",
+        ] {
+            assert!(text.contains(name), "{text}");
+        }
+        assert!(!text.contains("CONFIG_A"), "{text}");
+    }
+
+    /// The fragment against the kernel the runner built, once it exists (the build script
+    /// runs the same check before it calls a build done).
+    #[test]
+    fn the_built_kernel_has_every_fragment_option() {
+        let Ok(cache) = crate::config::cache_dir() else {
+            eprintln!("skipped: no cache directory");
+            return;
+        };
+        let dotconfig = cache.join("custom-kernel/.config");
+        if !dotconfig.exists() {
+            eprintln!(
+                "skipped: no custom kernel built yet ({})",
+                dotconfig.display()
+            );
+            return;
+        }
+        let fragment =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-config/xorbang.config");
+        let fragment = std::fs::read_to_string(fragment).expect("fragment");
+        let dotconfig = std::fs::read_to_string(dotconfig).expect(".config");
+        let output = check_config(&fragment, &dotconfig);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

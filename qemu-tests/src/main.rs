@@ -110,7 +110,7 @@ fn prepare() -> Result<(Context, Binaries), String> {
     let busybox =
         fixtures::busybox_image(&cache, &binaries.build).map_err(|error| error.to_string())?;
     let work = work_dir()?;
-    let initrd = fixtures::initrd(&work, "initrd.img", &binaries, &kernel, &[])
+    let initrd = fixtures::initrd(&work, "initrd.img", &binaries, Some(&kernel), &[])
         .map_err(|error| error.to_string())?;
     // How a PXE server ships a machine its root: the image and tree inside the initramfs.
     let image_files = [
@@ -123,7 +123,7 @@ fn prepare() -> Result<(Context, Binaries), String> {
         &work,
         "initrd-with-root.img",
         &binaries,
-        &kernel,
+        Some(&kernel),
         &image_files,
     )
     .map_err(|error| error.to_string())?;
@@ -137,6 +137,7 @@ fn prepare() -> Result<(Context, Binaries), String> {
             pxe_initrd,
             chain,
             binaries: binaries.clone(),
+            cache,
             work,
         },
         binaries,

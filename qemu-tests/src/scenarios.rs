@@ -31,6 +31,8 @@ pub struct Context {
     pub pxe_initrd: PathBuf,
     pub chain: BootChain,
     pub binaries: Binaries,
+    /// The fixture cache, for what only some scenarios need (the custom kernel).
+    pub cache: PathBuf,
     /// Console logs go here.
     pub work: PathBuf,
 }
@@ -132,6 +134,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "secureboot-cmdline-locked",
         about: "under Secure Boot a command line from the loader cannot replace the signed one",
         run: secureboot_cmdline_locked,
+    },
+    Scenario {
+        name: "custom-kernel-boot",
+        about: "the kernel built from kernel-config/ boots the image with an initramfs without modules",
+        run: custom_kernel_boot,
     },
     Scenario {
         name: "reproducible-build",
@@ -493,8 +500,12 @@ fn uki_boot(context: &Context) -> Result<(), String> {
 
 /// Firmware, UKI from the ESP, init, systemd: the `uki-boot` check.
 pub fn boot_uki(context: &Context) -> Result<Console, String> {
-    let disks = vec![context.chain.unsigned_disk.clone()];
-    let (vm, _) = context.firmware_vm("uki-boot", false, disks)?;
+    boot_uki_disk(context, &context.chain.unsigned_disk)
+}
+
+/// The `uki-boot` check on a machine disk with a UKI on its ESP.
+pub fn boot_uki_disk(context: &Context, disk: &Path) -> Result<Console, String> {
+    let (vm, _) = context.firmware_vm("uki-boot", false, vec![disk.to_owned()])?;
     context.boot(&vm, "uki-boot", &[pass_line("uki-boot")])
 }
 
@@ -560,6 +571,39 @@ fn secureboot_cmdline_locked(context: &Context) -> Result<(), String> {
     Ok(())
 }
 
+fn custom_kernel_boot(context: &Context) -> Result<(), String> {
+    let bzimage = fixtures::custom_kernel(&context.cache).map_err(|error| error.to_string())?;
+    let initrd = fixtures::initrd(
+        &context.work,
+        "initrd-no-modules.img",
+        &context.binaries,
+        None,
+        &[],
+    )
+    .map_err(|error| error.to_string())?;
+    let check = "custom-kernel-boot";
+    let vm = Vm {
+        boot: Boot::Direct {
+            kernel: bzimage,
+            initrd,
+            append: context.append(&format!(
+                "{} xtest.scenario={check}",
+                context.production_root()
+            )),
+        },
+        disks: vec![context.system.disk.clone()],
+        memory_mib: MEMORY_MIB,
+        timeout: SYSTEMD_TIMEOUT,
+        stop_at_markers: false,
+    };
+    let console = context.boot(&vm, check, &[pass_line(check)])?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    if report.modules_loaded != 0 {
+        return Err(format!("the init loaded {} modules", report.modules_loaded));
+    }
+    Ok(())
+}
+
 fn reproducible_build(context: &Context) -> Result<(), String> {
     let build_twice = |name: &str,
                        build: &dyn Fn(&Path) -> Result<(), String>|
@@ -587,7 +631,7 @@ fn reproducible_build(context: &Context) -> Result<(), String> {
             &context.work,
             &name,
             &context.binaries,
-            &context.kernel,
+            Some(&context.kernel),
             &[],
         )
         .map(drop)
