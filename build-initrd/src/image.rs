@@ -1,12 +1,18 @@
 //! `xorbang-build image`: a root file system tree packed as SquashFS by `mksquashfs`
 //! (squashfs-tools 4.5), reproducibly, so the same tree always gives the same image and hence
 //! the same verity root hash.
+//!
+//! Generated files (an extension's release file, the extension pin manifest) are added with
+//! mksquashfs pseudo file definitions, so the source tree is never modified or copied.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::fs;
+use std::fs::{self, DirBuilder};
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::output::{OutputError, PendingOutput};
 use crate::tool::{self, ToolError};
@@ -48,6 +54,43 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(
+        "cannot add {added:?}: only relative paths of A-Z a-z 0-9 . _ - + components can be \
+         added to an image"
+    )]
+    AddedPath { added: String },
+    #[error("the tree already has {path}: refusing to replace it with the generated {added}")]
+    AlreadyInTree { path: PathBuf, added: String },
+    #[error("{path} is not a directory, so {added} cannot be added under it")]
+    NotADirectoryInTree { path: PathBuf, added: String },
+    #[error("cannot inspect {path}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot make a work directory in {path}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}")]
+    WriteAdded {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A file the image gets that the tree does not have, owned by root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedFile {
+    /// Relative to the image's root, `/`-separated.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    pub contents: Vec<u8>,
 }
 
 /// Packs `rootfs` into the SquashFS image `out` (atomically) with the `mksquashfs` program
@@ -59,13 +102,49 @@ pub fn build(
     compression: SquashfsCompression,
     mtime: u32,
 ) -> Result<u64, ImageError> {
+    build_with_files(mksquashfs, rootfs, out, compression, mtime, &[])
+}
+
+/// [`build`], with `added` files in the image besides the tree's. A path the tree already has
+/// is refused (mksquashfs would silently keep the tree's); missing parent directories are
+/// added too (mode 0755, root), since mksquashfs silently drops a pseudo file whose directory
+/// does not exist.
+pub fn build_with_files(
+    mksquashfs: &Path,
+    rootfs: &Path,
+    out: &Path,
+    compression: SquashfsCompression,
+    mtime: u32,
+    added: &[AddedFile],
+) -> Result<u64, ImageError> {
     if !rootfs.is_dir() {
         return Err(ImageError::NotADirectory {
             path: rootfs.to_owned(),
         });
     }
+    let directories = missing_directories(rootfs, added)?;
+    // The contents reach mksquashfs through `cat`: they live here until it has run.
+    let work = match added {
+        [] => None,
+        _ => Some(WorkDir::new_in(parent_dir(out), "image")?),
+    };
+    let mut pseudo: Vec<String> = directories
+        .iter()
+        .map(|dir| format!("{dir} d 755 0 0"))
+        .collect();
+    if let Some(work) = &work {
+        for (index, file) in added.iter().enumerate() {
+            pseudo.push(pseudo_file(
+                file,
+                &work.path().join(format!("added-{index}")),
+            )?);
+        }
+    }
     let pending = PendingOutput::new(out);
-    let args = mksquashfs_args(rootfs, pending.temporary(), compression, mtime);
+    let mut args = mksquashfs_args(rootfs, pending.temporary(), compression, mtime);
+    for definition in pseudo {
+        args.extend([OsString::from("-p"), OsString::from(definition)]);
+    }
     run(mksquashfs, &args)?;
     let size = fs::metadata(pending.temporary())
         .map_err(|source| ImageError::Size {
@@ -107,6 +186,151 @@ fn mksquashfs_args(
         .map(OsString::from),
     );
     args
+}
+
+/// The directories `added` needs that the tree lacks, parents first; refuses a path the tree
+/// has already, and a parent that is there but not a directory.
+fn missing_directories(rootfs: &Path, added: &[AddedFile]) -> Result<BTreeSet<String>, ImageError> {
+    let mut missing = BTreeSet::new();
+    for file in added {
+        check_added_path(&file.path)?;
+        let components: Vec<&str> = file.path.split('/').collect();
+        for depth in 1..components.len() {
+            let dir = components[..depth].join("/");
+            let on_host = rootfs.join(&dir);
+            match entry_kind(&on_host)? {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(ImageError::NotADirectoryInTree {
+                        path: on_host,
+                        added: file.path.clone(),
+                    })
+                }
+                None => {
+                    missing.insert(dir);
+                }
+            }
+        }
+        let on_host = rootfs.join(&file.path);
+        if entry_kind(&on_host)?.is_some() {
+            return Err(ImageError::AlreadyInTree {
+                path: on_host,
+                added: file.path.clone(),
+            });
+        }
+    }
+    Ok(missing)
+}
+
+/// Writes the contents of `file` to `contents`; returns its pseudo file definition.
+fn pseudo_file(file: &AddedFile, contents: &Path) -> Result<String, ImageError> {
+    fs::write(contents, &file.contents).map_err(|source| ImageError::WriteAdded {
+        path: contents.to_owned(),
+        source,
+    })?;
+    Ok(format!(
+        "{} f {:o} 0 0 cat {}",
+        file.path,
+        file.mode,
+        shell_quote(contents)
+    ))
+}
+
+/// Pseudo file definitions are split on blanks and have no quoting mksquashfs 4.5 and later
+/// versions agree on: the paths we add are kept to characters that need none.
+fn check_added_path(path: &str) -> Result<(), ImageError> {
+    let plain = |component: &str| {
+        !component.is_empty()
+            && component != "."
+            && component != ".."
+            && component.bytes().all(|byte| {
+                byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-' | b'+')
+            })
+    };
+    if path.split('/').all(plain) {
+        Ok(())
+    } else {
+        Err(ImageError::AddedPath {
+            added: path.to_owned(),
+        })
+    }
+}
+
+/// `Some(is a directory)` for an existing entry (a symlink is not a directory: mksquashfs
+/// packs the link, not its target), `None` for a missing one.
+fn entry_kind(path: &Path) -> Result<Option<bool>, ImageError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta.is_dir())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ImageError::Inspect {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The command of a pseudo file is run by `/bin/sh -c`: single quotes keep any path intact.
+fn shell_quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// The directory an output goes into (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// A private scratch directory, removed with everything in it when dropped.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    /// Makes `PARENT/.xorbang-PURPOSE.PID.N`, mode 0700; it is next to an output so that big
+    /// intermediate files stay on the output's file system, not in a small tmpfs.
+    pub fn new_in(parent: &Path, purpose: &str) -> Result<Self, ImageError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let pid = std::process::id();
+        let mut attempts = 0;
+        loop {
+            let number = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = parent.join(format!(".xorbang-{purpose}.{pid}.{number}"));
+            attempts += 1;
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self { path }),
+                // Left over by a crashed run with the same PID: take the next number.
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {}
+                Err(source) => {
+                    return Err(ImageError::WorkDir {
+                        path: parent.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        match fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            // Drop cannot return the error, and the user has to know about the leftover.
+            Err(err) => eprintln!(
+                "warning: cannot remove the work directory {}: {err}",
+                self.path.display()
+            ),
+        }
+    }
 }
 
 fn run(program: &Path, args: &[OsString]) -> Result<(), ImageError> {
@@ -255,5 +479,128 @@ mod tests {
             assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
         }
         assert!(args.contains(&"-noappend") && args.contains(&"-reproducible"));
+    }
+
+    fn manifest_file() -> AddedFile {
+        AddedFile {
+            path: "usr/lib/xorbang/extensions.toml".to_owned(),
+            mode: 0o644,
+            contents: b"[sysext]\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn added_files_get_their_missing_directories_and_the_tree_stays_as_it_was() {
+        if !mksquashfs_installed() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sample_tree(dir.path());
+        let out = dir.path().join("out").join("root.squashfs");
+        fs::create_dir(dir.path().join("out")).expect("mkdir");
+        let added = [manifest_file()];
+        let build_once = |out: &Path| {
+            build_with_files(
+                Path::new(MKSQUASHFS),
+                &tree,
+                out,
+                SquashfsCompression::Zstd,
+                7,
+                &added,
+            )
+            .expect("builds")
+        };
+        build_once(&out);
+        assert!(!tree.join("usr/lib").exists(), "the tree is not modified");
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("out"))
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers, ["root.squashfs"], "no work directory is left");
+        let listing = Command::new("unsquashfs")
+            .args(["-lln", "-UTC"])
+            .arg(&out)
+            .output()
+            .expect("unsquashfs runs");
+        let listing = String::from_utf8(listing.stdout).expect("UTF-8");
+        for (mode, path) in [
+            ("drwxr-xr-x 0/0", "squashfs-root/usr/lib"),
+            ("drwxr-xr-x 0/0", "squashfs-root/usr/lib/xorbang"),
+            (
+                "-rw-r--r-- 0/0",
+                "squashfs-root/usr/lib/xorbang/extensions.toml",
+            ),
+        ] {
+            assert!(
+                listing.lines().any(|line| line.starts_with(mode)
+                    && line.ends_with(&format!("1970-01-01 00:00 {path}"))),
+                "{mode} {path} in {listing}"
+            );
+        }
+        let cat = Command::new("unsquashfs")
+            .arg("-cat")
+            .arg(&out)
+            .arg("usr/lib/xorbang/extensions.toml")
+            .output()
+            .expect("unsquashfs runs");
+        assert_eq!(cat.stdout, b"[sysext]\n");
+        let again = dir.path().join("again.squashfs");
+        build_once(&again);
+        assert_eq!(
+            fs::read(&out).expect("read"),
+            fs::read(&again).expect("read")
+        );
+    }
+
+    #[test]
+    fn an_added_file_may_not_replace_or_hide_under_what_the_tree_has() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sample_tree(dir.path());
+        let missing = missing_directories(&tree, &[manifest_file()]).expect("plan");
+        assert_eq!(
+            missing.into_iter().collect::<Vec<_>>(),
+            ["usr/lib", "usr/lib/xorbang"]
+        );
+        fs::write(tree.join("usr/lib"), "not a directory").expect("file");
+        let err = missing_directories(&tree, &[manifest_file()]).expect_err("file in the way");
+        assert!(
+            matches!(err, ImageError::NotADirectoryInTree { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("usr/lib is not a directory, so usr/lib/xorbang/extensions.toml cannot be added under it"), "{err}");
+        fs::remove_file(tree.join("usr/lib")).expect("rm");
+        fs::create_dir_all(tree.join("usr/lib/xorbang")).expect("mkdir");
+        fs::write(tree.join("usr/lib/xorbang/extensions.toml"), "").expect("file");
+        let err = missing_directories(&tree, &[manifest_file()]).expect_err("already there");
+        assert!(
+            err.to_string()
+                .contains("usr/lib/xorbang/extensions.toml: refusing to replace it"),
+            "{err}"
+        );
+        for bad in ["/etc/x", "a//b", "a/../b", "a b", "a/", "it's"] {
+            let file = AddedFile {
+                path: bad.to_owned(),
+                ..manifest_file()
+            };
+            let err = missing_directories(&tree, &[file]).expect_err(bad);
+            assert!(matches!(err, ImageError::AddedPath { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn pseudo_file_commands_quote_the_contents_path() {
+        assert_eq!(
+            shell_quote(Path::new("/tmp/a b/it's")),
+            "'/tmp/a b/it'\\''s'"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = WorkDir::new_in(dir.path(), "test").expect("work dir");
+        let path = work.path().to_owned();
+        assert!(path.is_dir());
+        fs::write(path.join("file"), "x").expect("write");
+        drop(work);
+        assert!(!path.exists(), "removed with its contents");
+        assert_eq!(parent_dir(Path::new("gui.raw")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("out/gui.raw")), Path::new("out"));
     }
 }

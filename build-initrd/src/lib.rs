@@ -12,6 +12,7 @@ pub mod kernel_modules;
 pub mod output;
 pub mod pe;
 pub mod repart;
+pub mod sysext;
 pub mod tool;
 pub mod uki;
 pub mod verified_image;

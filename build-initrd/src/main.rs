@@ -8,15 +8,18 @@ use clap::{Parser, Subcommand};
 use xorbang_build::compress::Compression;
 use xorbang_build::disk::{self, DiskError};
 use xorbang_build::esp;
-use xorbang_build::image::{self, ImageError, SquashfsCompression, MKSQUASHFS};
+use xorbang_build::image::{self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::initrd::{self, Addition, InitrdError, InitrdSpec};
 use xorbang_build::kernel_modules::DEFAULT_MODULES;
 use xorbang_build::repart::{self, BuildOutputs, RepartError};
+use xorbang_build::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
 use xorbang_build::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::verified_image::{self, VerifiedImageError};
 use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
 use xorbang_init::gpt::Guid;
 use xorbang_init::modules::ModuleName;
+use xorbang_init::osrelease::ExtensionKind;
+use xorbang_init::pins::{ExtensionPins, MANIFEST_PATH};
 use xorbang_init::verity::{
     BlockSize, HashAlgorithm, HashType, RootHash, Salt, SaltError, KERNEL_MAX_DATA_BLOCK_SIZE,
 };
@@ -41,6 +44,10 @@ enum Command {
     /// `roothash=` alone boots it; or, with --definitions, the layout in systemd-repart's
     /// partition definition format.
     Disk(DiskArgs),
+    /// Pack an extension tree as a UAPI extension image NAME.raw: a GPT with the SquashFS as
+    /// root-x86-64 and its dm-verity hash tree as root-x86-64-verity (PARTUUIDs from the root
+    /// hash), plus NAME.roothash for systemd-sysext and systemd-dissect.
+    Sysext(SysextArgs),
     /// Write a Unified Kernel Image: the systemd EFI stub with the os-release, command line,
     /// kernel release, initramfs and kernel as PE sections, optionally signed for Secure Boot.
     Uki(UkiArgs),
@@ -48,6 +55,21 @@ enum Command {
     Verity {
         #[command(subcommand)]
         command: VerityCommand,
+    },
+    /// Host config (host-config.toml), as the init reads it at boot.
+    HostConfig {
+        #[command(subcommand)]
+        command: HostConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostConfigCommand {
+    /// Check FILE with the init's own parser: prints the /etc files it would generate, or
+    /// the first error with its line and column.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -186,6 +208,48 @@ struct ImageArgs {
     /// Skip the hash tree and manifest (for roots booted with xorbang.verity=optional).
     #[arg(long)]
     no_verity: bool,
+    /// Trust this system extension image (NAME.raw, checked in full) by its root hash: it is
+    /// pinned in /usr/lib/xorbang/extensions.toml in the image (repeatable).
+    #[arg(long, value_name = "NAME.raw")]
+    pin_sysext: Vec<PathBuf>,
+    /// Trust this configuration extension image, as --pin-sysext (repeatable).
+    #[arg(long, value_name = "NAME.raw")]
+    pin_confext: Vec<PathBuf>,
+}
+
+/// The release file options are checked by `sysext` itself: which are allowed depends on
+/// whether DIR has a release file.
+#[derive(Debug, clap::Args)]
+struct SysextArgs {
+    /// The tree: only usr/ and opt/ for a system extension, only etc/ for a configuration
+    /// extension.
+    #[arg(value_name = "DIR")]
+    tree: PathBuf,
+    /// The extension's name (its release file is extension-release.NAME).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// A configuration extension (merged over /etc) rather than a system extension (/usr,
+    /// /opt).
+    #[arg(long)]
+    confext: bool,
+    /// Where to write the image; it must be named NAME.raw.
+    #[arg(short, long, value_name = "NAME.raw")]
+    output: PathBuf,
+    /// ID= of the release file written when DIR has none: the base's ID, or _any.
+    #[arg(long, value_name = "ID")]
+    os_id: Option<String>,
+    /// VERSION_ID= of the written release file.
+    #[arg(long, value_name = "V")]
+    version_id: Option<String>,
+    /// SYSEXT_LEVEL= (CONFEXT_LEVEL= with --confext) of the written release file.
+    #[arg(long, value_name = "L")]
+    level: Option<String>,
+    /// ARCHITECTURE= of the written release file: x86-64 or _any [default: not written].
+    #[arg(long, value_name = "A")]
+    architecture: Option<String>,
+    /// The SquashFS compressor.
+    #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
+    compression: SquashfsCompression,
 }
 
 #[derive(Debug, clap::Args)]
@@ -249,6 +313,18 @@ struct UkiArgs {
 enum CliError {
     #[error("SOURCE_DATE_EPOCH={0:?} is not a whole number of seconds that fits in 32 bits")]
     SourceDateEpoch(String),
+    #[error("cannot read {path}")]
+    ReadHostConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    // The parser's message is the whole point: say it inline, with the file.
+    #[error("{}: {error}", path.display())]
+    HostConfig {
+        path: PathBuf,
+        error: xorbang_init::hostconfig::HostConfigError,
+    },
     #[error("cannot build the initramfs {path}")]
     Initrd {
         path: PathBuf,
@@ -260,6 +336,17 @@ enum CliError {
         path: PathBuf,
         #[source]
         source: ImageError,
+    },
+    #[error("cannot pin the extension images")]
+    Pin {
+        #[source]
+        source: Box<SysextError>,
+    },
+    #[error("cannot build the extension image {path}")]
+    Sysext {
+        path: PathBuf,
+        #[source]
+        source: Box<SysextError>,
     },
     #[error("cannot add a hash tree to the image {path}")]
     VerifiedImage {
@@ -323,6 +410,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Initrd(args) => build_initrd(args, source_date_epoch()?),
         Command::Image(args) => build_image(&args, source_date_epoch()?),
         Command::Disk(args) => build_disk(&args),
+        Command::Sysext(args) => build_sysext(args, source_date_epoch()?),
         Command::Uki(args) => build_uki(args, source_date_epoch()?),
         Command::Verity {
             command: VerityCommand::Format(args),
@@ -330,7 +418,40 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Verity {
             command: VerityCommand::Verify(args),
         } => verity_verify(args),
+        Command::HostConfig {
+            command: HostConfigCommand::Check { file },
+        } => check_host_config(&file),
     }
+}
+
+fn check_host_config(file: &Path) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::ReadHostConfig {
+        path: file.to_owned(),
+        source,
+    })?;
+    let config = xorbang_init::hostconfig::parse(&text).map_err(|error| CliError::HostConfig {
+        path: file.to_owned(),
+        error,
+    })?;
+    for entry in config.etc_layer() {
+        match entry.kind {
+            xorbang_init::hostconfig::EntryKind::File { mode, .. } => {
+                println!("/etc/{} (file, mode {mode:04o})", entry.path);
+            }
+            xorbang_init::hostconfig::EntryKind::Symlink { target } => {
+                println!("/etc/{} -> {target}", entry.path);
+            }
+        }
+    }
+    let selected = |kind: &str, names: &[String]| {
+        if !names.is_empty() {
+            println!("{kind}: {}", names.join(", "));
+        }
+    };
+    selected("sysext", &config.sysext);
+    selected("confext", &config.confext);
+    println!("{}: valid host config", file.display());
+    Ok(())
 }
 
 /// The reproducible-builds timestamp: `SOURCE_DATE_EPOCH` if set, else the epoch itself, so
@@ -368,12 +489,18 @@ fn build_initrd(args: InitrdArgs, mtime: u32) -> Result<(), CliError> {
 }
 
 fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
-    let size = image::build(
+    let pins = sysext::pin_extensions(Path::new(UNSQUASHFS), &args.pin_sysext, &args.pin_confext)
+        .map_err(|source| CliError::Pin {
+        source: Box::new(source),
+    })?;
+    print_pins(&pins);
+    let size = image::build_with_files(
         Path::new(MKSQUASHFS),
         &args.rootfs,
         &args.output,
         args.compression,
         mtime,
+        &pin_manifest(&pins),
     )
     .map_err(|source| CliError::Image {
         path: args.output.clone(),
@@ -394,6 +521,76 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         manifest.verity_bytes
     );
     println!("Root hash: {}", manifest.root_hash);
+    Ok(())
+}
+
+fn print_pins(pins: &ExtensionPins) {
+    for (kind, map) in [
+        (ExtensionKind::Sysext, &pins.sysext),
+        (ExtensionKind::Confext, &pins.confext),
+    ] {
+        for (name, root_hash) in map {
+            println!("pinned {kind} {name}: {root_hash}");
+        }
+    }
+}
+
+/// The manifest file for the image, if anything is pinned (an image without pins has none,
+/// as before pinning existed).
+fn pin_manifest(pins: &ExtensionPins) -> Vec<AddedFile> {
+    if pins.sysext.is_empty() && pins.confext.is_empty() {
+        return Vec::new();
+    }
+    vec![AddedFile {
+        path: MANIFEST_PATH.to_owned(),
+        mode: 0o644,
+        contents: pins.to_toml().into_bytes(),
+    }]
+}
+
+fn build_sysext(args: SysextArgs, mtime: u32) -> Result<(), CliError> {
+    let kind = if args.confext {
+        ExtensionKind::Confext
+    } else {
+        ExtensionKind::Sysext
+    };
+    let spec = ExtensionSpec {
+        tree: args.tree,
+        name: args.name,
+        kind,
+        fields: ReleaseFields {
+            os_id: args.os_id,
+            version_id: args.version_id,
+            level: args.level,
+            architecture: args.architecture,
+        },
+        compression: args.compression,
+        mtime,
+    };
+    let built =
+        sysext::build_extension(Path::new(MKSQUASHFS), &spec, &args.output).map_err(|source| {
+            CliError::Sysext {
+                path: args.output.clone(),
+                source: Box::new(source),
+            }
+        })?;
+    let release = kind.release_path(&spec.name);
+    let origin = if built.release_generated {
+        "written from the options"
+    } else {
+        "from the tree"
+    };
+    println!(
+        "{}: {kind} {}, {} bytes (SquashFS {} bytes, hash tree {} bytes)",
+        args.output.display(),
+        spec.name,
+        built.image_bytes,
+        built.squashfs_bytes,
+        built.verity_bytes
+    );
+    println!("release file /{release}: {origin}");
+    println!("{}: the root hash, for systemd", built.sidecar.display());
+    println!("Root hash: {}", built.root_hash);
     Ok(())
 }
 
@@ -705,5 +902,43 @@ mod tests {
         assert!(err.is_err());
         let err = parse(&["verity", "format", "d", "h", "--no-superblock", "--uuid"]);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn sysext_needs_a_name_and_an_output_and_pins_repeat() {
+        let err = parse(&["sysext", "tree", "-o", "gui.raw"]).expect_err("no name");
+        assert!(err.to_string().contains("--name"), "{err}");
+        let Ok(Command::Sysext(args)) = parse(&[
+            "sysext",
+            "tree",
+            "--name",
+            "site",
+            "--confext",
+            "-o",
+            "site.raw",
+            "--level",
+            "2",
+        ]) else {
+            panic!("parses");
+        };
+        assert!(args.confext && args.os_id.is_none());
+        assert_eq!(args.level.as_deref(), Some("2"));
+        let Ok(Command::Image(args)) = parse(&[
+            "image",
+            "root",
+            "-o",
+            "root.img",
+            "--pin-sysext",
+            "a.raw",
+            "--pin-sysext",
+            "b.raw",
+            "--pin-confext",
+            "c.raw",
+        ]) else {
+            panic!("parses");
+        };
+        assert_eq!(args.pin_sysext, [Path::new("a.raw"), Path::new("b.raw")]);
+        assert_eq!(args.pin_confext, [Path::new("c.raw")]);
+        assert!(pin_manifest(&ExtensionPins::default()).is_empty());
     }
 }

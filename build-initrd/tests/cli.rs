@@ -522,3 +522,51 @@ fn a_root_hash_that_is_not_hex_is_a_usage_error() {
     );
     assert!(message.contains("not hex"), "{message}");
 }
+
+#[test]
+fn host_config_check_lists_the_layer_or_names_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.toml");
+    fs::write(
+        &good,
+        "version = 1\nhostname = \"web-01\"\n[users.root]\nssh_authorized_keys = \
+         [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGbXr1SMvPJWLCnmD7O6PHzdJKlWz0LQ4pPFmUCiuTiT me@x\"]\n",
+    )
+    .expect("write");
+    let output = xorbang_build(&["host-config", "check", path_str(&good)], None);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    for line in [
+        "/etc/hostname (file, mode 0644)",
+        "/etc/ssh/authorized_keys/root (file, mode 0644)",
+        "/etc/ssh/sshd_config.d/50-xorbang.conf (file, mode 0644)",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line} missing in {stdout}"
+        );
+    }
+    assert!(stdout.ends_with(": valid host config\n"), "{stdout}");
+
+    let bad = dir.path().join("bad.toml");
+    fs::write(
+        &bad,
+        "version = 1\n\n[[network]]\nname = \"eth0\"\ndhcp = true\nmtu = 9000\n",
+    )
+    .expect("write");
+    let output = xorbang_build(&["host-config", "check", path_str(&bad)], None);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "xorbang-build: error: {}: line 6, column 1: ",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mtu") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}

@@ -226,16 +226,17 @@ impl Scan<'_> {
     }
 }
 
-/// Why a disk's GPT could not be read; only ever logged.
+/// Why a disk's GPT could not be read.
 #[derive(Debug, thiserror::Error)]
-enum GptReadError {
+pub enum GptReadError {
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error(transparent)]
     Gpt(#[from] GptError),
 }
 
-fn read_gpt_from(node: &Path, sector: SectorSize) -> Result<Vec<GptPartition>, GptReadError> {
+/// The used partitions of the GPT on `node` (a disk or an image file).
+pub fn read_gpt_from(node: &Path, sector: SectorSize) -> Result<Vec<GptPartition>, GptReadError> {
     let file = File::open(node)?;
     let mut block = vec![0u8; sector.bytes() as usize];
     file.read_exact_at(&mut block, sector.offset_of(Lba(1)))?;

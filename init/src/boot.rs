@@ -8,6 +8,7 @@ use crate::blockdev::{self, BlockError};
 use crate::cmdline::Cmdline;
 use crate::devspec::DeviceSpec;
 use crate::kmod::{KmodError, ModuleLoader};
+use crate::layers::{self, LayersError};
 use crate::loopdev::{self, LoopError};
 use crate::mounts::{self, MountError, RootSource};
 use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError, RootChoice};
@@ -78,6 +79,8 @@ pub enum BootError {
     Verity(#[from] VerityRootError),
     #[error("loop device: {0}")]
     Loop(#[from] LoopError),
+    #[error(transparent)]
+    Layers(#[from] LayersError),
 }
 
 /// Runs the boot. With `switch_root` it only returns on failure; without, it returns the
@@ -105,6 +108,9 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         modules.ensure("efivarfs")?;
     }
     clock.finish_stage("modules");
+
+    let host = layers::load_host_config(paths, &options);
+    clock.finish_stage("host-config");
 
     let deadline = started + options.timeout;
     let budget = (options.timeout, deadline);
@@ -173,8 +179,12 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             Mode::Dev => "read-only under a transient writable overlay (dev mode)",
         }
     );
-    switchroot::check_init(&paths.sysroot(), &options.init)?;
     clock.finish_stage("mount-root");
+
+    let base = mounts::base_dir(paths, options.mode);
+    let layered = layers::merge(paths, &options, &base, host, &mut modules)?;
+    switchroot::check_init(&paths.sysroot(), &options.init)?;
+    clock.finish_stage("layers");
 
     let report_for = |clock: StageClock| {
         let (uptime_start_us, uptime_handoff_us, stages) = clock.into_parts();
@@ -188,6 +198,8 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             },
             verity: verity.clone(),
             modules_loaded: modules.loaded_count(),
+            extensions: layered.extensions.clone(),
+            host_config: layered.host_config.clone(),
             init: options.init.display().to_string(),
             stages,
             uptime_start_us,

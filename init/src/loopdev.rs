@@ -29,8 +29,28 @@ pub enum LoopError {
     },
 }
 
+/// A byte range of a file: a partition of an image file, for instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub length: u64,
+}
+
 /// Attaches `file` read-only to a free loop device; returns the device node under `dev_dir`.
 pub fn attach_read_only(dev_dir: &Path, file: &Path) -> Result<PathBuf, LoopError> {
+    attach(dev_dir, file, None)
+}
+
+/// Attaches only `range` of `file`, read-only: the device is exactly that range.
+pub fn attach_range_read_only(
+    dev_dir: &Path,
+    file: &Path,
+    range: ByteRange,
+) -> Result<PathBuf, LoopError> {
+    attach(dev_dir, file, Some(range))
+}
+
+fn attach(dev_dir: &Path, file: &Path, range: Option<ByteRange>) -> Result<PathBuf, LoopError> {
     let open = |path: &Path| {
         File::open(path).map_err(|source| LoopError::Open {
             path: path.to_owned(),
@@ -47,7 +67,9 @@ pub fn attach_read_only(dev_dir: &Path, file: &Path) -> Result<PathBuf, LoopErro
             path: control_path,
             source,
         })?;
-    let config = sys::read_only_loop_config(backing.as_fd(), file.as_os_str().as_bytes());
+    let (offset, length) = range.map_or((0, 0), |range| (range.offset, range.length));
+    let config =
+        sys::read_only_loop_config(backing.as_fd(), file.as_os_str().as_bytes(), offset, length);
     let mut last_error = None;
     for _ in 0..ATTEMPTS {
         let index = sys::loop_ctl_get_free(control.as_fd()).map_err(LoopError::GetFree)?;

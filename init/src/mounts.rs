@@ -40,6 +40,14 @@ impl Mount {
         }
     }
 
+    /// A file system mounted read-only.
+    pub fn read_only(source: &str, target: PathBuf, fstype: &str) -> Self {
+        Self {
+            read_only: true,
+            ..Self::new(source, target, fstype)
+        }
+    }
+
     fn flags(&self) -> MountFlags {
         let mut flags = MountFlags::empty();
         if self.read_only {
@@ -144,6 +152,15 @@ pub fn plan_root(paths: &Paths, root: &RootSource, mode: Mode) -> Vec<MountOp> {
     }
 }
 
+/// Where the base image is mounted: the new root itself in production, under
+/// /run/xorbang in dev mode (below the writable overlay).
+pub fn base_dir(paths: &Paths, mode: Mode) -> PathBuf {
+    match mode {
+        Mode::Production => paths.sysroot(),
+        Mode::Dev => DevLayers::new(paths).base,
+    }
+}
+
 /// Directories of the dev-mode overlay, all under /run/xorbang so that the booted system
 /// can still look at the pristine base and at what it changed.
 struct DevLayers {
@@ -173,6 +190,54 @@ impl DevLayers {
             self.work.display()
         )
     }
+}
+
+/// A read-only tree (an extension, the host-config layer) that carries some of the root's
+/// top-level directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerTree {
+    pub root: PathBuf,
+    pub hierarchies: Vec<&'static str>,
+}
+
+/// Overlays over the new root's /usr, /opt and /etc: for each directory some layer
+/// carries, the layers that carry it (the last one on top) over the base image's own.
+/// `base` is where the base image is mounted; production's overlays stay read-only, dev
+/// mode gives each its own transient upper in the dev tmpfs.
+pub fn plan_layers(paths: &Paths, base: &Path, mode: Mode, layers: &[LayerTree]) -> Vec<MountOp> {
+    let mut hierarchies: Vec<&'static str> = Vec::new();
+    for hierarchy in layers.iter().flat_map(|layer| layer.hierarchies.iter()) {
+        if !hierarchies.contains(hierarchy) {
+            hierarchies.push(hierarchy);
+        }
+    }
+    let mut plan = Vec::new();
+    for hierarchy in hierarchies {
+        let mut lowers: Vec<String> = layers
+            .iter()
+            .rev()
+            .filter(|layer| layer.hierarchies.contains(&hierarchy))
+            .map(|layer| layer.root.join(hierarchy).display().to_string())
+            .collect();
+        lowers.push(base.join(hierarchy).display().to_string());
+        let mut options = format!("lowerdir={}", lowers.join(":"));
+        if mode == Mode::Dev {
+            let dir = DevLayers::new(paths).overlay.join("layers").join(hierarchy);
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            options.push_str(&format!(
+                ",upperdir={},workdir={}",
+                upper.display(),
+                work.display()
+            ));
+            plan.push(MountOp::Mkdir(upper));
+            plan.push(MountOp::Mkdir(work));
+        }
+        let mut overlay = Mount::new("overlay", paths.sysroot().join(hierarchy), "overlay");
+        overlay.read_only = mode == Mode::Production;
+        overlay.data = Some(options);
+        plan.push(MountOp::Mount(overlay));
+    }
+    plan
 }
 
 pub fn execute(plan: &[MountOp]) -> Result<(), MountError> {
@@ -276,6 +341,56 @@ mod tests {
         assert_eq!(
             mounts(&plan),
             ["mount -t squashfs -o ro,errors=panic /dev/vda2 /x/sysroot"]
+        );
+    }
+
+    fn layer(root: &str, hierarchies: &[&'static str]) -> LayerTree {
+        LayerTree {
+            root: PathBuf::from(root),
+            hierarchies: hierarchies.to_vec(),
+        }
+    }
+
+    #[test]
+    fn layers_stack_over_the_base_last_on_top() {
+        let layers = [
+            layer("/run/e/sysext/a", &["usr"]),
+            layer("/run/e/sysext/b", &["usr", "opt"]),
+            layer("/run/e/confext/c", &["etc"]),
+            layer("/run/host", &["etc"]),
+        ];
+        let plan = plan_layers(
+            &Paths::default(),
+            Path::new("/sysroot"),
+            Mode::Production,
+            &layers,
+        );
+        assert_eq!(
+            mounts(&plan),
+            [
+                "mount -t overlay -o ro,lowerdir=/run/e/sysext/b/usr:/run/e/sysext/a/usr:/sysroot/usr \
+                 overlay /sysroot/usr",
+                "mount -t overlay -o ro,lowerdir=/run/e/sysext/b/opt:/sysroot/opt overlay /sysroot/opt",
+                "mount -t overlay -o ro,lowerdir=/run/host/etc:/run/e/confext/c/etc:/sysroot/etc \
+                 overlay /sysroot/etc",
+            ]
+        );
+        assert!(plan_layers(&Paths::default(), Path::new("/sysroot"), Mode::Dev, &[]).is_empty());
+    }
+
+    #[test]
+    fn dev_layers_get_their_own_transient_upper() {
+        let base = Path::new("/run/xorbang/base");
+        let plan = plan_layers(&Paths::default(), base, Mode::Dev, &[layer("/x", &["usr"])]);
+        assert_eq!(
+            mounts(&plan),
+            ["mount -t overlay -o lowerdir=/x/usr:/run/xorbang/base/usr,\
+              upperdir=/run/xorbang/overlay/layers/usr/upper,\
+              workdir=/run/xorbang/overlay/layers/usr/work overlay /sysroot/usr"]
+        );
+        assert_eq!(
+            plan[0],
+            MountOp::Mkdir(PathBuf::from("/run/xorbang/overlay/layers/usr/upper"))
         );
     }
 

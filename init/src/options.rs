@@ -15,6 +15,9 @@ const KNOWN_KEYS: &[&str] = &[
     "xorbang.timeout",
     "xorbang.failure",
     "xorbang.verity",
+    "xorbang.sysext",
+    "xorbang.confext",
+    "xorbang.config",
 ];
 
 const DEFAULT_INIT: &str = "/sbin/init";
@@ -76,6 +79,34 @@ pub enum OptionError {
          (xorbang.verity=optional allows an unverified one)"
     )]
     Unverified { spec: DeviceSpec },
+    #[error("{key}={value}: {reason}")]
+    Extension {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// One entry of `xorbang.sysext=` or `xorbang.confext=`: an extension's name, pinned to a
+/// root hash when written `NAME:ROOTHASH` (the signed command line is trusted like the
+/// base image's manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionRequest {
+    pub name: String,
+    pub pin: Option<RootHash>,
+}
+
+/// `xorbang.config=`: where host config comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The default search: fw_cfg, then the file in the initramfs.
+    Search,
+    /// `none`: boot without host config.
+    Nothing,
+    /// `fw_cfg`: only QEMU's `opt/org.xorbang/host-config`.
+    FwCfg,
+    /// An absolute path: a file inside the initramfs (PXE servers append it as a cpio).
+    File(PathBuf),
 }
 
 /// The root to boot: a dm-verity protected image, or a plain device.
@@ -112,6 +143,10 @@ pub struct BootOptions {
     pub init_args: Vec<String>,
     /// The kernel's own `debug` flag: systemd logs verbosely with it, and so do we.
     pub debug: bool,
+    /// `xorbang.sysext=`; `None` when absent (host config decides), empty for `=` alone.
+    pub sysext: Option<Vec<ExtensionRequest>>,
+    pub confext: Option<Vec<ExtensionRequest>>,
+    pub config: ConfigSource,
 }
 
 impl BootOptions {
@@ -132,6 +167,9 @@ impl BootOptions {
             init,
             init_args: cmdline.init_args.clone(),
             debug: cmdline.last("debug").is_some(),
+            sysext: extension_requests(cmdline, "xorbang.sysext")?,
+            confext: extension_requests(cmdline, "xorbang.confext")?,
+            config: config_source(cmdline)?,
         };
         Ok((options, warnings))
     }
@@ -300,6 +338,61 @@ fn init_path(cmdline: &Cmdline) -> Result<PathBuf, OptionError> {
     }
 }
 
+/// `a,b:ROOTHASH,c`; an empty value selects nothing (and overrides host config).
+fn extension_requests(
+    cmdline: &Cmdline,
+    key: &'static str,
+) -> Result<Option<Vec<ExtensionRequest>>, OptionError> {
+    let Some(value) = cmdline.last(key) else {
+        return Ok(None);
+    };
+    let value = value.unwrap_or("");
+    let reject = |reason: String| OptionError::Extension {
+        key,
+        value: value.to_owned(),
+        reason,
+    };
+    let mut requests: Vec<ExtensionRequest> = Vec::new();
+    for entry in value.split(',').filter(|entry| !entry.is_empty()) {
+        let (name, pin) = match entry.split_once(':') {
+            Some((name, hash)) => {
+                let hash = RootHash::parse_hex(hash)
+                    .map_err(|error| reject(format!("pin of {name}: {error}")))?;
+                (name, Some(hash))
+            }
+            None => (entry, None),
+        };
+        if !crate::pins::valid_name(name) {
+            return Err(reject(format!(
+                "{name:?} is not an extension name (A-Z a-z 0-9 _ . -, not starting with '.')"
+            )));
+        }
+        if requests.iter().any(|request| request.name == name) {
+            return Err(reject(format!("{name} is named twice")));
+        }
+        requests.push(ExtensionRequest {
+            name: name.to_owned(),
+            pin,
+        });
+    }
+    Ok(Some(requests))
+}
+
+fn config_source(cmdline: &Cmdline) -> Result<ConfigSource, OptionError> {
+    const KEY: &str = "xorbang.config";
+    match value_of(cmdline, KEY)? {
+        None | Some("auto") => Ok(ConfigSource::Search),
+        Some("none") => Ok(ConfigSource::Nothing),
+        Some("fw_cfg") => Ok(ConfigSource::FwCfg),
+        Some(path) if path.starts_with('/') => Ok(ConfigSource::File(PathBuf::from(path))),
+        Some(value) => Err(bad(
+            KEY,
+            value,
+            "expected auto, none, fw_cfg or the absolute path of a file in the initramfs",
+        )),
+    }
+}
+
 fn unknown_key_warnings(cmdline: &Cmdline) -> Vec<String> {
     cmdline
         .params
@@ -459,6 +552,51 @@ mod tests {
                 RootChoice::Plain(DeviceSpec::parse("/dev/vda").expect("spec"))
             );
         }
+    }
+
+    #[test]
+    fn extension_selections_and_pins() {
+        let (options, _) = parse(&format!(
+            "roothash={HASH} xorbang.sysext=gui,monitoring:{HASH} xorbang.confext="
+        ))
+        .expect("valid");
+        let sysext = options.sysext.expect("given");
+        assert_eq!(sysext.len(), 2);
+        assert_eq!(
+            (sysext[0].name.as_str(), sysext[0].pin.is_none()),
+            ("gui", true)
+        );
+        assert_eq!(
+            sysext[1].pin.as_ref().map(ToString::to_string),
+            Some(HASH.to_owned())
+        );
+        assert_eq!(options.confext, Some(Vec::new()));
+        assert_eq!(options.config, ConfigSource::Search);
+        let (options, _) = parse(&format!("roothash={HASH}")).expect("valid");
+        assert_eq!(options.sysext, None);
+        for (text, named) in [
+            (
+                "xorbang.sysext=../x",
+                "xorbang.sysext=../x: \"../x\" is not an extension name",
+            ),
+            ("xorbang.sysext=a,a", "xorbang.sysext=a,a: a is named twice"),
+            ("xorbang.confext=a:zz", "xorbang.confext=a:zz: pin of a: "),
+            (
+                "xorbang.config=tftp",
+                "xorbang.config=tftp: expected auto, none",
+            ),
+        ] {
+            let error = parse(&format!("roothash={HASH} {text}"))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                error.starts_with(named),
+                "{error:?} should start with {named}"
+            );
+        }
+        let (options, _) =
+            parse(&format!("roothash={HASH} xorbang.config=/etc/host.toml")).expect("valid");
+        assert_eq!(options.config, ConfigSource::File("/etc/host.toml".into()));
     }
 
     #[test]

@@ -19,13 +19,16 @@ impl From<Duration> for Micros {
 }
 
 /// The stages of a boot that reaches switch_root, in order (verity is 0 µs for an
-/// unverified root).
-pub const STAGES: [&str; 6] = [
+/// unverified root). `host-config` finds and parses the config; `layers` verifies and
+/// stacks the extensions and writes the host-config layer.
+pub const STAGES: [&str; 8] = [
     "setup",
     "modules",
+    "host-config",
     "root-device",
     "verity",
     "mount-root",
+    "layers",
     "switch-root",
 ];
 
@@ -54,6 +57,28 @@ pub struct VerityReport {
     pub status: String,
 }
 
+/// An extension image merged into the booted system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtensionReport {
+    /// `sysext` or `confext`.
+    pub kind: String,
+    pub name: String,
+    pub image: String,
+    pub root_hash: String,
+    pub trust: crate::extensions::Trust,
+}
+
+/// The host config this boot found: applied, or refused with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostConfigReport {
+    pub origin: String,
+    pub applied: bool,
+    /// Why it was not applied (one line, with line and column for a bad file).
+    pub error: Option<String>,
+    /// The files of the generated /etc layer, relative to /etc.
+    pub files: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootReport {
     pub version: u32,
@@ -62,6 +87,11 @@ pub struct BootReport {
     /// Absent for an unverified root (dev mode, or `xorbang.verity=optional`).
     pub verity: Option<VerityReport>,
     pub modules_loaded: usize,
+    /// Merged extensions, bottom layer first per kind (sysexts, then confexts).
+    #[serde(default)]
+    pub extensions: Vec<ExtensionReport>,
+    #[serde(default)]
+    pub host_config: Option<HostConfigReport>,
     pub init: String,
     /// Consecutive stages from the init's start to the hand-off; they add up to
     /// `uptime_handoff_us - uptime_start_us`.
@@ -152,6 +182,19 @@ mod tests {
             },
             verity: None,
             modules_loaded: 3,
+            extensions: vec![ExtensionReport {
+                kind: "sysext".into(),
+                name: "gui".into(),
+                image: "/usr/lib/extensions/gui.raw".into(),
+                root_hash: "ab".into(),
+                trust: crate::extensions::Trust::BaseManifest,
+            }],
+            host_config: Some(HostConfigReport {
+                origin: "fw_cfg opt/org.xorbang/host-config".into(),
+                applied: false,
+                error: Some("line 1, column 1: bad".into()),
+                files: Vec::new(),
+            }),
             init: "/sbin/init".into(),
             stages: vec![Stage {
                 name: "modules".into(),
@@ -162,6 +205,7 @@ mod tests {
         };
         let json = serde_json::to_string(&report).expect("serializes");
         assert!(json.contains(r#""mode":"dev""#), "{json}");
+        assert!(json.contains(r#""trust":"base-manifest""#), "{json}");
         assert_eq!(
             serde_json::from_str::<BootReport>(&json).expect("parses"),
             report

@@ -311,20 +311,28 @@ pub(crate) fn loop_ctl_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
 /// #define LO_FLAGS_READ_ONLY 1
 /// ```
 pub(crate) const LOOP_CONFIG_SIZE: usize = 304;
+const LOOP_CONFIG_OFFSET: usize = 8 + 3 * 8;
+const LOOP_CONFIG_SIZELIMIT: usize = 8 + 4 * 8;
 const LOOP_CONFIG_FLAGS: usize = 8 + 5 * 8 + 3 * 4;
 const LOOP_CONFIG_FILE_NAME: usize = 8 + 5 * 8 + 4 * 4;
 const LO_NAME_SIZE: usize = 64;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 
 /// A `struct loop_config` that backs a loop device read-only by `backing` (its name is only
-/// what the kernel shows in sysfs).
+/// what the kernel shows in sysfs), from byte `offset` on for `size_limit` bytes (0: to the
+/// end of the file).
 pub(crate) fn read_only_loop_config(
     backing: BorrowedFd<'_>,
     name: &[u8],
+    offset: u64,
+    size_limit: u64,
 ) -> [u8; LOOP_CONFIG_SIZE] {
     let mut config = [0u8; LOOP_CONFIG_SIZE];
     let fd = u32::try_from(backing.as_raw_fd()).unwrap_or(u32::MAX);
     config[..4].copy_from_slice(&fd.to_ne_bytes());
+    config[LOOP_CONFIG_OFFSET..LOOP_CONFIG_OFFSET + 8].copy_from_slice(&offset.to_ne_bytes());
+    config[LOOP_CONFIG_SIZELIMIT..LOOP_CONFIG_SIZELIMIT + 8]
+        .copy_from_slice(&size_limit.to_ne_bytes());
     config[LOOP_CONFIG_FLAGS..LOOP_CONFIG_FLAGS + 4]
         .copy_from_slice(&LO_FLAGS_READ_ONLY.to_ne_bytes());
     // NUL-terminated: at most LO_NAME_SIZE - 1 bytes of the name.
@@ -360,13 +368,16 @@ mod tests {
     #[test]
     fn loop_config_puts_fd_flags_and_name_at_the_c_offsets() {
         let file = std::fs::File::open("/proc/self/cmdline").expect("open");
-        let config = read_only_loop_config(file.as_fd(), &[b'x'; 100]);
+        let config = read_only_loop_config(file.as_fd(), &[b'x'; 100], 1 << 20, 3 << 20);
         let fd = u32::try_from(file.as_raw_fd()).expect("fd");
         assert_eq!(&config[..4], &fd.to_ne_bytes());
+        assert_eq!(&config[32..40], &(1u64 << 20).to_ne_bytes(), "lo_offset");
+        assert_eq!(&config[40..48], &(3u64 << 20).to_ne_bytes(), "lo_sizelimit");
         assert_eq!(&config[60..64], &1u32.to_ne_bytes(), "lo_flags");
         assert_eq!(&config[64..127], &[b'x'; 63][..], "lo_file_name");
         assert_eq!(config[127], 0, "NUL-terminated");
         assert!(config[128..].iter().all(|&byte| byte == 0));
+        assert!(config[4..32].iter().all(|&byte| byte == 0));
     }
 
     #[test]

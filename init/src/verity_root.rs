@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::dm::{self, DeviceMapper, DmError, Sectors, Target};
 use crate::options::VerityRoot;
 use crate::verity::{
-    HashAlgorithm, HashType, RootHash, SuperblockError, TableWord, VeritySuperblock, VerityTable,
-    SUPERBLOCK_SIZE,
+    HashAlgorithm, HashType, RootHash, SuperblockError, TableWord, VerityOption, VeritySuperblock,
+    VerityTable, SUPERBLOCK_SIZE,
 };
 
 /// The mapping's name: `/dev/mapper/root`, as systemd names its verity root.
@@ -63,9 +63,9 @@ pub enum VerityRootError {
     #[error("device-mapper: {0}")]
     Dm(#[from] DmError),
     #[error(
-        "/dev/mapper/{MAPPING} reports status {status:?} right after activation, not verified (V)"
+        "/dev/mapper/{name} reports status {status:?} right after activation, not verified (V)"
     )]
-    NotVerified { status: String },
+    NotVerified { name: String, status: String },
 }
 
 /// The devices of a verified root and what the activation found out.
@@ -76,6 +76,15 @@ pub struct ActiveRoot {
     pub status: String,
 }
 
+/// What to map: the mapping's name (`/dev/mapper/NAME`), the hash it must verify against,
+/// and the table's optional arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapping<'a> {
+    pub name: &'a str,
+    pub root_hash: &'a RootHash,
+    pub options: &'a [VerityOption],
+}
+
 /// Checks everything that can be checked before the kernel sees the devices, then maps
 /// `data` through dm-verity as `/dev/mapper/root` (a node made under `dev_dir`).
 pub fn activate(
@@ -84,11 +93,27 @@ pub fn activate(
     data: &Path,
     hash: &Path,
 ) -> Result<ActiveRoot, VerityRootError> {
+    let mapping = Mapping {
+        name: MAPPING,
+        root_hash: &request.root_hash,
+        options: &request.options,
+    };
+    activate_mapping(dev_dir, &mapping, data, hash)
+}
+
+/// [`activate`] for any verity device: checks the superblock, the sizes and the top of the
+/// tree against `mapping.root_hash`, then maps `data` as `/dev/mapper/<mapping.name>`.
+pub fn activate_mapping(
+    dev_dir: &Path,
+    mapping: &Mapping,
+    data: &Path,
+    hash: &Path,
+) -> Result<ActiveRoot, VerityRootError> {
     let superblock = read_superblock(hash)?;
-    check_hash_length(&superblock, &request.root_hash, hash)?;
+    check_hash_length(&superblock, mapping.root_hash, hash)?;
     let geometry = TreeGeometry::new(&superblock);
     check_sizes(&superblock, &geometry, data, hash)?;
-    check_root_hash(&superblock, &geometry, &request.root_hash, data, hash)?;
+    check_root_hash(&superblock, &geometry, mapping.root_hash, data, hash)?;
     let word = |path: &Path| {
         TableWord::new(&path.to_string_lossy())
             .map_err(|_| VerityRootError::TableWord(path.to_owned()))
@@ -98,20 +123,21 @@ pub fn activate(
         word(data)?,
         word(hash)?,
         0,
-        request.root_hash.clone(),
+        mapping.root_hash.clone(),
     )
     .map_err(|_| VerityRootError::HashLength {
         device: hash.to_owned(),
         algorithm: superblock.algorithm.name(),
         expected: superblock.algorithm.digest_size(),
-        found: request.root_hash.as_bytes().len(),
+        found: mapping.root_hash.as_bytes().len(),
     })?;
-    table.options = request.options.clone();
-    map(dev_dir, &superblock, &table.to_string())
+    table.options = mapping.options.to_vec();
+    map(dev_dir, mapping.name, &superblock, &table.to_string())
 }
 
 fn map(
     dev_dir: &Path,
+    name: &str,
     superblock: &VeritySuperblock,
     params: &str,
 ) -> Result<ActiveRoot, VerityRootError> {
@@ -131,29 +157,32 @@ fn map(
         target_type: "verity".to_owned(),
         params: params.to_owned(),
     };
-    control.create(MAPPING, Some("XORBANG-VERITY-root"))?;
+    control.create(name, Some(&format!("XORBANG-VERITY-{name}")))?;
     let loaded = control
-        .load_table(MAPPING, &[target], true)
-        .and_then(|()| control.resume(MAPPING));
+        .load_table(name, &[target], true)
+        .and_then(|()| control.resume(name));
     let id = match loaded {
         Ok(id) => id,
         Err(error) => {
             // Leave no half-made mapping behind; the load error is the one to report.
-            if let Err(cleanup) = control.remove(MAPPING) {
+            if let Err(cleanup) = control.remove(name) {
                 log::warn!("cannot remove the failed mapping: {cleanup}");
             }
             return Err(error.into());
         }
     };
-    let node = dm::make_node(dev_dir, MAPPING, id)?;
+    let node = dm::make_node(dev_dir, name, id)?;
     let status = control
-        .table_status(MAPPING)?
+        .table_status(name)?
         .into_iter()
         .map(|target| target.status)
         .collect::<Vec<_>>()
         .join(" ");
     if status != "V" {
-        return Err(VerityRootError::NotVerified { status });
+        return Err(VerityRootError::NotVerified {
+            name: name.to_owned(),
+            status,
+        });
     }
     Ok(ActiveRoot {
         node,

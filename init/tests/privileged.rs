@@ -204,3 +204,86 @@ fn an_image_file_in_the_initramfs_is_attached_and_mounted() {
     );
     assert!(text.contains("read-only: 1"), "{text}");
 }
+
+/// A host config in the initramfs (where a PXE server's appended cpio puts it) becomes a
+/// read-only /etc layer over the production root; the image itself is untouched.
+#[test]
+fn host_config_from_the_initramfs_is_layered_over_etc() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("host-config.toml");
+    std::fs::write(
+        &config,
+        "version = 1\nhostname = \"from-config\"\n[[network]]\nname = \"en*\"\ndhcp = true\n",
+    )
+    .expect("write");
+    let image = squashfs_on_loop();
+    let (ok, text) = boot_with_files(
+        &[(&config, "host.toml")],
+        &format!(
+            "root={} xorbang.verity=optional xorbang.config=/host.toml",
+            image.device
+        ),
+        r#"echo "hostname: $(cat "$ROOT/sysroot/etc/hostname")"
+           grep -x 'Name=en\*' "$ROOT/sysroot/etc/systemd/network/10-xorbang-0.network"
+           if touch "$ROOT/sysroot/etc/probe" 2>/dev/null; then echo WRITABLE; else echo READ-ONLY; fi
+           echo "layer: $(cat "$ROOT/run/xorbang/host-config/etc/hostname")""#,
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("hostname: from-config"), "{text}");
+    assert!(text.contains("\nName=en*\n"), "{text}");
+    assert!(
+        text.contains("READ-ONLY") && !text.contains("WRITABLE"),
+        "{text}"
+    );
+    assert!(text.contains("layer: from-config"), "{text}");
+    assert!(
+        text.contains(r#""host_config":{"origin":"initramfs:/host.toml","applied":true"#),
+        "{text}"
+    );
+}
+
+/// A config with one bad value is not applied at all: the hostname of the image stays, no
+/// network file appears, and the error names line and column.
+#[test]
+fn an_invalid_host_config_changes_nothing() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("host-config.toml");
+    std::fs::write(
+        &config,
+        "version = 1\n[[network]]\nname = \"en*\"\ndhcp = true\n[users.\"bad user\"]\n",
+    )
+    .expect("write");
+    let image = squashfs_on_loop();
+    let (ok, text) = boot_with_files(
+        &[(&config, "host.toml")],
+        &format!(
+            "root={} xorbang.verity=optional xorbang.config=/host.toml",
+            image.device
+        ),
+        r#"echo "hostname: $(cat "$ROOT/sysroot/etc/hostname")"
+           ls "$ROOT/sysroot/etc/systemd" 2>&1 || true
+           ls "$ROOT/run/xorbang/host-config" 2>&1 || true"#,
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("hostname: base"), "{text}");
+    assert!(
+        text.contains("host config initramfs:/host.toml: line 5, column "),
+        "{text}"
+    );
+    assert!(text.contains("; booting without it"), "{text}");
+    assert!(
+        text.contains(r#""host_config":{"origin":"initramfs:/host.toml","applied":false"#),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        2,
+        "{text}"
+    );
+}

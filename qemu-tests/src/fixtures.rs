@@ -262,6 +262,9 @@ pub struct SystemImage {
     pub tampered_hash: PathBuf,
     /// The hash tree cut to half its length, to attach as a disk of its own.
     pub truncated_tree: PathBuf,
+    /// The extension images (NAME.raw, NAME.roothash) also inside the image, and a
+    /// tampered copy of one.
+    pub extensions: PathBuf,
 }
 
 pub fn system_image(
@@ -275,6 +278,8 @@ pub fn system_image(
         AGENT_UNIT.as_bytes(),
         IMAGE_RECIPE.as_bytes(),
         crate::tamper::RECIPE.as_bytes(),
+        crate::extension_fixtures::RECIPE.as_bytes(),
+        crate::extension_fixtures::BUILD_RECIPE.as_bytes(),
     ]);
     let dir = cache.join("images").join(format!("system-{key}"));
     let ready = dir.join("ready");
@@ -290,8 +295,11 @@ pub fn system_image(
             .arg(rootfs_tar))?;
         install_agent(&tree)?;
         crate::tamper::install_canary(&tree)?;
+        let extensions = dir.join("extensions");
+        std::fs::create_dir_all(&extensions).map_err(io(&extensions))?;
+        let pins = crate::extension_fixtures::install(build, &extensions, &tree)?;
         let image = dir.join("root.squashfs");
-        pack_tree(build, &tree, &image)?;
+        pack_tree(build, &tree, &image, &pins)?;
         run(Command::new(build)
             .args(["disk", "--image"])
             .arg(&image)
@@ -308,6 +316,7 @@ pub fn system_image(
         tampered_data: dir.join(crate::tamper::TAMPERED_DATA),
         tampered_hash: dir.join(crate::tamper::TAMPERED_HASH),
         truncated_tree: dir.join(crate::tamper::TRUNCATED_TREE),
+        extensions: dir.join("extensions"),
     })
 }
 
@@ -348,12 +357,18 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), FixtureError> {
 }
 
 /// Packs `tree` into a SquashFS with our own build tool, then drops the tree.
-fn pack_tree(build: &Path, tree: &Path, image: &Path) -> Result<(), FixtureError> {
+fn pack_tree(
+    build: &Path,
+    tree: &Path,
+    image: &Path,
+    extra: &[String],
+) -> Result<(), FixtureError> {
     run(Command::new(build)
         .arg("image")
         .arg(tree)
         .arg("-o")
-        .arg(image))?;
+        .arg(image)
+        .args(extra))?;
     remove_if_present(tree)
 }
 
@@ -423,7 +438,7 @@ fn build_busybox_image(dir: &Path, build: &Path, image: &Path) -> Result<(), Fix
     let sh = tree.join("bin/sh");
     std::os::unix::fs::symlink("busybox", &sh).map_err(io(&sh))?;
     write_file(&tree.join("sbin/init"), BUSYBOX_INIT, 0o755)?;
-    pack_tree(build, &tree, image)?;
+    pack_tree(build, &tree, image, &[])?;
     let ready = dir.join("ready");
     std::fs::write(&ready, "").map_err(io(&ready))?;
     prune_other_versions(dir)

@@ -12,7 +12,9 @@
 mod bench;
 mod boot_chain;
 mod config;
+mod extension_fixtures;
 mod fixtures;
+mod layer_scenarios;
 mod qemu;
 mod scenarios;
 mod tamper;
@@ -219,6 +221,7 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
             append: format!("console=ttyS0 {append}"),
         },
         disks: vec![context.system.disk.clone()],
+        fw_cfg: Vec::new(),
         memory_mib: 512,
         timeout: std::time::Duration::ZERO,
         stop_at_markers: false,

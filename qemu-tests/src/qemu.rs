@@ -21,6 +21,8 @@ pub struct Vm {
     pub boot: Boot,
     /// Raw disk images, attached read-only as virtio disks in order (vda, vdb, …).
     pub disks: Vec<PathBuf>,
+    /// Files handed to the guest through QEMU's fw_cfg, by name (`opt/…`).
+    pub fw_cfg: Vec<(String, PathBuf)>,
     pub memory_mib: u32,
     /// Give up after this long without the expected lines.
     pub timeout: Duration,
@@ -143,6 +145,11 @@ impl Vm {
                 command.args(["-append", append]);
             }
             Boot::Firmware(firmware) => add_firmware(&mut command, firmware),
+        }
+        for (name, file) in &self.fw_cfg {
+            command
+                .arg("-fw_cfg")
+                .arg(format!("name={name},file={}", file.display()));
         }
         for disk in &self.disks {
             command.arg("-drive").arg(format!(
@@ -421,6 +428,7 @@ mod tests {
                 append: String::new(),
             },
             disks: Vec::new(),
+            fw_cfg: Vec::new(),
             memory_mib: 64,
             timeout: Duration::from_secs(5),
             stop_at_markers: false,

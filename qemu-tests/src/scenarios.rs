@@ -10,11 +10,12 @@ use xorbang_init::report::BootReport;
 use crate::boot_chain::{self, uki_cmdline, BootChain};
 use crate::config::Config;
 use crate::fixtures::{self, Binaries, BusyboxImage, Kernel, SystemImage, ROOT_PARTLABEL};
+use crate::layer_scenarios;
 use crate::qemu::{Boot, Console, Firmware, LineMatch, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
-const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(300);
-const INITRAMFS_TIMEOUT: Duration = Duration::from_secs(120);
+pub const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(300);
+pub const INITRAMFS_TIMEOUT: Duration = Duration::from_secs(120);
 const MEMORY_MIB: u32 = 512;
 /// A PARTUUID no disk has.
 const ABSENT_PARTUUID: &str = "00000000-0000-4000-8000-00000000dead";
@@ -150,6 +151,46 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "production refuses root= without roothash=, unless xorbang.verity=optional",
         run: verity_unverified_refused,
     },
+    Scenario {
+        name: "sysext-merge",
+        about: "two selected pinned sysexts show under /usr and /opt; an unselected one does not",
+        run: layer_scenarios::sysext_merge,
+    },
+    Scenario {
+        name: "sysext-mismatch",
+        about: "extensions whose ID= or VERSION_ID= differ from the base are refused, naming the field",
+        run: layer_scenarios::sysext_mismatch,
+    },
+    Scenario {
+        name: "sysext-tamper",
+        about: "a sysext with one flipped byte is refused before merging; production reboots",
+        run: layer_scenarios::sysext_tamper,
+    },
+    Scenario {
+        name: "sysext-unpinned",
+        about: "an extension no root hash pins: refused in production, merged with a warning in dev",
+        run: layer_scenarios::sysext_unpinned,
+    },
+    Scenario {
+        name: "confext-merge",
+        about: "an /etc file from a selected confext is in the booted system",
+        run: layer_scenarios::confext_merge,
+    },
+    Scenario {
+        name: "hostconfig-fwcfg",
+        about: "host config via QEMU fw_cfg: kernel hostname and networkd file in effect",
+        run: layer_scenarios::hostconfig_fwcfg,
+    },
+    Scenario {
+        name: "hostconfig-initrd",
+        about: "host config from a cpio appended to the initramfs (the PXE way) is in effect",
+        run: layer_scenarios::hostconfig_initrd,
+    },
+    Scenario {
+        name: "hostconfig-invalid",
+        about: "malformed TOML, an unknown key, a bad hostname: one line with line:column, nothing applied",
+        run: layer_scenarios::hostconfig_invalid,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -163,7 +204,7 @@ impl Context {
         format!("console=ttyS0 printk.time=0 panic=-1 {extra}")
     }
 
-    fn vm(&self, disks: Vec<PathBuf>, append: &str, timeout: Duration) -> Vm {
+    pub fn vm(&self, disks: Vec<PathBuf>, append: &str, timeout: Duration) -> Vm {
         Vm {
             boot: Boot::Direct {
                 kernel: self.kernel.vmlinuz.clone(),
@@ -171,6 +212,7 @@ impl Context {
                 append: self.append(append),
             },
             disks,
+            fw_cfg: Vec::new(),
             memory_mib: MEMORY_MIB,
             timeout,
             stop_at_markers: false,
@@ -190,7 +232,7 @@ impl Context {
     }
 
     /// Boots `disks` with `append` and the agent's scenario `check`, expecting `expect`.
-    fn boot_disks(
+    pub fn boot_disks(
         &self,
         disks: Vec<PathBuf>,
         check: &str,
@@ -218,14 +260,14 @@ impl Context {
         )
     }
 
-    fn boot(&self, vm: &Vm, log_name: &str, expect: &[LineMatch]) -> Result<Console, String> {
+    pub fn boot(&self, vm: &Vm, log_name: &str, expect: &[LineMatch]) -> Result<Console, String> {
         let log = self.work.join(format!("{log_name}.log"));
         vm.run(&self.config, expect, &log)
             .map_err(|error| error.to_string())
     }
 }
 
-fn pass_line(check: &str) -> LineMatch {
+pub fn pass_line(check: &str) -> LineMatch {
     LineMatch::Exact(format!("XORBANG-TEST: PASS {check}"))
 }
 
@@ -262,7 +304,7 @@ fn dev_discard(context: &Context) -> Result<(), String> {
 }
 
 /// The init's last two lines of a refused boot.
-fn refused(cause_prefix: String) -> [LineMatch; 2] {
+pub fn refused(cause_prefix: String) -> [LineMatch; 2] {
     [
         LineMatch::Prefix(format!("xorbang: {cause_prefix}")),
         LineMatch::Exact("xorbang: failure policy: reboot".to_owned()),
@@ -458,6 +500,7 @@ fn verity_initramfs_file(context: &Context) -> Result<(), String> {
             append: context.append(&append),
         },
         disks: Vec::new(),
+        fw_cfg: Vec::new(),
         memory_mib: MEMORY_MIB,
         timeout: INITRAMFS_TIMEOUT,
         stop_at_markers: false,
@@ -485,6 +528,7 @@ impl Context {
         let vm = Vm {
             boot: Boot::Firmware(firmware.clone()),
             disks,
+            fw_cfg: Vec::new(),
             memory_mib: MEMORY_MIB,
             timeout: FIRMWARE_TIMEOUT,
             stop_at_markers: false,
@@ -592,6 +636,7 @@ fn custom_kernel_boot(context: &Context) -> Result<(), String> {
             )),
         },
         disks: vec![context.system.disk.clone()],
+        fw_cfg: Vec::new(),
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
         stop_at_markers: false,
@@ -697,6 +742,8 @@ mod tests {
                 status: "V".into(),
             }),
             modules_loaded: 5,
+            extensions: Vec::new(),
+            host_config: None,
             init: "/sbin/init".into(),
             stages: names
                 .iter()
@@ -713,13 +760,13 @@ mod tests {
 
     #[test]
     fn reports_whose_stages_add_up_pass() {
-        check_report(&report(&[10, 20, 30, 0, 40, 50], 150)).expect("adds up");
-        check_report(&report(&[10, 20, 30, 0, 40, 50], 153)).expect("rounding");
+        check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 150)).expect("adds up");
+        check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 153)).expect("rounding");
     }
 
     #[test]
     fn reports_with_gaps_or_missing_stages_fail() {
-        let gap = check_report(&report(&[10, 20, 30, 0, 40, 50], 400)).expect_err("gap");
+        let gap = check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 400)).expect_err("gap");
         assert!(gap.contains("add up to 150"), "{gap}");
         let missing = check_report(&report(&[10, 20, 30, 40, 0], 100)).expect_err("missing stage");
         assert!(missing.contains("stages"), "{missing}");

@@ -1,0 +1,731 @@
+//! System and configuration extensions: UAPI extension images (a GPT with a SquashFS
+//! root-x86-64 partition and its root-x86-64-verity hash tree) found in the base image or
+//! the initramfs, trusted only when a root hash pins them, verified block by block through
+//! dm-verity, matched against the base's os-release, and mounted read-only so that
+//! [`crate::mounts::plan_layers`] can stack them over /usr, /opt and /etc.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blockdev::{self, GptReadError};
+use crate::dm::DeviceMapper;
+use crate::gpt::{self, GptPartition, Guid, SectorSize};
+use crate::loopdev::{self, ByteRange, LoopError};
+use crate::mounts::{self, Mount, MountError, MountOp};
+use crate::options::ExtensionRequest;
+use crate::osrelease::{check_extension, ExtensionKind, MatchError, OsRelease, OsReleaseError};
+use crate::pins::{ExtensionPins, MANIFEST_PATH};
+use crate::superblock::FsKind;
+use crate::verity::RootHash;
+use crate::verity_root::{self, Mapping, VerityRootError};
+
+/// Whole-image verification reads this much at a time.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Where an image directory is: inside the verified base image, or in the initramfs (where
+/// systemd-stub puts the ESP's `*.sysext.raw` and where a PXE server's extra cpio lands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Base,
+    Initramfs,
+}
+
+/// The directories searched for `NAME.raw`, highest precedence first: a name found in one
+/// hides the same name further down, as systemd-sysext's search path does.
+pub fn search_dirs(kind: ExtensionKind) -> [(Place, &'static str); 3] {
+    match kind {
+        ExtensionKind::Sysext => [
+            (Place::Base, "etc/extensions"),
+            (Place::Initramfs, ".extra/sysext"),
+            (Place::Base, "usr/lib/extensions"),
+        ],
+        ExtensionKind::Confext => [
+            (Place::Base, "etc/confexts"),
+            (Place::Initramfs, ".extra/confext"),
+            (Place::Base, "usr/lib/confexts"),
+        ],
+    }
+}
+
+/// An image file that may be merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    /// Where to open it now.
+    pub file: PathBuf,
+    /// How messages and the report name it.
+    pub shown: String,
+}
+
+/// How an extension came to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// Its root hash is in the base image's extensions.toml.
+    BaseManifest,
+    /// Its root hash is on the (signed) kernel command line.
+    Cmdline,
+    /// Nothing pins it: merged only in dev mode.
+    Unpinned,
+}
+
+/// An extension verified, checked and mounted, ready to be layered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activated {
+    pub kind: ExtensionKind,
+    pub name: String,
+    pub image: String,
+    pub root_hash: RootHash,
+    pub trust: Trust,
+    /// Where its file system is mounted.
+    pub mount: PathBuf,
+    /// Which of the kind's hierarchies it carries.
+    pub hierarchies: Vec<&'static str>,
+}
+
+/// Why one extension cannot be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("not found in {searched}")]
+    NotFound { searched: String },
+    #[error(
+        "not pinned: neither {MANIFEST_PATH} in the base image nor the command line \
+         (NAME:ROOTHASH) names its root hash, and production merges only pinned extensions"
+    )]
+    Unpinned,
+    #[error("pinned twice: the command line says {cmdline}, the base image's manifest {manifest}")]
+    PinConflict {
+        cmdline: RootHash,
+        manifest: RootHash,
+    },
+    #[error("cannot read its partition table: {0}")]
+    Gpt(#[source] GptReadError),
+    #[error("expected one root-x86-64 and one root-x86-64-verity partition, found {found}")]
+    Partitions { found: String },
+    #[error("{0}")]
+    Loop(#[from] LoopError),
+    #[error("verity: {0}")]
+    Verity(#[from] VerityRootError),
+    #[error(
+        "byte {offset} of {device} does not match the hash tree (dm-verity: {source}); \
+         the image was modified"
+    )]
+    Corrupted {
+        device: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("holds {found}, not SquashFS")]
+    NotSquashfs { found: String },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("has no {path}")]
+    NoRelease { path: String },
+    #[error("{path}: {source}")]
+    BadRelease {
+        path: String,
+        source: OsReleaseError,
+    },
+    #[error("{path}: {source}")]
+    Mismatch { path: String, source: MatchError },
+    #[error("carries none of {wanted} (a {kind} merges only those)")]
+    NoHierarchy { kind: ExtensionKind, wanted: String },
+    #[error("carries usr/lib/os-release, which would replace the base's identity")]
+    CarriesOsRelease,
+    #[error("the base image has no /{0} to merge it onto")]
+    NoMountPoint(&'static str),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// One extension refused, named as the user knows it.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name}{}: {cause}", image.as_deref().map(|image| format!(" ({image})")).unwrap_or_default())]
+pub struct ExtensionError {
+    pub kind: ExtensionKind,
+    pub name: String,
+    pub image: Option<String>,
+    pub cause: Box<Cause>,
+}
+
+/// Problems with the base image's own inputs to merging.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error("the base image's {path}: {source}")]
+    OsRelease {
+        path: String,
+        source: OsReleaseError,
+    },
+    #[error(
+        "the base image has no etc/os-release or usr/lib/os-release to match extensions against"
+    )]
+    NoOsRelease,
+    #[error("the base image's {MANIFEST_PATH}: {0}")]
+    Pins(#[from] crate::pins::PinsError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// Every `NAME.raw` of the kind, each name from the first directory that has it.
+pub fn discover(
+    kind: ExtensionKind,
+    initramfs: &Path,
+    base: &Path,
+) -> Result<BTreeMap<String, Candidate>, BaseError> {
+    let mut found = BTreeMap::new();
+    for (place, dir) in search_dirs(kind) {
+        let root = match place {
+            Place::Base => base,
+            Place::Initramfs => initramfs,
+        };
+        for (name, file) in raw_images(&root.join(dir))? {
+            let shown = match place {
+                Place::Base => format!("/{dir}/{name}.raw"),
+                Place::Initramfs => format!("initramfs:/{dir}/{name}.raw"),
+            };
+            found
+                .entry(name.clone())
+                .or_insert(Candidate { name, file, shown });
+        }
+    }
+    Ok(found)
+}
+
+/// `(name, path)` of the `*.raw` files in `dir`; none if it does not exist.
+fn raw_images(dir: &Path) -> Result<Vec<(String, PathBuf)>, BaseError> {
+    let read_error = |source| BaseError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(read_error(error)),
+    };
+    let mut images = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(read_error)?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".raw"))
+        else {
+            continue;
+        };
+        if crate::pins::valid_name(name) {
+            images.push((name.to_owned(), path.clone()));
+        } else {
+            log::warn!("ignoring {}: not a valid extension name", path.display());
+        }
+    }
+    Ok(images)
+}
+
+/// The base image's os-release, where systemd looks for it.
+pub fn base_os_release(base: &Path) -> Result<OsRelease, BaseError> {
+    for path in ["etc/os-release", "usr/lib/os-release"] {
+        let Some(text) = read_in_root(base, path)? else {
+            continue;
+        };
+        return OsRelease::parse(&text).map_err(|source| BaseError::OsRelease {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    Err(BaseError::NoOsRelease)
+}
+
+/// The pins of the base image; none if it carries no manifest.
+pub fn base_pins(base: &Path) -> Result<ExtensionPins, BaseError> {
+    match read_in_root(base, MANIFEST_PATH)? {
+        Some(text) => Ok(ExtensionPins::parse(&text)?),
+        None => Ok(ExtensionPins::default()),
+    }
+}
+
+/// Reads `relative` inside the tree at `root`, following symlinks as that tree would (an
+/// absolute /etc/os-release link must not reach into the initramfs).
+fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, BaseError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let read_error = |source: io::Error| BaseError::Read {
+        path: root.join(relative),
+        source,
+    };
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|errno| read_error(errno.into()))?;
+    let fd = match rustix::fs::openat2(
+        &dir,
+        relative,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(errno) => return Err(read_error(errno.into())),
+    };
+    let mut text = String::new();
+    File::from(fd)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    Ok(Some(text))
+}
+
+/// The root hash an extension must have and why it is trusted; `None` means unpinned.
+pub fn pin_for(
+    kind: ExtensionKind,
+    request: &ExtensionRequest,
+    pins: &ExtensionPins,
+) -> Result<(Option<RootHash>, Trust), Cause> {
+    let manifest = pins.get(kind, &request.name);
+    match (&request.pin, manifest) {
+        (Some(cmdline), Some(manifest)) if cmdline != manifest => Err(Cause::PinConflict {
+            cmdline: cmdline.clone(),
+            manifest: manifest.clone(),
+        }),
+        (Some(cmdline), _) => Ok((Some(cmdline.clone()), Trust::Cmdline)),
+        (None, Some(manifest)) => Ok((Some(manifest.clone()), Trust::BaseManifest)),
+        (None, None) => Ok((None, Trust::Unpinned)),
+    }
+}
+
+/// What activation needs from the boot.
+#[derive(Debug)]
+pub struct Activator<'a> {
+    pub dev_dir: &'a Path,
+    /// Extensions are mounted under `<mount_dir>/<kind>/<name>`.
+    pub mount_dir: &'a Path,
+    pub base: &'a Path,
+    pub base_release: &'a OsRelease,
+}
+
+/// What was set up so far, to be undone when a later step refuses the extension.
+#[derive(Debug, Default)]
+struct Undo {
+    mapping: Option<String>,
+    mount: Option<PathBuf>,
+}
+
+impl Activator<'_> {
+    /// Maps, verifies, mounts and checks one extension. On refusal nothing of it stays
+    /// mapped or mounted (its read-only loop devices stay attached, unused).
+    pub fn activate(
+        &self,
+        kind: ExtensionKind,
+        candidate: &Candidate,
+        pin: Option<RootHash>,
+        trust: Trust,
+    ) -> Result<Activated, ExtensionError> {
+        let mut undo = Undo::default();
+        let result = self.try_activate(kind, candidate, pin, trust, &mut undo);
+        if result.is_err() {
+            self.undo(undo);
+        }
+        result.map_err(|cause| ExtensionError {
+            kind,
+            name: candidate.name.clone(),
+            image: Some(candidate.shown.clone()),
+            cause: Box::new(cause),
+        })
+    }
+
+    fn try_activate(
+        &self,
+        kind: ExtensionKind,
+        candidate: &Candidate,
+        pin: Option<RootHash>,
+        trust: Trust,
+        undo: &mut Undo,
+    ) -> Result<Activated, Cause> {
+        let (data, hash) = verity_partitions(&candidate.file)?;
+        // Unpinned (dev mode only): the hash the image's own partition UUIDs spell.
+        let root_hash = match pin {
+            Some(pin) => pin,
+            None => root_hash_from_uuids(&data, &hash)?,
+        };
+        let data_node = attach(self.dev_dir, &candidate.file, &data)?;
+        let hash_node = attach(self.dev_dir, &candidate.file, &hash)?;
+        let name = format!("{kind}-{}", candidate.name);
+        let mapping = Mapping {
+            name: &name,
+            root_hash: &root_hash,
+            // No restart policy: a bad block is an I/O error, which the full read below
+            // turns into a refusal of this one extension.
+            options: &[],
+        };
+        let active = verity_root::activate_mapping(self.dev_dir, &mapping, &data_node, &hash_node)?;
+        undo.mapping = Some(name);
+        read_everything(&active.node)?;
+        let probed = blockdev::probe_device(&active.node).map_err(|error| Cause::Read {
+            path: active.node.clone(),
+            source: io::Error::other(error.to_string()),
+        })?;
+        match probed {
+            Some(info) if info.kind == FsKind::Squashfs => {}
+            other => {
+                return Err(Cause::NotSquashfs {
+                    found: other.map_or("no known file system".to_owned(), |info| {
+                        info.kind.to_string()
+                    }),
+                })
+            }
+        }
+        let mount = self.mount_dir.join(kind.to_string()).join(&candidate.name);
+        mounts::execute(&[
+            MountOp::Mkdir(mount.clone()),
+            MountOp::Mount(Mount::read_only(
+                &active.node.to_string_lossy(),
+                mount.clone(),
+                "squashfs",
+            )),
+        ])?;
+        undo.mount = Some(mount.clone());
+        self.check_release(kind, &candidate.name, &mount)?;
+        let hierarchies = self.check_hierarchies(kind, &mount)?;
+        Ok(Activated {
+            kind,
+            name: candidate.name.clone(),
+            image: candidate.shown.clone(),
+            root_hash,
+            trust,
+            mount,
+            hierarchies,
+        })
+    }
+
+    fn check_release(&self, kind: ExtensionKind, name: &str, mount: &Path) -> Result<(), Cause> {
+        let path = kind.release_path(name);
+        let text = read_in_root(mount, &path)
+            .map_err(|error| Cause::Read {
+                path: mount.join(&path),
+                source: io::Error::other(error.to_string()),
+            })?
+            .ok_or_else(|| Cause::NoRelease { path: path.clone() })?;
+        let release = OsRelease::parse(&text).map_err(|source| Cause::BadRelease {
+            path: path.clone(),
+            source,
+        })?;
+        check_extension(self.base_release, &release, kind)
+            .map_err(|source| Cause::Mismatch { path, source })
+    }
+
+    fn check_hierarchies(
+        &self,
+        kind: ExtensionKind,
+        mount: &Path,
+    ) -> Result<Vec<&'static str>, Cause> {
+        if kind == ExtensionKind::Sysext && mount.join("usr/lib/os-release").exists() {
+            return Err(Cause::CarriesOsRelease);
+        }
+        let present: Vec<&'static str> = kind
+            .hierarchies()
+            .iter()
+            .copied()
+            .filter(|hierarchy| mount.join(hierarchy).is_dir())
+            .collect();
+        if present.is_empty() {
+            return Err(Cause::NoHierarchy {
+                kind,
+                wanted: kind
+                    .hierarchies()
+                    .iter()
+                    .map(|hierarchy| format!("/{hierarchy}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if let Some(missing) = present
+            .iter()
+            .find(|hierarchy| !self.base.join(hierarchy).is_dir())
+        {
+            return Err(Cause::NoMountPoint(missing));
+        }
+        Ok(present)
+    }
+
+    fn undo(&self, undo: Undo) {
+        if let Some(mount) = undo.mount {
+            if let Err(errno) = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::empty())
+            {
+                log::warn!("cannot unmount {}: {errno}", mount.display());
+            }
+        }
+        if let Some(name) = undo.mapping {
+            let removed = DeviceMapper::open(&self.dev_dir.join("mapper/control"))
+                .and_then(|control| control.remove(&name));
+            if let Err(error) = removed {
+                log::warn!("cannot remove /dev/mapper/{name}: {error}");
+            }
+        }
+    }
+}
+
+/// The data and hash partitions of an extension image.
+fn verity_partitions(image: &Path) -> Result<(GptPartition, GptPartition), Cause> {
+    let partitions = blockdev::read_gpt_from(image, SectorSize::BYTES_512).map_err(Cause::Gpt)?;
+    let only = |type_guid: Guid| {
+        let mut matching = partitions
+            .iter()
+            .filter(|partition| partition.type_guid == type_guid);
+        match (matching.next(), matching.next()) {
+            (Some(partition), None) => Some(partition.clone()),
+            _ => None,
+        }
+    };
+    match (only(gpt::ROOT_X86_64), only(gpt::ROOT_VERITY_X86_64)) {
+        (Some(data), Some(hash)) => Ok((data, hash)),
+        _ => Err(Cause::Partitions {
+            found: describe_partitions(&partitions),
+        }),
+    }
+}
+
+fn describe_partitions(partitions: &[GptPartition]) -> String {
+    if partitions.is_empty() {
+        return "none".to_owned();
+    }
+    partitions
+        .iter()
+        .map(|partition| format!("{} (type {})", partition.number, partition.type_guid))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// DPS derives the partitions' UUIDs from the root hash; read backwards they give it.
+fn root_hash_from_uuids(data: &GptPartition, hash: &GptPartition) -> Result<RootHash, Cause> {
+    let mut bytes = data.unique_guid.as_bytes().to_vec();
+    bytes.extend_from_slice(hash.unique_guid.as_bytes());
+    RootHash::from_bytes(bytes).map_err(|error| Cause::Partitions {
+        found: format!("partition UUIDs that spell no root hash ({error})"),
+    })
+}
+
+fn attach(dev_dir: &Path, image: &Path, partition: &GptPartition) -> Result<PathBuf, Cause> {
+    let sector = SectorSize::BYTES_512;
+    let offset = sector.offset_of(partition.first_lba);
+    let end = sector.offset_of(gpt::Lba(partition.last_lba.0 + 1));
+    let range = ByteRange {
+        offset,
+        length: end - offset,
+    };
+    Ok(loopdev::attach_range_read_only(dev_dir, image, range)?)
+}
+
+/// Reads the whole mapped device, so that dm-verity checks every block now: an image that
+/// was modified is refused before anything of it is visible.
+fn read_everything(device: &Path) -> Result<(), Cause> {
+    let mut file = File::open(device).map_err(|source| Cause::Read {
+        path: device.to_owned(),
+        source,
+    })?;
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(read) => offset += read as u64,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Cause::Corrupted {
+                    device: device.to_owned(),
+                    offset,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Orders names as versions, the way extensions stack: `app-9` below `app-10`, digits
+/// compared as numbers, everything else byte by byte.
+pub fn version_order(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (a.first(), b.first()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let (x_digits, x_rest) = split_digits(a);
+                let (y_digits, y_rest) = split_digits(b);
+                let order = compare_numbers(x_digits, y_digits);
+                if order != Ordering::Equal {
+                    return order;
+                }
+                (a, b) = (x_rest, y_rest);
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(y);
+                }
+                (a, b) = (&a[1..], &b[1..]);
+            }
+        }
+    }
+}
+
+fn split_digits(text: &[u8]) -> (&[u8], &[u8]) {
+    let end = text
+        .iter()
+        .position(|byte| !byte.is_ascii_digit())
+        .unwrap_or(text.len());
+    text.split_at(end)
+}
+
+/// Numbers of any length: leading zeros do not count, then longer is larger.
+fn compare_numbers(a: &[u8], b: &[u8]) -> Ordering {
+    let trim = |digits: &[u8]| -> usize {
+        digits
+            .iter()
+            .position(|&digit| digit != b'0')
+            .unwrap_or(digits.len())
+    };
+    let (a, b) = (&a[trim(a)..], &b[trim(b)..]);
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stack_in_version_order() {
+        let mut names = vec!["app-10", "app-9", "app", "base", "app-09a", "app-9b"];
+        names.sort_by(|a, b| version_order(a, b));
+        assert_eq!(
+            names,
+            ["app", "app-9", "app-09a", "app-9b", "app-10", "base"]
+        );
+        assert_eq!(version_order("a007", "a7"), Ordering::Equal);
+    }
+
+    #[test]
+    fn version_order_is_a_total_order_on_random_names() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"ab01-9.";
+        let names: Vec<String> = (0..300)
+            .map(|_| {
+                let length = (next() % 6) as usize;
+                (0..length)
+                    .map(|_| char::from(alphabet[(next() % alphabet.len() as u64) as usize]))
+                    .collect()
+            })
+            .collect();
+        for a in &names {
+            for b in &names {
+                assert_eq!(
+                    version_order(a, b),
+                    version_order(b, a).reverse(),
+                    "{a} {b}"
+                );
+                for c in names.iter().take(40) {
+                    if version_order(a, b).is_le() && version_order(b, c).is_le() {
+                        assert!(version_order(a, c).is_le(), "{a} <= {b} <= {c}");
+                    }
+                }
+            }
+        }
+    }
+
+    const HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
+
+    fn hash(text: &str) -> RootHash {
+        RootHash::parse_hex(text).expect("hash")
+    }
+
+    #[test]
+    fn trust_comes_from_the_command_line_or_the_manifest() {
+        let mut pins = ExtensionPins::default();
+        pins.sysext.insert("gui".into(), hash(HASH));
+        let request = |name: &str, pin: Option<&str>| ExtensionRequest {
+            name: name.into(),
+            pin: pin.map(hash),
+        };
+        let sysext = ExtensionKind::Sysext;
+        assert_eq!(
+            pin_for(sysext, &request("gui", None), &pins).expect("pinned"),
+            (Some(hash(HASH)), Trust::BaseManifest)
+        );
+        assert_eq!(
+            pin_for(ExtensionKind::Confext, &request("gui", None), &pins).expect("other kind"),
+            (None, Trust::Unpinned)
+        );
+        assert_eq!(
+            pin_for(sysext, &request("tool", Some(HASH)), &pins).expect("cmdline"),
+            (Some(hash(HASH)), Trust::Cmdline)
+        );
+        let other = format!("{}0", &HASH[..63]);
+        let conflict = pin_for(sysext, &request("gui", Some(&other)), &pins).expect_err("two pins");
+        assert!(
+            conflict.to_string().starts_with("pinned twice"),
+            "{conflict}"
+        );
+    }
+
+    #[test]
+    fn discovery_follows_the_search_order() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let initramfs = tempfile::tempdir().expect("tempdir");
+        let touch = |root: &Path, path: &str| {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, b"").expect("write");
+        };
+        touch(base.path(), "usr/lib/extensions/gui.raw");
+        touch(base.path(), "usr/lib/extensions/tools.raw");
+        touch(base.path(), "usr/lib/extensions/notes.txt");
+        touch(base.path(), "usr/lib/extensions/.hidden.raw");
+        touch(initramfs.path(), ".extra/sysext/gui.raw");
+        touch(base.path(), "etc/extensions/tools.raw");
+        touch(base.path(), "usr/lib/confexts/site.raw");
+        let found =
+            discover(ExtensionKind::Sysext, initramfs.path(), base.path()).expect("discover");
+        let shown: Vec<&str> = found.values().map(|c| c.shown.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "initramfs:/.extra/sysext/gui.raw",
+                "/etc/extensions/tools.raw"
+            ]
+        );
+        let found =
+            discover(ExtensionKind::Confext, initramfs.path(), base.path()).expect("discover");
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["site"]);
+    }
+
+    #[test]
+    fn errors_name_the_extension_and_its_image() {
+        let error = ExtensionError {
+            kind: ExtensionKind::Sysext,
+            name: "gui".into(),
+            image: Some("/usr/lib/extensions/gui.raw".into()),
+            cause: Box::new(Cause::Unpinned),
+        };
+        assert!(error
+            .to_string()
+            .starts_with("sysext gui (/usr/lib/extensions/gui.raw): not pinned"));
+        let error = ExtensionError {
+            kind: ExtensionKind::Confext,
+            name: "site".into(),
+            image: None,
+            cause: Box::new(Cause::NotFound {
+                searched: "/etc/confexts".into(),
+            }),
+        };
+        assert_eq!(
+            error.to_string(),
+            "confext site: not found in /etc/confexts"
+        );
+    }
+}
