@@ -8,6 +8,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,9 @@ use crate::verity_root::{self, Mapping, VerityRootError};
 
 /// Whole-image verification reads this much at a time.
 const READ_CHUNK: usize = 1 << 20;
+/// After a failed chunk, the search for the bad block reads this much at a time: the
+/// smallest verity data block.
+const VERIFY_BLOCK: usize = 512;
 
 /// Where an image directory is: inside the verified base image, or in the initramfs (where
 /// systemd-stub puts the ESP's `*.sysext.raw` and where a PXE server's extra cpio lands).
@@ -519,23 +523,43 @@ fn attach(dev_dir: &Path, image: &Path, partition: &GptPartition) -> Result<Path
 /// Reads the whole mapped device, so that dm-verity checks every block now: an image that
 /// was modified is refused before anything of it is visible.
 fn read_everything(device: &Path) -> Result<(), Cause> {
-    let mut file = File::open(device).map_err(|source| Cause::Read {
+    let file = File::open(device).map_err(|source| Cause::Read {
         path: device.to_owned(),
         source,
     })?;
     let mut buffer = vec![0u8; READ_CHUNK];
     let mut offset = 0u64;
     loop {
-        match file.read(&mut buffer) {
+        match file.read_at(&mut buffer, offset) {
             Ok(0) => return Ok(()),
             Ok(read) => offset += read as u64,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(first_bad_block(&file, device, offset)),
+        }
+    }
+}
+
+/// The exact place of a failed chunk read, for the message: dm-verity fails a read at the
+/// first block whose hash does not match.
+fn first_bad_block(file: &File, device: &Path, mut offset: u64) -> Cause {
+    let mut block = [0u8; VERIFY_BLOCK];
+    loop {
+        match file.read_at(&mut block, offset) {
+            Ok(0) => {
+                return Cause::Corrupted {
+                    device: device.to_owned(),
+                    offset,
+                    source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                }
+            }
+            Ok(read) => offset += read as u64,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(source) => {
-                return Err(Cause::Corrupted {
+                return Cause::Corrupted {
                     device: device.to_owned(),
                     offset,
                     source,
-                })
+                }
             }
         }
     }

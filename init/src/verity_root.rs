@@ -58,6 +58,14 @@ pub enum VerityRootError {
         expected: RootHash,
         found: String,
     },
+    #[error(
+        "root hash mismatch: roothash={expected} but the only data block of {device} gives {found}"
+    )]
+    SingleBlockMismatch {
+        device: PathBuf,
+        expected: RootHash,
+        found: String,
+    },
     #[error("the device name {0} cannot go into a device-mapper table")]
     TableWord(PathBuf),
     #[error("device-mapper: {0}")]
@@ -265,10 +273,19 @@ fn check_root_hash(
     read_at(device, offset, &mut block)?;
     let found = salted_digest(superblock, &block);
     if found != expected.as_bytes() {
-        return Err(VerityRootError::RootMismatch {
-            device: hash.to_owned(),
-            expected: expected.clone(),
-            found: found.iter().map(|byte| format!("{byte:02x}")).collect(),
+        let found = found.iter().map(|byte| format!("{byte:02x}")).collect();
+        let expected = expected.clone();
+        return Err(match geometry.top_block() {
+            Some(_) => VerityRootError::RootMismatch {
+                device: hash.to_owned(),
+                expected,
+                found,
+            },
+            None => VerityRootError::SingleBlockMismatch {
+                device: data.to_owned(),
+                expected,
+                found,
+            },
         });
     }
     Ok(())

@@ -26,6 +26,9 @@ struct Spec {
     pinned: bool,
     /// Files, relative to the extension's root, and their text.
     files: &'static [(&'static str, &'static str)],
+    /// Bytes of incompressible noise in `usr/share/xorbang-test/<name>-noise`: enough makes
+    /// the SquashFS span several verity blocks, so it has a hash tree to check against.
+    noise_bytes: usize,
 }
 
 /// Debian 12's os-release says ID=debian, VERSION_ID="12" (and no SYSEXT_LEVEL).
@@ -40,6 +43,7 @@ const SPECS: &[Spec] = &[
             "usr/share/xorbang-test/sysext-hello",
             "hello from a sysext\n",
         )],
+        noise_bytes: 64 * 1024,
     },
     Spec {
         name: "world",
@@ -54,6 +58,7 @@ const SPECS: &[Spec] = &[
             ),
             ("opt/xorbang-world/README", "/opt from a sysext\n"),
         ],
+        noise_bytes: 0,
     },
     Spec {
         name: "unused",
@@ -62,6 +67,7 @@ const SPECS: &[Spec] = &[
         version_id: "12",
         pinned: true,
         files: &[("usr/share/xorbang-test/sysext-unused", "never selected\n")],
+        noise_bytes: 0,
     },
     Spec {
         name: "fedora",
@@ -70,6 +76,7 @@ const SPECS: &[Spec] = &[
         version_id: "39",
         pinned: true,
         files: &[("usr/share/xorbang-test/sysext-fedora", "wrong OS\n")],
+        noise_bytes: 0,
     },
     Spec {
         name: "oldstable",
@@ -78,6 +85,7 @@ const SPECS: &[Spec] = &[
         version_id: "11",
         pinned: true,
         files: &[("usr/share/xorbang-test/sysext-oldstable", "wrong release\n")],
+        noise_bytes: 0,
     },
     Spec {
         name: "extra",
@@ -86,6 +94,7 @@ const SPECS: &[Spec] = &[
         version_id: "12",
         pinned: false,
         files: &[("usr/share/xorbang-test/sysext-extra", "unpinned\n")],
+        noise_bytes: 0,
     },
     Spec {
         name: "site",
@@ -94,6 +103,7 @@ const SPECS: &[Spec] = &[
         version_id: "12",
         pinned: true,
         files: &[("etc/xorbang-site.conf", "site=confext\n")],
+        noise_bytes: 0,
     },
 ];
 
@@ -142,6 +152,11 @@ fn build_one(build: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf, FixtureEr
         std::fs::write(&file, text)
             .map_err(|error| other(format!("{}: {error}", file.display())))?;
     }
+    if spec.noise_bytes > 0 {
+        let file = tree.join(format!("usr/share/xorbang-test/{}-noise", spec.name));
+        std::fs::write(&file, noise(spec.noise_bytes))
+            .map_err(|error| other(format!("{}: {error}", file.display())))?;
+    }
     let image = dir.join(format!("{}.raw", spec.name));
     let mut command = Command::new(build);
     command
@@ -164,6 +179,19 @@ fn build_one(build: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf, FixtureEr
     std::fs::remove_dir_all(&tree)
         .map_err(|error| other(format!("{}: {error}", tree.display())))?;
     Ok(image)
+}
+
+/// Deterministic noise (xorshift64), so the images are the same every time.
+fn noise(length: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
 }
 
 /// The root hash `xorbang-build sysext` wrote beside an image.

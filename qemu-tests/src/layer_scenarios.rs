@@ -249,6 +249,9 @@ fn initrd_with_config(context: &Context, config: &str) -> Result<PathBuf, String
     let combined = context.work.join("initrd-host-config.img");
     let mut bytes = std::fs::read(&context.initrd)
         .map_err(|error| format!("{}: {error}", context.initrd.display()))?;
+    // The kernel looks for an appended archive only at a 4-byte aligned offset after a
+    // compressed one, skipping zeros up to it.
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
     bytes.extend(std::fs::read(&cpio).map_err(|error| format!("{}: {error}", cpio.display()))?);
     std::fs::write(&combined, bytes).map_err(|error| format!("{}: {error}", combined.display()))?;
     Ok(combined)
