@@ -30,10 +30,11 @@ impl Run {
 
 pub fn bench(context: &Context, binaries: &Binaries) -> Result<(), String> {
     let boot = boot_bench(context, &binaries.init)?;
+    let layers = layers_bench(context)?;
     let firmware = firmware_bench(context)?;
     let custom = custom_kernel_bench(context)?;
     let verity = verity_format_bench(&context.work, &binaries.build)?;
-    println!("{boot} {firmware} {custom} {verity}");
+    println!("{boot} {layers} {firmware} {custom} {verity}");
     Ok(())
 }
 
@@ -74,6 +75,58 @@ fn custom_kernel_bench(context: &Context) -> Result<String, String> {
     let kernel_bytes = size_of(&bzimage)?;
     println!("median: custom kernel OVMF power-on to marker {median_s:.1} s; bzImage {kernel_bytes} bytes, initramfs without modules {initrd_bytes} bytes");
     Ok(format!("custom_ovmf_marker_s={median_s:.1} custom_bzimage_bytes={kernel_bytes} initramfs_no_modules_bytes={initrd_bytes}"))
+}
+
+/// The production boot with two sysexts, a confext and a host config from fw_cfg: what the
+/// layers cost on top of the plain boot. Returns the `key=value` pairs.
+fn layers_bench(context: &Context) -> Result<String, String> {
+    use crate::layer_scenarios::{host_config, write_work_file, FW_CFG_NAME};
+    let config = write_work_file(context, "host-config-bench.toml", &host_config("bench"))?;
+    let mut runs = Vec::new();
+    for index in 1..=context.config.bench_runs {
+        let mut vm = context.vm(
+            vec![context.system.disk.clone()],
+            &format!(
+                "{} xorbang.sysext=hello,world xorbang.confext=site xtest.scenario=bench",
+                context.production_root()
+            ),
+            crate::scenarios::SYSTEMD_TIMEOUT,
+        );
+        vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config.clone()));
+        let expect = [
+            LineMatch::Prefix(REPORT_PREFIX.to_owned()),
+            crate::scenarios::pass_line("bench"),
+        ];
+        let console = context.boot(&vm, "bench-layers", &expect)?;
+        let report = parse_report(&console, REPORT_PREFIX)?;
+        if report.extensions.len() != 3
+            || !report.host_config.as_ref().is_some_and(|host| host.applied)
+        {
+            return Err("the layered bench boot did not merge everything".to_owned());
+        }
+        let run = Run {
+            init_us: report.total().0,
+            stages: report
+                .stages
+                .iter()
+                .map(|stage| (stage.name.clone(), stage.us.0))
+                .collect(),
+            marker_ms: u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX),
+        };
+        println!(
+            "layers run {index}: init stage {:.1} ms (layers {:.1} ms, host-config {:.1} ms)",
+            run.init_us as f64 / 1000.0,
+            run.stage_us("layers") as f64 / 1000.0,
+            run.stage_us("host-config") as f64 / 1000.0
+        );
+        runs.push(run);
+    }
+    let init_ms = median(runs.iter().map(|run| run.init_us).collect()) as f64 / 1000.0;
+    let layers_ms = median(runs.iter().map(|run| run.stage_us("layers")).collect()) as f64 / 1000.0;
+    println!("median: init stage with 2 sysexts, 1 confext and host config {init_ms:.1} ms, layers stage {layers_ms:.1} ms");
+    Ok(format!(
+        "layered_init_stage_ms={init_ms:.1} layers_stage_ms={layers_ms:.1}"
+    ))
 }
 
 /// OVMF power-on to the agent's marker through the UKI on the ESP (the whole chain a

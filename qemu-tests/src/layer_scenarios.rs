@@ -15,7 +15,7 @@ use crate::scenarios::{
     parse_report, pass_line, refused, Context, INITRAMFS_TIMEOUT, REPORT_PREFIX,
 };
 
-const FW_CFG_NAME: &str = xorbang_init::config_source::FW_CFG_NAME;
+pub const FW_CFG_NAME: &str = xorbang_init::config_source::FW_CFG_NAME;
 const DM_VERITY_CORRUPTED: (&str, &str) = ("device-mapper: verity: ", "is corrupted");
 
 fn report_line() -> LineMatch {
@@ -179,7 +179,7 @@ pub fn confext_merge(context: &Context) -> Result<(), String> {
 }
 
 /// A host config that sets the hostname and one networkd file.
-fn host_config(hostname: &str) -> String {
+pub fn host_config(hostname: &str) -> String {
     format!(
         "# written by the xorbang test runner\n\
          version = 1\n\
@@ -191,7 +191,7 @@ fn host_config(hostname: &str) -> String {
     )
 }
 
-fn write_work_file(context: &Context, name: &str, text: &str) -> Result<PathBuf, String> {
+pub fn write_work_file(context: &Context, name: &str, text: &str) -> Result<PathBuf, String> {
     let path = context.work.join(name);
     std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
     Ok(path)
