@@ -42,19 +42,34 @@ pub enum EspError {
     Output(#[from] OutputError),
 }
 
-/// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`.
-pub fn write_esp(uki: &Path, name: &str, out: &Path) -> Result<u64, EspError> {
+/// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`,
+/// and `extras` in each one's `.extra.d` directory, where systemd-stub picks up `*.raw`
+/// system extensions (passed to the initramfs as /.extra/sysext/) and `*.cred` credentials.
+pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Result<u64, EspError> {
     if name.is_empty() || name.contains(['/', '\\', ':']) {
         return Err(EspError::Name(name.to_owned()));
     }
-    let uki_bytes = std::fs::metadata(uki)
-        .map_err(|source| EspError::Read {
-            path: uki.to_owned(),
-            source,
-        })?
-        .len();
-    // Two copies of the UKI, then slack, in whole MiB.
-    let bytes = (2 * uki_bytes + SLACK_BYTES)
+    let mut extra_names = Vec::new();
+    for extra in extras {
+        match extra.file_name().and_then(|name| name.to_str()) {
+            Some(file) if !file.starts_with('.') => extra_names.push(file.to_owned()),
+            _ => return Err(EspError::Name(extra.display().to_string())),
+        }
+    }
+    let size = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|metadata| metadata.len())
+            .map_err(|source| EspError::Read {
+                path: path.to_owned(),
+                source,
+            })
+    };
+    let mut payload = size(uki)?;
+    for extra in extras {
+        payload += size(extra)?;
+    }
+    // Two copies of everything, then slack, in whole MiB.
+    let bytes = (2 * payload + SLACK_BYTES)
         .div_ceil(MIB)
         .max(MIN_BYTES / MIB)
         * MIB;
@@ -94,7 +109,19 @@ pub fn write_esp(uki: &Path, name: &str, out: &Path) -> Result<u64, EspError> {
             .arg("-i")
             .arg(image)
             .arg(uki)
-            .arg(target))?;
+            .arg(&target))?;
+        if extras.is_empty() {
+            continue;
+        }
+        let extra_dir = format!("{target}.extra.d");
+        run(Command::new("mmd").arg("-i").arg(image).arg(&extra_dir))?;
+        for (extra, file) in extras.iter().zip(&extra_names) {
+            run(Command::new("mcopy")
+                .arg("-i")
+                .arg(image)
+                .arg(extra)
+                .arg(format!("{extra_dir}/{file}")))?;
+        }
     }
     pending.commit()?;
     Ok(bytes)
@@ -133,7 +160,7 @@ mod tests {
         let uki = dir.path().join("uki.efi");
         std::fs::write(&uki, vec![0x5a; 300_000]).expect("write");
         let esp = dir.path().join("esp.img");
-        let size = write_esp(&uki, "xorbang", &esp).expect("writes");
+        let size = write_esp(&uki, "xorbang", &[], &esp).expect("writes");
         assert_eq!(size, MIN_BYTES);
         for path in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/xorbang.efi"] {
             let copy = dir.path().join("copy.efi");
@@ -153,7 +180,7 @@ mod tests {
             );
         }
         let again = dir.path().join("again.img");
-        write_esp(&uki, "xorbang", &again).expect("writes");
+        write_esp(&uki, "xorbang", &[], &again).expect("writes");
         assert_eq!(
             std::fs::read(&again).expect("read"),
             std::fs::read(&esp).expect("read"),
@@ -162,12 +189,44 @@ mod tests {
     }
 
     #[test]
+    fn extras_sit_in_both_extra_directories() {
+        if !tools_present() {
+            eprintln!("skipped: needs dosfstools and mtools");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uki = dir.path().join("uki.efi");
+        std::fs::write(&uki, b"uki").expect("write");
+        let extra = dir.path().join("gui.raw");
+        std::fs::write(&extra, b"extension").expect("write");
+        let esp = dir.path().join("esp.img");
+        write_esp(&uki, "xorbang", &[extra], &esp).expect("writes");
+        for path in [
+            "::/EFI/BOOT/BOOTX64.EFI.extra.d/gui.raw",
+            "::/EFI/Linux/xorbang.efi.extra.d/gui.raw",
+        ] {
+            let output = Command::new("mtype")
+                .arg("-i")
+                .arg(&esp)
+                .arg(path)
+                .output()
+                .expect("mtype runs");
+            assert_eq!(output.stdout, b"extension", "{path}");
+        }
+        let hidden = dir.path().join(".hidden");
+        std::fs::write(&hidden, b"x").expect("write");
+        let error = write_esp(&uki, "xorbang", &[hidden], &dir.path().join("no.img"))
+            .expect_err("hidden name");
+        assert!(error.to_string().contains(".hidden"), "{error}");
+    }
+
+    #[test]
     fn refuses_names_with_paths_and_missing_ukis() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("esp.img");
-        let error = write_esp(&dir.path().join("uki.efi"), "a/b", &out).expect_err("name");
+        let error = write_esp(&dir.path().join("uki.efi"), "a/b", &[], &out).expect_err("name");
         assert!(error.to_string().contains("\"a/b\""), "{error}");
-        let error = write_esp(&dir.path().join("nope.efi"), "xorbang", &out).expect_err("missing");
+        let error = write_esp(&dir.path().join("nope.efi"), "xorbang", &[], &out).expect_err("missing");
         assert!(error.to_string().contains("nope.efi"), "{error}");
         assert!(!out.exists());
     }

@@ -269,6 +269,10 @@ struct DiskArgs {
     /// The UKI's file name under EFI/Linux/.
     #[arg(long, value_name = "NAME", default_value = "xorbang", requires = "uki")]
     uki_name: String,
+    /// A file for the UKI's `.extra.d` directories on the ESP: systemd-stub hands `*.raw`
+    /// system extensions to the initramfs as /.extra/sysext/ (repeatable).
+    #[arg(long, value_name = "FILE", requires = "uki")]
+    uki_extra: Vec<PathBuf>,
     /// Where to write the disk image.
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
@@ -619,7 +623,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         .transpose()?;
     let esp = verified_image::companion(&args.output, "esp.tmp");
     if let Some(uki) = &args.uki {
-        esp::write_esp(uki, &args.uki_name, &esp).map_err(|source| CliError::Esp {
+        esp::write_esp(uki, &args.uki_name, &args.uki_extra, &esp).map_err(|source| CliError::Esp {
             path: esp.clone(),
             source,
         })?;

@@ -64,9 +64,9 @@ pub fn boot_chain(
     let tampered = work.join("secureboot-tampered.efi");
     copy_with_changed_cmdline(&signed, &tampered, &signed_cmdline)?;
     Ok(BootChain {
-        unsigned_disk: disk_with_esp(binaries, system, &unsigned)?,
-        signed_disk: disk_with_esp(binaries, system, &signed)?,
-        tampered_disk: disk_with_esp(binaries, system, &tampered)?,
+        unsigned_disk: disk_with_esp(binaries, system, &unsigned, &[])?,
+        signed_disk: disk_with_esp(binaries, system, &signed, &[])?,
+        tampered_disk: disk_with_esp(binaries, system, &tampered, &[])?,
         signed_uki: signed,
         unsigned_uki: unsigned,
     })
@@ -81,16 +81,37 @@ pub fn uki_disk(
     initrd: &Path,
     system: &SystemImage,
 ) -> Result<PathBuf, FixtureError> {
-    let uki = work.join(format!("{name}.efi"));
-    build_uki(
-        binaries,
+    let cmdline = uki_cmdline(&system.root_hash, "uki-boot");
+    let uki = UkiSpec {
+        name,
         kernel,
         initrd,
-        &uki_cmdline(&system.root_hash, "uki-boot"),
-        None,
-        &uki,
-    )?;
-    disk_with_esp(binaries, system, &uki)
+        cmdline: &cmdline,
+        extras: &[],
+    };
+    uki_disk_with(work, binaries, system, &uki)
+}
+
+/// What goes into a test UKI and the ESP beside it.
+pub struct UkiSpec<'a> {
+    pub name: &'a str,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cmdline: &'a str,
+    /// Files for the UKI's `.extra.d` directories (systemd-stub's sysexts and credentials).
+    pub extras: &'a [PathBuf],
+}
+
+/// A machine disk with the UKI `spec` describes on its ESP.
+pub fn uki_disk_with(
+    work: &Path,
+    binaries: &Binaries,
+    system: &SystemImage,
+    spec: &UkiSpec,
+) -> Result<PathBuf, FixtureError> {
+    let uki = work.join(format!("{}.efi", spec.name));
+    build_uki(binaries, spec.kernel, spec.initrd, spec.cmdline, None, &uki)?;
+    disk_with_esp(binaries, system, &uki, spec.extras)
 }
 
 /// A firmware setup with a fresh copy of its variable store in `work`.
@@ -176,14 +197,18 @@ fn disk_with_esp(
     binaries: &Binaries,
     system: &SystemImage,
     uki: &Path,
+    extras: &[PathBuf],
 ) -> Result<PathBuf, FixtureError> {
     let disk = uki.with_extension("disk.img");
-    run(Command::new(&binaries.build)
+    let mut command = Command::new(&binaries.build);
+    command
         .args(["disk", "--image"])
         .arg(&system.image)
         .arg("--uki")
-        .arg(uki)
-        .arg("-o")
-        .arg(&disk))?;
+        .arg(uki);
+    for extra in extras {
+        command.arg("--uki-extra").arg(extra);
+    }
+    run(command.arg("-o").arg(&disk))?;
     Ok(disk)
 }

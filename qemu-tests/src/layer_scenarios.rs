@@ -164,7 +164,50 @@ pub fn sysext_unpinned(context: &Context) -> Result<(), String> {
         .boot_system("sysext-unpinned-dev", &append, &[warning, report_line()])
         .map_err(|error| format!("dev mode: {error}"))?;
     let report = parse_report(&console, REPORT_PREFIX)?;
-    expect_merged(context, &report, &[("sysext", "extra", Trust::Unpinned)])
+    expect_merged(context, &report, &[("sysext", "extra", Trust::Unpinned)])?;
+    // The signed command line may pin what the base image does not.
+    let hash = extension_fixtures::root_hash(&context.system.extensions, "extra")
+        .map_err(|error| error.to_string())?;
+    let append = format!("{} xorbang.sysext=extra:{hash}", context.production_root());
+    let console = context
+        .boot_system("sysext-unpinned-cmdline", &append, &[report_line()])
+        .map_err(|error| format!("pinned on the command line: {error}"))?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    expect_merged(context, &report, &[("sysext", "extra", Trust::Cmdline)])
+}
+
+/// The ESP route: systemd-stub hands `EFI/BOOT/BOOTX64.EFI.extra.d/hello.raw` to the
+/// initramfs as /.extra/sysext/hello.raw, which shadows the base image's copy.
+pub fn sysext_esp(context: &Context) -> Result<(), String> {
+    let check = "sysext-esp";
+    let cmdline = format!(
+        "{} xorbang.sysext=hello",
+        crate::boot_chain::uki_cmdline(&context.system.root_hash, check)
+    );
+    let extras = [context.system.extensions.join("hello.raw")];
+    let spec = crate::boot_chain::UkiSpec {
+        name: check,
+        kernel: &context.kernel.vmlinuz,
+        initrd: &context.initrd,
+        cmdline: &cmdline,
+        extras: &extras,
+    };
+    let disk = crate::boot_chain::uki_disk_with(
+        &context.work,
+        &context.binaries,
+        &context.system,
+        &spec,
+    )
+    .map_err(|error| error.to_string())?;
+    let (vm, _) = context.firmware_vm(check, false, vec![disk])?;
+    let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    expect_merged(context, &report, &[("sysext", "hello", Trust::BaseManifest)])?;
+    let image = &report.extensions[0].image;
+    if image != "initramfs:/.extra/sysext/hello.raw" {
+        return Err(format!("hello was merged from {image}, not from the ESP"));
+    }
+    Ok(())
 }
 
 pub fn confext_merge(context: &Context) -> Result<(), String> {

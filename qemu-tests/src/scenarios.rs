@@ -162,13 +162,18 @@ pub const SCENARIOS: &[Scenario] = &[
         run: layer_scenarios::sysext_mismatch,
     },
     Scenario {
+        name: "sysext-esp",
+        about: "OVMF + UKI: a sysext in the UKI's .extra.d on the ESP reaches the init through systemd-stub and is merged",
+        run: layer_scenarios::sysext_esp,
+    },
+    Scenario {
         name: "sysext-tamper",
         about: "a sysext with one flipped byte is refused before merging; production reboots",
         run: layer_scenarios::sysext_tamper,
     },
     Scenario {
         name: "sysext-unpinned",
-        about: "an extension no root hash pins: refused in production, merged with a warning in dev",
+        about: "an extension no root hash pins: refused in production, merged with a warning in dev, merged when the command line pins it",
         run: layer_scenarios::sysext_unpinned,
     },
     Scenario {
@@ -517,7 +522,7 @@ fn verity_initramfs_file(context: &Context) -> Result<(), String> {
 const FIRMWARE_TIMEOUT: Duration = Duration::from_secs(400);
 
 impl Context {
-    fn firmware_vm(
+    pub fn firmware_vm(
         &self,
         name: &str,
         secure_boot: bool,
