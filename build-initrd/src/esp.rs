@@ -226,7 +226,8 @@ mod tests {
         let out = dir.path().join("esp.img");
         let error = write_esp(&dir.path().join("uki.efi"), "a/b", &[], &out).expect_err("name");
         assert!(error.to_string().contains("\"a/b\""), "{error}");
-        let error = write_esp(&dir.path().join("nope.efi"), "xorbang", &[], &out).expect_err("missing");
+        let error =
+            write_esp(&dir.path().join("nope.efi"), "xorbang", &[], &out).expect_err("missing");
         assert!(error.to_string().contains("nope.efi"), "{error}");
         assert!(!out.exists());
     }

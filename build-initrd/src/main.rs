@@ -623,9 +623,11 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         .transpose()?;
     let esp = verified_image::companion(&args.output, "esp.tmp");
     if let Some(uki) = &args.uki {
-        esp::write_esp(uki, &args.uki_name, &args.uki_extra, &esp).map_err(|source| CliError::Esp {
-            path: esp.clone(),
-            source,
+        esp::write_esp(uki, &args.uki_name, &args.uki_extra, &esp).map_err(|source| {
+            CliError::Esp {
+                path: esp.clone(),
+                source,
+            }
         })?;
     }
     let written = match &definitions {

@@ -62,6 +62,32 @@ pub fn resolve(
     }
 }
 
+/// The GPT partitions of the disk that the partition `node` (under `dev_dir`) is on: how
+/// DPS partitions are found next to the root. `None` when `node` is no partition (a whole
+/// disk, a loop device) or its disk holds no readable GPT.
+pub fn sibling_partitions(
+    node: &Path,
+    sys_class_block: &Path,
+    dev_dir: &Path,
+) -> Result<Option<Vec<GptPartition>>, BlockError> {
+    let scan = Scan {
+        sys: sys_class_block,
+        dev: dev_dir,
+    };
+    let Some(name) = node
+        .strip_prefix(dev_dir)
+        .ok()
+        .map(|relative| relative.to_string_lossy().replace('/', "!"))
+    else {
+        return Ok(None);
+    };
+    if scan.partition_number(&name)?.is_none() {
+        return Ok(None);
+    }
+    let disk = scan.parent_disk(&name)?;
+    scan.read_gpt(&disk)
+}
+
 /// What filesystem `device` holds, from its first 64 KiB.
 pub fn probe_device(device: &Path) -> Result<Option<FsInfo>, BlockError> {
     let head = read_head(device).map_err(|source| BlockError::Read {
@@ -425,6 +451,28 @@ mod tests {
         let system = dps_system();
         fs::remove_file(system.dev().join("vda2")).expect("rm node");
         assert_eq!(system.resolve("PARTLABEL=root-x86-64"), None);
+    }
+
+    #[test]
+    fn siblings_are_the_partitions_of_the_same_disk() {
+        let system = dps_system();
+        let root = &dps_partitions()[1];
+        let node = system.dev().join("vda2");
+        let siblings = sibling_partitions(&node, &system.sys(), &system.dev())
+            .expect("reads")
+            .expect("a GPT disk");
+        assert!(siblings
+            .iter()
+            .any(|part| part.unique_guid == root.unique_guid));
+        assert!(siblings
+            .iter()
+            .any(|part| part.type_guid == crate::gpt::VAR));
+        assert_eq!(siblings.len(), dps_partitions().len());
+        let disk = system.dev().join("vda");
+        assert_eq!(
+            sibling_partitions(&disk, &system.sys(), &system.dev()).expect("reads"),
+            None
+        );
     }
 
     #[test]

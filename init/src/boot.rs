@@ -114,11 +114,12 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
 
     let deadline = started + options.timeout;
     let budget = (options.timeout, deadline);
-    let (device, verity) = match &options.root {
+    // `device` is what gets mounted; `source` the block device the image is read from.
+    let (device, source, verity) = match &options.root {
         RootChoice::Plain(spec) => {
             let device = locate(paths, &mut modules, "root device", spec, budget)?;
             clock.finish_stage("root-device");
-            (device, None)
+            (device.clone(), device, None)
         }
         RootChoice::Verity(request) => {
             let data = locate(
@@ -151,7 +152,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 hash_device: system_path(paths, &hash),
                 status: active.status,
             };
-            (active.node, Some(report))
+            (active.node, data, Some(report))
         }
     };
     clock.finish_stage("verity");
@@ -181,8 +182,12 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     );
     clock.finish_stage("mount-root");
 
-    let base = mounts::base_dir(paths, options.mode);
-    let layered = layers::merge(paths, &options, &base, host, &mut modules)?;
+    let base_dir = mounts::base_dir(paths, options.mode);
+    let base = layers::Base {
+        dir: &base_dir,
+        device: &source,
+    };
+    let layered = layers::merge(paths, &options, base, host, &mut modules)?;
     switchroot::check_init(&paths.sysroot(), &options.init)?;
     clock.finish_stage("layers");
 

@@ -31,29 +31,53 @@ const READ_CHUNK: usize = 1 << 20;
 /// smallest verity data block.
 const VERIFY_BLOCK: usize = 512;
 
-/// Where an image directory is: inside the verified base image, or in the initramfs (where
-/// systemd-stub puts the ESP's `*.sysext.raw` and where a PXE server's extra cpio lands).
+/// Where an image directory is: inside the verified base image, in the initramfs (where
+/// systemd-stub puts the ESP's `*.raw` and where a PXE server's extra cpio lands), or on
+/// the state partition (the booted system's /var).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
     Base,
     Initramfs,
+    State,
+}
+
+impl Place {
+    /// How a directory of this place is named in messages and the report.
+    pub fn show(self, dir: &str) -> String {
+        match self {
+            Self::Base => format!("/{dir}"),
+            Self::Initramfs => format!("initramfs:/{dir}"),
+            Self::State => format!("state:/var/{dir}"),
+        }
+    }
 }
 
 /// The directories searched for `NAME.raw`, highest precedence first: a name found in one
 /// hides the same name further down, as systemd-sysext's search path does.
-pub fn search_dirs(kind: ExtensionKind) -> [(Place, &'static str); 3] {
+pub fn search_dirs(kind: ExtensionKind) -> [(Place, &'static str); 4] {
     match kind {
         ExtensionKind::Sysext => [
             (Place::Base, "etc/extensions"),
             (Place::Initramfs, ".extra/sysext"),
+            (Place::State, "lib/extensions"),
             (Place::Base, "usr/lib/extensions"),
         ],
         ExtensionKind::Confext => [
             (Place::Base, "etc/confexts"),
             (Place::Initramfs, ".extra/confext"),
+            (Place::State, "lib/confexts"),
             (Place::Base, "usr/lib/confexts"),
         ],
     }
+}
+
+/// The roots the search directories are relative to.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchRoots<'a> {
+    pub initramfs: &'a Path,
+    pub base: &'a Path,
+    /// The mounted state partition, if there is one.
+    pub state: Option<&'a Path>,
 }
 
 /// An image file that may be merged.
@@ -64,6 +88,7 @@ pub struct Candidate {
     pub file: PathBuf,
     /// How messages and the report name it.
     pub shown: String,
+    pub place: Place,
 }
 
 /// How an extension came to be trusted.
@@ -88,6 +113,8 @@ pub struct Activated {
     pub trust: Trust,
     /// Where its file system is mounted.
     pub mount: PathBuf,
+    /// Where its image was found.
+    pub place: Place,
     /// Which of the kind's hierarchies it carries.
     pub hierarchies: Vec<&'static str>,
 }
@@ -178,23 +205,26 @@ pub enum BaseError {
 /// Every `NAME.raw` of the kind, each name from the first directory that has it.
 pub fn discover(
     kind: ExtensionKind,
-    initramfs: &Path,
-    base: &Path,
+    roots: &SearchRoots,
 ) -> Result<BTreeMap<String, Candidate>, BaseError> {
     let mut found = BTreeMap::new();
     for (place, dir) in search_dirs(kind) {
         let root = match place {
-            Place::Base => base,
-            Place::Initramfs => initramfs,
+            Place::Base => roots.base,
+            Place::Initramfs => roots.initramfs,
+            Place::State => match roots.state {
+                Some(state) => state,
+                None => continue,
+            },
         };
         for (name, file) in raw_images(&root.join(dir))? {
-            let shown = match place {
-                Place::Base => format!("/{dir}/{name}.raw"),
-                Place::Initramfs => format!("initramfs:/{dir}/{name}.raw"),
-            };
-            found
-                .entry(name.clone())
-                .or_insert(Candidate { name, file, shown });
+            let shown = format!("{}/{name}.raw", place.show(dir));
+            found.entry(name.clone()).or_insert(Candidate {
+                name,
+                file,
+                shown,
+                place,
+            });
         }
     }
     Ok(found)
@@ -398,6 +428,7 @@ impl Activator<'_> {
             root_hash,
             trust,
             mount,
+            place: candidate.place,
             hierarchies,
         })
     }
@@ -713,18 +744,31 @@ mod tests {
         touch(initramfs.path(), ".extra/sysext/gui.raw");
         touch(base.path(), "etc/extensions/tools.raw");
         touch(base.path(), "usr/lib/confexts/site.raw");
-        let found =
-            discover(ExtensionKind::Sysext, initramfs.path(), base.path()).expect("discover");
+        let state = tempfile::tempdir().expect("tempdir");
+        touch(state.path(), "lib/extensions/gui.raw");
+        touch(state.path(), "lib/extensions/db.raw");
+        let roots = SearchRoots {
+            initramfs: initramfs.path(),
+            base: base.path(),
+            state: Some(state.path()),
+        };
+        let found = discover(ExtensionKind::Sysext, &roots).expect("discover");
         let shown: Vec<&str> = found.values().map(|c| c.shown.as_str()).collect();
         assert_eq!(
             shown,
             [
+                "state:/var/lib/extensions/db.raw",
                 "initramfs:/.extra/sysext/gui.raw",
                 "/etc/extensions/tools.raw"
             ]
         );
-        let found =
-            discover(ExtensionKind::Confext, initramfs.path(), base.path()).expect("discover");
+        let without_state = SearchRoots {
+            state: None,
+            ..roots
+        };
+        let found = discover(ExtensionKind::Sysext, &without_state).expect("discover");
+        assert!(!found.contains_key("db"));
+        let found = discover(ExtensionKind::Confext, &roots).expect("discover");
         assert_eq!(found.keys().collect::<Vec<_>>(), ["site"]);
     }
 

@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 use crate::modules::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
 
 /// Modules the init asks for by name at the point of need (see [`ModuleLoader::ensure`]).
-pub const ON_DEMAND: &[&str] = &["squashfs", "overlay", "loop", "dm_verity", "efivarfs"];
+pub const ON_DEMAND: &[&str] = &[
+    "squashfs",
+    "overlay",
+    "loop",
+    "dm_verity",
+    "efivarfs",
+    "ext4",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmodError {

@@ -18,6 +18,7 @@ use crate::options::{BootOptions, ExtensionRequest, Mode};
 use crate::osrelease::ExtensionKind;
 use crate::paths::Paths;
 use crate::report::{ExtensionReport, HostConfigReport};
+use crate::state::{self, StatePartition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayersError {
@@ -92,16 +93,27 @@ pub struct LayersOutcome {
     pub host_config: Option<HostConfigReport>,
 }
 
-/// Merges the selected extensions and the host config over the base image mounted at
-/// `base` (the new root itself in production, /run/xorbang/base in dev mode).
+/// Where the base image is and what it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Base<'a> {
+    /// Where the base image is mounted: the new root itself in production,
+    /// /run/xorbang/base in dev mode.
+    pub dir: &'a Path,
+    /// The block device the root image is read from (the verity data device): the state
+    /// partition is looked for on its disk.
+    pub device: &'a Path,
+}
+
+/// Merges the selected extensions and the host config over the base image.
 pub fn merge(
     paths: &Paths,
     options: &BootOptions,
-    base: &Path,
+    base: Base,
     host: HostConfigState,
     modules: &mut ModuleLoader,
 ) -> Result<LayersOutcome, LayersError> {
     let (sysexts, confexts) = activate_selected(paths, options, base, &host, modules)?;
+    let base = base.dir;
     let trees = |activated: &[Activated]| -> Vec<LayerTree> {
         activated
             .iter()
@@ -170,7 +182,7 @@ fn requests(
 fn activate_selected(
     paths: &Paths,
     options: &BootOptions,
-    base: &Path,
+    base: Base,
     host: &HostConfigState,
     modules: &mut ModuleLoader,
 ) -> Result<(Vec<Activated>, Vec<Activated>), LayersError> {
@@ -191,8 +203,36 @@ fn activate_selected(
     for module in ["loop", "dm_verity", "squashfs"] {
         modules.ensure(module)?;
     }
+    let state = state::mount_read_only(paths, base.device, modules);
+    let merged = activate_from(paths, options, base.dir, state.as_ref(), wanted);
+    if let Some(state) = &state {
+        let used = merged.as_ref().is_ok_and(|(sysexts, confexts)| {
+            sysexts
+                .iter()
+                .chain(confexts)
+                .any(|e| e.place == extensions::Place::State)
+        });
+        if !used {
+            state::release(state);
+        }
+    }
+    merged
+}
+
+fn activate_from(
+    paths: &Paths,
+    options: &BootOptions,
+    base: &Path,
+    state: Option<&StatePartition>,
+    wanted: [(ExtensionKind, Vec<ExtensionRequest>); 2],
+) -> Result<(Vec<Activated>, Vec<Activated>), LayersError> {
     let base_release = extensions::base_os_release(base)?;
     let pins = extensions::base_pins(base)?;
+    let roots = extensions::SearchRoots {
+        initramfs: paths.root(),
+        base,
+        state: state.map(|state| state.mount.as_path()),
+    };
     let mount_dir = paths.xorbang_run().join("extensions");
     let dev_dir = paths.dev();
     let activator = Activator {
@@ -204,7 +244,7 @@ fn activate_selected(
     let mut merged = Vec::new();
     for (kind, requests) in wanted {
         let mut activated = Vec::new();
-        let candidates = extensions::discover(kind, paths.root(), base)?;
+        let candidates = extensions::discover(kind, &roots)?;
         for request in &requests {
             match activate_one(&activator, kind, request, &candidates, &pins, options.mode) {
                 Ok(extension) => activated.push(extension),
@@ -239,10 +279,7 @@ fn activate_one(
     let Some(candidate) = candidates.get(&request.name) else {
         let searched = extensions::search_dirs(kind)
             .iter()
-            .map(|(place, dir)| match place {
-                extensions::Place::Base => format!("/{dir}"),
-                extensions::Place::Initramfs => format!("initramfs:/{dir}"),
-            })
+            .map(|(place, dir)| place.show(dir))
             .collect::<Vec<_>>()
             .join(", ");
         return Err(refuse(None, Cause::NotFound { searched }));

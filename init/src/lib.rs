@@ -22,6 +22,7 @@ pub mod osrelease;
 pub mod paths;
 pub mod pins;
 pub mod report;
+pub mod state;
 pub mod superblock;
 pub mod switchroot;
 /// The only module allowed unsafe code (it opts in itself): raw ioctls rustix lacks.

@@ -26,6 +26,9 @@ struct Spec {
     pinned: bool,
     /// Files, relative to the extension's root, and their text.
     files: &'static [(&'static str, &'static str)],
+    /// Copied into the base image's extension directory (else it only goes onto the state
+    /// partition the `sysext-state` scenario makes).
+    in_base: bool,
     /// Bytes of incompressible noise in `usr/share/xorbang-test/<name>-noise`: enough makes
     /// the SquashFS span several verity blocks, so it has a hash tree to check against.
     noise_bytes: usize,
@@ -43,6 +46,7 @@ const SPECS: &[Spec] = &[
             "usr/share/xorbang-test/sysext-hello",
             "hello from a sysext\n",
         )],
+        in_base: true,
         noise_bytes: 64 * 1024,
     },
     Spec {
@@ -58,6 +62,7 @@ const SPECS: &[Spec] = &[
             ),
             ("opt/xorbang-world/README", "/opt from a sysext\n"),
         ],
+        in_base: true,
         noise_bytes: 0,
     },
     Spec {
@@ -67,6 +72,7 @@ const SPECS: &[Spec] = &[
         version_id: "12",
         pinned: true,
         files: &[("usr/share/xorbang-test/sysext-unused", "never selected\n")],
+        in_base: true,
         noise_bytes: 0,
     },
     Spec {
@@ -76,6 +82,7 @@ const SPECS: &[Spec] = &[
         version_id: "39",
         pinned: true,
         files: &[("usr/share/xorbang-test/sysext-fedora", "wrong OS\n")],
+        in_base: true,
         noise_bytes: 0,
     },
     Spec {
@@ -85,6 +92,7 @@ const SPECS: &[Spec] = &[
         version_id: "11",
         pinned: true,
         files: &[("usr/share/xorbang-test/sysext-oldstable", "wrong release\n")],
+        in_base: true,
         noise_bytes: 0,
     },
     Spec {
@@ -94,6 +102,7 @@ const SPECS: &[Spec] = &[
         version_id: "12",
         pinned: false,
         files: &[("usr/share/xorbang-test/sysext-extra", "unpinned\n")],
+        in_base: true,
         noise_bytes: 0,
     },
     Spec {
@@ -103,6 +112,20 @@ const SPECS: &[Spec] = &[
         version_id: "12",
         pinned: true,
         files: &[("etc/xorbang-site.conf", "site=confext\n")],
+        in_base: true,
+        noise_bytes: 0,
+    },
+    Spec {
+        name: "state-tool",
+        confext: false,
+        os_id: "debian",
+        version_id: "12",
+        pinned: true,
+        files: &[(
+            "usr/share/xorbang-test/sysext-state-tool",
+            "from the state partition\n",
+        )],
+        in_base: false,
         noise_bytes: 0,
     },
 ];
@@ -117,6 +140,18 @@ pub fn install(build: &Path, dir: &Path, tree: &Path) -> Result<Vec<String>, Fix
     let mut pin_args = Vec::new();
     for spec in SPECS {
         let image = build_one(build, dir, spec)?;
+        if spec.pinned {
+            let flag = if spec.confext {
+                "--pin-confext"
+            } else {
+                "--pin-sysext"
+            };
+            pin_args.push(flag.to_owned());
+            pin_args.push(image.display().to_string());
+        }
+        if !spec.in_base {
+            continue;
+        }
         let target_dir = tree.join(if spec.confext {
             "usr/lib/confexts"
         } else {
@@ -127,15 +162,6 @@ pub fn install(build: &Path, dir: &Path, tree: &Path) -> Result<Vec<String>, Fix
         let target = target_dir.join(format!("{}.raw", spec.name));
         std::fs::copy(&image, &target)
             .map_err(|error| other(format!("{}: {error}", target.display())))?;
-        if spec.pinned {
-            let flag = if spec.confext {
-                "--pin-confext"
-            } else {
-                "--pin-sysext"
-            };
-            pin_args.push(flag.to_owned());
-            pin_args.push(image.display().to_string());
-        }
     }
     tamper(&dir.join("hello.raw"), &dir.join(TAMPERED_HELLO))?;
     Ok(pin_args)

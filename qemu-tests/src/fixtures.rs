@@ -482,14 +482,45 @@ pub fn initrd(
     if let Some(kernel) = kernel {
         command.arg("--kernel-modules").arg(&kernel.modules);
     }
+    add_files(&mut command, files);
+    run(&mut command)?;
+    Ok(initrd)
+}
+
+/// The initramfs with the default modules and `extra_modules` (and what they need).
+pub fn initrd_with_modules(
+    work: &Path,
+    name: &str,
+    binaries: &Binaries,
+    kernel: &Kernel,
+    extra_modules: &[&str],
+) -> Result<PathBuf, FixtureError> {
+    let initrd = work.join(name);
+    let modules: Vec<&str> = xorbang_build::kernel_modules::DEFAULT_MODULES
+        .iter()
+        .chain(extra_modules)
+        .copied()
+        .collect();
+    run(Command::new(&binaries.build)
+        .arg("initrd")
+        .arg("--init")
+        .arg(&binaries.init)
+        .arg("--kernel-modules")
+        .arg(&kernel.modules)
+        .arg("--modules")
+        .arg(modules.join(","))
+        .arg("-o")
+        .arg(&initrd))?;
+    Ok(initrd)
+}
+
+fn add_files(command: &mut Command, files: &[(&Path, &str)]) {
     for (source, target) in files {
         let mut addition = source.as_os_str().to_owned();
         addition.push(":");
         addition.push(target);
         command.arg("--add").arg(addition);
     }
-    run(&mut command)?;
-    Ok(initrd)
 }
 
 #[cfg(test)]

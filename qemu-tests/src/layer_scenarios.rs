@@ -136,6 +136,90 @@ pub fn sysext_tamper(context: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// The state partition route: the system disk laid out again with a DPS /var partition (ext4)
+/// whose lib/extensions/ holds `state-tool.raw`; the initramfs carries ext4 for it.
+pub fn sysext_state(context: &Context) -> Result<(), String> {
+    let check = "sysext-state";
+    let dir = context.work.join(check);
+    let definitions = dir.join("definitions");
+    let tree = dir.join("state/lib/extensions");
+    for path in [&definitions, &tree] {
+        std::fs::create_dir_all(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    let image = context.system.extensions.join("state-tool.raw");
+    std::fs::copy(&image, tree.join("state-tool.raw"))
+        .map_err(|error| format!("{}: {error}", image.display()))?;
+    let state = dir.join("state.img");
+    fixtures::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "state", "-d"])
+            .arg(dir.join("state"))
+            .arg(&state)
+            .arg("32M"),
+    )
+    .map_err(|error| error.to_string())?;
+    let layout = [
+        (
+            "10-root.conf",
+            "Type=root\nCopyBlocks=root-image\n".to_owned(),
+        ),
+        (
+            "20-root-verity.conf",
+            "Type=root-verity\nCopyBlocks=root-verity\n".to_owned(),
+        ),
+        (
+            "30-var.conf",
+            format!("Type=var\nLabel=var\nCopyBlocks={}\n", state.display()),
+        ),
+    ];
+    for (name, body) in layout {
+        let path = definitions.join(name);
+        std::fs::write(&path, format!("[Partition]\n{body}"))
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    let disk = dir.join("disk.img");
+    fixtures::run(
+        Command::new(&context.binaries.build)
+            .args(["disk", "--definitions"])
+            .arg(&definitions)
+            .arg("--image")
+            .arg(&context.system.image)
+            .arg("-o")
+            .arg(&disk),
+    )
+    .map_err(|error| error.to_string())?;
+    // ext4 asks for crc32c through the crypto API (a soft dependency modules.dep omits).
+    let initrd = fixtures::initrd_with_modules(
+        &context.work,
+        "initrd-ext4.img",
+        &context.binaries,
+        &context.kernel,
+        &["ext4", "crc32c_generic"],
+    )
+    .map_err(|error| error.to_string())?;
+    let mut vm = context.vm(
+        vec![disk],
+        &format!(
+            "{} xorbang.sysext=state-tool xtest.scenario={check}",
+            context.production_root()
+        ),
+        crate::scenarios::SYSTEMD_TIMEOUT,
+    );
+    set_initrd(&mut vm.boot, initrd);
+    let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    expect_merged(
+        context,
+        &report,
+        &[("sysext", "state-tool", Trust::BaseManifest)],
+    )?;
+    let image = &report.extensions[0].image;
+    if image != "state:/var/lib/extensions/state-tool.raw" {
+        return Err(format!("state-tool was merged from {image}"));
+    }
+    Ok(())
+}
+
 fn set_initrd(boot: &mut Boot, new_initrd: PathBuf) {
     if let Boot::Direct { initrd, .. } = boot {
         *initrd = new_initrd;
@@ -192,17 +276,17 @@ pub fn sysext_esp(context: &Context) -> Result<(), String> {
         cmdline: &cmdline,
         extras: &extras,
     };
-    let disk = crate::boot_chain::uki_disk_with(
-        &context.work,
-        &context.binaries,
-        &context.system,
-        &spec,
-    )
-    .map_err(|error| error.to_string())?;
+    let disk =
+        crate::boot_chain::uki_disk_with(&context.work, &context.binaries, &context.system, &spec)
+            .map_err(|error| error.to_string())?;
     let (vm, _) = context.firmware_vm(check, false, vec![disk])?;
     let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
     let report = parse_report(&console, REPORT_PREFIX)?;
-    expect_merged(context, &report, &[("sysext", "hello", Trust::BaseManifest)])?;
+    expect_merged(
+        context,
+        &report,
+        &[("sysext", "hello", Trust::BaseManifest)],
+    )?;
     let image = &report.extensions[0].image;
     if image != "initramfs:/.extra/sysext/hello.raw" {
         return Err(format!("hello was merged from {image}, not from the ESP"));

@@ -167,6 +167,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: layer_scenarios::sysext_esp,
     },
     Scenario {
+        name: "sysext-state",
+        about: "a pinned sysext on the disk's /var partition (ext4, lib/extensions/) is found and merged",
+        run: layer_scenarios::sysext_state,
+    },
+    Scenario {
         name: "sysext-tamper",
         about: "a sysext with one flipped byte is refused before merging; production reboots",
         run: layer_scenarios::sysext_tamper,

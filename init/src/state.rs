@@ -1,0 +1,113 @@
+//! The state partition: the Discoverable Partitions /var partition on the root's disk,
+//! which may carry extension images in its `lib/extensions/` and `lib/confexts/` (the
+//! booted system's /var/lib/extensions). It is mounted read-only for as long as an
+//! extension from it is merged; it is optional, so nothing here fails the boot.
+
+use std::path::{Path, PathBuf};
+
+use crate::blockdev;
+use crate::devspec::DeviceSpec;
+use crate::gpt;
+use crate::kmod::ModuleLoader;
+use crate::mounts::{self, Mount, MountOp};
+use crate::paths::Paths;
+
+/// A mounted state partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePartition {
+    pub device: PathBuf,
+    pub mount: PathBuf,
+}
+
+/// Mounts the /var partition next to `root_device` read-only under /run/xorbang/state, if
+/// there is exactly one and it holds a file system; says why not otherwise.
+pub fn mount_read_only(
+    paths: &Paths,
+    root_device: &Path,
+    modules: &mut ModuleLoader,
+) -> Option<StatePartition> {
+    let device = find(paths, root_device)?;
+    let fstype = match blockdev::probe_device(&device) {
+        Ok(Some(info)) => info.kind.to_string(),
+        Ok(None) => {
+            log::info!(
+                "state partition {} holds no file system yet; no extensions from it",
+                device.display()
+            );
+            return None;
+        }
+        Err(error) => {
+            log::warn!("state partition: {error}; no extensions from it");
+            return None;
+        }
+    };
+    if let Err(error) = modules.ensure(&fstype) {
+        log::warn!("state partition {}: {error}", device.display());
+        return None;
+    }
+    let mount = paths.xorbang_run().join("state");
+    let mut read_only = Mount::read_only(&device.to_string_lossy(), mount.clone(), &fstype);
+    read_only.restricted = true;
+    match mounts::execute(&[MountOp::Mkdir(mount.clone()), MountOp::Mount(read_only)]) {
+        Ok(()) => {
+            log::info!(
+                "state partition {} ({fstype}) mounted read-only at {} to look for extensions",
+                device.display(),
+                mount.display()
+            );
+            Some(StatePartition { device, mount })
+        }
+        Err(error) => {
+            log::warn!("state partition: {error}; no extensions from it");
+            None
+        }
+    }
+}
+
+/// The /var partition's node, if the root's disk has exactly one.
+fn find(paths: &Paths, root_device: &Path) -> Option<PathBuf> {
+    let sys = paths.sys_class_block();
+    let dev = paths.dev();
+    let partitions = match blockdev::sibling_partitions(root_device, &sys, &dev) {
+        Ok(Some(partitions)) => partitions,
+        Ok(None) => return None,
+        Err(error) => {
+            log::warn!(
+                "looking for a state partition next to {}: {error}",
+                root_device.display()
+            );
+            return None;
+        }
+    };
+    let mut vars = partitions.iter().filter(|part| part.type_guid == gpt::VAR);
+    let var = match (vars.next(), vars.next()) {
+        (Some(var), None) => var,
+        (None, _) => return None,
+        (Some(_), Some(_)) => {
+            log::warn!(
+                "the disk of {} has several /var partitions; not searching any for extensions",
+                root_device.display()
+            );
+            return None;
+        }
+    };
+    match blockdev::resolve(&DeviceSpec::PartUuid(var.unique_guid), &sys, &dev) {
+        Ok(Some(node)) => Some(node),
+        Ok(None) => {
+            log::warn!("the state partition {} has no device node", var.unique_guid);
+            None
+        }
+        Err(error) => {
+            log::warn!("state partition {}: {error}", var.unique_guid);
+            None
+        }
+    }
+}
+
+/// Unmounts a state partition nothing merged came from, so the booted system can mount it
+/// read-write as /var.
+pub fn release(state: &StatePartition) {
+    if let Err(errno) = rustix::mount::unmount(&state.mount, rustix::mount::UnmountFlags::empty()) {
+        log::warn!("cannot unmount {}: {errno}", state.mount.display());
+    }
+}
