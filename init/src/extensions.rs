@@ -170,8 +170,18 @@ pub enum Cause {
     CarriesOsRelease,
     #[error("the base image has no /{0} to merge it onto")]
     NoMountPoint(&'static str),
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Probe(#[source] crate::blockdev::BlockError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// A file or directory that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub source: io::Error,
 }
 
 /// One extension refused, named as the user knows it.
@@ -198,8 +208,8 @@ pub enum BaseError {
     NoOsRelease,
     #[error("the base image's {MANIFEST_PATH}: {0}")]
     Pins(#[from] crate::pins::PinsError),
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// Every `NAME.raw` of the kind, each name from the first directory that has it.
@@ -232,9 +242,11 @@ pub fn discover(
 
 /// `(name, path)` of the `*.raw` files in `dir`; none if it does not exist.
 fn raw_images(dir: &Path) -> Result<Vec<(String, PathBuf)>, BaseError> {
-    let read_error = |source| BaseError::Read {
-        path: dir.to_owned(),
-        source,
+    let read_error = |source| {
+        BaseError::Read(ReadError {
+            path: dir.to_owned(),
+            source,
+        })
     };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -284,9 +296,9 @@ pub fn base_pins(base: &Path) -> Result<ExtensionPins, BaseError> {
 
 /// Reads `relative` inside the tree at `root`, following symlinks as that tree would (an
 /// absolute /etc/os-release link must not reach into the initramfs).
-fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, BaseError> {
+fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, ReadError> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let read_error = |source: io::Error| BaseError::Read {
+    let read_error = |source: io::Error| ReadError {
         path: root.join(relative),
         source,
     };
@@ -395,10 +407,7 @@ impl Activator<'_> {
         let active = verity_root::activate_mapping(self.dev_dir, &mapping, &data_node, &hash_node)?;
         undo.mapping = Some(name);
         read_everything(&active.node)?;
-        let probed = blockdev::probe_device(&active.node).map_err(|error| Cause::Read {
-            path: active.node.clone(),
-            source: io::Error::other(error.to_string()),
-        })?;
+        let probed = blockdev::probe_device(&active.node).map_err(Cause::Probe)?;
         match probed {
             Some(info) if info.kind == FsKind::Squashfs => {}
             other => {
@@ -435,12 +444,8 @@ impl Activator<'_> {
 
     fn check_release(&self, kind: ExtensionKind, name: &str, mount: &Path) -> Result<(), Cause> {
         let path = kind.release_path(name);
-        let text = read_in_root(mount, &path)
-            .map_err(|error| Cause::Read {
-                path: mount.join(&path),
-                source: io::Error::other(error.to_string()),
-            })?
-            .ok_or_else(|| Cause::NoRelease { path: path.clone() })?;
+        let text =
+            read_in_root(mount, &path)?.ok_or_else(|| Cause::NoRelease { path: path.clone() })?;
         let release = OsRelease::parse(&text).map_err(|source| Cause::BadRelease {
             path: path.clone(),
             source,
@@ -554,7 +559,7 @@ fn attach(dev_dir: &Path, image: &Path, partition: &GptPartition) -> Result<Path
 /// Reads the whole mapped device, so that dm-verity checks every block now: an image that
 /// was modified is refused before anything of it is visible.
 fn read_everything(device: &Path) -> Result<(), Cause> {
-    let file = File::open(device).map_err(|source| Cause::Read {
+    let file = File::open(device).map_err(|source| ReadError {
         path: device.to_owned(),
         source,
     })?;

@@ -46,8 +46,8 @@
 //! - `hostname`: as systemd's `hostname_is_valid`: at most 64 bytes of dot-separated labels,
 //!   each 1–63 of `A-Z a-z 0-9 -`, not starting or ending with `-`; no trailing dot.
 //! - `timezone`: a zoneinfo name: relative, `/`-separated components of `A-Z a-z 0-9 _ + -`,
-//!   at most 255 bytes. The init refuses the config if the root image lacks
-//!   `/usr/share/zoneinfo/<timezone>` (see [`HostConfig::zoneinfo_path`]).
+//!   at most 255 bytes. The init refuses the config if the merged root lacks
+//!   `/usr/share/zoneinfo/<timezone>` (the /etc/localtime link would point nowhere).
 //! - `extensions.sysext`, `extensions.confext`: image names of `A-Z a-z 0-9 _ . -`, not
 //!   starting with `.`, at most 128 bytes, each listed once.
 //! - `[[network]]`: `name` (1–15 bytes, no `/`, `:`, whitespace or control characters; `*?[]`
@@ -1189,14 +1189,6 @@ fn check_collisions(config: &HostConfig, file_spans: &[usize]) -> Result<(), Ref
 // ---------------------------------------------------------------------------------------
 
 impl HostConfig {
-    /// The timezone's zoneinfo file relative to the root (`usr/share/zoneinfo/<tz>`), which
-    /// the init checks in the root image before applying the config.
-    pub fn zoneinfo_path(&self) -> Option<String> {
-        self.timezone
-            .as_ref()
-            .map(|zone| format!("usr/share/zoneinfo/{zone}"))
-    }
-
     /// Everything the layer holds, sorted by path (so the same config always gives the
     /// same layer and the same boot report).
     pub fn etc_layer(&self) -> Vec<EtcEntry> {
@@ -1521,10 +1513,6 @@ content = "a = 1\n"
         let config = parse(&example()).expect("the example is valid");
         assert_eq!(config.hostname.as_deref(), Some("web-01"));
         assert_eq!(config.timezone.as_deref(), Some("Europe/Berlin"));
-        assert_eq!(
-            config.zoneinfo_path().as_deref(),
-            Some("usr/share/zoneinfo/Europe/Berlin")
-        );
         assert_eq!(config.sysext, ["gui", "monitoring"]);
         assert_eq!(config.confext, ["site"]);
         assert_eq!(config.modules, ["br_netfilter", "wireguard"]);
@@ -1631,7 +1619,6 @@ content = "a = 1\n"
         let config = parse("version = 1\n").expect("valid");
         assert_eq!(config, HostConfig::default());
         assert!(config.etc_layer().is_empty());
-        assert_eq!(config.zoneinfo_path(), None);
     }
 
     #[test]
