@@ -109,9 +109,6 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     }
     clock.finish_stage("modules");
 
-    let host = layers::load_host_config(paths, &options);
-    clock.finish_stage("host-config");
-
     let deadline = started + options.timeout;
     let budget = (options.timeout, deadline);
     // `device` is what gets mounted; `source` the block device the image is read from.
@@ -156,6 +153,10 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         }
     };
     clock.finish_stage("verity");
+
+    // After the root: a config partition or the ESP is looked for once the disks are there.
+    let host = layers::load_host_config(paths, &options, &source, &mut modules);
+    clock.finish_stage("host-config");
 
     let fstype = root_fstype(&options, &device)?;
     modules.ensure(&fstype)?;

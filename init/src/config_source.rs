@@ -1,11 +1,17 @@
 //! Where host config comes from, in PRODUCT.md's precedence: `xorbang.config=`, then QEMU's
-//! fw_cfg entry `opt/org.xorbang/host-config`, then a file in the initramfs (a PXE server
-//! appends a per-host cpio holding it). Only reading happens here; parsing is
-//! [`crate::hostconfig`]'s.
+//! fw_cfg entry `opt/org.xorbang/host-config`, then a config partition (PARTLABEL
+//! `xorbang-config`, `host-config.toml` at its root) or the ESP of the root's disk
+//! (`xorbang/host-config.toml`), then a file in the initramfs (a PXE server appends a
+//! per-host cpio holding it). Only reading happens here; parsing is [`crate::hostconfig`]'s.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::blockdev;
+use crate::devspec::DeviceSpec;
+use crate::gpt;
+use crate::kmod::ModuleLoader;
+use crate::mounts::{self, Mount, MountOp};
 use crate::options::ConfigSource;
 use crate::paths::Paths;
 
@@ -13,6 +19,12 @@ use crate::paths::Paths;
 pub const FW_CFG_NAME: &str = "opt/org.xorbang/host-config";
 /// Where the default search looks inside the initramfs.
 pub const INITRAMFS_FILE: &str = "etc/xorbang/host-config.toml";
+/// The partition label the default search looks for.
+pub const PARTITION_LABEL: &str = "xorbang-config";
+/// The file at the root of a config partition.
+pub const PARTITION_FILE: &str = "host-config.toml";
+/// The file on the ESP.
+pub const ESP_FILE: &str = "xorbang/host-config.toml";
 /// Far above any real host config; bounds what PID 1 reads from an untrusted source.
 const MAX_BYTES: u64 = 1 << 20;
 
@@ -39,6 +51,14 @@ pub enum ConfigSourceError {
     Missing(PathBuf),
     #[error("xorbang.config=fw_cfg: QEMU passed no {FW_CFG_NAME} (looked for {0})")]
     NoFwCfg(PathBuf),
+    #[error("xorbang.config={0}: no such partition")]
+    NoPartition(DeviceSpec),
+    #[error("xorbang.config=esp: the root's disk has no EFI System Partition")]
+    NoEsp,
+    #[error("host config {origin}: {detail}")]
+    Partition { origin: String, detail: String },
+    #[error("host config {origin}: no {file} on it")]
+    NotOnPartition { origin: String, file: &'static str },
 }
 
 /// The fw_cfg entry's contents as the qemu_fw_cfg driver shows them in sysfs.
@@ -50,16 +70,34 @@ pub fn fw_cfg_path(paths: &Paths) -> PathBuf {
         .join("raw")
 }
 
-/// The host config to apply, if any source has one.
-pub fn load(paths: &Paths, source: &ConfigSource) -> Result<Option<ConfigText>, ConfigSourceError> {
+/// The host config to apply, if any source has one. `root_device` is the block device the
+/// root image is read from: its disk's ESP is searched.
+pub fn load(
+    paths: &Paths,
+    source: &ConfigSource,
+    root_device: &Path,
+    modules: &mut ModuleLoader,
+) -> Result<Option<ConfigText>, ConfigSourceError> {
     let fw_cfg = fw_cfg_path(paths);
     let in_initramfs = |file: &Path| paths.root().join(file.strip_prefix("/").unwrap_or(file));
+    let mut disks = Disks { paths, modules };
     match source {
         ConfigSource::Nothing => Ok(None),
         ConfigSource::FwCfg if fw_cfg.exists() => {
             read(&fw_cfg, format!("fw_cfg {FW_CFG_NAME}")).map(Some)
         }
         ConfigSource::FwCfg => Err(ConfigSourceError::NoFwCfg(fw_cfg)),
+        ConfigSource::Partition(spec) => {
+            let device = disks
+                .find(spec)
+                .ok_or_else(|| ConfigSourceError::NoPartition(spec.clone()))?;
+            disks.required(&device, PARTITION_FILE, spec).map(Some)
+        }
+        ConfigSource::Esp => {
+            let esp = disks.esp_of(root_device).ok_or(ConfigSourceError::NoEsp)?;
+            let spec = DeviceSpec::Path(esp.clone());
+            disks.required(&esp, ESP_FILE, &spec).map(Some)
+        }
         ConfigSource::File(file) => {
             let path = in_initramfs(file);
             if !path.exists() {
@@ -71,12 +109,156 @@ pub fn load(paths: &Paths, source: &ConfigSource) -> Result<Option<ConfigText>, 
             if fw_cfg.exists() {
                 return read(&fw_cfg, format!("fw_cfg {FW_CFG_NAME}")).map(Some);
             }
+            let label = DeviceSpec::PartLabel(PARTITION_LABEL.to_owned());
+            if let Some(device) = disks.find(&label) {
+                if let Some(text) = disks.read_from(&device, PARTITION_FILE, &label)? {
+                    return Ok(Some(text));
+                }
+            }
+            if let Some(esp) = disks.esp_of(root_device) {
+                let spec = DeviceSpec::Path(esp.clone());
+                if let Some(text) = disks.read_from(&esp, ESP_FILE, &spec)? {
+                    return Ok(Some(text));
+                }
+            }
             let file = in_initramfs(Path::new(INITRAMFS_FILE));
             if file.exists() {
                 return read(&file, format!("initramfs:/{INITRAMFS_FILE}")).map(Some);
             }
             Ok(None)
         }
+    }
+}
+
+/// How messages and the report name a file on a partition.
+fn origin_of(device: &Path, file: &str) -> String {
+    format!("{}:/{file}", device.display())
+}
+
+/// Partitions on the machine's disks, for the sources that are files on a file system.
+struct Disks<'a> {
+    paths: &'a Paths,
+    modules: &'a mut ModuleLoader,
+}
+
+impl Disks<'_> {
+    /// The partition `spec` names, if it is there (the root's disks have appeared by now).
+    fn find(&self, spec: &DeviceSpec) -> Option<PathBuf> {
+        match blockdev::resolve(spec, &self.paths.sys_class_block(), &self.paths.dev()) {
+            Ok(found) => found,
+            Err(error) => {
+                log::warn!("looking for the host config partition {spec}: {error}");
+                None
+            }
+        }
+    }
+
+    /// The EFI System Partition on the disk of `root_device`, if it has exactly one.
+    fn esp_of(&self, root_device: &Path) -> Option<PathBuf> {
+        let sys = self.paths.sys_class_block();
+        let dev = self.paths.dev();
+        let partitions = match blockdev::sibling_partitions(root_device, &sys, &dev) {
+            Ok(Some(partitions)) => partitions,
+            Ok(None) => return None,
+            Err(error) => {
+                log::warn!(
+                    "looking for the ESP next to {}: {error}",
+                    root_device.display()
+                );
+                return None;
+            }
+        };
+        let mut esps = partitions.iter().filter(|part| part.type_guid == gpt::ESP);
+        match (esps.next(), esps.next()) {
+            (Some(esp), None) => self.find(&DeviceSpec::PartUuid(esp.unique_guid)),
+            _ => None,
+        }
+    }
+
+    /// [`Self::read_from`] for a source the command line named: absent is an error.
+    fn required(
+        &mut self,
+        device: &Path,
+        file: &'static str,
+        spec: &DeviceSpec,
+    ) -> Result<ConfigText, ConfigSourceError> {
+        self.read_from(device, file, spec)?
+            .ok_or_else(|| ConfigSourceError::NotOnPartition {
+                origin: origin_of(device, file),
+                file,
+            })
+    }
+
+    /// Reads `file` from the file system on `device`, mounted read-only for just this.
+    /// `None` when the file is not there, or the file system is one this initramfs cannot
+    /// mount (the modules are optional: `--modules …,vfat,nls_cp437,nls_ascii`).
+    fn read_from(
+        &mut self,
+        device: &Path,
+        file: &'static str,
+        spec: &DeviceSpec,
+    ) -> Result<Option<ConfigText>, ConfigSourceError> {
+        let origin = origin_of(device, file);
+        let fail = |detail: String| ConfigSourceError::Partition {
+            origin: origin.clone(),
+            detail,
+        };
+        let fstype = match blockdev::probe_device(device) {
+            Ok(Some(info)) => info.kind.to_string(),
+            Ok(None) => return Err(fail(format!("{spec} holds no file system this init knows"))),
+            Err(error) => return Err(fail(error.to_string())),
+        };
+        if !self.can_mount(&fstype) {
+            log::debug!("not reading {origin}: the initramfs carries no {fstype} driver");
+            return Ok(None);
+        }
+        let mount = self.paths.xorbang_run().join("config-source");
+        let mut read_only = Mount::read_only(&device.to_string_lossy(), mount.clone(), &fstype);
+        read_only.restricted = true;
+        mounts::execute(&[MountOp::Mkdir(mount.clone()), MountOp::Mount(read_only)])
+            .map_err(|error| fail(error.to_string()))?;
+        let path = mount.join(file);
+        let text = if path.exists() {
+            read(&path, origin.clone()).map(Some)
+        } else {
+            Ok(None)
+        };
+        let unmounted = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::empty())
+            .map_err(|errno| fail(format!("cannot unmount {}: {errno}", mount.display())))
+            .and_then(|()| {
+                std::fs::remove_dir(&mount)
+                    .map_err(|error| fail(format!("cannot remove {}: {error}", mount.display())))
+            });
+        let text = text?;
+        unmounted?;
+        Ok(text)
+    }
+
+    /// Whether the kernel knows `fstype` already, or the initramfs carries its module (then
+    /// loaded, with the code pages FAT mounts ask for).
+    fn can_mount(&mut self, fstype: &str) -> bool {
+        let known =
+            std::fs::read_to_string(self.paths.proc().join("filesystems")).is_ok_and(|list| {
+                list.lines()
+                    .any(|line| line.split_whitespace().last() == Some(fstype))
+            });
+        if known {
+            return true;
+        }
+        if !self.modules.carries(fstype) {
+            return false;
+        }
+        let mut needed = vec![fstype];
+        if fstype == "vfat" {
+            needed.extend(["nls_cp437", "nls_ascii"]);
+        }
+        for module in needed {
+            if let Err(error) = self.modules.ensure(module) {
+                log::warn!("{error}");
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -103,6 +285,15 @@ fn read(path: &Path, origin: String) -> Result<ConfigText, ConfigSourceError> {
 mod tests {
     use super::*;
 
+    /// `load` on a fake root: no disks, no modules.
+    fn load_in(
+        paths: &Paths,
+        source: &ConfigSource,
+    ) -> Result<Option<ConfigText>, ConfigSourceError> {
+        let mut modules = ModuleLoader::open(&paths.root().join("no-modules")).expect("empty");
+        load(paths, source, &paths.dev().join("vda1"), &mut modules)
+    }
+
     fn write(root: &Path, relative: &str, text: &str) {
         let path = root.join(relative);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -113,9 +304,12 @@ mod tests {
     fn fw_cfg_comes_before_the_initramfs_file() {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path().to_owned());
-        assert_eq!(load(&paths, &ConfigSource::Search).expect("nothing"), None);
+        assert_eq!(
+            load_in(&paths, &ConfigSource::Search).expect("nothing"),
+            None
+        );
         write(root.path(), INITRAMFS_FILE, "version = 1\n");
-        let found = load(&paths, &ConfigSource::Search)
+        let found = load_in(&paths, &ConfigSource::Search)
             .expect("file")
             .expect("some");
         assert_eq!(found.origin, "initramfs:/etc/xorbang/host-config.toml");
@@ -124,29 +318,30 @@ mod tests {
             "sys/firmware/qemu_fw_cfg/by_name/opt/org.xorbang/host-config/raw",
             "hostname = \"a\"\n",
         );
-        let found = load(&paths, &ConfigSource::Search)
+        let found = load_in(&paths, &ConfigSource::Search)
             .expect("fw_cfg")
             .expect("some");
         assert_eq!(found.origin, "fw_cfg opt/org.xorbang/host-config");
         assert_eq!(found.text, "hostname = \"a\"\n");
-        assert_eq!(load(&paths, &ConfigSource::Nothing).expect("none"), None);
+        assert_eq!(load_in(&paths, &ConfigSource::Nothing).expect("none"), None);
     }
 
     #[test]
     fn an_explicit_source_must_exist() {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path().to_owned());
-        let missing = load(&paths, &ConfigSource::File("/host.toml".into())).expect_err("missing");
+        let missing =
+            load_in(&paths, &ConfigSource::File("/host.toml".into())).expect_err("missing");
         assert_eq!(
             missing.to_string(),
             "xorbang.config=/host.toml: no such file in the initramfs"
         );
-        let no_fw_cfg = load(&paths, &ConfigSource::FwCfg).expect_err("no fw_cfg");
+        let no_fw_cfg = load_in(&paths, &ConfigSource::FwCfg).expect_err("no fw_cfg");
         assert!(no_fw_cfg
             .to_string()
             .starts_with("xorbang.config=fw_cfg: QEMU passed no"));
         std::fs::write(root.path().join("bin.toml"), [0xff, 0xfe]).expect("write");
-        let binary = load(&paths, &ConfigSource::File("/bin.toml".into())).expect_err("binary");
+        let binary = load_in(&paths, &ConfigSource::File("/bin.toml".into())).expect_err("binary");
         assert_eq!(
             binary.to_string(),
             "host config initramfs:/bin.toml is not UTF-8 text"

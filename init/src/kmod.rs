@@ -18,6 +18,9 @@ pub const ON_DEMAND: &[&str] = &[
     "dm_verity",
     "efivarfs",
     "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,11 @@ impl ModuleLoader {
             index,
             loaded: BTreeSet::new(),
         })
+    }
+
+    /// Whether the initramfs has `name` to load.
+    pub fn carries(&self, name: &str) -> bool {
+        self.index.get(&ModuleName::new(name)).is_some()
     }
 
     pub fn loaded_count(&self) -> usize {

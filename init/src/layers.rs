@@ -39,10 +39,15 @@ pub struct HostConfigState {
     pub report: Option<HostConfigReport>,
 }
 
-/// Finds and parses the host config. Never fails the boot: a bad config is reported and
-/// left out.
-pub fn load_host_config(paths: &Paths, options: &BootOptions) -> HostConfigState {
-    let text = match config_source::load(paths, &options.config) {
+/// Finds and parses the host config (`root_device` tells which disk's ESP to look at).
+/// Never fails the boot: a bad config is reported and left out.
+pub fn load_host_config(
+    paths: &Paths,
+    options: &BootOptions,
+    root_device: &Path,
+    modules: &mut ModuleLoader,
+) -> HostConfigState {
+    let text = match config_source::load(paths, &options.config, root_device, modules) {
         Ok(Some(text)) => text,
         Ok(None) => {
             return HostConfigState {

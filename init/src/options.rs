@@ -105,6 +105,11 @@ pub enum ConfigSource {
     Nothing,
     /// `fw_cfg`: only QEMU's `opt/org.xorbang/host-config`.
     FwCfg,
+    /// `esp`: only `xorbang/host-config.toml` on the EFI System Partition of the root's disk.
+    Esp,
+    /// `PARTLABEL=…`, `LABEL=…` and the other device forms: `host-config.toml` at the root
+    /// of that partition's file system.
+    Partition(DeviceSpec),
     /// An absolute path: a file inside the initramfs (PXE servers append it as a cpio).
     File(PathBuf),
 }
@@ -384,12 +389,19 @@ fn config_source(cmdline: &Cmdline) -> Result<ConfigSource, OptionError> {
         None | Some("auto") => Ok(ConfigSource::Search),
         Some("none") => Ok(ConfigSource::Nothing),
         Some("fw_cfg") => Ok(ConfigSource::FwCfg),
-        Some(path) if path.starts_with('/') => Ok(ConfigSource::File(PathBuf::from(path))),
-        Some(value) => Err(bad(
-            KEY,
-            value,
-            "expected auto, none, fw_cfg or the absolute path of a file in the initramfs",
-        )),
+        Some("esp") => Ok(ConfigSource::Esp),
+        Some(path) if path.starts_with('/') && !path.starts_with("/dev/") => {
+            Ok(ConfigSource::File(PathBuf::from(path)))
+        }
+        Some(value) => match DeviceSpec::parse(value) {
+            Ok(spec) => Ok(ConfigSource::Partition(spec)),
+            Err(_) => Err(bad(
+                KEY,
+                value,
+                "expected auto, none, fw_cfg, esp, a partition (PARTLABEL=…, LABEL=…, /dev/…) \
+                 or the absolute path of a file in the initramfs",
+            )),
+        },
     }
 }
 
@@ -597,6 +609,21 @@ mod tests {
         let (options, _) =
             parse(&format!("roothash={HASH} xorbang.config=/etc/host.toml")).expect("valid");
         assert_eq!(options.config, ConfigSource::File("/etc/host.toml".into()));
+        for (value, expected) in [
+            ("esp", ConfigSource::Esp),
+            (
+                "PARTLABEL=cfg",
+                ConfigSource::Partition(DeviceSpec::PartLabel("cfg".into())),
+            ),
+            (
+                "/dev/vdb1",
+                ConfigSource::Partition(DeviceSpec::parse("/dev/vdb1").expect("spec")),
+            ),
+        ] {
+            let (options, _) =
+                parse(&format!("roothash={HASH} xorbang.config={value}")).expect(value);
+            assert_eq!(options.config, expected, "{value}");
+        }
     }
 
     #[test]

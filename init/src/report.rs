@@ -24,9 +24,9 @@ impl From<Duration> for Micros {
 pub const STAGES: [&str; 8] = [
     "setup",
     "modules",
-    "host-config",
     "root-device",
     "verity",
+    "host-config",
     "mount-root",
     "layers",
     "switch-root",

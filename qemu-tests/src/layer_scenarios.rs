@@ -2,7 +2,7 @@
 //! applied (or refused) before switch_root. Each checks the init's own lines and boot
 //! report on the console and, where the boot goes on, what the guest agent sees.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xorbang_init::extensions::Trust;
@@ -141,11 +141,8 @@ pub fn sysext_tamper(context: &Context) -> Result<(), String> {
 pub fn sysext_state(context: &Context) -> Result<(), String> {
     let check = "sysext-state";
     let dir = context.work.join(check);
-    let definitions = dir.join("definitions");
     let tree = dir.join("state/lib/extensions");
-    for path in [&definitions, &tree] {
-        std::fs::create_dir_all(path).map_err(|error| format!("{}: {error}", path.display()))?;
-    }
+    std::fs::create_dir_all(&tree).map_err(|error| format!("{}: {error}", tree.display()))?;
     let image = context.system.extensions.join("state-tool.raw");
     std::fs::copy(&image, tree.join("state-tool.raw"))
         .map_err(|error| format!("{}: {error}", image.display()))?;
@@ -158,36 +155,8 @@ pub fn sysext_state(context: &Context) -> Result<(), String> {
             .arg("32M"),
     )
     .map_err(|error| error.to_string())?;
-    let layout = [
-        (
-            "10-root.conf",
-            "Type=root\nCopyBlocks=root-image\n".to_owned(),
-        ),
-        (
-            "20-root-verity.conf",
-            "Type=root-verity\nCopyBlocks=root-verity\n".to_owned(),
-        ),
-        (
-            "30-var.conf",
-            format!("Type=var\nLabel=var\nCopyBlocks={}\n", state.display()),
-        ),
-    ];
-    for (name, body) in layout {
-        let path = definitions.join(name);
-        std::fs::write(&path, format!("[Partition]\n{body}"))
-            .map_err(|error| format!("{}: {error}", path.display()))?;
-    }
-    let disk = dir.join("disk.img");
-    fixtures::run(
-        Command::new(&context.binaries.build)
-            .args(["disk", "--definitions"])
-            .arg(&definitions)
-            .arg("--image")
-            .arg(&context.system.image)
-            .arg("-o")
-            .arg(&disk),
-    )
-    .map_err(|error| error.to_string())?;
+    let var = format!("Type=var\nLabel=var\nCopyBlocks={}\n", state.display());
+    let disk = disk_with(context, &dir, &[("30-var.conf", var)])?;
     // ext4 asks for crc32c through the crypto API (a soft dependency modules.dep omits).
     let initrd = fixtures::initrd_with_modules(
         &context.work,
@@ -401,6 +370,121 @@ pub fn hostconfig_initrd(context: &Context) -> Result<(), String> {
         &[report_line(), pass_line("hostconfig-initrd")],
     )?;
     expect_applied(&console, "initramfs:/etc/xorbang/host-config.toml")
+}
+
+/// A FAT image holding `text` at `path` (directories made as needed).
+fn fat_image(out: &Path, path: &str, text: &str, staging: &Path) -> Result<(), String> {
+    std::fs::write(staging, text).map_err(|error| format!("{}: {error}", staging.display()))?;
+    // mkfs.vfat -C only creates: drop the image of an earlier run.
+    match std::fs::remove_file(out) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: {error}", out.display()))
+        }
+        _ => {}
+    }
+    fixtures::run(Command::new("mkfs.vfat").arg("-C").arg(out).arg("34000"))
+        .map_err(|error| error.to_string())?;
+    let mut parts: Vec<&str> = path.split('/').collect();
+    parts.pop();
+    let mut dir = String::from("::");
+    for part in parts {
+        dir.push('/');
+        dir.push_str(part);
+        fixtures::run(Command::new("mmd").arg("-i").arg(out).arg(&dir))
+            .map_err(|error| error.to_string())?;
+    }
+    fixtures::run(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(out)
+            .arg(staging)
+            .arg(format!("::/{path}")),
+    )
+    .map_err(|error| error.to_string())
+    .map(drop)
+}
+
+/// The system disk laid out again with `extra` partitions (name, repart body) after the
+/// root and its tree.
+fn disk_with(context: &Context, dir: &Path, extra: &[(&str, String)]) -> Result<PathBuf, String> {
+    let definitions = dir.join("definitions");
+    std::fs::create_dir_all(&definitions)
+        .map_err(|error| format!("{}: {error}", definitions.display()))?;
+    let mut layout = vec![
+        (
+            "10-root.conf",
+            "Type=root\nCopyBlocks=root-image\n".to_owned(),
+        ),
+        (
+            "20-root-verity.conf",
+            "Type=root-verity\nCopyBlocks=root-verity\n".to_owned(),
+        ),
+    ];
+    layout.extend(extra.iter().cloned());
+    for (name, body) in layout {
+        let path = definitions.join(name);
+        std::fs::write(&path, format!("[Partition]\n{body}"))
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    let disk = dir.join("disk.img");
+    fixtures::run(
+        Command::new(&context.binaries.build)
+            .args(["disk", "--definitions"])
+            .arg(&definitions)
+            .arg("--image")
+            .arg(&context.system.image)
+            .arg("-o")
+            .arg(&disk),
+    )
+    .map_err(|error| error.to_string())?;
+    Ok(disk)
+}
+
+/// Host config on a FAT file system: a partition labelled `xorbang-config`, then the ESP of
+/// the root's disk. The initramfs carries vfat for it (the default one does not).
+pub fn hostconfig_partition(context: &Context) -> Result<(), String> {
+    let initrd = fixtures::initrd_with_modules(
+        &context.work,
+        "initrd-vfat.img",
+        &context.binaries,
+        &context.kernel,
+        &["vfat", "nls_cp437", "nls_ascii"],
+    )
+    .map_err(|error| error.to_string())?;
+    let cases = [
+        (
+            "hostconfig-partition",
+            "host-config.toml",
+            "Type=linux-generic\nLabel=xorbang-config\n",
+            "/dev/vda3:/host-config.toml",
+        ),
+        (
+            "hostconfig-esp",
+            "xorbang/host-config.toml",
+            "Type=esp\n",
+            "/dev/vda3:/xorbang/host-config.toml",
+        ),
+    ];
+    for (check, path, partition, origin) in cases {
+        let dir = context.work.join(check);
+        std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+        let fat = dir.join("fat.img");
+        let config = host_config(&check.replace("hostconfig", "xorbang"));
+        fat_image(&fat, path, &config, &dir.join("config.toml"))?;
+        let body = format!("{partition}CopyBlocks={}\n", fat.display());
+        let disk = disk_with(context, &dir, &[("30-config.conf", body)])?;
+        let mut vm = context.vm(
+            vec![disk],
+            &format!("{} xtest.scenario={check}", context.production_root()),
+            crate::scenarios::SYSTEMD_TIMEOUT,
+        );
+        set_initrd(&mut vm.boot, initrd.clone());
+        let console = context
+            .boot(&vm, check, &[report_line(), pass_line(check)])
+            .map_err(|error| format!("{check}: {error}"))?;
+        expect_applied(&console, origin).map_err(|error| format!("{check}: {error}"))?;
+    }
+    Ok(())
 }
 
 /// Bad configs through fw_cfg: the error line must give the position, the report must

@@ -197,6 +197,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: layer_scenarios::hostconfig_initrd,
     },
     Scenario {
+        name: "hostconfig-partition",
+        about: "host config from a partition labelled xorbang-config, and from the ESP of the root's disk",
+        run: layer_scenarios::hostconfig_partition,
+    },
+    Scenario {
         name: "hostconfig-invalid",
         about: "malformed TOML, an unknown key, a bad hostname: one line with line:column, nothing applied",
         run: layer_scenarios::hostconfig_invalid,
