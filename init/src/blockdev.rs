@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::devspec::DeviceSpec;
-use crate::gpt::{self, GptError, GptHeader, GptPartition, Lba, SectorSize};
+use crate::gpt::{self, GptError, GptHeader, GptPartition, Guid, Lba, SectorSize};
 use crate::superblock::{self, FsInfo, PROBE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,12 @@ pub enum BlockError {
     Link { path: PathBuf, source: io::Error },
     #[error("partition {path} has no parent disk directory in sysfs")]
     NoParent { path: PathBuf },
+    #[error("the disk of {node} has {count} partitions of type {type_guid}, so none is taken")]
+    SeveralOfType {
+        node: PathBuf,
+        type_guid: Guid,
+        count: usize,
+    },
 }
 
 /// The device node of the first block device (in name order) that `spec` names, or `None`
@@ -86,6 +92,37 @@ pub fn sibling_partitions(
     }
     let disk = scan.parent_disk(&name)?;
     scan.read_gpt(&disk)
+}
+
+/// The node of the one partition of DPS type `type_guid` on the disk of the partition
+/// `node` (the ESP or /var next to the root); `None` when there is none (or `node` is no
+/// partition of a GPT disk), an error when there are several.
+pub fn sibling_of_type(
+    node: &Path,
+    type_guid: Guid,
+    sys_class_block: &Path,
+    dev_dir: &Path,
+) -> Result<Option<PathBuf>, BlockError> {
+    let Some(partitions) = sibling_partitions(node, sys_class_block, dev_dir)? else {
+        return Ok(None);
+    };
+    let matching: Vec<&GptPartition> = partitions
+        .iter()
+        .filter(|part| part.type_guid == type_guid)
+        .collect();
+    match matching.as_slice() {
+        [] => Ok(None),
+        [one] => resolve(
+            &DeviceSpec::PartUuid(one.unique_guid),
+            sys_class_block,
+            dev_dir,
+        ),
+        several => Err(BlockError::SeveralOfType {
+            node: node.to_owned(),
+            type_guid,
+            count: several.len(),
+        }),
+    }
 }
 
 /// What filesystem `device` holds, from its first 64 KiB.

@@ -155,24 +155,16 @@ impl Disks<'_> {
 
     /// The EFI System Partition on the disk of `root_device`, if it has exactly one.
     fn esp_of(&self, root_device: &Path) -> Option<PathBuf> {
-        let sys = self.paths.sys_class_block();
-        let dev = self.paths.dev();
-        let partitions = match blockdev::sibling_partitions(root_device, &sys, &dev) {
-            Ok(Some(partitions)) => partitions,
-            Ok(None) => return None,
-            Err(error) => {
-                log::warn!(
-                    "looking for the ESP next to {}: {error}",
-                    root_device.display()
-                );
-                return None;
-            }
-        };
-        let mut esps = partitions.iter().filter(|part| part.type_guid == gpt::ESP);
-        match (esps.next(), esps.next()) {
-            (Some(esp), None) => self.find(&DeviceSpec::PartUuid(esp.unique_guid)),
-            _ => None,
-        }
+        let found = blockdev::sibling_of_type(
+            root_device,
+            gpt::ESP,
+            &self.paths.sys_class_block(),
+            &self.paths.dev(),
+        );
+        found.unwrap_or_else(|error| {
+            log::warn!("host config on the ESP: {error}");
+            None
+        })
     }
 
     /// [`Self::read_from`] for a source the command line named: absent is an error.

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::blockdev;
-use crate::devspec::DeviceSpec;
 use crate::gpt;
 use crate::kmod::ModuleLoader;
 use crate::mounts::{self, Mount, MountOp};
@@ -66,42 +65,16 @@ pub fn mount_read_only(
 
 /// The /var partition's node, if the root's disk has exactly one.
 fn find(paths: &Paths, root_device: &Path) -> Option<PathBuf> {
-    let sys = paths.sys_class_block();
-    let dev = paths.dev();
-    let partitions = match blockdev::sibling_partitions(root_device, &sys, &dev) {
-        Ok(Some(partitions)) => partitions,
-        Ok(None) => return None,
-        Err(error) => {
-            log::warn!(
-                "looking for a state partition next to {}: {error}",
-                root_device.display()
-            );
-            return None;
-        }
-    };
-    let mut vars = partitions.iter().filter(|part| part.type_guid == gpt::VAR);
-    let var = match (vars.next(), vars.next()) {
-        (Some(var), None) => var,
-        (None, _) => return None,
-        (Some(_), Some(_)) => {
-            log::warn!(
-                "the disk of {} has several /var partitions; not searching any for extensions",
-                root_device.display()
-            );
-            return None;
-        }
-    };
-    match blockdev::resolve(&DeviceSpec::PartUuid(var.unique_guid), &sys, &dev) {
-        Ok(Some(node)) => Some(node),
-        Ok(None) => {
-            log::warn!("the state partition {} has no device node", var.unique_guid);
-            None
-        }
-        Err(error) => {
-            log::warn!("state partition {}: {error}", var.unique_guid);
-            None
-        }
-    }
+    let found = blockdev::sibling_of_type(
+        root_device,
+        gpt::VAR,
+        &paths.sys_class_block(),
+        &paths.dev(),
+    );
+    found.unwrap_or_else(|error| {
+        log::warn!("state partition: {error}; no extensions from it");
+        None
+    })
 }
 
 /// Unmounts a state partition nothing merged came from, so the booted system can mount it

@@ -205,6 +205,23 @@ fn an_image_file_in_the_initramfs_is_attached_and_mounted() {
     assert!(text.contains("read-only: 1"), "{text}");
 }
 
+/// Boots the production root with `config` as /host.toml in the fake initramfs, named by
+/// `xorbang.config=`, then runs `checks`.
+fn boot_with_host_config(config: &str, checks: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("host-config.toml");
+    std::fs::write(&file, config).expect("write");
+    let image = squashfs_on_loop();
+    boot_with_files(
+        &[(&file, "host.toml")],
+        &format!(
+            "root={} xorbang.verity=optional xorbang.config=/host.toml",
+            image.device
+        ),
+        checks,
+    )
+}
+
 /// A host config in the initramfs (where a PXE server's appended cpio puts it) becomes a
 /// read-only /etc layer over the production root; the image itself is untouched.
 #[test]
@@ -212,20 +229,8 @@ fn host_config_from_the_initramfs_is_layered_over_etc() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("host-config.toml");
-    std::fs::write(
-        &config,
+    let (ok, text) = boot_with_host_config(
         "version = 1\nhostname = \"from-config\"\n[[network]]\nname = \"en*\"\ndhcp = true\n",
-    )
-    .expect("write");
-    let image = squashfs_on_loop();
-    let (ok, text) = boot_with_files(
-        &[(&config, "host.toml")],
-        &format!(
-            "root={} xorbang.verity=optional xorbang.config=/host.toml",
-            image.device
-        ),
         r#"echo "hostname: $(cat "$ROOT/sysroot/etc/hostname")"
            grep -x 'Name=en\*' "$ROOT/sysroot/etc/systemd/network/10-xorbang-0.network"
            if touch "$ROOT/sysroot/etc/probe" 2>/dev/null; then echo WRITABLE; else echo READ-ONLY; fi
@@ -252,20 +257,8 @@ fn an_invalid_host_config_changes_nothing() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("host-config.toml");
-    std::fs::write(
-        &config,
+    let (ok, text) = boot_with_host_config(
         "version = 1\n[[network]]\nname = \"en*\"\ndhcp = true\n[users.\"bad user\"]\n",
-    )
-    .expect("write");
-    let image = squashfs_on_loop();
-    let (ok, text) = boot_with_files(
-        &[(&config, "host.toml")],
-        &format!(
-            "root={} xorbang.verity=optional xorbang.config=/host.toml",
-            image.device
-        ),
         r#"echo "hostname: $(cat "$ROOT/sysroot/etc/hostname")"
            ls "$ROOT/sysroot/etc/systemd" 2>&1 || true
            ls "$ROOT/run/xorbang/host-config" 2>&1 || true"#,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::fixtures::{run, Binaries};
 
-use crate::qemu::LineMatch;
+use xorbang_init::report::BootReport;
+
+use crate::qemu::{Console, LineMatch};
 use crate::scenarios::{parse_report, Context, REPORT_PREFIX};
 
 struct Run {
@@ -20,6 +22,18 @@ struct Run {
 }
 
 impl Run {
+    fn of(report: &BootReport, console: &Console) -> Self {
+        Self {
+            init_us: report.total().0,
+            stages: report
+                .stages
+                .iter()
+                .map(|stage| (stage.name.clone(), stage.us.0))
+                .collect(),
+            marker_ms: u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
     fn stage_us(&self, name: &str) -> u64 {
         self.stages
             .iter()
@@ -104,15 +118,7 @@ fn layers_bench(context: &Context) -> Result<String, String> {
         {
             return Err("the layered bench boot did not merge everything".to_owned());
         }
-        let run = Run {
-            init_us: report.total().0,
-            stages: report
-                .stages
-                .iter()
-                .map(|stage| (stage.name.clone(), stage.us.0))
-                .collect(),
-            marker_ms: u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX),
-        };
+        let run = Run::of(&report, &console);
         println!(
             "layers run {index}: init stage {:.1} ms (layers {:.1} ms, host-config {:.1} ms)",
             run.init_us as f64 / 1000.0,
@@ -158,15 +164,7 @@ fn boot_bench(context: &Context, init_binary: &Path) -> Result<String, String> {
             &[LineMatch::Prefix(REPORT_PREFIX.to_owned())],
         )?;
         let report = parse_report(&console, REPORT_PREFIX)?;
-        let run = Run {
-            init_us: report.total().0,
-            stages: report
-                .stages
-                .iter()
-                .map(|stage| (stage.name.clone(), stage.us.0))
-                .collect(),
-            marker_ms: u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX),
-        };
+        let run = Run::of(&report, &console);
         let stages: Vec<String> = run
             .stages
             .iter()

@@ -180,8 +180,11 @@ fn build_one(build: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf, FixtureEr
     }
     if spec.noise_bytes > 0 {
         let file = tree.join(format!("usr/share/xorbang-test/{}-noise", spec.name));
-        std::fs::write(&file, noise(spec.noise_bytes))
-            .map_err(|error| other(format!("{}: {error}", file.display())))?;
+        std::fs::write(
+            &file,
+            crate::tamper::noise(0x2545_f491_4f6c_dd1d, spec.noise_bytes),
+        )
+        .map_err(|error| other(format!("{}: {error}", file.display())))?;
     }
     let image = dir.join(format!("{}.raw", spec.name));
     let mut command = Command::new(build);
@@ -205,19 +208,6 @@ fn build_one(build: &Path, dir: &Path, spec: &Spec) -> Result<PathBuf, FixtureEr
     std::fs::remove_dir_all(&tree)
         .map_err(|error| other(format!("{}: {error}", tree.display())))?;
     Ok(image)
-}
-
-/// Deterministic noise (xorshift64), so the images are the same every time.
-fn noise(length: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect()
 }
 
 /// The root hash `xorbang-build sysext` wrote beside an image.

@@ -63,6 +63,23 @@ fn expect_merged(
     Ok(())
 }
 
+/// Only the pinned sysext `name` was merged, and from the image in `dir` (the route the
+/// scenario is about, which shadows the base image's copy).
+fn expect_merged_from(
+    context: &Context,
+    console: &Console,
+    name: &str,
+    dir: &str,
+) -> Result<(), String> {
+    let report = parse_report(console, REPORT_PREFIX)?;
+    expect_merged(context, &report, &[("sysext", name, Trust::BaseManifest)])?;
+    let image = &report.extensions[0].image;
+    if *image != format!("{dir}/{name}.raw") {
+        return Err(format!("{name} was merged from {image}, not from {dir}"));
+    }
+    Ok(())
+}
+
 pub fn sysext_merge(context: &Context) -> Result<(), String> {
     let append = format!("{} xorbang.sysext=world,hello", context.production_root());
     let console = context.boot_system("sysext-merge", &append, &[report_line()])?;
@@ -176,17 +193,7 @@ pub fn sysext_state(context: &Context) -> Result<(), String> {
     );
     set_initrd(&mut vm.boot, initrd);
     let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
-    let report = parse_report(&console, REPORT_PREFIX)?;
-    expect_merged(
-        context,
-        &report,
-        &[("sysext", "state-tool", Trust::BaseManifest)],
-    )?;
-    let image = &report.extensions[0].image;
-    if image != "state:/var/lib/extensions/state-tool.raw" {
-        return Err(format!("state-tool was merged from {image}"));
-    }
-    Ok(())
+    expect_merged_from(context, &console, "state-tool", "state:/var/lib/extensions")
 }
 
 fn set_initrd(boot: &mut Boot, new_initrd: PathBuf) {
@@ -250,17 +257,7 @@ pub fn sysext_esp(context: &Context) -> Result<(), String> {
             .map_err(|error| error.to_string())?;
     let (vm, _) = context.firmware_vm(check, false, vec![disk])?;
     let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
-    let report = parse_report(&console, REPORT_PREFIX)?;
-    expect_merged(
-        context,
-        &report,
-        &[("sysext", "hello", Trust::BaseManifest)],
-    )?;
-    let image = &report.extensions[0].image;
-    if image != "initramfs:/.extra/sysext/hello.raw" {
-        return Err(format!("hello was merged from {image}, not from the ESP"));
-    }
-    Ok(())
+    expect_merged_from(context, &console, "hello", "initramfs:/.extra/sysext")
 }
 
 pub fn confext_merge(context: &Context) -> Result<(), String> {

@@ -36,8 +36,13 @@ fn io_error(path: &Path, source: std::io::Error) -> FixtureError {
 
 /// Deterministic noise (xorshift64), so the image is the same every time it is built.
 fn canary_bytes() -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..CANARY_BYTES)
+    noise(0x9e37_79b9_7f4a_7c15, CANARY_BYTES)
+}
+
+/// `length` bytes of xorshift64 noise from `seed`: incompressible, and the same every time.
+pub fn noise(seed: u64, length: usize) -> Vec<u8> {
+    let mut state = seed;
+    (0..length)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
