@@ -7,8 +7,8 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use xorbang_init::gpt::{self, GptWriteError, Guid, Lba, PartitionSpec, SectorSize};
-use xorbang_init::verity::RootHash;
+use xorbang_formats::gpt::{self, GptWriteError, Guid, Lba, PartitionSpec, SectorSize};
+use xorbang_formats::verity::RootHash;
 
 use crate::output::{OutputError, PendingOutput};
 
@@ -212,7 +212,7 @@ fn copy_into(file: &mut File, offset: u64, source: &Path) -> Result<(), CopyErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xorbang_init::gpt::{parse_entries, GptHeader};
+    use xorbang_formats::gpt::{parse_entries, GptHeader};
 
     const ROOT_HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
 

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use xorbang_init::modules::ModuleName;
+use xorbang_formats::module_index::ModuleName;
 
 use crate::compress::{compress, Compression};
 use crate::cpio::{Archive, CpioError};

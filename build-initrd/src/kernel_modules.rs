@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use xorbang_init::modules::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
+use xorbang_formats::module_index::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
 
 use crate::cpio::{Archive, CpioError};
 

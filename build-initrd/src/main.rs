@@ -16,11 +16,11 @@ use xorbang_build::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNS
 use xorbang_build::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::verified_image::{self, VerifiedImageError};
 use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
-use xorbang_init::gpt::Guid;
-use xorbang_init::modules::ModuleName;
-use xorbang_init::osrelease::ExtensionKind;
-use xorbang_init::pins::{ExtensionPins, MANIFEST_PATH};
-use xorbang_init::verity::{
+use xorbang_formats::extension_pins::{ExtensionPins, MANIFEST_PATH};
+use xorbang_formats::gpt::Guid;
+use xorbang_formats::module_index::ModuleName;
+use xorbang_formats::os_release::ExtensionKind;
+use xorbang_formats::verity::{
     BlockSize, HashAlgorithm, HashType, RootHash, Salt, SaltError, KERNEL_MAX_DATA_BLOCK_SIZE,
 };
 
@@ -327,7 +327,7 @@ enum CliError {
     #[error("{}: {error}", path.display())]
     HostConfig {
         path: PathBuf,
-        error: xorbang_init::hostconfig::HostConfigError,
+        error: xorbang_formats::host_config::HostConfigError,
     },
     #[error("cannot build the initramfs {path}")]
     Initrd {
@@ -433,16 +433,17 @@ fn check_host_config(file: &Path) -> Result<(), CliError> {
         path: file.to_owned(),
         source,
     })?;
-    let config = xorbang_init::hostconfig::parse(&text).map_err(|error| CliError::HostConfig {
-        path: file.to_owned(),
-        error,
-    })?;
+    let config =
+        xorbang_formats::host_config::parse(&text).map_err(|error| CliError::HostConfig {
+            path: file.to_owned(),
+            error,
+        })?;
     for entry in config.etc_layer() {
         match entry.kind {
-            xorbang_init::hostconfig::EntryKind::File { mode, .. } => {
+            xorbang_formats::host_config::EntryKind::File { mode, .. } => {
                 println!("/etc/{} (file, mode {mode:04o})", entry.path);
             }
-            xorbang_init::hostconfig::EntryKind::Symlink { target } => {
+            xorbang_formats::host_config::EntryKind::Symlink { target } => {
                 println!("/etc/{} -> {target}", entry.path);
             }
         }
@@ -820,7 +821,7 @@ mod tests {
         let format = parse(&["verity", "format", data, hash, "--salt", "-"]).expect("args");
         run(format).expect("format");
         let superblock = fs::read(hash).expect("hash");
-        let superblock = xorbang_init::verity::VeritySuperblock::parse(&superblock).expect("sb");
+        let superblock = xorbang_formats::verity::VeritySuperblock::parse(&superblock).expect("sb");
         assert!(superblock.salt.is_empty());
         // The root hash `veritysetup format --salt -` gives for this data (2.6.1).
         let root = "5cc1a89c2ab5c2d8b1f431d1ce33ce8c4fbd5d7b2410e20a71f51e84f9a51cb5";

@@ -35,8 +35,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use xorbang_init::gpt::{self, Guid, GuidError};
-use xorbang_init::verity::RootHash;
+use xorbang_formats::gpt::{self, Guid, GuidError};
+use xorbang_formats::verity::RootHash;
 
 use crate::disk::DiskPartition;
 

@@ -18,13 +18,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xorbang_init::gpt::{self, GptError, GptHeader, GptPartition, Guid};
-use xorbang_init::osrelease::{
+use xorbang_formats::extension_pins::{valid_name, ExtensionPins};
+use xorbang_formats::gpt::{self, GptError, GptHeader, GptPartition, Guid};
+use xorbang_formats::os_release::{
     validate_extension_release, ExtensionKind, OsRelease, OsReleaseError, OsReleaseProblem,
     ReleaseError, HOST_ARCHITECTURE,
 };
-use xorbang_init::pins::{valid_name, ExtensionPins};
-use xorbang_init::verity::{RootHash, RootHashError, VeritySuperblock, SUPERBLOCK_SIZE};
+use xorbang_formats::verity::{RootHash, RootHashError, VeritySuperblock, SUPERBLOCK_SIZE};
 
 use crate::disk::{self, DiskError};
 use crate::image::{self, AddedFile, ImageError, SquashfsCompression, WorkDir};
@@ -1103,7 +1103,7 @@ fn read_release_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xorbang_init::gpt::Lba;
+    use xorbang_formats::gpt::Lba;
 
     const HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
 
@@ -1397,7 +1397,7 @@ mod tests {
         bytes[SQUASHFS_BYTES_USED].copy_from_slice(&(3 * 4096u64).to_le_bytes());
         fs::write(&data, bytes).expect("data");
         let tree = dir.join("tree");
-        let salt = xorbang_init::verity::Salt::from_array([9u8; 32]);
+        let salt = xorbang_formats::verity::Salt::from_array([9u8; 32]);
         let params = FormatParams {
             data_blocks: Some(covered),
             ..FormatParams::new(TreeParams::new(salt), Guid::from_bytes([3; 16]))

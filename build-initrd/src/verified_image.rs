@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use xorbang_init::gpt::Guid;
-use xorbang_init::verity::{RootHash, Salt};
+use xorbang_formats::gpt::Guid;
+use xorbang_formats::verity::{RootHash, Salt};
 
 use crate::output::{OutputError, PendingOutput};
 use crate::verity::{self, FormatParams, TreeParams, VerityBuildError};

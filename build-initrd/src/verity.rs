@@ -18,8 +18,8 @@ use std::sync::{Mutex, PoisonError};
 use std::{fmt, thread};
 
 use sha2::{Digest, Sha256, Sha512};
-use xorbang_init::gpt::Guid;
-use xorbang_init::verity::{
+use xorbang_formats::gpt::Guid;
+use xorbang_formats::verity::{
     hash_start_block, BlockSize, HashAlgorithm, HashType, RootHash, RootHashError, Salt,
     SuperblockError, VeritySuperblock, SUPERBLOCK_SIZE,
 };

@@ -6,9 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use xorbang_init::gpt::{self, GptHeader, GptPartition};
-use xorbang_init::pins::ExtensionPins;
-use xorbang_init::verity::RootHash;
+use xorbang_formats::extension_pins::ExtensionPins;
+use xorbang_formats::gpt::{self, GptHeader, GptPartition};
+use xorbang_formats::verity::RootHash;
 
 fn xorbang_build(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xorbang-build"))

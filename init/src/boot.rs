@@ -4,19 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::blockdev::{self, BlockError};
-use crate::cmdline::Cmdline;
-use crate::devspec::DeviceSpec;
-use crate::kmod::{KmodError, ModuleLoader};
+use crate::discovery::block_devices::{self, BlockError};
+use crate::discovery::loop_devices::{self, LoopError};
+use crate::handoff::mounts::{self, MountError, RootSource};
+use crate::handoff::switch_root::{self, SwitchRootError};
+use crate::kernel::module_loader::{KmodError, ModuleLoader};
 use crate::layers::{self, LayersError};
-use crate::loopdev::{self, LoopError};
-use crate::mounts::{self, MountError, RootSource};
-use crate::options::{self, BootOptions, FailurePolicy, Mode, OptionError, RootChoice};
+use crate::options::{self, BootOptions, FailurePolicy, OptionError, RootChoice};
 use crate::paths::Paths;
-use crate::report::{BootReport, RootReport, StageClock, VerityReport};
-use crate::superblock::FsKind;
-use crate::switchroot::{self, SwitchRootError};
-use crate::verity_root::{self, VerityRootError};
+use crate::stage_clock::StageClock;
+use crate::verity::activation::{self, VerityRootError};
+use xorbang_formats::boot_report::{BootReport, Mode, RootReport, VerityReport};
+use xorbang_formats::cmdline::Cmdline;
+use xorbang_formats::devspec::DeviceSpec;
+use xorbang_formats::fs_probe::FsKind;
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
 const DEVICE_POLL: Duration = Duration::from_millis(10);
@@ -135,7 +136,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             )?;
             clock.finish_stage("root-device");
             modules.ensure("dm_verity")?;
-            let active = verity_root::activate(&paths.dev(), request, &data, &hash)?;
+            let active = activation::activate(&paths.dev(), request, &data, &hash)?;
             log::info!(
                 "verity: {} with its hash tree on {} matches roothash; mapped as {} (status {})",
                 system_path(paths, &data),
@@ -189,7 +190,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         device: &source,
     };
     let layered = layers::merge(paths, &options, base, host, &mut modules)?;
-    switchroot::check_init(&paths.sysroot(), &options.init)?;
+    switch_root::check_init(&paths.sysroot(), &options.init)?;
     clock.finish_stage("layers");
 
     let report_for = |clock: StageClock| {
@@ -217,12 +218,12 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         publish_report(&paths.xorbang_run(), &report)?;
         return Ok(report);
     }
-    switchroot::enter_new_root(paths)?;
+    switch_root::enter_new_root(paths)?;
     clock.finish_stage("switch-root");
     let report = report_for(clock);
     publish_report(&Paths::default().xorbang_run(), &report)?;
     log::info!("starting {}", options.init.display());
-    Err(switchroot::exec_init(&options.init, &options.init_args).into())
+    Err(switch_root::exec_init(&options.init, &options.init_args).into())
 }
 
 fn read_options(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootOptions, BootError> {
@@ -263,7 +264,7 @@ fn wait_for_device(
     let sys_block = paths.sys_class_block();
     let dev = paths.dev();
     loop {
-        match blockdev::resolve(spec, &sys_block, &dev) {
+        match block_devices::resolve(spec, &sys_block, &dev) {
             Ok(Some(device)) => return Ok(device),
             Ok(None) => {}
             Err(source) => {
@@ -308,7 +309,7 @@ fn attach_image_file(
 ) -> Result<PathBuf, BootError> {
     modules.ensure("loop")?;
     let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
-    let device = loopdev::attach_read_only(&paths.dev(), &inside)?;
+    let device = loop_devices::attach_read_only(&paths.dev(), &inside)?;
     log::info!(
         "attached {} to {}",
         file.display(),
@@ -349,7 +350,7 @@ fn root_fstype(options: &BootOptions, device: &Path) -> Result<String, BootError
     if let Some(fstype) = &options.rootfstype {
         return Ok(fstype.clone());
     }
-    let probed = blockdev::probe_device(device).map_err(|source| BootError::Probe {
+    let probed = block_devices::probe_device(device).map_err(|source| BootError::Probe {
         device: device.to_owned(),
         source,
     })?;

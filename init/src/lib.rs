@@ -1,31 +1,39 @@
-//! xorbang-init as a library: everything PID 1 does, in modules that tests (and the build
-//! tool, for the shared formats) call directly.
+//! xorbang-init as a library: everything PID 1 does, grouped by boot stage, in modules that
+//! tests call directly. The formats it reads (GPT, verity metadata, os-release, host config,
+//! …) are in `xorbang-formats`, shared with the build tool.
 
-pub mod blockdev;
 pub mod boot;
-pub mod cmdline;
-pub mod config_source;
-pub mod devspec;
-pub mod dm;
-pub mod extensions;
 pub mod failure;
-pub mod gpt;
-pub mod hostconfig;
-pub mod kmod;
 pub mod kmsg;
-pub mod layers;
-pub mod loopdev;
-pub mod modules;
-pub mod mounts;
 pub mod options;
-pub mod osrelease;
 pub mod paths;
-pub mod pins;
-pub mod report;
-pub mod state;
-pub mod superblock;
-pub mod switchroot;
+pub mod stage_clock;
+
+/// Kernel modules: loading what this boot needs from the initramfs.
+pub mod kernel {
+    pub mod module_loader;
+}
+
+/// Finding the devices: block devices and their GPTs, loop devices for image files.
+pub mod discovery {
+    pub mod block_devices;
+    pub mod loop_devices;
+}
+
+/// dm-verity: device-mapper ioctls and the activation of a verified mapping.
+pub mod verity {
+    pub mod activation;
+    pub mod device_mapper;
+}
+
+/// What goes over the root: extensions, the state partition, host config.
+pub mod layers;
+
+/// Mounting the root stack and handing over to the target init.
+pub mod handoff {
+    pub mod mounts;
+    pub mod switch_root;
+}
+
 /// The only module allowed unsafe code (it opts in itself): raw ioctls rustix lacks.
 mod sys;
-pub mod verity;
-pub mod verity_root;

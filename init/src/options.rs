@@ -4,9 +4,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cmdline::Cmdline;
-use crate::devspec::{DeviceSpec, DeviceSpecError};
-use crate::verity::{RootHash, RootHashError, VerityOption};
+use xorbang_formats::boot_report::Mode;
+use xorbang_formats::cmdline::Cmdline;
+use xorbang_formats::devspec::{DeviceSpec, DeviceSpecError};
+use xorbang_formats::verity::{RootHash, RootHashError, VerityOption};
 
 /// Keys of our own namespace this build understands; any other `xorbang.*` key is warned
 /// about (a typo must not silently change nothing) but does not stop the boot.
@@ -22,15 +23,6 @@ const KNOWN_KEYS: &[&str] = &[
 
 const DEFAULT_INIT: &str = "/sbin/init";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Read-only root, nothing writable survives or leaks in.
-    Production,
-    /// OverlayFS with a tmpfs upper over the verified base: writable, gone at reboot.
-    Dev,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailurePolicy {
@@ -367,7 +359,7 @@ fn extension_requests(
             }
             None => (entry, None),
         };
-        if !crate::pins::valid_name(name) {
+        if !xorbang_formats::extension_pins::valid_name(name) {
             return Err(reject(format!(
                 "{name:?} is not an extension name (A-Z a-z 0-9 _ . -, not starting with '.')"
             )));

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use xorbang_init::dm::{make_node, DeviceMapper, Sectors, Target};
+use xorbang_init::verity::device_mapper::{make_node, DeviceMapper, Sectors, Target};
 
 const CONTROL: &str = "/dev/mapper/control";
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::fixtures::{run, Binaries};
 
-use xorbang_init::report::BootReport;
+use xorbang_formats::boot_report::BootReport;
 
 use crate::qemu::{Console, LineMatch};
 use crate::scenarios::{parse_report, Context, REPORT_PREFIX};

@@ -222,12 +222,14 @@ pub fn root_hash(dir: &Path, name: &str) -> Result<String, FixtureError> {
 /// which dm-verity covers.
 fn tamper(image: &Path, out: &Path) -> Result<(), FixtureError> {
     std::fs::copy(image, out).map_err(|error| other(format!("{}: {error}", out.display())))?;
-    let partitions =
-        xorbang_init::blockdev::read_gpt_from(out, xorbang_init::gpt::SectorSize::BYTES_512)
-            .map_err(|error| other(format!("{}: {error}", out.display())))?;
+    let partitions = xorbang_init::discovery::block_devices::read_gpt_from(
+        out,
+        xorbang_formats::gpt::SectorSize::BYTES_512,
+    )
+    .map_err(|error| other(format!("{}: {error}", out.display())))?;
     let data = partitions
         .iter()
-        .find(|partition| partition.type_guid == xorbang_init::gpt::ROOT_X86_64)
+        .find(|partition| partition.type_guid == xorbang_formats::gpt::ROOT_X86_64)
         .ok_or_else(|| other(format!("{} has no root partition", out.display())))?;
     let offset = data.first_lba.0 * 512 + 100;
     let file = OpenOptions::new()

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xorbang_init::extensions::Trust;
-use xorbang_init::report::BootReport;
+use xorbang_formats::boot_report::BootReport;
+use xorbang_formats::boot_report::Trust;
 
 use crate::extension_fixtures::{self, TAMPERED_HELLO};
 use crate::fixtures;
@@ -15,7 +15,7 @@ use crate::scenarios::{
     parse_report, pass_line, refused, Context, INITRAMFS_TIMEOUT, REPORT_PREFIX,
 };
 
-pub const FW_CFG_NAME: &str = xorbang_init::config_source::FW_CFG_NAME;
+pub const FW_CFG_NAME: &str = xorbang_init::layers::host_config_source::FW_CFG_NAME;
 const DM_VERITY_CORRUPTED: (&str, &str) = ("device-mapper: verity: ", "is corrupted");
 
 fn report_line() -> LineMatch {
@@ -541,23 +541,24 @@ mod tests {
 
     #[test]
     fn the_test_configs_are_valid_host_config() {
-        xorbang_init::hostconfig::parse(&host_config("xorbang-fwcfg")).expect("valid");
+        xorbang_formats::host_config::parse(&host_config("xorbang-fwcfg")).expect("valid");
     }
 
     #[test]
     fn the_bad_configs_fail_where_the_scenario_expects() {
-        let error = xorbang_init::hostconfig::parse(&host_config("bad_host!")).expect_err("bad");
+        let error =
+            xorbang_formats::host_config::parse(&host_config("bad_host!")).expect_err("bad");
         assert!(
             error.to_string().starts_with("line 3, column 12: "),
             "{error}"
         );
-        let error = xorbang_init::hostconfig::parse("version = 1\ncolour = \"blue\"\n")
+        let error = xorbang_formats::host_config::parse("version = 1\ncolour = \"blue\"\n")
             .expect_err("unknown key");
         assert!(
             error.to_string().starts_with("line 2, column 1: "),
             "{error}"
         );
-        let error = xorbang_init::hostconfig::parse("version = 1\nhostname = \"unterminated\n")
+        let error = xorbang_formats::host_config::parse("version = 1\nhostname = \"unterminated\n")
             .expect_err("malformed");
         assert!(error.to_string().starts_with("line 2, column "), "{error}");
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xorbang_init::report::BootReport;
+use xorbang_formats::boot_report::BootReport;
 
 use crate::boot_chain::{self, uki_cmdline, BootChain};
 use crate::config::Config;
@@ -385,7 +385,7 @@ fn check_report(report: &BootReport) -> Result<(), String> {
         .iter()
         .map(|stage| stage.name.as_str())
         .collect();
-    let expected = xorbang_init::report::STAGES;
+    let expected = xorbang_formats::boot_report::STAGES;
     if names != expected {
         return Err(format!("stages {names:?}, expected {expected:?}"));
     }
@@ -738,19 +738,19 @@ fn verity_unverified_refused(context: &Context) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xorbang_init::report::{Micros, RootReport, Stage};
+    use xorbang_formats::boot_report::{Micros, RootReport, Stage};
 
     fn report(stage_us: &[u64], total_us: u64) -> BootReport {
-        let names = xorbang_init::report::STAGES;
+        let names = xorbang_formats::boot_report::STAGES;
         BootReport {
             version: 1,
-            mode: xorbang_init::options::Mode::Production,
+            mode: xorbang_formats::boot_report::Mode::Production,
             root: RootReport {
                 spec: "PARTUUID=x".into(),
                 device: "/dev/mapper/root".into(),
                 fstype: "squashfs".into(),
             },
-            verity: Some(xorbang_init::report::VerityReport {
+            verity: Some(xorbang_formats::boot_report::VerityReport {
                 root_hash: "ab".into(),
                 data_device: "/dev/vda1".into(),
                 hash_device: "/dev/vda2".into(),

@@ -6,9 +6,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use xorbang_init::gpt::{parse_entries, GptHeader, GptPartition};
-use xorbang_init::verity::{VeritySuperblock, SUPERBLOCK_SIZE};
-use xorbang_init::verity_root::TreeGeometry;
+use xorbang_formats::gpt::{parse_entries, GptHeader, GptPartition};
+use xorbang_formats::verity::{VeritySuperblock, SUPERBLOCK_SIZE};
+use xorbang_init::verity::activation::TreeGeometry;
 
 use crate::fixtures::FixtureError;
 

@@ -5,7 +5,27 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::options::Mode;
+/// How the root was mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Read-only root, nothing writable survives or leaks in.
+    Production,
+    /// OverlayFS with a tmpfs upper over the verified base: writable, gone at reboot.
+    Dev,
+}
+
+/// How an extension came to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// Its root hash is in the base image's extensions.toml.
+    BaseManifest,
+    /// Its root hash is on the (signed) kernel command line.
+    Cmdline,
+    /// Nothing pins it: merged only in dev mode.
+    Unpinned,
+}
 
 /// Microseconds, the unit of every duration and uptime in the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,7 +85,7 @@ pub struct ExtensionReport {
     pub name: String,
     pub image: String,
     pub root_hash: String,
-    pub trust: crate::extensions::Trust,
+    pub trust: Trust,
 }
 
 /// The host config this boot found: applied, or refused with the reason.
@@ -110,65 +130,9 @@ impl BootReport {
     }
 }
 
-/// Measures consecutive stages on the kernel's boot clock (the clock of /proc/uptime and of
-/// the kernel's log timestamps), so the report lines up with the console.
-#[derive(Debug)]
-pub struct StageClock {
-    start: Duration,
-    last: Duration,
-    stages: Vec<Stage>,
-}
-
-impl StageClock {
-    pub fn start() -> Self {
-        let now = boottime();
-        Self {
-            start: now,
-            last: now,
-            stages: Vec::new(),
-        }
-    }
-
-    /// Ends the current stage under `name` and starts the next.
-    pub fn finish_stage(&mut self, name: &str) {
-        let now = boottime();
-        self.stages.push(Stage {
-            name: name.to_owned(),
-            us: Micros::from(now.saturating_sub(self.last)),
-        });
-        self.last = now;
-    }
-
-    /// Uptime at start, uptime at the end of the last stage, and the stages.
-    pub fn into_parts(self) -> (Micros, Micros, Vec<Stage>) {
-        (self.start.into(), self.last.into(), self.stages)
-    }
-}
-
-fn boottime() -> Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stages_add_up_to_the_uptime_difference() {
-        let mut clock = StageClock::start();
-        std::thread::sleep(Duration::from_millis(2));
-        clock.finish_stage("one");
-        clock.finish_stage("two");
-        let (start, end, stages) = clock.into_parts();
-        let sum: u64 = stages.iter().map(|stage| stage.us.0).sum();
-        // Each stage is rounded down to whole microseconds on its own.
-        assert!(end.0 - start.0 - sum <= stages.len() as u64);
-        assert!(stages[0].us.0 >= 2000);
-    }
 
     #[test]
     fn json_round_trips() {
@@ -187,7 +151,7 @@ mod tests {
                 name: "gui".into(),
                 image: "/usr/lib/extensions/gui.raw".into(),
                 root_hash: "ab".into(),
-                trust: crate::extensions::Trust::BaseManifest,
+                trust: Trust::BaseManifest,
             }],
             host_config: Some(HostConfigReport {
                 origin: "fw_cfg opt/org.xorbang/host-config".into(),

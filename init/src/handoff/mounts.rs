@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::MountFlags;
 
-use crate::options::Mode;
 use crate::paths::Paths;
+use xorbang_formats::boot_report::Mode;
 
 /// One step of a mount plan.
 #[derive(Debug, Clone, PartialEq, Eq)]

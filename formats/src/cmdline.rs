@@ -221,7 +221,7 @@ pub(crate) mod tests {
         assert_eq!(Cmdline::parse("--=x =y a").to_string(), "--=x =y a");
     }
 
-    use crate::gpt::tests::XorShift;
+    use crate::fixtures::XorShift;
 
     const FUZZ_ITERATIONS: usize = 100_000;
 
@@ -231,7 +231,7 @@ pub(crate) mod tests {
         let len = rng.below(41);
         (0..len)
             .map(|_| match rng.below(3) {
-                0 => rng.pick(&['"', '"', ' ', ' ', '=', '/', '-', '-', '\t', '\n']),
+                0 => *rng.pick(&['"', '"', ' ', ' ', '=', '/', '-', '-', '\t', '\n']),
                 _ => char::from(0x20 + rng.below(0x5f) as u8),
             })
             .filter(|&ch| quotes || ch != '"')

@@ -14,7 +14,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use crate::osrelease::ExtensionKind;
+use crate::os_release::ExtensionKind;
 use crate::verity::RootHash;
 
 /// Where the manifest lives inside the base image (relative to its root).

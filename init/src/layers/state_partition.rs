@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::blockdev;
-use crate::gpt;
-use crate::kmod::ModuleLoader;
-use crate::mounts::{self, Mount, MountOp};
+use crate::discovery::block_devices;
+use crate::handoff::mounts::{self, Mount, MountOp};
+use crate::kernel::module_loader::ModuleLoader;
 use crate::paths::Paths;
+use xorbang_formats::gpt;
 
 /// A mounted state partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub fn mount_read_only(
     modules: &mut ModuleLoader,
 ) -> Option<StatePartition> {
     let device = find(paths, root_device)?;
-    let fstype = match blockdev::probe_device(&device) {
+    let fstype = match block_devices::probe_device(&device) {
         Ok(Some(info)) => info.kind.to_string(),
         Ok(None) => {
             log::info!(
@@ -65,7 +65,7 @@ pub fn mount_read_only(
 
 /// The /var partition's node, if the root's disk has exactly one.
 fn find(paths: &Paths, root_device: &Path) -> Option<PathBuf> {
-    let found = blockdev::sibling_of_type(
+    let found = block_devices::sibling_of_type(
         root_device,
         gpt::VAR,
         &paths.sys_class_block(),

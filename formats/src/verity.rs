@@ -914,6 +914,7 @@ impl fmt::Display for VerityTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::XorShift;
 
     const UUID: &str = "12345678-1234-1234-1234-123456789abc";
 
@@ -1269,26 +1270,6 @@ mod tests {
         assert!(matches!(err, RootHashError::Algorithm { found: 64, .. }));
         assert!(TableWord::new("/dev/with space").is_err());
         assert!(TableWord::new("").is_err());
-    }
-
-    /// A small deterministic generator: the fuzz loops below must be reproducible.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next() as u8).collect()
-        }
     }
 
     fn random_superblock(rng: &mut XorShift) -> VeritySuperblock {

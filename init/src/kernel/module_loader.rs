@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::modules::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
+use xorbang_formats::module_index::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
 
 /// Modules the init asks for by name at the point of need (see [`ModuleLoader::ensure`]).
 pub const ON_DEMAND: &[&str] = &[

@@ -7,18 +7,24 @@
 //! parsed or applied is never applied in part: the boot goes on without it, with one error
 //! line and the reason in the boot report.
 
+pub mod extensions;
+pub mod host_config_layer;
+pub mod host_config_source;
+pub mod state_partition;
+
 use std::path::{Path, PathBuf};
 
-use crate::config_source::{self, ConfigText};
-use crate::extensions::{self, Activated, Activator, BaseError, Cause, ExtensionError, Trust};
-use crate::hostconfig::{self, EntryKind, HostConfig};
-use crate::kmod::{KmodError, ModuleLoader};
-use crate::mounts::{self, LayerTree, MountError};
-use crate::options::{BootOptions, ExtensionRequest, Mode};
-use crate::osrelease::ExtensionKind;
+use crate::handoff::mounts::{self, LayerTree, MountError};
+use crate::kernel::module_loader::{KmodError, ModuleLoader};
+use crate::options::{BootOptions, ExtensionRequest};
 use crate::paths::Paths;
-use crate::report::{ExtensionReport, HostConfigReport};
-use crate::state::{self, StatePartition};
+use extensions::{Activated, Activator, BaseError, Cause, ExtensionError};
+use host_config_source::ConfigText;
+use state_partition::StatePartition;
+use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
+use xorbang_formats::boot_report::{Mode, Trust};
+use xorbang_formats::host_config::{self, EntryKind, HostConfig};
+use xorbang_formats::os_release::ExtensionKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayersError {
@@ -47,7 +53,7 @@ pub fn load_host_config(
     root_device: &Path,
     modules: &mut ModuleLoader,
 ) -> HostConfigState {
-    let text = match config_source::load(paths, &options.config, root_device, modules) {
+    let text = match host_config_source::load(paths, &options.config, root_device, modules) {
         Ok(Some(text)) => text,
         Ok(None) => {
             return HostConfigState {
@@ -64,7 +70,7 @@ pub fn load_host_config(
         }
     };
     let ConfigText { origin, text } = text;
-    match hostconfig::parse(&text) {
+    match host_config::parse(&text) {
         Ok(config) => {
             log::info!("host config from {origin}");
             HostConfigState {
@@ -208,7 +214,7 @@ fn activate_selected(
     for module in ["loop", "dm_verity", "squashfs"] {
         modules.ensure(module)?;
     }
-    let state = state::mount_read_only(paths, base.device, modules);
+    let state = state_partition::mount_read_only(paths, base.device, modules);
     let merged = activate_from(paths, options, base.dir, state.as_ref(), wanted);
     if let Some(state) = &state {
         let used = merged.as_ref().is_ok_and(|(sysexts, confexts)| {
@@ -218,7 +224,7 @@ fn activate_selected(
                 .any(|e| e.place == extensions::Place::State)
         });
         if !used {
-            state::release(state);
+            state_partition::release(state);
         }
     }
     merged
@@ -272,7 +278,7 @@ fn activate_one(
     kind: ExtensionKind,
     request: &ExtensionRequest,
     candidates: &std::collections::BTreeMap<String, extensions::Candidate>,
-    pins: &crate::pins::ExtensionPins,
+    pins: &xorbang_formats::extension_pins::ExtensionPins,
     mode: Mode,
 ) -> Result<Activated, ExtensionError> {
     let refuse = |image: Option<String>, cause: Cause| ExtensionError {
@@ -328,7 +334,9 @@ fn apply_host_config(
     let files: Vec<String> = entries.iter().map(|entry| entry.path.clone()).collect();
     let etc = root.join("etc");
     let result = check_links(&paths.sysroot(), &entries)
-        .and_then(|()| hostconfig::write_layer(&entries, &etc).map_err(|error| error.to_string()))
+        .and_then(|()| {
+            host_config_layer::write_layer(&entries, &etc).map_err(|error| error.to_string())
+        })
         .and_then(|()| {
             match_directories(&etc, &paths.sysroot().join("etc"), &entries)
                 .map_err(|error| error.to_string())
@@ -367,7 +375,7 @@ fn apply_host_config(
 fn match_directories(
     layer_etc: &Path,
     image_etc: &Path,
-    entries: &[hostconfig::EtcEntry],
+    entries: &[host_config::EtcEntry],
 ) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mut directories: Vec<&Path> = entries
@@ -394,7 +402,7 @@ fn match_directories(
 
 /// A symlink the layer adds (the timezone's /etc/localtime) must point at something the
 /// new root has: a link to nowhere would make the config half-applied.
-fn check_links(sysroot: &Path, entries: &[hostconfig::EtcEntry]) -> Result<(), String> {
+fn check_links(sysroot: &Path, entries: &[host_config::EtcEntry]) -> Result<(), String> {
     for entry in entries {
         if let EntryKind::Symlink { target } = &entry.kind {
             let link_dir = Path::new("etc").join(&entry.path);
@@ -453,14 +461,14 @@ mod tests {
         let sudoers = image.path().join("sudoers.d");
         std::fs::create_dir(&sudoers).expect("mkdir");
         std::fs::set_permissions(&sudoers, std::fs::Permissions::from_mode(0o750)).expect("chmod");
-        let config = hostconfig::parse(
+        let config = host_config::parse(
             "version = 1\n[[files]]\npath = \"/etc/sudoers.d/ops\"\nmode = \"0440\"\ncontent = \"x\"\n\
              [[files]]\npath = \"/etc/new/file\"\ncontent = \"y\"\n",
         )
         .expect("valid");
         let entries = config.etc_layer();
         let etc = layer.path().join("etc");
-        hostconfig::write_layer(&entries, &etc).expect("written");
+        host_config_layer::write_layer(&entries, &etc).expect("written");
         match_directories(&etc, image.path(), &entries).expect("matched");
         let mode =
             |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777;

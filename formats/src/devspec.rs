@@ -174,7 +174,7 @@ mod tests {
         );
     }
 
-    use crate::gpt::tests::XorShift;
+    use crate::fixtures::XorShift;
 
     const FUZZ_ITERATIONS: usize = 100_000;
 
@@ -182,7 +182,7 @@ mod tests {
     /// mostly behind one of the prefixes the parser looks for, and for `PARTUUID=` often a
     /// GUID with a few characters changed.
     fn random_value(rng: &mut XorShift) -> String {
-        let prefix = rng.pick(&[
+        let prefix = *rng.pick(&[
             "",
             "PARTUUID=",
             "PARTUUID=",
@@ -198,10 +198,10 @@ mod tests {
             let mut guid: Vec<char> = "954172df-ee9a-aab2-d90a-0ab162ee6bc5".chars().collect();
             for _ in 0..rng.below(3) {
                 let at = rng.below(guid.len());
-                guid[at] = rng.pick(&['A', 'f', 'g', '-', '0', ' ', '"', '/']);
+                guid[at] = *rng.pick(&['A', 'f', 'g', '-', '0', ' ', '"', '/']);
             }
             rest = guid.into_iter().collect();
-            if rng.chance(8) {
+            if rng.one_in(8) {
                 rest.push_str("/PARTNROFF=1");
             }
         }

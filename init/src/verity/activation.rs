@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::dm::{self, DeviceMapper, DmError, Sectors, Target};
 use crate::options::VerityRoot;
-use crate::verity::{
+use crate::verity::device_mapper::{self, DeviceMapper, DmError, Sectors, Target};
+use xorbang_formats::verity::{
     HashAlgorithm, HashType, RootHash, SuperblockError, TableWord, VerityOption, VeritySuperblock,
     VerityTable, SUPERBLOCK_SIZE,
 };
@@ -179,7 +179,7 @@ fn map(
             return Err(error.into());
         }
     };
-    let node = dm::make_node(dev_dir, name, id)?;
+    let node = device_mapper::make_node(dev_dir, name, id)?;
     let status = control
         .table_status(name)?
         .into_iter()
@@ -375,7 +375,8 @@ impl TreeGeometry {
                 }
             })
             .collect();
-        let mut position = crate::verity::hash_start_block(0, superblock.hash_block_size, true);
+        let mut position =
+            xorbang_formats::verity::hash_start_block(0, superblock.hash_block_size, true);
         let mut level_starts = vec![0; level_blocks.len()];
         for level in (0..level_blocks.len()).rev() {
             level_starts[level] = position;
@@ -418,8 +419,8 @@ impl TreeGeometry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::Guid;
-    use crate::verity::{BlockSize, Salt};
+    use xorbang_formats::gpt::Guid;
+    use xorbang_formats::verity::{BlockSize, Salt};
 
     fn superblock(data_blocks: u64, hash_block: u32) -> VeritySuperblock {
         VeritySuperblock {

@@ -60,11 +60,11 @@ fn probe_squashfs(bytes: &[u8]) -> Option<FsInfo> {
 }
 
 /// The ext2/3/4 superblock starts at byte 1024.
-const EXT_MAGIC_OFFSET: usize = 0x438;
-const EXT_MAGIC: u16 = 0xEF53;
+pub(crate) const EXT_MAGIC_OFFSET: usize = 0x438;
+pub(crate) const EXT_MAGIC: u16 = 0xEF53;
 const EXT_INCOMPAT_OFFSET: usize = 0x460;
-const EXT_UUID_OFFSET: usize = 0x468;
-const EXT_LABEL_OFFSET: usize = 0x478;
+pub(crate) const EXT_UUID_OFFSET: usize = 0x468;
+pub(crate) const EXT_LABEL_OFFSET: usize = 0x478;
 /// An external journal carries the ext magic but is no filesystem (blkid calls it "jbd").
 const EXT_INCOMPAT_JOURNAL_DEV: u32 = 0x0008;
 
@@ -218,26 +218,11 @@ fn le_u32(bytes: &[u8], offset: usize) -> Option<u32> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::fixtures::{ext4_fixture, squashfs_fixture};
     use std::path::Path;
     use std::process::Command;
-
-    /// A SquashFS 4.0 superblock (only the fields `probe` reads).
-    pub(crate) fn squashfs_fixture() -> Vec<u8> {
-        let mut bytes = vec![0u8; 4096];
-        bytes[..4].copy_from_slice(b"hsqs");
-        bytes[28..30].copy_from_slice(&4u16.to_le_bytes());
-        bytes
-    }
-
-    pub(crate) fn ext4_fixture(uuid: [u8; 16], label: &str) -> Vec<u8> {
-        let mut bytes = vec![0u8; 8192];
-        bytes[EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2].copy_from_slice(&EXT_MAGIC.to_le_bytes());
-        bytes[EXT_UUID_OFFSET..EXT_UUID_OFFSET + 16].copy_from_slice(&uuid);
-        bytes[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
-        bytes
-    }
 
     /// A FAT boot sector as mkfs.fat writes it; `fat32` picks the BPB layout.
     fn vfat_fixture(fat32: bool, volume_id: u32, label: &[u8; 11]) -> Vec<u8> {
@@ -361,7 +346,7 @@ pub(crate) mod tests {
             ("mkfs.vfat", FsKind::Vfat),
             ("mksquashfs", FsKind::Squashfs),
         ] {
-            if !crate::gpt::tests::tool_exists(tool) {
+            if !crate::fixtures::tool_exists(tool) {
                 eprintln!("{tool} not installed: skipping");
                 continue;
             }
@@ -408,7 +393,7 @@ pub(crate) mod tests {
 
     /// What `blkid -o export` says, as an FsInfo; `None` when blkid is not installed.
     fn blkid(image: &Path) -> Option<FsInfo> {
-        if !crate::gpt::tests::tool_exists("blkid") {
+        if !crate::fixtures::tool_exists("blkid") {
             return None;
         }
         let output = Command::new("blkid")
@@ -456,7 +441,7 @@ pub(crate) mod tests {
     /// An ext4 image whose label has trailing spaces, as mkfs.ext4 writes it, against blkid.
     #[test]
     fn trailing_spaces_in_a_real_ext4_label_match_blkid() {
-        if !crate::gpt::tests::tool_exists("mkfs.ext4") {
+        if !crate::fixtures::tool_exists("mkfs.ext4") {
             eprintln!("mkfs.ext4 not installed: skipping");
             return;
         }
@@ -480,7 +465,7 @@ pub(crate) mod tests {
         }
     }
 
-    use crate::gpt::tests::XorShift;
+    use crate::fixtures::XorShift;
 
     const FUZZ_ITERATIONS: usize = 100_000;
     /// Every byte `probe` reads lies below this (the ext label ends at 0x488); the loop
@@ -508,7 +493,7 @@ pub(crate) mod tests {
         match rng.below(5) {
             0 => head[rng.below(HEAD)] = rng.next() as u8,
             1 => head[at] ^= 1 << rng.below(8),
-            2 => head[at] = rng.pick(&[0, b' ', b'\t', 0x80, 0xC3, 0xFF, b'A']),
+            2 => head[at] = *rng.pick(&[0, b' ', b'\t', 0x80, 0xC3, 0xFF, b'A']),
             3 => head[at] = rng.next() as u8,
             _ => {
                 let end = (at + rng.below(8)).min(HEAD);

@@ -2,18 +2,18 @@
 //! fw_cfg entry `opt/org.xorbang/host-config`, then a config partition (PARTLABEL
 //! `xorbang-config`, `host-config.toml` at its root) or the ESP of the root's disk
 //! (`xorbang/host-config.toml`), then a file in the initramfs (a PXE server appends a
-//! per-host cpio holding it). Only reading happens here; parsing is [`crate::hostconfig`]'s.
+//! per-host cpio holding it). Only reading happens here; parsing is [`xorbang_formats::host_config`]'s.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::blockdev;
-use crate::devspec::DeviceSpec;
-use crate::gpt;
-use crate::kmod::ModuleLoader;
-use crate::mounts::{self, Mount, MountOp};
+use crate::discovery::block_devices;
+use crate::handoff::mounts::{self, Mount, MountOp};
+use crate::kernel::module_loader::ModuleLoader;
 use crate::options::ConfigSource;
 use crate::paths::Paths;
+use xorbang_formats::devspec::DeviceSpec;
+use xorbang_formats::gpt;
 
 /// The fw_cfg file name QEMU is given with `-fw_cfg name=opt/org.xorbang/host-config,file=…`.
 pub const FW_CFG_NAME: &str = "opt/org.xorbang/host-config";
@@ -144,7 +144,7 @@ struct Disks<'a> {
 impl Disks<'_> {
     /// The partition `spec` names, if it is there (the root's disks have appeared by now).
     fn find(&self, spec: &DeviceSpec) -> Option<PathBuf> {
-        match blockdev::resolve(spec, &self.paths.sys_class_block(), &self.paths.dev()) {
+        match block_devices::resolve(spec, &self.paths.sys_class_block(), &self.paths.dev()) {
             Ok(found) => found,
             Err(error) => {
                 log::warn!("looking for the host config partition {spec}: {error}");
@@ -155,7 +155,7 @@ impl Disks<'_> {
 
     /// The EFI System Partition on the disk of `root_device`, if it has exactly one.
     fn esp_of(&self, root_device: &Path) -> Option<PathBuf> {
-        let found = blockdev::sibling_of_type(
+        let found = block_devices::sibling_of_type(
             root_device,
             gpt::ESP,
             &self.paths.sys_class_block(),
@@ -195,7 +195,7 @@ impl Disks<'_> {
             origin: origin.clone(),
             detail,
         };
-        let fstype = match blockdev::probe_device(device) {
+        let fstype = match block_devices::probe_device(device) {
             Ok(Some(info)) => info.kind.to_string(),
             Ok(None) => return Err(fail(format!("{spec} holds no file system this init knows"))),
             Err(error) => return Err(fail(error.to_string())),

@@ -700,6 +700,7 @@ pub fn validate_extension_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::XorShift;
 
     /// /usr/lib/os-release of Debian 12, verbatim.
     const DEBIAN_BOOKWORM: &str = r#"PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
@@ -1247,34 +1248,6 @@ BUG_REPORT_URL="https://bugs.debian.org/"
 
     // ---- properties ----
 
-    /// xorshift64*: small, seeded, good enough to drive property tests.
-    struct Rng(u64);
-
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Rng(seed.max(1))
-        }
-
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-
-        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-            &items[self.below(items.len())]
-        }
-
-        fn chance(&mut self, percent: usize) -> bool {
-            self.below(100) < percent
-        }
-    }
-
     /// Characters that exercise every branch of the parser.
     const NASTY: &[char] = &[
         'a', 'Z', '_', '9', '=', '=', '"', '"', '\'', '\'', '\\', '\\', '$', '`', '#', ' ', ' ',
@@ -1288,7 +1261,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
         '🦀', '\u{a0}', '\u{1}', '\u{7f}', '\u{feff}',
     ];
 
-    fn random_key(rng: &mut Rng) -> String {
+    fn random_key(rng: &mut XorShift) -> String {
         const FIRST: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_";
         const REST: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_0123456789";
         let mut key = String::from(char::from(*rng.pick(FIRST)));
@@ -1298,14 +1271,14 @@ BUG_REPORT_URL="https://bugs.debian.org/"
         key
     }
 
-    fn random_value(rng: &mut Rng) -> String {
+    fn random_value(rng: &mut XorShift) -> String {
         (0..rng.below(24)).map(|_| *rng.pick(VALUE_CHARS)).collect()
     }
 
-    fn random_release(rng: &mut Rng) -> OsRelease {
+    fn random_release(rng: &mut XorShift) -> OsRelease {
         let mut built = OsRelease::new();
         for _ in 0..rng.below(9) {
-            let key = if built.is_empty() || rng.chance(80) {
+            let key = if built.is_empty() || rng.percent(80) {
                 random_key(rng)
             } else {
                 // Overwrite an existing key now and then.
@@ -1319,7 +1292,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
         built
     }
 
-    fn mutate(rng: &mut Rng, seed: &str) -> String {
+    fn mutate(rng: &mut XorShift, seed: &str) -> String {
         let mut chars: Vec<char> = seed.chars().collect();
         for _ in 0..1 + rng.below(4) {
             let at = rng.below(chars.len() + 1);
@@ -1344,7 +1317,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
     #[test]
     fn fuzz_parse_never_panics_and_errors_point_into_the_text() {
         const INPUTS: usize = 100_000;
-        let mut rng = Rng::new(0x51e1_ea5e);
+        let mut rng = XorShift(0x51e1_ea5e.max(1));
         let seeds = [
             DEBIAN_BOOKWORM,
             "ID=debian\nVERSION_ID=12\nSYSEXT_LEVEL=1\n",
@@ -1357,7 +1330,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
                 0 => (0..rng.below(60)).map(|_| *rng.pick(NASTY)).collect(),
                 1 => random_release(&mut rng).to_string(),
                 _ => {
-                    let seed = if rng.chance(50) {
+                    let seed = if rng.percent(50) {
                         rng.pick(&seeds).to_string()
                     } else {
                         random_release(&mut rng).to_string()
@@ -1402,7 +1375,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
     #[test]
     fn display_parse_round_trip() {
         const RELEASES: usize = 20_000;
-        let mut rng = Rng::new(0x2047_d15b);
+        let mut rng = XorShift(0x2047_d15b.max(1));
         let mut entries = 0;
         for _ in 0..RELEASES {
             let original = random_release(&mut rng);
@@ -1490,7 +1463,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
     }
 
     /// One `KEY=value` line in a random (valid) quoting.
-    fn line(rng: &mut Rng, key: &str, value: &str) -> String {
+    fn line(rng: &mut XorShift, key: &str, value: &str) -> String {
         let plain = value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
@@ -1550,7 +1523,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
             Some(" portable\tsystem "),
             Some("systemd"),
         ];
-        let mut rng = Rng::new(0x7ab1e);
+        let mut rng = XorShift(0x7ab1e.max(1));
         let mut outcomes: std::collections::BTreeMap<&str, usize> = Default::default();
         for _ in 0..PAIRS {
             let kind = *rng.pick(&ExtensionKind::ALL);

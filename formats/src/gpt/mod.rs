@@ -5,6 +5,11 @@
 
 use std::fmt;
 
+#[cfg(any(test, feature = "gpt-writer"))]
+mod write;
+#[cfg(any(test, feature = "gpt-writer"))]
+pub use write::{write_gpt, GptImage, GptWriteError, PartitionSpec};
+
 /// A GUID with its bytes in text order (as written `8-4-4-4-12`). On disk GPT stores the
 /// first three fields little-endian ("mixed-endian"); convert with
 /// [`Guid::from_mixed_endian`] / [`Guid::to_mixed_endian`] before comparing.
@@ -164,6 +169,7 @@ impl SectorSize {
         lba.0.saturating_mul(u64::from(self.0))
     }
 
+    #[cfg(any(test, feature = "gpt-writer"))]
     /// How many sectors `bytes` bytes occupy, rounded up.
     fn sectors_for(self, bytes: u64) -> u64 {
         bytes.div_ceil(u64::from(self.0))
@@ -182,6 +188,7 @@ const MIN_ENTRY_SIZE: u32 = 128;
 const MAX_ENTRIES_BYTES: u64 = 1 << 20;
 /// UTF-16 code units in an entry's name field.
 const NAME_UNITS: usize = 36;
+#[cfg(any(test, feature = "gpt-writer"))]
 /// Entries the writer reserves, as every partitioning tool does.
 const WRITER_ENTRY_COUNT: u32 = 128;
 
@@ -390,6 +397,7 @@ impl GptHeader {
         u64::from(self.entry_count) * u64::from(self.entry_size)
     }
 
+    #[cfg(any(test, feature = "gpt-writer"))]
     /// The header's on-disk bytes (UEFI's 92), CRC included.
     fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut out = [0u8; HEADER_SIZE];
@@ -517,247 +525,6 @@ fn decode_name(raw: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
-/// A partition to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionSpec {
-    pub type_guid: Guid,
-    pub unique_guid: Guid,
-    pub name: String,
-    pub first_lba: Lba,
-    pub last_lba: Lba,
-    /// GPT attribute bits (DPS uses bit 60 read-only, bit 63 no-auto).
-    pub attributes: u64,
-}
-
-/// The bytes of a GPT-partitioned disk that are not partition contents: write `primary` at
-/// offset 0 and `backup` at `backup_offset`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GptImage {
-    /// Protective MBR, primary header and entry array (LBA 0 up to the first usable LBA).
-    pub primary: Vec<u8>,
-    /// Backup entry array followed by the backup header (the disk's last LBAs).
-    pub backup: Vec<u8>,
-    pub backup_offset: u64,
-    /// Where partitions may go (inclusive), for callers that lay them out.
-    pub first_usable: Lba,
-    pub last_usable: Lba,
-}
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum GptWriteError {
-    #[error("disk size {size} bytes is not a multiple of the {sector}-byte sector")]
-    UnalignedDisk { size: u64, sector: u32 },
-    #[error("disk of {size} bytes is too small for a GPT with {sector}-byte sectors")]
-    DiskTooSmall { size: u64, sector: u32 },
-    #[error("{count} partitions do not fit in the {max}-entry table")]
-    TooManyPartitions { count: usize, max: u32 },
-    #[error("partition {number} ({first}..={last}) is outside the usable LBAs {usable_first}..={usable_last}")]
-    OutOfRange {
-        number: usize,
-        first: u64,
-        last: u64,
-        usable_first: u64,
-        usable_last: u64,
-    },
-    #[error("partitions {first} and {second} overlap")]
-    Overlap { first: usize, second: usize },
-    #[error("partition {number} name {name:?} is longer than 36 UTF-16 code units")]
-    NameTooLong { number: usize, name: String },
-    #[error("partition {number} has the nil type GUID, which marks an unused entry")]
-    NilType { number: usize },
-}
-
-/// Lays out a GPT for a disk of `disk_size` bytes: protective MBR, primary header and 128
-/// entries, and their backups at the end. Partition `n` of the table is `partitions[n-1]`.
-pub fn write_gpt(
-    disk_size: u64,
-    sector: SectorSize,
-    disk_guid: Guid,
-    partitions: &[PartitionSpec],
-) -> Result<GptImage, GptWriteError> {
-    let layout = Layout::new(disk_size, sector)?;
-    check_partitions(&layout, partitions)?;
-    let entries = encode_entries(partitions);
-    let primary_header = layout.header(disk_guid, crc32(&entries), Role::Primary);
-    let backup_header = layout.header(disk_guid, crc32(&entries), Role::Backup);
-
-    let mut primary = vec![0u8; layout.bytes(layout.first_usable.0)];
-    let block = layout.bytes(1);
-    primary[..512].copy_from_slice(&protective_mbr(layout.total_sectors));
-    primary[block..block + HEADER_SIZE].copy_from_slice(&primary_header.to_bytes());
-    primary[2 * block..2 * block + entries.len()].copy_from_slice(&entries);
-
-    let mut backup = vec![0u8; layout.bytes(layout.entry_sectors + 1)];
-    backup[..entries.len()].copy_from_slice(&entries);
-    let header_at = layout.bytes(layout.entry_sectors);
-    backup[header_at..header_at + HEADER_SIZE].copy_from_slice(&backup_header.to_bytes());
-
-    Ok(GptImage {
-        primary,
-        backup,
-        backup_offset: sector.offset_of(backup_header.entries_lba),
-        first_usable: layout.first_usable,
-        last_usable: layout.last_usable,
-    })
-}
-
-#[derive(Clone, Copy)]
-enum Role {
-    Primary,
-    Backup,
-}
-
-/// Where the writer puts things on a disk of a given size.
-struct Layout {
-    sector: SectorSize,
-    total_sectors: u64,
-    entry_sectors: u64,
-    first_usable: Lba,
-    last_usable: Lba,
-}
-
-impl Layout {
-    fn new(disk_size: u64, sector: SectorSize) -> Result<Self, GptWriteError> {
-        let bytes = u64::from(sector.bytes());
-        if disk_size % bytes != 0 {
-            return Err(GptWriteError::UnalignedDisk {
-                size: disk_size,
-                sector: sector.bytes(),
-            });
-        }
-        let total_sectors = disk_size / bytes;
-        let entry_sectors =
-            sector.sectors_for(u64::from(WRITER_ENTRY_COUNT) * u64::from(MIN_ENTRY_SIZE));
-        // MBR + primary header + entries, and backup entries + backup header.
-        let reserved = 2 + entry_sectors + entry_sectors + 1;
-        if total_sectors <= reserved {
-            return Err(GptWriteError::DiskTooSmall {
-                size: disk_size,
-                sector: sector.bytes(),
-            });
-        }
-        Ok(Self {
-            sector,
-            total_sectors,
-            entry_sectors,
-            first_usable: Lba(2 + entry_sectors),
-            last_usable: Lba(total_sectors - entry_sectors - 2),
-        })
-    }
-
-    /// Byte length of `sectors` sectors; only called on the small reserved areas.
-    fn bytes(&self, sectors: u64) -> usize {
-        usize::try_from(self.sector.offset_of(Lba(sectors))).unwrap_or(usize::MAX)
-    }
-
-    fn header(&self, disk_guid: Guid, entries_crc32: u32, role: Role) -> GptHeader {
-        let last = Lba(self.total_sectors - 1);
-        let (my_lba, alternate_lba, entries_lba) = match role {
-            Role::Primary => (Lba(1), last, Lba(2)),
-            Role::Backup => (last, Lba(1), Lba(last.0 - self.entry_sectors)),
-        };
-        GptHeader {
-            revision: REVISION_1_0,
-            header_size: HEADER_SIZE as u32,
-            my_lba,
-            alternate_lba,
-            first_usable: self.first_usable,
-            last_usable: self.last_usable,
-            disk_guid,
-            entries_lba,
-            entry_count: WRITER_ENTRY_COUNT,
-            entry_size: MIN_ENTRY_SIZE,
-            entries_crc32,
-        }
-    }
-}
-
-fn check_partitions(layout: &Layout, partitions: &[PartitionSpec]) -> Result<(), GptWriteError> {
-    if partitions.len() > WRITER_ENTRY_COUNT as usize {
-        return Err(GptWriteError::TooManyPartitions {
-            count: partitions.len(),
-            max: WRITER_ENTRY_COUNT,
-        });
-    }
-    for (index, part) in partitions.iter().enumerate() {
-        let number = index + 1;
-        check_partition(layout, part, number)?;
-        let overlapping = partitions[..index]
-            .iter()
-            .position(|other| other.first_lba <= part.last_lba && part.first_lba <= other.last_lba);
-        if let Some(other) = overlapping {
-            return Err(GptWriteError::Overlap {
-                first: other + 1,
-                second: number,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn check_partition(
-    layout: &Layout,
-    part: &PartitionSpec,
-    number: usize,
-) -> Result<(), GptWriteError> {
-    if part.type_guid.is_nil() {
-        return Err(GptWriteError::NilType { number });
-    }
-    if part.name.encode_utf16().count() > NAME_UNITS {
-        return Err(GptWriteError::NameTooLong {
-            number,
-            name: part.name.clone(),
-        });
-    }
-    let inside = layout.first_usable <= part.first_lba
-        && part.first_lba <= part.last_lba
-        && part.last_lba <= layout.last_usable;
-    if !inside {
-        return Err(GptWriteError::OutOfRange {
-            number,
-            first: part.first_lba.0,
-            last: part.last_lba.0,
-            usable_first: layout.first_usable.0,
-            usable_last: layout.last_usable.0,
-        });
-    }
-    Ok(())
-}
-
-/// The whole entry array: 128 entries of 128 bytes, unused ones zero.
-fn encode_entries(partitions: &[PartitionSpec]) -> Vec<u8> {
-    let size = MIN_ENTRY_SIZE as usize;
-    let mut out = vec![0u8; WRITER_ENTRY_COUNT as usize * size];
-    for (entry, part) in out.chunks_exact_mut(size).zip(partitions) {
-        entry[0..16].copy_from_slice(&part.type_guid.to_mixed_endian());
-        entry[16..32].copy_from_slice(&part.unique_guid.to_mixed_endian());
-        entry[32..40].copy_from_slice(&part.first_lba.0.to_le_bytes());
-        entry[40..48].copy_from_slice(&part.last_lba.0.to_le_bytes());
-        entry[48..56].copy_from_slice(&part.attributes.to_le_bytes());
-        let name = entry[56..56 + 2 * NAME_UNITS].chunks_exact_mut(2);
-        for (slot, unit) in name.zip(part.name.encode_utf16()) {
-            slot.copy_from_slice(&unit.to_le_bytes());
-        }
-    }
-    out
-}
-
-/// An MBR with one partition of type 0xEE covering the disk (capped at 2^32-1 sectors), so
-/// MBR-only tools see the disk as in use rather than empty.
-fn protective_mbr(total_sectors: u64) -> [u8; 512] {
-    let mut mbr = [0u8; 512];
-    let entry = &mut mbr[446..462];
-    entry[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
-    entry[4] = 0xEE;
-    entry[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]); // CHS "beyond addressable"
-    entry[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let size = u32::try_from(total_sectors - 1).unwrap_or(u32::MAX);
-    entry[12..16].copy_from_slice(&size.to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xAA;
-    mbr
-}
-
 /// CRC-32/IEEE (reflected, polynomial 0xEDB88320), the checksum UEFI specifies for GPT.
 fn crc32(data: &[u8]) -> u32 {
     !data.iter().fold(!0u32, |crc, &byte| {
@@ -805,36 +572,12 @@ fn le_u64(bytes: &[u8], offset: usize) -> u64 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::fixtures::{dps_partitions, tool_exists, write_image, XorShift};
 
     fn guid(text: &str) -> Guid {
         Guid::parse(text).expect("test GUID")
-    }
-
-    /// A DPS-style disk: ESP, root, root-verity, root-verity-sig, /usr, usr-verity, /var.
-    pub(crate) fn dps_partitions() -> Vec<PartitionSpec> {
-        let types = [
-            (ESP, "esp"),
-            (ROOT_X86_64, "root-x86-64"),
-            (ROOT_VERITY_X86_64, "root-x86-64-verity"),
-            (ROOT_VERITY_SIG_X86_64, "root-x86-64-verity-sig"),
-            (USR_X86_64, "usr-x86-64"),
-            (USR_VERITY_X86_64, "usr-x86-64-verity"),
-            (VAR, "var"),
-        ];
-        types
-            .iter()
-            .zip(0u64..)
-            .map(|(&(type_guid, name), index)| PartitionSpec {
-                type_guid,
-                unique_guid: Guid::from_bytes([index as u8 + 1; 16]),
-                name: name.to_owned(),
-                first_lba: Lba(2048 + index * 2048),
-                last_lba: Lba(2048 + index * 2048 + 2047),
-                attributes: if index == 2 { 1 << 60 } else { 0 },
-            })
-            .collect()
     }
 
     /// Parses a written image back: primary header and its entries, and the backup header.
@@ -1143,56 +886,6 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn tool_exists(name: &str) -> bool {
-        let dirs = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
-        let path_var = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path_var)
-            .chain(dirs.iter().map(std::path::PathBuf::from))
-            .any(|dir| dir.join(name).is_file())
-    }
-
-    /// A sparse file of `size` bytes holding the GPT regions of `image`.
-    pub(crate) fn write_image(path: &std::path::Path, size: u64, image: &GptImage) {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::File::create(path).expect("create image");
-        file.set_len(size).expect("size image");
-        file.write_all_at(&image.primary, 0).expect("write primary");
-        file.write_all_at(&image.backup, image.backup_offset)
-            .expect("write backup");
-    }
-
-    /// A small deterministic generator: the fuzz loops must be reproducible. The other
-    /// modules' fuzz tests use it too.
-    pub(crate) struct XorShift(pub(crate) u64);
-
-    impl XorShift {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        pub(crate) fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-
-        pub(crate) fn chance(&mut self, one_in: usize) -> bool {
-            self.below(one_in) == 0
-        }
-
-        pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-            items[self.below(items.len())]
-        }
-
-        pub(crate) fn fill(&mut self, bytes: &mut [u8]) {
-            for chunk in bytes.chunks_mut(8) {
-                let word = self.next().to_le_bytes();
-                chunk.copy_from_slice(&word[..chunk.len()]);
-            }
-        }
-    }
-
     const FUZZ_ITERATIONS: usize = 100_000;
     /// Half as many for entry arrays: each iteration computes two CRCs of up to 16 KiB and
     /// decodes up to 128 names, and 100,000 of them take some 3 s in a debug build.
@@ -1243,7 +936,7 @@ pub(crate) mod tests {
     fn interesting_lba(rng: &mut XorShift, near: &[u64]) -> u64 {
         match rng.below(4) {
             0 => rng.next(),
-            1 => rng.pick(&[0, 1, 2, 33, 34, u64::MAX - 1, u64::MAX]),
+            1 => *rng.pick(&[0, 1, 2, 33, 34, u64::MAX - 1, u64::MAX]),
             _ => rng
                 .pick(near)
                 .wrapping_add(rng.below(5) as u64)
@@ -1252,7 +945,7 @@ pub(crate) mod tests {
     }
 
     fn interesting_u32(rng: &mut XorShift) -> u32 {
-        rng.pick(&[0, 1, 8, 92, 127, 128, 136, 256, 512, 513, 8192, u32::MAX])
+        *rng.pick(&[0, 1, 8, 92, 127, 128, 136, 256, 512, 513, 8192, u32::MAX])
     }
 
     /// What every accepted header satisfies, whatever bytes it came from: the UEFI rules the
@@ -1295,18 +988,18 @@ pub(crate) mod tests {
         let mut accepted = 0;
         for _ in 0..FUZZ_ITERATIONS {
             rng.fill(&mut block);
-            if rng.chance(2) {
+            if rng.one_in(2) {
                 block[..8].copy_from_slice(SIGNATURE);
-                if !rng.chance(16) {
+                if !rng.one_in(16) {
                     put_u32(&mut block, 8, REVISION_1_0 | rng.below(4) as u32);
                 }
-                let size = if rng.chance(16) {
+                let size = if rng.one_in(16) {
                     interesting_u32(&mut rng)
                 } else {
                     (HEADER_SIZE + rng.below(512 - HEADER_SIZE + 1)) as u32
                 };
                 put_u32(&mut block, 12, size);
-                let my_lba = if rng.chance(8) {
+                let my_lba = if rng.one_in(8) {
                     rng.below(3) as u64
                 } else {
                     1
@@ -1334,7 +1027,7 @@ pub(crate) mod tests {
                     _ => 128,
                 };
                 put_u32(&mut block, 84, entry_size);
-                if !rng.chance(16) {
+                if !rng.one_in(16) {
                     fix_header_crc(&mut block);
                 }
             }
@@ -1383,11 +1076,11 @@ pub(crate) mod tests {
             2 => bytes[rng.below(len)] = rng.next() as u8,
             3 | 4 => {
                 let value = interesting_lba(rng, near);
-                put_u64(bytes, rng.pick(&LBA_FIELDS), value);
+                put_u64(bytes, *rng.pick(&LBA_FIELDS), value);
             }
             5 => {
                 let value = interesting_u32(rng);
-                put_u32(bytes, rng.pick(&U32_FIELDS), value);
+                put_u32(bytes, *rng.pick(&U32_FIELDS), value);
             }
             6 => {
                 let start = rng.below(len);
@@ -1440,7 +1133,7 @@ pub(crate) mod tests {
             for _ in 0..=rng.below(3) {
                 mutate_header(&mut rng, &mut block, &near);
             }
-            let recomputed = rng.chance(2) && fix_header_crc(&mut block);
+            let recomputed = rng.one_in(2) && fix_header_crc(&mut block);
             let result = GptHeader::parse_at(&block, *lba);
             match &result {
                 Ok(header) => {
@@ -1518,11 +1211,11 @@ pub(crate) mod tests {
             }
             2..=4 => {
                 let value = interesting_lba(rng, near);
-                put_u64(array, entry + rng.pick(&[32, 40]), value);
+                put_u64(array, entry + *rng.pick(&[32, 40]), value);
             }
             5 => {
                 let any = rng.next() as u16;
-                let unit = rng.pick(&[0, 0x41, 0xd800, 0xdc00, 0xfffd, any]);
+                let unit = *rng.pick(&[0, 0x41, 0xd800, 0xdc00, 0xfffd, any]);
                 let at = entry + 56 + 2 * rng.below(NAME_UNITS);
                 array[at..at + 2].copy_from_slice(&unit.to_le_bytes());
             }
@@ -1530,7 +1223,7 @@ pub(crate) mod tests {
                 let at = rng.below(array.len());
                 array[at] ^= 1 << rng.below(8);
             }
-            _ if rng.chance(4) => array.truncate(rng.below(array.len() + 1)),
+            _ if rng.one_in(4) => array.truncate(rng.below(array.len() + 1)),
             _ => {
                 let at = entry + 48;
                 put_u64(array, at, rng.next());
@@ -1562,7 +1255,7 @@ pub(crate) mod tests {
                 1..=48 => rng.below(17),
                 _ => 8,
             };
-            let size = if rng.chance(4) && count <= 32 {
+            let size = if rng.one_in(4) && count <= 32 {
                 128 + 8 * rng.below(49)
             } else {
                 128

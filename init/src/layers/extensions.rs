@@ -2,7 +2,7 @@
 //! root-x86-64 partition and its root-x86-64-verity hash tree) found in the base image or
 //! the initramfs, trusted only when a root hash pins them, verified block by block through
 //! dm-verity, matched against the base's os-release, and mounted read-only so that
-//! [`crate::mounts::plan_layers`] can stack them over /usr, /opt and /etc.
+//! [`crate::handoff::mounts::plan_layers`] can stack them over /usr, /opt and /etc.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -11,19 +11,21 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use xorbang_formats::boot_report::Trust;
 
-use crate::blockdev::{self, GptReadError};
-use crate::dm::DeviceMapper;
-use crate::gpt::{self, GptPartition, Guid, SectorSize};
-use crate::loopdev::{self, ByteRange, LoopError};
-use crate::mounts::{self, Mount, MountError, MountOp};
+use crate::discovery::block_devices::{self, GptReadError};
+use crate::discovery::loop_devices::{self, ByteRange, LoopError};
+use crate::handoff::mounts::{self, Mount, MountError, MountOp};
 use crate::options::ExtensionRequest;
-use crate::osrelease::{check_extension, ExtensionKind, MatchError, OsRelease, OsReleaseError};
-use crate::pins::{ExtensionPins, MANIFEST_PATH};
-use crate::superblock::FsKind;
-use crate::verity::RootHash;
-use crate::verity_root::{self, Mapping, VerityRootError};
+use crate::verity::activation::{self, Mapping, VerityRootError};
+use crate::verity::device_mapper::DeviceMapper;
+use xorbang_formats::extension_pins::{ExtensionPins, MANIFEST_PATH};
+use xorbang_formats::fs_probe::FsKind;
+use xorbang_formats::gpt::{self, GptPartition, Guid, SectorSize};
+use xorbang_formats::os_release::{
+    check_extension, ExtensionKind, MatchError, OsRelease, OsReleaseError,
+};
+use xorbang_formats::verity::RootHash;
 
 /// Whole-image verification reads this much at a time.
 const READ_CHUNK: usize = 1 << 20;
@@ -89,18 +91,6 @@ pub struct Candidate {
     /// How messages and the report name it.
     pub shown: String,
     pub place: Place,
-}
-
-/// How an extension came to be trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trust {
-    /// Its root hash is in the base image's extensions.toml.
-    BaseManifest,
-    /// Its root hash is on the (signed) kernel command line.
-    Cmdline,
-    /// Nothing pins it: merged only in dev mode.
-    Unpinned,
 }
 
 /// An extension verified, checked and mounted, ready to be layered.
@@ -171,7 +161,7 @@ pub enum Cause {
     #[error("the base image has no /{0} to merge it onto")]
     NoMountPoint(&'static str),
     #[error("{0}")]
-    Probe(#[source] crate::blockdev::BlockError),
+    Probe(#[source] crate::discovery::block_devices::BlockError),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -207,7 +197,7 @@ pub enum BaseError {
     )]
     NoOsRelease,
     #[error("the base image's {MANIFEST_PATH}: {0}")]
-    Pins(#[from] crate::pins::PinsError),
+    Pins(#[from] xorbang_formats::extension_pins::PinsError),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -263,7 +253,7 @@ fn raw_images(dir: &Path) -> Result<Vec<(String, PathBuf)>, BaseError> {
         else {
             continue;
         };
-        if crate::pins::valid_name(name) {
+        if xorbang_formats::extension_pins::valid_name(name) {
             images.push((name.to_owned(), path.clone()));
         } else {
             log::warn!("ignoring {}: not a valid extension name", path.display());
@@ -404,10 +394,10 @@ impl Activator<'_> {
             // turns into a refusal of this one extension.
             options: &[],
         };
-        let active = verity_root::activate_mapping(self.dev_dir, &mapping, &data_node, &hash_node)?;
+        let active = activation::activate_mapping(self.dev_dir, &mapping, &data_node, &hash_node)?;
         undo.mapping = Some(name);
         read_everything(&active.node)?;
-        let probed = blockdev::probe_device(&active.node).map_err(Cause::Probe)?;
+        let probed = block_devices::probe_device(&active.node).map_err(Cause::Probe)?;
         match probed {
             Some(info) if info.kind == FsKind::Squashfs => {}
             other => {
@@ -507,7 +497,8 @@ impl Activator<'_> {
 
 /// The data and hash partitions of an extension image.
 fn verity_partitions(image: &Path) -> Result<(GptPartition, GptPartition), Cause> {
-    let partitions = blockdev::read_gpt_from(image, SectorSize::BYTES_512).map_err(Cause::Gpt)?;
+    let partitions =
+        block_devices::read_gpt_from(image, SectorSize::BYTES_512).map_err(Cause::Gpt)?;
     let only = |type_guid: Guid| {
         let mut matching = partitions
             .iter()
@@ -553,7 +544,7 @@ fn attach(dev_dir: &Path, image: &Path, partition: &GptPartition) -> Result<Path
         offset,
         length: end - offset,
     };
-    Ok(loopdev::attach_range_read_only(dev_dir, image, range)?)
+    Ok(loop_devices::attach_range_read_only(dev_dir, image, range)?)
 }
 
 /// Reads the whole mapped device, so that dm-verity checks every block now: an image that

@@ -10,9 +10,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::devspec::DeviceSpec;
-use crate::gpt::{self, GptError, GptHeader, GptPartition, Guid, Lba, SectorSize};
-use crate::superblock::{self, FsInfo, PROBE_BYTES};
+use xorbang_formats::devspec::DeviceSpec;
+use xorbang_formats::fs_probe::{self, FsInfo, PROBE_BYTES};
+use xorbang_formats::gpt::{self, GptError, GptHeader, GptPartition, Guid, Lba, SectorSize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -131,7 +131,7 @@ pub fn probe_device(device: &Path) -> Result<Option<FsInfo>, BlockError> {
         path: device.to_owned(),
         source,
     })?;
-    Ok(superblock::probe(&head))
+    Ok(fs_probe::probe(&head))
 }
 
 /// One lookup over /sys/class/block and /dev.
@@ -192,7 +192,7 @@ impl Scan<'_> {
             let node = self.node(&name);
             match read_head(&node) {
                 Ok(head) => {
-                    if superblock::probe(&head).is_some_and(|fs| wanted(&fs)) {
+                    if fs_probe::probe(&head).is_some_and(|fs| wanted(&fs)) {
                         return Ok(Some(node));
                     }
                 }
@@ -353,11 +353,11 @@ fn node_exists(node: &Path) -> Result<bool, BlockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::tests::{dps_partitions, write_image};
-    use crate::gpt::{write_gpt, Guid, PartitionSpec};
-    use crate::superblock::tests::{ext4_fixture, squashfs_fixture};
-    use crate::superblock::FsKind;
     use std::fs;
+    use xorbang_formats::fixtures::{dps_partitions, write_image};
+    use xorbang_formats::fixtures::{ext4_fixture, squashfs_fixture};
+    use xorbang_formats::fs_probe::FsKind;
+    use xorbang_formats::gpt::{write_gpt, Guid, PartitionSpec};
 
     const DISK_SIZE: u64 = 32 << 20;
 
@@ -503,7 +503,7 @@ mod tests {
             .any(|part| part.unique_guid == root.unique_guid));
         assert!(siblings
             .iter()
-            .any(|part| part.type_guid == crate::gpt::VAR));
+            .any(|part| part.type_guid == xorbang_formats::gpt::VAR));
         assert_eq!(siblings.len(), dps_partitions().len());
         let disk = system.dev().join("vda");
         assert_eq!(

@@ -1,0 +1,122 @@
+//! Test fixtures shared by the crates' tests: a seeded generator for the fuzz loops, GPT disk
+//! images and filesystem superblocks. Built for this crate's tests and, with the `fixtures`
+//! feature, for the other crates' (never for a shipped binary).
+
+use std::path::{Path, PathBuf};
+
+use crate::fs_probe::{EXT_LABEL_OFFSET, EXT_MAGIC, EXT_MAGIC_OFFSET, EXT_UUID_OFFSET};
+use crate::gpt::{
+    GptImage, Guid, Lba, PartitionSpec, ESP, ROOT_VERITY_SIG_X86_64, ROOT_VERITY_X86_64,
+    ROOT_X86_64, USR_VERITY_X86_64, USR_X86_64, VAR,
+};
+
+/// xorshift64: small and seeded, so every fuzz run is the same and a failure reproduces.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+
+    /// A number in `low..=high`.
+    pub fn range(&mut self, low: usize, high: usize) -> usize {
+        low + self.below(high - low + 1)
+    }
+
+    pub fn one_in(&mut self, n: usize) -> bool {
+        self.below(n) == 0
+    }
+
+    pub fn percent(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    pub fn fill(&mut self, bytes: &mut [u8]) {
+        for chunk in bytes.chunks_mut(8) {
+            let word = self.next().to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        self.fill(&mut bytes);
+        bytes
+    }
+
+    /// `low..=high` characters drawn from `alphabet`.
+    pub fn text(&mut self, alphabet: &[char], low: usize, high: usize) -> String {
+        let length = self.range(low, high);
+        (0..length).map(|_| *self.pick(alphabet)).collect()
+    }
+}
+
+/// A DPS-style disk: ESP, root, root-verity, root-verity-sig, /usr, usr-verity, /var.
+pub fn dps_partitions() -> Vec<PartitionSpec> {
+    let types = [
+        (ESP, "esp"),
+        (ROOT_X86_64, "root-x86-64"),
+        (ROOT_VERITY_X86_64, "root-x86-64-verity"),
+        (ROOT_VERITY_SIG_X86_64, "root-x86-64-verity-sig"),
+        (USR_X86_64, "usr-x86-64"),
+        (USR_VERITY_X86_64, "usr-x86-64-verity"),
+        (VAR, "var"),
+    ];
+    types
+        .iter()
+        .zip(0u64..)
+        .map(|(&(type_guid, name), index)| PartitionSpec {
+            type_guid,
+            unique_guid: Guid::from_bytes([index as u8 + 1; 16]),
+            name: name.to_owned(),
+            first_lba: Lba(2048 + index * 2048),
+            last_lba: Lba(2048 + index * 2048 + 2047),
+            attributes: if index == 2 { 1 << 60 } else { 0 },
+        })
+        .collect()
+}
+
+pub fn tool_exists(name: &str) -> bool {
+    let dirs = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_var)
+        .chain(dirs.iter().map(PathBuf::from))
+        .any(|dir| dir.join(name).is_file())
+}
+
+/// A sparse file of `size` bytes holding the GPT regions of `image`.
+pub fn write_image(path: &Path, size: u64, image: &GptImage) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path).expect("create image");
+    file.set_len(size).expect("size image");
+    file.write_all_at(&image.primary, 0).expect("write primary");
+    file.write_all_at(&image.backup, image.backup_offset)
+        .expect("write backup");
+}
+
+/// A SquashFS 4.0 superblock (only the fields `probe` reads).
+pub fn squashfs_fixture() -> Vec<u8> {
+    let mut bytes = vec![0u8; 4096];
+    bytes[..4].copy_from_slice(b"hsqs");
+    bytes[28..30].copy_from_slice(&4u16.to_le_bytes());
+    bytes
+}
+
+pub fn ext4_fixture(uuid: [u8; 16], label: &str) -> Vec<u8> {
+    let mut bytes = vec![0u8; 8192];
+    bytes[EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2].copy_from_slice(&EXT_MAGIC.to_le_bytes());
+    bytes[EXT_UUID_OFFSET..EXT_UUID_OFFSET + 16].copy_from_slice(&uuid);
+    bytes[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
+    bytes
+}

@@ -1,0 +1,19 @@
+//! The formats xorbang shares between PID 1, the build tool and the tools to come. Everything
+//! here reads bytes or text that came from somewhere untrusted (a disk, the ESP, the network,
+//! the kernel command line) or writes them; nothing here does I/O or uses unsafe code, so each
+//! parser is fuzzed on its own (seeded loops in each module's tests).
+
+pub mod boot_report;
+pub mod bytes;
+pub mod cmdline;
+pub mod devspec;
+pub mod extension_pins;
+pub mod fs_probe;
+pub mod gpt;
+pub mod host_config;
+pub mod module_index;
+pub mod os_release;
+pub mod verity;
+
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
