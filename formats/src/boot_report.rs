@@ -1,6 +1,7 @@
 //! The boot report: what the init did and how long each stage took, for
 //! /run/xorbang/boot.json and the `xorbang: boot-report {…}` console line.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,42 @@ pub enum Trust {
     Unpinned,
 }
 
+/// How far a host config's source is trusted, least first (PRODUCT.md's trust model).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigTrust {
+    /// An unsigned file on storage anyone with the disk, the ESP or a USB stick can write.
+    Local,
+    /// QEMU's fw_cfg: the hypervisor controls the machine anyway.
+    Platform,
+    /// Inside the signed initramfs, or carrying a valid signature by a pinned key.
+    Signed,
+}
+
+impl ConfigTrust {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Platform => "platform",
+            Self::Signed => "signed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Local, Self::Platform, Self::Signed]
+            .into_iter()
+            .find(|trust| trust.name() == text)
+    }
+}
+
+impl fmt::Display for ConfigTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Microseconds, the unit of every duration and uptime in the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -39,15 +76,16 @@ impl From<Duration> for Micros {
 }
 
 /// The stages of a boot that reaches switch_root, in order (verity is 0 µs for an
-/// unverified root). `host-config` finds and parses the config; `layers` verifies and
-/// stacks the extensions and writes the host-config layer.
+/// unverified root). `host-config` finds the config and decides whether to trust it (with the
+/// keys of the mounted base); `layers` verifies and stacks the extensions and writes the
+/// host-config layer.
 pub const STAGES: [&str; 8] = [
     "setup",
     "modules",
     "root-device",
     "verity",
-    "host-config",
     "mount-root",
+    "host-config",
     "layers",
     "switch-root",
 ];
@@ -92,6 +130,12 @@ pub struct ExtensionReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostConfigReport {
     pub origin: String,
+    /// How far its source is trusted (a signature lifts any source to `signed`).
+    #[serde(default)]
+    pub trust: Option<ConfigTrust>,
+    /// The pinned key that signed it.
+    #[serde(default)]
+    pub signed_by: Option<String>,
     pub applied: bool,
     /// Why it was not applied (one line, with line and column for a bad file).
     pub error: Option<String>,
@@ -155,6 +199,8 @@ mod tests {
             }],
             host_config: Some(HostConfigReport {
                 origin: "fw_cfg opt/org.xorbang/host-config".into(),
+                trust: Some(ConfigTrust::Platform),
+                signed_by: None,
                 applied: false,
                 error: Some("line 1, column 1: bad".into()),
                 files: Vec::new(),

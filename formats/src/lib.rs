@@ -14,6 +14,7 @@ pub mod gpt;
 pub mod host_config;
 pub mod module_index;
 pub mod os_release;
+pub mod signature;
 pub mod verity;
 
 #[cfg(any(test, feature = "fixtures"))]

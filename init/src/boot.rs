@@ -155,10 +155,6 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     };
     clock.finish_stage("verity");
 
-    // After the root: a config partition or the ESP is looked for once the disks are there.
-    let host = layers::load_host_config(paths, &options, &source, &mut modules);
-    clock.finish_stage("host-config");
-
     let fstype = root_fstype(&options, &device)?;
     modules.ensure(&fstype)?;
     if options.mode == Mode::Dev {
@@ -189,6 +185,11 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         dir: &base_dir,
         device: &source,
     };
+    // After the root: signatures are checked with the keys the verified base pins, and a
+    // config partition or the ESP is looked for once the disks are there.
+    let host = layers::load_host_config(paths, &options, base, verity.is_some(), &mut modules);
+    clock.finish_stage("host-config");
+
     let layered = layers::merge(paths, &options, base, host, &mut modules)?;
     switch_root::check_init(&paths.sysroot(), &options.init)?;
     clock.finish_stage("layers");

@@ -8,6 +8,7 @@ pub mod kmsg;
 pub mod options;
 pub mod paths;
 pub mod stage_clock;
+pub mod untrusted;
 
 /// Kernel modules: loading what this boot needs from the initramfs.
 pub mod kernel {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use xorbang_formats::boot_report::Mode;
+use xorbang_formats::boot_report::{ConfigTrust, Mode};
 use xorbang_formats::cmdline::Cmdline;
 use xorbang_formats::devspec::{DeviceSpec, DeviceSpecError};
 use xorbang_formats::verity::{RootHash, RootHashError, VerityOption};
@@ -19,6 +19,7 @@ const KNOWN_KEYS: &[&str] = &[
     "xorbang.sysext",
     "xorbang.confext",
     "xorbang.config",
+    "xorbang.config.trust",
 ];
 
 const DEFAULT_INIT: &str = "/sbin/init";
@@ -144,6 +145,8 @@ pub struct BootOptions {
     pub sysext: Option<Vec<ExtensionRequest>>,
     pub confext: Option<Vec<ExtensionRequest>>,
     pub config: ConfigSource,
+    /// `xorbang.config.trust=`: the least-trusted host-config source production accepts.
+    pub config_trust: ConfigTrust,
 }
 
 impl BootOptions {
@@ -167,6 +170,7 @@ impl BootOptions {
             sysext: extension_requests(cmdline, "xorbang.sysext")?,
             confext: extension_requests(cmdline, "xorbang.confext")?,
             config: config_source(cmdline)?,
+            config_trust: config_trust(cmdline)?,
         };
         Ok((options, warnings))
     }
@@ -397,6 +401,16 @@ fn config_source(cmdline: &Cmdline) -> Result<ConfigSource, OptionError> {
     }
 }
 
+/// Default `local`: every source, a local one restricted to hostname, timezone and network.
+fn config_trust(cmdline: &Cmdline) -> Result<ConfigTrust, OptionError> {
+    const KEY: &str = "xorbang.config.trust";
+    match value_of(cmdline, KEY)? {
+        None => Ok(ConfigTrust::Local),
+        Some(value) => ConfigTrust::parse(value)
+            .ok_or_else(|| bad(KEY, value, "expected signed, platform or local")),
+    }
+}
+
 fn unknown_key_warnings(cmdline: &Cmdline) -> Vec<String> {
     cmdline
         .params
@@ -576,6 +590,7 @@ mod tests {
         );
         assert_eq!(options.confext, Some(Vec::new()));
         assert_eq!(options.config, ConfigSource::Search);
+        assert_eq!(options.config_trust, ConfigTrust::Local);
         let (options, _) = parse(&format!("roothash={HASH}")).expect("valid");
         assert_eq!(options.sysext, None);
         for (text, named) in [
@@ -589,6 +604,10 @@ mod tests {
                 "xorbang.config=tftp",
                 "xorbang.config=tftp: expected auto, none",
             ),
+            (
+                "xorbang.config.trust=any",
+                "xorbang.config.trust=any: expected signed, platform or local",
+            ),
         ] {
             let error = parse(&format!("roothash={HASH} {text}"))
                 .expect_err(text)
@@ -601,6 +620,9 @@ mod tests {
         let (options, _) =
             parse(&format!("roothash={HASH} xorbang.config=/etc/host.toml")).expect("valid");
         assert_eq!(options.config, ConfigSource::File("/etc/host.toml".into()));
+        let (options, _) =
+            parse(&format!("roothash={HASH} xorbang.config.trust=signed")).expect("valid");
+        assert_eq!(options.config_trust, ConfigTrust::Signed);
         for (value, expected) in [
             ("esp", ConfigSource::Esp),
             (

@@ -245,7 +245,7 @@ fn host_config_from_the_initramfs_is_layered_over_etc() {
     );
     assert!(text.contains("layer: from-config"), "{text}");
     assert!(
-        text.contains(r#""host_config":{"origin":"initramfs:/host.toml","applied":true"#),
+        text.contains(r#""host_config":{"origin":"initramfs:/host.toml","trust":"signed","signed_by":null,"applied":true"#),
         "{text}"
     );
 }
@@ -269,9 +269,9 @@ fn an_invalid_host_config_changes_nothing() {
         text.contains("host config initramfs:/host.toml: line 5, column "),
         "{text}"
     );
-    assert!(text.contains("; booting without it"), "{text}");
+    assert!(text.contains("; trying the next source"), "{text}");
     assert!(
-        text.contains(r#""host_config":{"origin":"initramfs:/host.toml","applied":false"#),
+        text.contains(r#""host_config":{"origin":"initramfs:/host.toml","trust":"signed","signed_by":null,"applied":false"#),
         "{text}"
     );
     assert_eq!(

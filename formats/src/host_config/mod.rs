@@ -92,8 +92,8 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-pub use parse::parse;
 use parse::*;
+pub use parse::{check_local_keys, parse, LOCAL_KEYS};
 use rules::*;
 pub use schema::*;
 

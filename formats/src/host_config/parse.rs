@@ -382,3 +382,32 @@ pub(super) fn earlier<T: PartialEq>(seen: &[(T, usize)], item: &T) -> Option<usi
 }
 
 // ---------------------------------------------------------------------------------------
+
+/// The top-level keys an unsigned config from local storage may set in production: what a
+/// machine needs to be reachable, nothing that grants access or runs code.
+pub const LOCAL_KEYS: [&str; 4] = ["version", "hostname", "timezone", "network"];
+
+/// Refuses a config (already accepted by [`parse`]) that sets anything beyond [`LOCAL_KEYS`],
+/// naming the first such key where it is written.
+pub fn check_local_keys(text: &str) -> Result<(), HostConfigError> {
+    let keys: BTreeMap<Spanned<String>, de::IgnoredAny> =
+        toml::from_str(text).map_err(|error| toml_error(text, &error))?;
+    let mut refused: Vec<&Spanned<String>> = keys
+        .keys()
+        .filter(|key| !LOCAL_KEYS.contains(&key.get_ref().as_str()))
+        .collect();
+    refused.sort_by_key(|key| key.span().start);
+    match refused.first() {
+        None => Ok(()),
+        Some(key) => Err(locate(
+            text,
+            key.span().start,
+            &format!(
+                "{} is not allowed in an unsigned config from local storage (only {}); sign it \
+                 with a key the image pins",
+                shown(key.get_ref()),
+                LOCAL_KEYS[1..].join(", ")
+            ),
+        )),
+    }
+}

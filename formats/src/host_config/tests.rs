@@ -1289,3 +1289,27 @@ fn base64_decodes_what_is_encoded() {
     }
     assert_eq!(decode_base64("QQ==").as_deref(), Some(&b"A"[..]));
 }
+
+#[test]
+fn local_configs_may_set_only_hostname_timezone_and_network() {
+    let allowed = "version = 1\nhostname = \"a\"\ntimezone = \"UTC\"\n[[network]]\nname = \"en*\"\ndhcp = true\n";
+    assert_eq!(check_local_keys(allowed), Ok(()));
+    let error = check_local_keys(&example()).expect_err("full schema");
+    assert!(
+        error
+            .message
+            .contains("is not allowed in an unsigned config"),
+        "{error}"
+    );
+    // The first refused key in the text, wherever the table syntax puts it.
+    let files = "version = 1\n[[files]]\npath = \"/etc/x\"\ncontent = \"\"\n[users.root]\nssh_authorized_keys = []\n";
+    let error = check_local_keys(files).expect_err("files");
+    assert_eq!((error.line, error.column), (2, 3), "{error}");
+    assert!(
+        error.message.starts_with("\"files\" is not allowed"),
+        "{error}"
+    );
+    let dotted = "version = 1\nusers.root.ssh_authorized_keys = []\n";
+    let error = check_local_keys(dotted).expect_err("dotted");
+    assert_eq!((error.line, error.column), (2, 1), "{error}");
+}

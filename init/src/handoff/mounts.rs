@@ -25,6 +25,8 @@ pub struct Mount {
     pub read_only: bool,
     /// `nosuid,nodev`: for the API filesystems that carry no programs or device nodes.
     pub restricted: bool,
+    /// `noexec,nosymfollow` on top: for storage nothing verified, read only for its files.
+    pub untrusted: bool,
     pub data: Option<String>,
 }
 
@@ -36,7 +38,21 @@ impl Mount {
             fstype: fstype.to_owned(),
             read_only: false,
             restricted: false,
+            untrusted: false,
             data: None,
+        }
+    }
+
+    /// Storage neither Secure Boot nor dm-verity covers (a config partition, the ESP, the
+    /// state partition), mounted only to read files from it:
+    /// `ro,nosuid,nodev,noexec,nosymfollow`, and for ext4 `norecovery`, so a read-only mount
+    /// never replays a journal onto the disk.
+    pub fn untrusted(source: &str, target: PathBuf, fstype: &str) -> Self {
+        Self {
+            restricted: true,
+            untrusted: true,
+            data: (fstype == "ext4").then(|| "norecovery".to_owned()),
+            ..Self::read_only(source, target, fstype)
         }
     }
 
@@ -56,6 +72,9 @@ impl Mount {
         if self.restricted {
             flags |= MountFlags::NOSUID | MountFlags::NODEV;
         }
+        if self.untrusted {
+            flags |= MountFlags::NOEXEC | MountFlags::NOSYMFOLLOW;
+        }
         flags
     }
 }
@@ -68,6 +87,9 @@ impl fmt::Display for Mount {
         }
         if self.restricted {
             options.extend(["nosuid", "nodev"]);
+        }
+        if self.untrusted {
+            options.extend(["noexec", "nosymfollow"]);
         }
         if let Some(data) = &self.data {
             options.push(data);

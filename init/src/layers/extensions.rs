@@ -478,6 +478,14 @@ impl Activator<'_> {
         Ok(present)
     }
 
+    /// Unmounts and unmaps an extension that will not be merged after all.
+    pub fn release(&self, extension: &Activated) {
+        self.undo(Undo {
+            mapping: Some(format!("{}-{}", extension.kind, extension.name)),
+            mount: Some(extension.mount.clone()),
+        });
+    }
+
     fn undo(&self, undo: Undo) {
         if let Some(mount) = undo.mount {
             if let Err(errno) = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::empty())

@@ -1,10 +1,11 @@
-//! Where host config comes from, in PRODUCT.md's precedence: `xorbang.config=`, then QEMU's
-//! fw_cfg entry `opt/org.xorbang/host-config`, then a config partition (PARTLABEL
-//! `xorbang-config`, `host-config.toml` at its root) or the ESP of the root's disk
-//! (`xorbang/host-config.toml`), then a file in the initramfs (a PXE server appends a
-//! per-host cpio holding it). Only reading happens here; parsing is [`xorbang_formats::host_config`]'s.
+//! Where host config comes from, tried in order of trust: a file in the (signed) initramfs,
+//! QEMU's fw_cfg entry `opt/org.xorbang/host-config`, a config partition (PARTLABEL
+//! `xorbang-config`, `host-config.toml` at its root) and the ESP of the root's disk
+//! (`xorbang/host-config.toml`); `xorbang.config=` names one source instead. Each candidate
+//! comes with its detached signature (`….minisig`) when there is one. Only reading happens
+//! here, with [`crate::untrusted`]'s rules; deciding what to trust is [`super::host_config_trust`]'s.
 
-use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::discovery::block_devices;
@@ -12,8 +13,11 @@ use crate::handoff::mounts::{self, Mount, MountOp};
 use crate::kernel::module_loader::ModuleLoader;
 use crate::options::ConfigSource;
 use crate::paths::Paths;
+use crate::untrusted::{self, UntrustedFileError};
+use xorbang_formats::boot_report::ConfigTrust;
 use xorbang_formats::devspec::DeviceSpec;
 use xorbang_formats::gpt;
+use xorbang_formats::signature::{MAX_KEY_OR_SIGNATURE_BYTES, SIGNATURE_SUFFIX};
 
 /// The fw_cfg file name QEMU is given with `-fw_cfg name=opt/org.xorbang/host-config,file=…`.
 pub const FW_CFG_NAME: &str = "opt/org.xorbang/host-config";
@@ -25,26 +29,27 @@ pub const PARTITION_LABEL: &str = "xorbang-config";
 pub const PARTITION_FILE: &str = "host-config.toml";
 /// The file on the ESP.
 pub const ESP_FILE: &str = "xorbang/host-config.toml";
-/// Far above any real host config; bounds what PID 1 reads from an untrusted source.
-const MAX_BYTES: u64 = 1 << 20;
+/// Far above a real host config (a few KiB), and small enough that reading it through
+/// fw_cfg's port I/O and deciding it stays well under a second of init time under TCG.
+pub const MAX_BYTES: u64 = 64 * 1024;
 
-/// A config's text and where it came from, for messages and the boot report.
+/// One host config found: where, how far its source is trusted before any signature, its
+/// text and its detached signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigText {
+pub struct Candidate {
     pub origin: String,
+    pub trust: ConfigTrust,
     pub text: String,
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigSourceError {
-    #[error("host config {origin}: cannot read {path}: {source}")]
+    #[error("host config {origin}")]
     Read {
         origin: String,
-        path: PathBuf,
-        source: std::io::Error,
+        source: UntrustedFileError,
     },
-    #[error("host config {origin} is larger than {MAX_BYTES} bytes")]
-    TooLarge { origin: String },
     #[error("host config {origin} is not UTF-8 text")]
     NotText { origin: String },
     #[error("xorbang.config={0}: no such file in the initramfs")]
@@ -61,71 +66,108 @@ pub enum ConfigSourceError {
     NotOnPartition { origin: String, file: &'static str },
 }
 
-/// The fw_cfg entry's contents as the qemu_fw_cfg driver shows them in sysfs.
-pub fn fw_cfg_path(paths: &Paths) -> PathBuf {
-    paths
-        .sys()
-        .join("firmware/qemu_fw_cfg/by_name")
-        .join(FW_CFG_NAME)
-        .join("raw")
+/// The directory the qemu_fw_cfg driver shows an fw_cfg entry in (`raw` holds its bytes).
+pub fn fw_cfg_dir(paths: &Paths, name: &str) -> PathBuf {
+    paths.sys().join("firmware/qemu_fw_cfg/by_name").join(name)
 }
 
-/// The host config to apply, if any source has one. `root_device` is the block device the
-/// root image is read from: its disk's ESP is searched.
-pub fn load(
+/// Offers each host config found to `consider`, most trusted source first, until it breaks
+/// with a result. A source that cannot be read is logged and skipped; one the command line
+/// names explicitly must exist (logged as an error when it does not).
+pub fn search<R>(
     paths: &Paths,
     source: &ConfigSource,
     root_device: &Path,
     modules: &mut ModuleLoader,
-) -> Result<Option<ConfigText>, ConfigSourceError> {
-    let fw_cfg = fw_cfg_path(paths);
-    let in_initramfs = |file: &Path| paths.root().join(file.strip_prefix("/").unwrap_or(file));
+    mut consider: impl FnMut(Candidate) -> ControlFlow<R>,
+) -> Option<R> {
     let mut disks = Disks { paths, modules };
+    for place in places(&mut disks, source, root_device) {
+        let found = match place {
+            Ok(place) => disks.read(&place),
+            Err(error) => Err(error),
+        };
+        match found {
+            Ok(Some(candidate)) => {
+                if let ControlFlow::Break(result) = consider(candidate) {
+                    return Some(result);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => log::error!(
+                "{}; trying the next source",
+                xorbang_formats::error_chain::error_chain(&error)
+            ),
+        }
+    }
+    None
+}
+
+/// Where a host config may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    Initramfs {
+        file: PathBuf,
+        required: bool,
+    },
+    FwCfg {
+        required: bool,
+    },
+    Partition {
+        device: PathBuf,
+        file: &'static str,
+        required: bool,
+    },
+}
+
+/// The places to look, in order of trust; an explicit source that is not there is an error.
+fn places(
+    disks: &mut Disks,
+    source: &ConfigSource,
+    root_device: &Path,
+) -> Vec<Result<Place, ConfigSourceError>> {
+    let initramfs = |file: PathBuf, required| Place::Initramfs { file, required };
     match source {
-        ConfigSource::Nothing => Ok(None),
-        ConfigSource::FwCfg if fw_cfg.exists() => {
-            read(&fw_cfg, format!("fw_cfg {FW_CFG_NAME}")).map(Some)
-        }
-        ConfigSource::FwCfg => Err(ConfigSourceError::NoFwCfg(fw_cfg)),
-        ConfigSource::Partition(spec) => {
-            let device = disks
-                .find(spec)
-                .ok_or_else(|| ConfigSourceError::NoPartition(spec.clone()))?;
-            disks.required(&device, PARTITION_FILE, spec).map(Some)
-        }
-        ConfigSource::Esp => {
-            let esp = disks.esp_of(root_device).ok_or(ConfigSourceError::NoEsp)?;
-            let spec = DeviceSpec::Path(esp.clone());
-            disks.required(&esp, ESP_FILE, &spec).map(Some)
-        }
-        ConfigSource::File(file) => {
-            let path = in_initramfs(file);
-            if !path.exists() {
-                return Err(ConfigSourceError::Missing(file.clone()));
-            }
-            read(&path, format!("initramfs:{}", file.display())).map(Some)
-        }
+        ConfigSource::Nothing => Vec::new(),
+        ConfigSource::FwCfg => vec![Ok(Place::FwCfg { required: true })],
+        ConfigSource::File(file) => vec![Ok(initramfs(file.clone(), true))],
+        ConfigSource::Partition(spec) => vec![disks
+            .find(spec)
+            .map(|device| Place::Partition {
+                device,
+                file: PARTITION_FILE,
+                required: true,
+            })
+            .ok_or_else(|| ConfigSourceError::NoPartition(spec.clone()))],
+        ConfigSource::Esp => vec![disks
+            .esp_of(root_device)
+            .map(|device| Place::Partition {
+                device,
+                file: ESP_FILE,
+                required: true,
+            })
+            .ok_or(ConfigSourceError::NoEsp)],
         ConfigSource::Search => {
-            if fw_cfg.exists() {
-                return read(&fw_cfg, format!("fw_cfg {FW_CFG_NAME}")).map(Some);
-            }
+            let mut places = vec![
+                initramfs(PathBuf::from("/").join(INITRAMFS_FILE), false),
+                Place::FwCfg { required: false },
+            ];
             let label = DeviceSpec::PartLabel(PARTITION_LABEL.to_owned());
             if let Some(device) = disks.find(&label) {
-                if let Some(text) = disks.read_from(&device, PARTITION_FILE, &label)? {
-                    return Ok(Some(text));
-                }
+                places.push(Place::Partition {
+                    device,
+                    file: PARTITION_FILE,
+                    required: false,
+                });
             }
-            if let Some(esp) = disks.esp_of(root_device) {
-                let spec = DeviceSpec::Path(esp.clone());
-                if let Some(text) = disks.read_from(&esp, ESP_FILE, &spec)? {
-                    return Ok(Some(text));
-                }
+            if let Some(device) = disks.esp_of(root_device) {
+                places.push(Place::Partition {
+                    device,
+                    file: ESP_FILE,
+                    required: false,
+                });
             }
-            let file = in_initramfs(Path::new(INITRAMFS_FILE));
-            if file.exists() {
-                return read(&file, format!("initramfs:/{INITRAMFS_FILE}")).map(Some);
-            }
-            Ok(None)
+            places.into_iter().map(Ok).collect()
         }
     }
 }
@@ -142,6 +184,62 @@ struct Disks<'a> {
 }
 
 impl Disks<'_> {
+    fn read(&mut self, place: &Place) -> Result<Option<Candidate>, ConfigSourceError> {
+        match place {
+            Place::Initramfs { file, required } => {
+                let relative = file.strip_prefix("/").unwrap_or(file);
+                let origin = format!("initramfs:{}", file.display());
+                let found = read_pair(self.paths.root(), relative, &origin, ConfigTrust::Signed)?;
+                match found {
+                    None if *required => Err(ConfigSourceError::Missing(file.clone())),
+                    found => Ok(found),
+                }
+            }
+            Place::FwCfg { required } => {
+                let dir = fw_cfg_dir(self.paths, FW_CFG_NAME);
+                if !dir.exists() {
+                    return match required {
+                        true => Err(ConfigSourceError::NoFwCfg(dir)),
+                        false => Ok(None),
+                    };
+                }
+                let origin = format!("fw_cfg {FW_CFG_NAME}");
+                let text = read_text(&dir, Path::new("raw"), &origin, MAX_BYTES)?;
+                let signature_dir =
+                    fw_cfg_dir(self.paths, &format!("{FW_CFG_NAME}{SIGNATURE_SUFFIX}"));
+                let signature = match signature_dir.exists() {
+                    true => read_text(
+                        &signature_dir,
+                        Path::new("raw"),
+                        &format!("{origin}{SIGNATURE_SUFFIX}"),
+                        MAX_KEY_OR_SIGNATURE_BYTES,
+                    )?,
+                    false => None,
+                };
+                Ok(text.map(|text| Candidate {
+                    origin,
+                    trust: ConfigTrust::Platform,
+                    text,
+                    signature,
+                }))
+            }
+            Place::Partition {
+                device,
+                file,
+                required,
+            } => {
+                let found = self.read_from(device, file)?;
+                match found {
+                    None if *required => Err(ConfigSourceError::NotOnPartition {
+                        origin: origin_of(device, file),
+                        file,
+                    }),
+                    found => Ok(found),
+                }
+            }
+        }
+    }
+
     /// The partition `spec` names, if it is there (the root's disks have appeared by now).
     fn find(&self, spec: &DeviceSpec) -> Option<PathBuf> {
         match block_devices::resolve(spec, &self.paths.sys_class_block(), &self.paths.dev()) {
@@ -167,29 +265,15 @@ impl Disks<'_> {
         })
     }
 
-    /// [`Self::read_from`] for a source the command line named: absent is an error.
-    fn required(
-        &mut self,
-        device: &Path,
-        file: &'static str,
-        spec: &DeviceSpec,
-    ) -> Result<ConfigText, ConfigSourceError> {
-        self.read_from(device, file, spec)?
-            .ok_or_else(|| ConfigSourceError::NotOnPartition {
-                origin: origin_of(device, file),
-                file,
-            })
-    }
-
-    /// Reads `file` from the file system on `device`, mounted read-only for just this.
-    /// `None` when the file is not there, or the file system is one this initramfs cannot
-    /// mount (the modules are optional: `--modules …,vfat,nls_cp437,nls_ascii`).
+    /// Reads `file` (and its signature) from the file system on `device`, mounted as
+    /// untrusted storage for just this. `None` when the file is not there, or the file
+    /// system is one this initramfs cannot mount (the modules are optional:
+    /// `--modules …,vfat,nls_cp437,nls_ascii`).
     fn read_from(
         &mut self,
         device: &Path,
         file: &'static str,
-        spec: &DeviceSpec,
-    ) -> Result<Option<ConfigText>, ConfigSourceError> {
+    ) -> Result<Option<Candidate>, ConfigSourceError> {
         let origin = origin_of(device, file);
         let fail = |detail: String| ConfigSourceError::Partition {
             origin: origin.clone(),
@@ -197,36 +281,34 @@ impl Disks<'_> {
         };
         let fstype = match block_devices::probe_device(device) {
             Ok(Some(info)) => info.kind.to_string(),
-            Ok(None) => return Err(fail(format!("{spec} holds no file system this init knows"))),
+            Ok(None) => return Err(fail("holds no file system this init knows".to_owned())),
             Err(error) => return Err(fail(error.to_string())),
         };
         if !self.can_mount(&fstype) {
-            log::debug!("not reading {origin}: the initramfs carries no {fstype} driver");
+            log::warn!(
+                "not reading {origin}: the initramfs carries no {fstype} driver (add it with \
+                 xorbang-build initrd --modules …,{})",
+                filesystem_modules(&fstype).join(",")
+            );
             return Ok(None);
         }
         let mount = self.paths.xorbang_run().join("config-source");
-        let mut read_only = Mount::read_only(&device.to_string_lossy(), mount.clone(), &fstype);
-        read_only.restricted = true;
+        let read_only = Mount::untrusted(&device.to_string_lossy(), mount.clone(), &fstype);
         mounts::execute(&[MountOp::Mkdir(mount.clone()), MountOp::Mount(read_only)])
             .map_err(|error| fail(error.to_string()))?;
-        let path = mount.join(file);
-        let text = if path.exists() {
-            read(&path, origin.clone()).map(Some)
-        } else {
-            Ok(None)
-        };
+        let found = read_pair(&mount, Path::new(file), &origin, ConfigTrust::Local);
         let unmounted = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::empty())
             .map_err(|errno| fail(format!("cannot unmount {}: {errno}", mount.display())))
             .and_then(|()| {
                 std::fs::remove_dir(&mount)
                     .map_err(|error| fail(format!("cannot remove {}: {error}", mount.display())))
             });
-        let text = text?;
+        let found = found?;
         unmounted?;
-        Ok(text)
+        Ok(found)
     }
 
-    /// Whether the kernel knows `fstype` already, or the initramfs carries its module (then
+    /// Whether the kernel knows `fstype` already, or the initramfs carries its modules (then
     /// loaded, with the code pages FAT mounts ask for).
     fn can_mount(&mut self, fstype: &str) -> bool {
         let known =
@@ -240,11 +322,7 @@ impl Disks<'_> {
         if !self.modules.carries(fstype) {
             return false;
         }
-        let mut needed = vec![fstype];
-        if fstype == "vfat" {
-            needed.extend(["nls_cp437", "nls_ascii"]);
-        }
-        for module in needed {
+        for module in filesystem_modules(fstype) {
             if let Err(error) = self.modules.ensure(module) {
                 log::warn!("{error}");
                 return false;
@@ -254,36 +332,81 @@ impl Disks<'_> {
     }
 }
 
-fn read(path: &Path, origin: String) -> Result<ConfigText, ConfigSourceError> {
-    let read_error = |source| ConfigSourceError::Read {
-        origin: origin.clone(),
-        path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_BYTES {
-        return Err(ConfigSourceError::TooLarge { origin });
+/// The modules a file system needs (FAT mounts ask for the code pages Debian's defaults name).
+fn filesystem_modules(fstype: &str) -> Vec<&str> {
+    match fstype {
+        "vfat" => vec!["vfat", "nls_cp437", "nls_ascii"],
+        "ext4" => vec!["ext4", "crc32c_generic"],
+        other => vec![other],
     }
-    let text = String::from_utf8(bytes).map_err(|_| ConfigSourceError::NotText {
-        origin: origin.clone(),
-    })?;
-    Ok(ConfigText { origin, text })
+}
+
+/// A config file beneath `dir` and its `.minisig`, if the file is there.
+fn read_pair(
+    dir: &Path,
+    relative: &Path,
+    origin: &str,
+    trust: ConfigTrust,
+) -> Result<Option<Candidate>, ConfigSourceError> {
+    let Some(text) = read_text(dir, relative, origin, MAX_BYTES)? else {
+        return Ok(None);
+    };
+    let mut signature_file = relative.as_os_str().to_owned();
+    signature_file.push(SIGNATURE_SUFFIX);
+    let signature = read_text(
+        dir,
+        Path::new(&signature_file),
+        &format!("{origin}{SIGNATURE_SUFFIX}"),
+        MAX_KEY_OR_SIGNATURE_BYTES,
+    )?;
+    Ok(Some(Candidate {
+        origin: origin.to_owned(),
+        trust,
+        text,
+        signature,
+    }))
+}
+
+fn read_text(
+    dir: &Path,
+    relative: &Path,
+    origin: &str,
+    max: u64,
+) -> Result<Option<String>, ConfigSourceError> {
+    let bytes =
+        untrusted::read_beneath(dir, relative, max).map_err(|source| ConfigSourceError::Read {
+            origin: origin.to_owned(),
+            source,
+        })?;
+    bytes
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|_| ConfigSourceError::NotText {
+                origin: origin.to_owned(),
+            })
+        })
+        .transpose()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `load` on a fake root: no disks, no modules.
-    fn load_in(
-        paths: &Paths,
-        source: &ConfigSource,
-    ) -> Result<Option<ConfigText>, ConfigSourceError> {
+    /// Every candidate `search` offers, in order, on a fake root without disks or modules.
+    fn offered(paths: &Paths, source: &ConfigSource) -> Vec<Candidate> {
         let mut modules = ModuleLoader::open(&paths.root().join("no-modules")).expect("empty");
-        load(paths, source, &paths.dev().join("vda1"), &mut modules)
+        let mut seen = Vec::new();
+        let none: Option<()> = search(
+            paths,
+            source,
+            &paths.dev().join("vda1"),
+            &mut modules,
+            |c| {
+                seen.push(c);
+                ControlFlow::Continue(())
+            },
+        );
+        assert_eq!(none, None);
+        seen
     }
 
     fn write(root: &Path, relative: &str, text: &str) {
@@ -293,50 +416,80 @@ mod tests {
     }
 
     #[test]
-    fn fw_cfg_comes_before_the_initramfs_file() {
+    fn sources_come_in_order_of_trust_with_their_signatures() {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path().to_owned());
-        assert_eq!(
-            load_in(&paths, &ConfigSource::Search).expect("nothing"),
-            None
-        );
+        assert!(offered(&paths, &ConfigSource::Search).is_empty());
         write(root.path(), INITRAMFS_FILE, "version = 1\n");
-        let found = load_in(&paths, &ConfigSource::Search)
-            .expect("file")
-            .expect("some");
-        assert_eq!(found.origin, "initramfs:/etc/xorbang/host-config.toml");
-        write(
-            root.path(),
-            "sys/firmware/qemu_fw_cfg/by_name/opt/org.xorbang/host-config/raw",
-            "hostname = \"a\"\n",
+        let fw_cfg = "sys/firmware/qemu_fw_cfg/by_name/opt/org.xorbang/host-config";
+        write(root.path(), &format!("{fw_cfg}/raw"), "hostname = \"a\"\n");
+        write(root.path(), &format!("{fw_cfg}.minisig/raw"), "sig");
+        let found = offered(&paths, &ConfigSource::Search);
+        let summary: Vec<(&str, ConfigTrust, Option<&str>)> = found
+            .iter()
+            .map(|c| (c.origin.as_str(), c.trust, c.signature.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "initramfs:/etc/xorbang/host-config.toml",
+                    ConfigTrust::Signed,
+                    None
+                ),
+                (
+                    "fw_cfg opt/org.xorbang/host-config",
+                    ConfigTrust::Platform,
+                    Some("sig")
+                ),
+            ]
         );
-        let found = load_in(&paths, &ConfigSource::Search)
-            .expect("fw_cfg")
-            .expect("some");
-        assert_eq!(found.origin, "fw_cfg opt/org.xorbang/host-config");
-        assert_eq!(found.text, "hostname = \"a\"\n");
-        assert_eq!(load_in(&paths, &ConfigSource::Nothing).expect("none"), None);
+        assert!(offered(&paths, &ConfigSource::Nothing).is_empty());
     }
 
     #[test]
-    fn an_explicit_source_must_exist() {
+    fn an_explicit_source_must_exist_and_bad_files_are_named() {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path().to_owned());
-        let missing =
-            load_in(&paths, &ConfigSource::File("/host.toml".into())).expect_err("missing");
+        let mut modules = ModuleLoader::open(&paths.root().join("no-modules")).expect("empty");
+        let mut disks = Disks {
+            paths: &paths,
+            modules: &mut modules,
+        };
+        let missing = Place::Initramfs {
+            file: "/host.toml".into(),
+            required: true,
+        };
+        let error = disks.read(&missing).expect_err("missing");
         assert_eq!(
-            missing.to_string(),
+            error.to_string(),
             "xorbang.config=/host.toml: no such file in the initramfs"
         );
-        let no_fw_cfg = load_in(&paths, &ConfigSource::FwCfg).expect_err("no fw_cfg");
-        assert!(no_fw_cfg
+        let error = disks
+            .read(&Place::FwCfg { required: true })
+            .expect_err("no fw_cfg");
+        assert!(error
             .to_string()
             .starts_with("xorbang.config=fw_cfg: QEMU passed no"));
         std::fs::write(root.path().join("bin.toml"), [0xff, 0xfe]).expect("write");
-        let binary = load_in(&paths, &ConfigSource::File("/bin.toml".into())).expect_err("binary");
+        let binary = Place::Initramfs {
+            file: "/bin.toml".into(),
+            required: true,
+        };
+        let error = disks.read(&binary).expect_err("binary");
         assert_eq!(
-            binary.to_string(),
+            error.to_string(),
             "host config initramfs:/bin.toml is not UTF-8 text"
+        );
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("link.toml")).expect("link");
+        let link = Place::Initramfs {
+            file: "/link.toml".into(),
+            required: true,
+        };
+        let error = disks.read(&link).expect_err("symlink");
+        assert!(
+            xorbang_formats::error_chain::error_chain(&error).contains("is a symlink"),
+            "{error}"
         );
     }
 }

@@ -10,8 +10,10 @@
 pub mod extensions;
 pub mod host_config_layer;
 pub mod host_config_source;
+pub mod host_config_trust;
 pub mod state_partition;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::handoff::mounts::{self, LayerTree, MountError};
@@ -19,11 +21,11 @@ use crate::kernel::module_loader::{KmodError, ModuleLoader};
 use crate::options::{BootOptions, ExtensionRequest};
 use crate::paths::Paths;
 use extensions::{Activated, Activator, BaseError, Cause, ExtensionError};
-use host_config_source::ConfigText;
+use host_config_trust::Accepted;
 use state_partition::StatePartition;
+use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
 use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
-use xorbang_formats::boot_report::{Mode, Trust};
-use xorbang_formats::host_config::{self, EntryKind, HostConfig};
+use xorbang_formats::host_config::{self, EntryKind};
 use xorbang_formats::os_release::ExtensionKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,59 +40,73 @@ pub enum LayersError {
     Modules(#[from] KmodError),
 }
 
-/// The host config as found at the start of the boot.
+/// The host config this boot found: the one accepted, else the first refusal (for the
+/// report).
 #[derive(Debug)]
 pub struct HostConfigState {
-    pub config: Option<(String, HostConfig)>,
-    pub report: Option<HostConfigReport>,
+    pub accepted: Option<Accepted>,
+    pub refused: Option<HostConfigReport>,
 }
 
-/// Finds and parses the host config (`root_device` tells which disk's ESP to look at).
-/// Never fails the boot: a bad config is reported and left out.
+/// Finds the host config to apply, trying the sources in order of trust until one is
+/// accepted (`base` is the mounted base image, whose pinned keys check signatures only when
+/// it is `verified`; `root_device` tells which disk's ESP to look at). Never fails the boot:
+/// a bad config is reported and left out.
 pub fn load_host_config(
     paths: &Paths,
     options: &BootOptions,
-    root_device: &Path,
+    base: Base,
+    verified: bool,
     modules: &mut ModuleLoader,
 ) -> HostConfigState {
-    let text = match host_config_source::load(paths, &options.config, root_device, modules) {
-        Ok(Some(text)) => text,
-        Ok(None) => {
-            return HostConfigState {
-                config: None,
-                report: None,
-            }
-        }
-        Err(error) => {
-            log::error!("{error}; booting without host config");
-            return HostConfigState {
-                config: None,
-                report: Some(refused_report("unknown", error.to_string())),
-            };
-        }
+    let keys = if verified {
+        host_config_trust::pinned_keys(base.dir)
+    } else {
+        log::warn!("the base image is not verified: its keys sign no host config");
+        Vec::new()
     };
-    let ConfigText { origin, text } = text;
-    match host_config::parse(&text) {
-        Ok(config) => {
-            log::info!("host config from {origin}");
-            HostConfigState {
-                config: Some((origin, config)),
-                report: None,
+    let policy = host_config_trust::Policy {
+        mode: options.mode,
+        minimum: options.config_trust,
+    };
+    let mut refused = None;
+    let accepted =
+        host_config_source::search(paths, &options.config, base.device, modules, |candidate| {
+            let (origin, trust) = (candidate.origin.clone(), candidate.trust);
+            match host_config_trust::judge(candidate, &keys, policy) {
+                Ok(accepted) => ControlFlow::Break(accepted),
+                Err(reason) => {
+                    log::error!("host config {origin}: {reason}; trying the next source");
+                    refused.get_or_insert(refused_report(&origin, Some(trust), None, reason));
+                    ControlFlow::Continue(())
+                }
             }
-        }
-        Err(error) => {
-            log::error!("host config {origin}: {error}; booting without it");
-            HostConfigState {
-                config: None,
-                report: Some(refused_report(&origin, error.to_string())),
-            }
-        }
+        });
+    if let Some(accepted) = &accepted {
+        log::info!(
+            "host config from {} ({}{})",
+            accepted.origin,
+            accepted.trust,
+            accepted
+                .signed_by
+                .as_ref()
+                .map(|key| format!(" by {key}"))
+                .unwrap_or_default()
+        );
     }
+    HostConfigState { accepted, refused }
 }
 
-fn refused_report(origin: &str, error: String) -> HostConfigReport {
+fn refused_report(
+    origin: &str,
+    trust: Option<ConfigTrust>,
+    signed_by: Option<String>,
+    error: String,
+) -> HostConfigReport {
     HostConfigReport {
         origin: origin.to_owned(),
+        trust,
+        signed_by,
         applied: false,
         error: Some(error),
         files: Vec::new(),
@@ -123,7 +139,26 @@ pub fn merge(
     host: HostConfigState,
     modules: &mut ModuleLoader,
 ) -> Result<LayersOutcome, LayersError> {
-    let (sysexts, confexts) = activate_selected(paths, options, base, &host, modules)?;
+    let selected = activate_selected(paths, options, base, host.accepted.as_ref(), modules)?;
+    let (sysexts, confexts) = (selected.sysexts, selected.confexts);
+    // The config's extensions are part of the config: one that cannot be merged refuses it.
+    let (accepted, refused) = match (host.accepted, selected.config_refusal) {
+        (Some(accepted), Some(error)) => {
+            let reason = xorbang_formats::error_chain::error_chain(&error);
+            log::error!(
+                "host config {}: {reason}; booting without it",
+                accepted.origin
+            );
+            let report = refused_report(
+                &accepted.origin,
+                Some(accepted.trust),
+                accepted.signed_by,
+                reason,
+            );
+            (None, Some(report))
+        }
+        (accepted, _) => (accepted, host.refused),
+    };
     let base = base.dir;
     let trees = |activated: &[Activated]| -> Vec<LayerTree> {
         activated
@@ -134,7 +169,7 @@ pub fn merge(
             })
             .collect()
     };
-    if !sysexts.is_empty() || !confexts.is_empty() || host.config.is_some() {
+    if !sysexts.is_empty() || !confexts.is_empty() || accepted.is_some() {
         modules.ensure("overlay")?;
     }
     // Sysexts first: the host config's checks look at the merged /usr (a timezone may come
@@ -146,13 +181,13 @@ pub fn merge(
         &trees(&sysexts),
     ))?;
     let mut etc_layers = trees(&confexts);
-    let host_config = match host.config {
-        Some((origin, config)) => {
-            let (report, layer) = apply_host_config(paths, &origin, &config);
+    let host_config = match accepted {
+        Some(accepted) => {
+            let (report, layer) = apply_host_config(paths, &accepted);
             etc_layers.extend(layer);
             Some(report)
         }
-        None => host.report,
+        None => refused,
     };
     mounts::execute(&mounts::plan_layers(paths, base, options.mode, &etc_layers))?;
     let extensions = sysexts
@@ -172,44 +207,74 @@ pub fn merge(
     })
 }
 
-/// The extensions the command line selects, else those the host config selects.
-fn requests(
-    cmdline: &Option<Vec<ExtensionRequest>>,
-    from_config: Option<&[String]>,
-) -> Vec<ExtensionRequest> {
-    match (cmdline, from_config) {
-        (Some(requests), _) => requests.clone(),
-        (None, Some(names)) => names
-            .iter()
-            .map(|name| ExtensionRequest {
-                name: name.clone(),
-                pin: None,
-            })
-            .collect(),
-        (None, None) => Vec::new(),
+/// The extensions of one kind to merge, and whether the host config (not the command line)
+/// selected them.
+struct Wanted {
+    kind: ExtensionKind,
+    requests: Vec<ExtensionRequest>,
+    from_config: bool,
+}
+
+impl Wanted {
+    /// The command line's selection, else the host config's.
+    fn of(
+        kind: ExtensionKind,
+        cmdline: &Option<Vec<ExtensionRequest>>,
+        from_config: Option<&[String]>,
+    ) -> Self {
+        let (requests, from_config) = match (cmdline, from_config) {
+            (Some(requests), _) => (requests.clone(), false),
+            (None, Some(names)) => (
+                names
+                    .iter()
+                    .map(|name| ExtensionRequest {
+                        name: name.clone(),
+                        pin: None,
+                    })
+                    .collect(),
+                true,
+            ),
+            (None, None) => (Vec::new(), false),
+        };
+        Self {
+            kind,
+            requests,
+            from_config,
+        }
     }
+}
+
+/// The extensions merged; and when one the host config selected could not be, why (its
+/// other extensions are then released too).
+#[derive(Default)]
+struct Selected {
+    sysexts: Vec<Activated>,
+    confexts: Vec<Activated>,
+    config_refusal: Option<ExtensionError>,
 }
 
 fn activate_selected(
     paths: &Paths,
     options: &BootOptions,
     base: Base,
-    host: &HostConfigState,
+    host: Option<&Accepted>,
     modules: &mut ModuleLoader,
-) -> Result<(Vec<Activated>, Vec<Activated>), LayersError> {
-    let config = host.config.as_ref().map(|(_, config)| config);
+) -> Result<Selected, LayersError> {
+    let config = host.map(|accepted| &accepted.config);
     let wanted = [
-        (
+        Wanted::of(
             ExtensionKind::Sysext,
-            requests(&options.sysext, config.map(|c| c.sysext.as_slice())),
+            &options.sysext,
+            config.map(|c| c.sysext.as_slice()),
         ),
-        (
+        Wanted::of(
             ExtensionKind::Confext,
-            requests(&options.confext, config.map(|c| c.confext.as_slice())),
+            &options.confext,
+            config.map(|c| c.confext.as_slice()),
         ),
     ];
-    if wanted.iter().all(|(_, requests)| requests.is_empty()) {
-        return Ok((Vec::new(), Vec::new()));
+    if wanted.iter().all(|wanted| wanted.requests.is_empty()) {
+        return Ok(Selected::default());
     }
     for module in ["loop", "dm_verity", "squashfs"] {
         modules.ensure(module)?;
@@ -217,10 +282,11 @@ fn activate_selected(
     let state = state_partition::mount_read_only(paths, base.device, modules);
     let merged = activate_from(paths, options, base.dir, state.as_ref(), wanted);
     if let Some(state) = &state {
-        let used = merged.as_ref().is_ok_and(|(sysexts, confexts)| {
-            sysexts
+        let used = merged.as_ref().is_ok_and(|selected| {
+            selected
+                .sysexts
                 .iter()
-                .chain(confexts)
+                .chain(&selected.confexts)
                 .any(|e| e.place == extensions::Place::State)
         });
         if !used {
@@ -235,8 +301,8 @@ fn activate_from(
     options: &BootOptions,
     base: &Path,
     state: Option<&StatePartition>,
-    wanted: [(ExtensionKind, Vec<ExtensionRequest>); 2],
-) -> Result<(Vec<Activated>, Vec<Activated>), LayersError> {
+    wanted: [Wanted; 2],
+) -> Result<Selected, LayersError> {
     let base_release = extensions::base_os_release(base)?;
     let pins = extensions::base_pins(base)?;
     let roots = extensions::SearchRoots {
@@ -252,25 +318,53 @@ fn activate_from(
         base,
         base_release: &base_release,
     };
-    let mut merged = Vec::new();
-    for (kind, requests) in wanted {
+    let mut config_refusal = None;
+    let mut merged: Vec<Vec<(Activated, bool)>> = Vec::new();
+    for wanted in wanted {
         let mut activated = Vec::new();
-        let candidates = extensions::discover(kind, &roots)?;
-        for request in &requests {
-            match activate_one(&activator, kind, request, &candidates, &pins, options.mode) {
-                Ok(extension) => activated.push(extension),
+        let candidates = extensions::discover(wanted.kind, &roots)?;
+        for request in &wanted.requests {
+            if wanted.from_config && config_refusal.is_some() {
+                break;
+            }
+            match activate_one(
+                &activator,
+                wanted.kind,
+                request,
+                &candidates,
+                &pins,
+                options.mode,
+            ) {
+                Ok(extension) => activated.push((extension, wanted.from_config)),
                 Err(error) if options.mode == Mode::Dev => {
                     log::error!("{error}; not merged (dev mode boots on without it)");
                 }
+                Err(error) if wanted.from_config => config_refusal = Some(error),
                 Err(error) => return Err(error.into()),
             }
         }
-        activated.sort_by(|a, b| extensions::version_order(&a.name, &b.name));
+        activated.sort_by(|(a, _), (b, _)| extensions::version_order(&a.name, &b.name));
         merged.push(activated);
     }
-    let confexts = merged.pop().unwrap_or_default();
-    let sysexts = merged.pop().unwrap_or_default();
-    Ok((sysexts, confexts))
+    let keep = |list: Vec<(Activated, bool)>| -> Vec<Activated> {
+        list.into_iter()
+            .filter_map(|(extension, from_config)| {
+                if from_config && config_refusal.is_some() {
+                    activator.release(&extension);
+                    None
+                } else {
+                    Some(extension)
+                }
+            })
+            .collect()
+    };
+    let confexts = keep(merged.pop().unwrap_or_default());
+    let sysexts = keep(merged.pop().unwrap_or_default());
+    Ok(Selected {
+        sysexts,
+        confexts,
+        config_refusal,
+    })
 }
 
 fn activate_one(
@@ -324,11 +418,8 @@ fn activate_one(
 }
 
 /// Writes the generated /etc layer; on any problem nothing of it is used.
-fn apply_host_config(
-    paths: &Paths,
-    origin: &str,
-    config: &HostConfig,
-) -> (HostConfigReport, Option<LayerTree>) {
+fn apply_host_config(paths: &Paths, accepted: &Accepted) -> (HostConfigReport, Option<LayerTree>) {
+    let (origin, config) = (accepted.origin.as_str(), &accepted.config);
     let root = paths.xorbang_run().join("host-config");
     let entries = config.etc_layer();
     let files: Vec<String> = entries.iter().map(|entry| entry.path.clone()).collect();
@@ -349,6 +440,8 @@ fn apply_host_config(
             );
             let report = HostConfigReport {
                 origin: origin.to_owned(),
+                trust: Some(accepted.trust),
+                signed_by: accepted.signed_by.clone(),
                 applied: true,
                 error: None,
                 files,
@@ -364,7 +457,13 @@ fn apply_host_config(
             if let Err(cleanup) = remove_partial_layer(&root) {
                 log::warn!("cannot remove {}: {cleanup}", root.display());
             }
-            (refused_report(origin, error), None)
+            let report = refused_report(
+                origin,
+                Some(accepted.trust),
+                accepted.signed_by.clone(),
+                error,
+            );
+            (report, None)
         }
     }
 }
@@ -486,8 +585,12 @@ mod tests {
     fn the_command_line_selection_overrides_host_config() {
         let named = vec!["gui".to_owned()];
         let cmdline = Some(Vec::new());
-        assert!(requests(&cmdline, Some(&named)).is_empty());
-        assert_eq!(requests(&None, Some(&named))[0].name, "gui");
-        assert!(requests(&None, None).is_empty());
+        let kind = ExtensionKind::Sysext;
+        let overridden = Wanted::of(kind, &cmdline, Some(&named));
+        assert!(overridden.requests.is_empty() && !overridden.from_config);
+        let from_config = Wanted::of(kind, &None, Some(&named));
+        assert_eq!(from_config.requests[0].name, "gui");
+        assert!(from_config.from_config);
+        assert!(Wanted::of(kind, &None, None).requests.is_empty());
     }
 }

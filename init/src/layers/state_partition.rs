@@ -45,8 +45,7 @@ pub fn mount_read_only(
         return None;
     }
     let mount = paths.xorbang_run().join("state");
-    let mut read_only = Mount::read_only(&device.to_string_lossy(), mount.clone(), &fstype);
-    read_only.restricted = true;
+    let read_only = Mount::untrusted(&device.to_string_lossy(), mount.clone(), &fstype);
     match mounts::execute(&[MountOp::Mkdir(mount.clone()), MountOp::Mount(read_only)]) {
         Ok(()) => {
             log::info!(

@@ -1,0 +1,238 @@
+//! Which host config this boot may apply (PRODUCT.md's trust model). Production accepts a
+//! source at least as trusted as `xorbang.config.trust=` (default `local`); a valid detached
+//! signature by a key the verified base pins lifts any source to `signed`; `signed` and
+//! `platform` configs may use the whole schema, a `local` one only hostname, timezone and
+//! network. Dev mode accepts everything, saying what production would refuse.
+
+use std::path::Path;
+
+use super::host_config_source::Candidate;
+use crate::untrusted;
+use xorbang_formats::boot_report::{ConfigTrust, Mode};
+use xorbang_formats::host_config::{self, HostConfig};
+use xorbang_formats::signature::{self, PinnedKey, KEYS_DIR, MAX_KEY_OR_SIGNATURE_BYTES};
+
+/// What the command line allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub minimum: ConfigTrust,
+}
+
+/// A host config this boot applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub origin: String,
+    pub trust: ConfigTrust,
+    pub signed_by: Option<String>,
+    pub config: HostConfig,
+}
+
+/// Decides one candidate: accepted, or the one-line reason it is refused.
+pub fn judge(candidate: Candidate, keys: &[PinnedKey], policy: Policy) -> Result<Accepted, String> {
+    let mut trust = candidate.trust;
+    let mut signed_by = None;
+    if let Some(signature) = &candidate.signature {
+        match signature::verify(keys, candidate.text.as_bytes(), signature) {
+            Ok(key) => {
+                trust = ConfigTrust::Signed;
+                signed_by = Some(key.to_owned());
+            }
+            Err(error) => waive(policy, format!("signature: {error}"))?,
+        }
+    }
+    let config = host_config::parse(&candidate.text).map_err(|error| error.to_string())?;
+    if trust < policy.minimum {
+        waive(
+            policy,
+            format!(
+                "a {trust} source, and xorbang.config.trust={} accepts only {} ones",
+                policy.minimum,
+                at_least(policy.minimum)
+            ),
+        )?;
+    }
+    if trust == ConfigTrust::Local {
+        if let Err(error) = host_config::check_local_keys(&candidate.text) {
+            waive(policy, error.to_string())?;
+        }
+    }
+    Ok(Accepted {
+        origin: candidate.origin,
+        trust,
+        signed_by,
+        config,
+    })
+}
+
+/// A refusal production keeps; dev mode logs it and goes on.
+fn waive(policy: Policy, reason: String) -> Result<(), String> {
+    match policy.mode {
+        Mode::Production => Err(reason),
+        Mode::Dev => {
+            log::warn!("host config: {reason}; accepted only because this is dev mode");
+            Ok(())
+        }
+    }
+}
+
+fn at_least(minimum: ConfigTrust) -> &'static str {
+    match minimum {
+        ConfigTrust::Local => "local, platform or signed",
+        ConfigTrust::Platform => "platform or signed",
+        ConfigTrust::Signed => "signed",
+    }
+}
+
+/// The keys the verified base image pins. An unreadable or malformed key file is logged and
+/// left out: it can only make fewer configs signed.
+pub fn pinned_keys(base: &Path) -> Vec<PinnedKey> {
+    let dir = base.join(KEYS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(error) => {
+            log::error!("cannot list {}: {error}; no pinned keys", dir.display());
+            return Vec::new();
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".pub"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let parsed =
+                untrusted::read_beneath(&dir, Path::new(&name), MAX_KEY_OR_SIGNATURE_BYTES)
+                    .map_err(|error| error.to_string())
+                    .and_then(|bytes| {
+                        let text = String::from_utf8(bytes.unwrap_or_default())
+                            .map_err(|_| format!("{name} is not text"))?;
+                        PinnedKey::parse(&name, &text).map_err(|error| error.to_string())
+                    });
+            parsed
+                .map_err(|error| log::error!("pinned key {}: {error}; left out", dir.display()))
+                .ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = include_str!("../../../formats/testdata/test.pub");
+    const SIGNED: &str = include_str!("../../../formats/testdata/msg");
+    const SIGNATURE: &str = include_str!("../../../formats/testdata/msg.minisig");
+    const FULL: &str =
+        "version = 1\nhostname = \"h\"\n[[files]]\npath = \"/etc/motd\"\ncontent = \"x\"\n";
+
+    fn candidate(text: &str, trust: ConfigTrust, signature: Option<&str>) -> Candidate {
+        Candidate {
+            origin: "test".into(),
+            trust,
+            text: text.into(),
+            signature: signature.map(str::to_owned),
+        }
+    }
+
+    fn production(minimum: ConfigTrust) -> Policy {
+        Policy {
+            mode: Mode::Production,
+            minimum,
+        }
+    }
+
+    fn keys() -> Vec<PinnedKey> {
+        vec![PinnedKey::parse("test.pub", KEY).expect("key")]
+    }
+
+    #[test]
+    fn local_configs_are_restricted_in_production_only() {
+        let refused = judge(
+            candidate(FULL, ConfigTrust::Local, None),
+            &keys(),
+            production(ConfigTrust::Local),
+        )
+        .expect_err("files");
+        assert!(
+            refused.starts_with("line 3, column 3: \"files\" is not allowed"),
+            "{refused}"
+        );
+        let platform = judge(
+            candidate(FULL, ConfigTrust::Platform, None),
+            &keys(),
+            production(ConfigTrust::Local),
+        )
+        .expect("platform may use everything");
+        assert_eq!(platform.trust, ConfigTrust::Platform);
+        let dev = Policy {
+            mode: Mode::Dev,
+            minimum: ConfigTrust::Signed,
+        };
+        assert!(judge(candidate(FULL, ConfigTrust::Local, None), &keys(), dev).is_ok());
+    }
+
+    #[test]
+    fn a_valid_signature_makes_any_source_signed() {
+        let accepted = judge(
+            candidate(SIGNED, ConfigTrust::Local, Some(SIGNATURE)),
+            &keys(),
+            production(ConfigTrust::Signed),
+        )
+        .expect("signed");
+        assert_eq!(
+            (accepted.trust, accepted.signed_by.as_deref()),
+            (ConfigTrust::Signed, Some("test.pub"))
+        );
+        let mut flipped = SIGNED.to_owned();
+        flipped.insert(0, ' ');
+        let refused = judge(
+            candidate(&flipped, ConfigTrust::Local, Some(SIGNATURE)),
+            &keys(),
+            production(ConfigTrust::Local),
+        )
+        .expect_err("changed");
+        assert_eq!(
+            refused,
+            "signature: the signature by key test.pub does not match the file"
+        );
+        let no_keys = judge(
+            candidate(SIGNED, ConfigTrust::Local, Some(SIGNATURE)),
+            &[],
+            production(ConfigTrust::Local),
+        )
+        .expect_err("no keys");
+        assert!(no_keys.contains("pins no keys"), "{no_keys}");
+    }
+
+    #[test]
+    fn the_command_line_narrows_the_accepted_sources() {
+        let refused = judge(
+            candidate(SIGNED, ConfigTrust::Platform, None),
+            &keys(),
+            production(ConfigTrust::Signed),
+        )
+        .expect_err("platform");
+        assert_eq!(
+            refused,
+            "a platform source, and xorbang.config.trust=signed accepts only signed ones"
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_base_image() {
+        let base = tempfile::tempdir().expect("tempdir");
+        assert!(pinned_keys(base.path()).is_empty());
+        let dir = base.path().join(KEYS_DIR);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("release.pub"), KEY).expect("write");
+        std::fs::write(dir.join("broken.pub"), "nonsense").expect("write");
+        std::fs::write(dir.join("README"), "not a key").expect("write");
+        let keys = pinned_keys(base.path());
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].name, "release.pub");
+    }
+}

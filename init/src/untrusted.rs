@@ -1,0 +1,157 @@
+//! Reading files from storage that neither Secure Boot nor dm-verity covers: a config
+//! partition, the ESP, the state partition, fw_cfg. Whoever wrote that storage chose what is
+//! there, so a file is opened beneath its directory without following any symlink
+//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, never crossing into another
+//! mount), non-blocking (a FIFO cannot stall PID 1), must be a regular file (`fstat`), and
+//! is read only up to a bound known before reading.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct UntrustedFileError {
+    pub path: PathBuf,
+    pub problem: Problem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("is a symlink or has one on its way; refused on untrusted storage")]
+    Symlink,
+    #[error("is a {0}, not a regular file; refused on untrusted storage")]
+    NotRegular(&'static str),
+    #[error("is {size} bytes, more than the {max} bytes allowed")]
+    TooLarge { size: u64, max: u64 },
+    #[error("cannot be read")]
+    Io(#[source] std::io::Error),
+}
+
+/// The bytes of `relative` beneath `dir`, `None` when there is no such file.
+pub fn read_beneath(
+    dir: &Path,
+    relative: &Path,
+    max: u64,
+) -> Result<Option<Vec<u8>>, UntrustedFileError> {
+    let path = dir.join(relative);
+    let fail = |problem| UntrustedFileError {
+        path: path.clone(),
+        problem,
+    };
+    let io = |errno: Errno| fail(Problem::Io(errno.into()));
+    let base = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io)?;
+    let opened = rustix::fs::openat2(
+        &base,
+        relative,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH
+            | ResolveFlags::NO_SYMLINKS
+            | ResolveFlags::NO_MAGICLINKS
+            | ResolveFlags::NO_XDEV,
+    );
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) | Err(Errno::XDEV) => return Err(fail(Problem::Symlink)),
+        Err(errno) => return Err(io(errno)),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(io)?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(fail(Problem::NotRegular(kind_name(kind))));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > max {
+        return Err(fail(Problem::TooLarge { size, max }));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| fail(Problem::Io(error)))?;
+    // A file can grow between fstat and read; the bound holds either way.
+    if bytes.len() as u64 > max {
+        return Err(fail(Problem::TooLarge {
+            size: bytes.len() as u64,
+            max,
+        }));
+    }
+    Ok(Some(bytes))
+}
+
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Fifo => "FIFO",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Directory => "directory",
+        FileType::Socket => "socket",
+        FileType::Symlink => "symlink",
+        _ => "special file",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(dir: &Path, relative: &str, max: u64) -> String {
+        read_beneath(dir, Path::new(relative), max)
+            .expect_err(relative)
+            .to_string()
+    }
+
+    #[test]
+    fn only_regular_files_beneath_the_directory_within_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("config"), "hello").expect("write");
+        std::fs::create_dir(root.join("sub")).expect("mkdir");
+        std::fs::write(root.join("sub/file"), "x").expect("write");
+        assert_eq!(
+            read_beneath(root, Path::new("config"), 5).expect("read"),
+            Some(b"hello".to_vec())
+        );
+        assert_eq!(
+            read_beneath(root, Path::new("sub/file"), 5).expect("read"),
+            Some(b"x".to_vec())
+        );
+        assert_eq!(
+            read_beneath(root, Path::new("absent"), 5).expect("absent"),
+            None
+        );
+        assert!(problem(root, "config", 4).ends_with("is 5 bytes, more than the 4 bytes allowed"));
+
+        std::os::unix::fs::symlink("config", root.join("link")).expect("symlink");
+        std::os::unix::fs::symlink("/etc", root.join("dirlink")).expect("symlink");
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero")).expect("symlink");
+        for link in ["link", "dirlink/hostname", "zero", "../config"] {
+            assert!(
+                problem(root, link, 100).contains("is a symlink or has one"),
+                "{link}"
+            );
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        // Without O_NONBLOCK this open would wait for a writer forever.
+        assert!(problem(root, "fifo", 100)
+            .ends_with("is a FIFO, not a regular file; refused on untrusted storage"));
+        assert!(problem(root, "sub", 100).contains("is a directory"));
+    }
+}
