@@ -13,6 +13,7 @@ const ROOTFS_PACKAGES: &str = "systemd-sysv,udev,dmsetup";
 const DEBIAN_SUITE: &str = "bookworm";
 const AGENT: &str = include_str!("../guest/xorbang-test-agent");
 const AGENT_UNIT: &str = include_str!("../guest/xorbang-test-agent.service");
+const GETTY_DROP_IN: &str = include_str!("../guest/serial-getty-xorbang-test.conf");
 /// The code behind `xorbang-build image`: cached images are rebuilt when it changes (and
 /// not on every change of the init, which the build tool also links).
 const IMAGE_RECIPE: &str = include_str!("../../build-initrd/src/image.rs");
@@ -385,6 +386,11 @@ fn install_agent(tree: &Path) -> Result<(), FixtureError> {
     let link = wants.join("xorbang-test-agent.service");
     std::os::unix::fs::symlink("/usr/lib/systemd/system/xorbang-test-agent.service", &link)
         .map_err(io(&link))?;
+    write_file(
+        &tree.join("usr/lib/systemd/system/serial-getty@ttyS0.service.d/xorbang-test.conf"),
+        GETTY_DROP_IN,
+        0o644,
+    )?;
     // Root logs in without a password on the demo's serial console.
     let shadow = tree.join("etc/shadow");
     let text = std::fs::read_to_string(&shadow).map_err(io(&shadow))?;
