@@ -277,6 +277,7 @@ pub fn system_image(
         rootfs_tar.as_os_str().as_encoded_bytes(),
         AGENT.as_bytes(),
         AGENT_UNIT.as_bytes(),
+        GETTY_DROP_IN.as_bytes(),
         IMAGE_RECIPE.as_bytes(),
         crate::tamper::RECIPE.as_bytes(),
         crate::extension_fixtures::RECIPE.as_bytes(),
