@@ -103,6 +103,9 @@ pub struct RootReport {
     /// The device node it resolved to.
     pub device: String,
     pub fstype: String,
+    /// Whether dm-verity checks every block of it (false for `root=` without `roothash=`).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The dm-verity mapping under a verified root.
@@ -187,6 +190,7 @@ mod tests {
                 spec: "PARTLABEL=root".into(),
                 device: "/dev/vda2".into(),
                 fstype: "squashfs".into(),
+                verified: false,
             },
             verity: None,
             modules_loaded: 3,

@@ -184,10 +184,11 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     let base = layers::Base {
         dir: &base_dir,
         device: &source,
+        verified: verity.is_some(),
     };
     // After the root: signatures are checked with the keys the verified base pins, and a
     // config partition or the ESP is looked for once the disks are there.
-    let host = layers::load_host_config(paths, &options, base, verity.is_some(), &mut modules);
+    let host = layers::load_host_config(paths, &options, base, &mut modules);
     clock.finish_stage("host-config");
 
     let layered = layers::merge(paths, &options, base, host, &mut modules)?;
@@ -203,6 +204,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 spec: describe(&options.root),
                 device: system_path(paths, &device),
                 fstype: fstype.clone(),
+                verified: verity.is_some(),
             },
             verity: verity.clone(),
             modules_loaded: modules.loaded_count(),
@@ -218,6 +220,11 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         let report = report_for(clock);
         publish_report(&paths.xorbang_run(), &report)?;
         return Ok(report);
+    }
+    // From here on /bin/sh is the target root's: in production a failure must not hand
+    // anyone a root shell from it (before this point the shell is the signed initramfs's).
+    if options.mode == Mode::Production && *policy == FailurePolicy::Shell {
+        *policy = FailurePolicy::Reboot;
     }
     switch_root::enter_new_root(paths)?;
     clock.finish_stage("switch-root");

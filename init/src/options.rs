@@ -209,7 +209,14 @@ fn root_choice(
             warnings.push(format!("root={spec} is not verified (allowed in dev mode)"));
             Ok(RootChoice::Plain(spec))
         }
-        (_, true) => Ok(RootChoice::Plain(spec)),
+        (Mode::Production, true) => {
+            warnings.push(format!(
+                "root={spec} is not verified (xorbang.verity=optional): its extension pins and \
+                 keys are not trusted"
+            ));
+            Ok(RootChoice::Plain(spec))
+        }
+        (Mode::Dev, true) => Ok(RootChoice::Plain(spec)),
     }
 }
 

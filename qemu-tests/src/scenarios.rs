@@ -749,6 +749,7 @@ mod tests {
                 spec: "PARTUUID=x".into(),
                 device: "/dev/mapper/root".into(),
                 fstype: "squashfs".into(),
+                verified: true,
             },
             verity: Some(xorbang_formats::boot_report::VerityReport {
                 root_hash: "ab".into(),

@@ -50,16 +50,15 @@ pub struct HostConfigState {
 
 /// Finds the host config to apply, trying the sources in order of trust until one is
 /// accepted (`base` is the mounted base image, whose pinned keys check signatures only when
-/// it is `verified`; `root_device` tells which disk's ESP to look at). Never fails the boot:
+/// it is verified; its device tells which disk's ESP to look at). Never fails the boot:
 /// a bad config is reported and left out.
 pub fn load_host_config(
     paths: &Paths,
     options: &BootOptions,
     base: Base,
-    verified: bool,
     modules: &mut ModuleLoader,
 ) -> HostConfigState {
-    let keys = if verified {
+    let keys = if base.verified {
         host_config_trust::pinned_keys(base.dir)
     } else {
         log::warn!("the base image is not verified: its keys sign no host config");
@@ -129,6 +128,8 @@ pub struct Base<'a> {
     /// The block device the root image is read from (the verity data device): the state
     /// partition is looked for on its disk.
     pub device: &'a Path,
+    /// Whether dm-verity covers it: only then do its extension pins and keys count.
+    pub verified: bool,
 }
 
 /// Merges the selected extensions and the host config over the base image.
@@ -280,7 +281,7 @@ fn activate_selected(
         modules.ensure(module)?;
     }
     let state = state_partition::mount_read_only(paths, base.device, modules);
-    let merged = activate_from(paths, options, base.dir, state.as_ref(), wanted);
+    let merged = activate_from(paths, options, base, state.as_ref(), wanted);
     if let Some(state) = &state {
         let used = merged.as_ref().is_ok_and(|selected| {
             selected
@@ -299,12 +300,22 @@ fn activate_selected(
 fn activate_from(
     paths: &Paths,
     options: &BootOptions,
-    base: &Path,
+    base: Base,
     state: Option<&StatePartition>,
     wanted: [Wanted; 2],
 ) -> Result<Selected, LayersError> {
+    let Base {
+        dir: base,
+        verified,
+        ..
+    } = base;
     let base_release = extensions::base_os_release(base)?;
-    let pins = extensions::base_pins(base)?;
+    let pins = if verified {
+        extensions::base_pins(base)?
+    } else {
+        log::warn!("the base image is not verified: its extension manifest pins nothing");
+        Default::default()
+    };
     let roots = extensions::SearchRoots {
         initramfs: paths.root(),
         base,
