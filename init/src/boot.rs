@@ -275,12 +275,22 @@ fn wait_for_device(
         match block_devices::resolve(spec, &sys_block, &dev) {
             Ok(Some(device)) => return Ok(device),
             Ok(None) => {}
-            Err(source) => {
+            // Two devices claiming the root is an attack or a mistake; waiting changes nothing.
+            Err(source @ BlockError::Ambiguous { .. }) => {
                 return Err(BootError::RootLookup {
                     spec: spec.clone(),
                     source,
                 })
             }
+            // A device still being probed, or one we do not care about, may fail to read for
+            // a moment: only the deadline ends the wait.
+            Err(source) if Instant::now() >= deadline => {
+                return Err(BootError::RootLookup {
+                    spec: spec.clone(),
+                    source,
+                })
+            }
+            Err(source) => log::debug!("looking for {what} {spec}: {source}; still waiting"),
         }
         if Instant::now() >= deadline {
             return Err(BootError::RootTimeout {

@@ -33,16 +33,22 @@ pub enum BlockError {
     Link { path: PathBuf, source: io::Error },
     #[error("partition {path} has no parent disk directory in sysfs")]
     NoParent { path: PathBuf },
-    #[error("the disk of {node} has {count} partitions of type {type_guid}, so none is taken")]
-    SeveralOfType {
+    #[error("the disk of {node} has {count} partitions that are {what}, so none is taken")]
+    SeveralSiblings {
         node: PathBuf,
-        type_guid: Guid,
+        what: String,
         count: usize,
+    },
+    #[error("{spec} names {} devices ({}), so none is taken", nodes.len(), nodes.iter().map(|node| node.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Ambiguous {
+        spec: DeviceSpec,
+        nodes: Vec<PathBuf>,
     },
 }
 
-/// The device node of the first block device (in name order) that `spec` names, or `None`
-/// when none does yet: devices appear as drivers probe them, so the caller polls.
+/// The device node of the block device `spec` names, or `None` when none does yet (devices
+/// appear as drivers probe them, so the caller polls). Two devices that match are an error:
+/// whichever was probed first must not win.
 pub fn resolve(
     spec: &DeviceSpec,
     sys_class_block: &Path,
@@ -52,19 +58,26 @@ pub fn resolve(
         sys: sys_class_block,
         dev: dev_dir,
     };
-    match spec {
-        DeviceSpec::Path(path) => scan.existing_path(path),
-        DeviceSpec::File(path) => Err(BlockError::ImageFile { path: path.clone() }),
-        DeviceSpec::PartUuid(guid) => scan.find_partition(|part| part.unique_guid == *guid),
-        DeviceSpec::PartLabel(name) => scan.find_partition(|part| part.name == *name),
-        DeviceSpec::Uuid(uuid) => scan.find_filesystem(|fs| {
+    let mut found = match spec {
+        DeviceSpec::Path(path) => return scan.existing_path(path),
+        DeviceSpec::File(path) => return Err(BlockError::ImageFile { path: path.clone() }),
+        DeviceSpec::PartUuid(guid) => scan.find_partitions(|part| part.unique_guid == *guid)?,
+        DeviceSpec::PartLabel(name) => scan.find_partitions(|part| part.name == *name)?,
+        DeviceSpec::Uuid(uuid) => scan.find_filesystems(|fs| {
             fs.uuid
                 .as_deref()
                 .is_some_and(|found| found.eq_ignore_ascii_case(uuid))
-        }),
+        })?,
         DeviceSpec::Label(label) => {
-            scan.find_filesystem(|fs| fs.label.as_deref() == Some(label.as_str()))
+            scan.find_filesystems(|fs| fs.label.as_deref() == Some(label.as_str()))?
         }
+    };
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(BlockError::Ambiguous {
+            spec: spec.clone(),
+            nodes: found,
+        }),
     }
 }
 
@@ -103,13 +116,35 @@ pub fn sibling_of_type(
     sys_class_block: &Path,
     dev_dir: &Path,
 ) -> Result<Option<PathBuf>, BlockError> {
+    let what = format!("of type {type_guid}");
+    let wanted = |part: &GptPartition| part.type_guid == type_guid;
+    sibling_matching(node, &what, wanted, sys_class_block, dev_dir)
+}
+
+/// The node of the one partition named (PARTLABEL) `label` on the disk of the partition
+/// `node`: a config partition belongs to the disk the verified root came from.
+pub fn sibling_with_label(
+    node: &Path,
+    label: &str,
+    sys_class_block: &Path,
+    dev_dir: &Path,
+) -> Result<Option<PathBuf>, BlockError> {
+    let what = format!("named {label:?}");
+    let wanted = |part: &GptPartition| part.name == label;
+    sibling_matching(node, &what, wanted, sys_class_block, dev_dir)
+}
+
+fn sibling_matching(
+    node: &Path,
+    what: &str,
+    wanted: impl Fn(&GptPartition) -> bool,
+    sys_class_block: &Path,
+    dev_dir: &Path,
+) -> Result<Option<PathBuf>, BlockError> {
     let Some(partitions) = sibling_partitions(node, sys_class_block, dev_dir)? else {
         return Ok(None);
     };
-    let matching: Vec<&GptPartition> = partitions
-        .iter()
-        .filter(|part| part.type_guid == type_guid)
-        .collect();
+    let matching: Vec<&GptPartition> = partitions.iter().filter(|part| wanted(part)).collect();
     match matching.as_slice() {
         [] => Ok(None),
         [one] => resolve(
@@ -117,9 +152,9 @@ pub fn sibling_of_type(
             sys_class_block,
             dev_dir,
         ),
-        several => Err(BlockError::SeveralOfType {
+        several => Err(BlockError::SeveralSiblings {
             node: node.to_owned(),
-            type_guid,
+            what: what.to_owned(),
             count: several.len(),
         }),
     }
@@ -150,10 +185,11 @@ impl Scan<'_> {
         Ok(node_exists(&node)?.then_some(node))
     }
 
-    fn find_partition(
+    fn find_partitions(
         &self,
         wanted: impl Fn(&GptPartition) -> bool,
-    ) -> Result<Option<PathBuf>, BlockError> {
+    ) -> Result<Vec<PathBuf>, BlockError> {
+        let mut found = Vec::new();
         // Several partitions share a disk: read each disk's table once per lookup.
         let mut tables: HashMap<String, Option<Vec<GptPartition>>> = HashMap::new();
         for name in self.device_names()? {
@@ -175,16 +211,17 @@ impl Scan<'_> {
                 .any(|part| part.number == number && wanted(part));
             let node = self.node(&name);
             if matched && node_exists(&node)? {
-                return Ok(Some(node));
+                found.push(node);
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
-    fn find_filesystem(
+    fn find_filesystems(
         &self,
         wanted: impl Fn(&FsInfo) -> bool,
-    ) -> Result<Option<PathBuf>, BlockError> {
+    ) -> Result<Vec<PathBuf>, BlockError> {
+        let mut found = Vec::new();
         for name in self.device_names()? {
             if !self.worth_probing(&name)? {
                 continue;
@@ -193,13 +230,13 @@ impl Scan<'_> {
             match read_head(&node) {
                 Ok(head) => {
                     if fs_probe::probe(&head).is_some_and(|fs| wanted(&fs)) {
-                        return Ok(Some(node));
+                        found.push(node);
                     }
                 }
                 Err(err) => log::debug!("skipping {}: {err}", node.display()),
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Entries of /sys/class/block, sorted so the first match is the same on every boot.
@@ -550,7 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn filesystem_search_takes_the_first_match_by_name_and_skips_unreadable_nodes() {
+    fn filesystem_search_refuses_two_matches_and_skips_unreadable_nodes() {
         let system = FakeSystem::new();
         let ext4 = ext4_fixture(ext4_uuid(), "data");
         // sr0: no medium (size 0); fd0: never opened; sda: unreadable (a directory).
@@ -560,11 +597,20 @@ mod tests {
         fs::write(system.dev().join("fd0"), &ext4).expect("fd0");
         system.add_device("sda", None, &[("size", "8")]);
         fs::create_dir(system.dev().join("sda")).expect("sda");
-        for name in ["vdb", "vda"] {
-            system.add_device(name, None, &[("size", "16")]);
-            fs::write(system.dev().join(name), &ext4).expect("node");
-        }
+        system.add_device("vda", None, &[("size", "16")]);
+        fs::write(system.dev().join("vda"), &ext4).expect("node");
         assert_eq!(system.resolve("LABEL=data"), Some(system.dev().join("vda")));
+        // A second disk with the same label (a USB stick, say) makes neither the one.
+        system.add_device("vdb", None, &[("size", "16")]);
+        fs::write(system.dev().join("vdb"), &ext4).expect("node");
+        let spec = DeviceSpec::parse("LABEL=data").expect("spec");
+        let error = resolve(&spec, &system.sys(), &system.dev()).expect_err("two");
+        assert!(
+            error
+                .to_string()
+                .starts_with("LABEL=data names 2 devices ("),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Where host config comes from, tried in order of trust: a file in the (signed) initramfs,
-//! QEMU's fw_cfg entry `opt/org.xorbang/host-config`, a config partition (PARTLABEL
-//! `xorbang-config`, `host-config.toml` at its root) and the ESP of the root's disk
+//! QEMU's fw_cfg entry `opt/org.xorbang/host-config`, a config partition on the root's disk
+//! (PARTLABEL `xorbang-config`, `host-config.toml` at its root) and that disk's ESP
 //! (`xorbang/host-config.toml`); `xorbang.config=` names one source instead. Each candidate
 //! comes with its detached signature (`….minisig`) when there is one. Only reading happens
 //! here, with [`crate::untrusted`]'s rules; deciding what to trust is [`super::host_config_trust`]'s.
@@ -152,8 +152,7 @@ fn places(
                 initramfs(PathBuf::from("/").join(INITRAMFS_FILE), false),
                 Place::FwCfg { required: false },
             ];
-            let label = DeviceSpec::PartLabel(PARTITION_LABEL.to_owned());
-            if let Some(device) = disks.find(&label) {
+            if let Some(device) = disks.config_partition_of(root_device) {
                 places.push(Place::Partition {
                     device,
                     file: PARTITION_FILE,
@@ -249,6 +248,21 @@ impl Disks<'_> {
                 None
             }
         }
+    }
+
+    /// The partition named `xorbang-config` on the disk of `root_device`, if it has exactly
+    /// one: another disk (a USB stick) is never searched.
+    fn config_partition_of(&self, root_device: &Path) -> Option<PathBuf> {
+        let found = block_devices::sibling_with_label(
+            root_device,
+            PARTITION_LABEL,
+            &self.paths.sys_class_block(),
+            &self.paths.dev(),
+        );
+        found.unwrap_or_else(|error| {
+            log::warn!("host config partition: {error}");
+            None
+        })
     }
 
     /// The EFI System Partition on the disk of `root_device`, if it has exactly one.
