@@ -7,26 +7,21 @@
 //! ```
 //!
 //! Prints `PASS name (secs)` or `FAIL name: reason` per scenario and ends with the plain
-//! line `N passed, N failed`. Configuration comes from the environment: see `config.rs`.
+//! line `N passed, N failed`. Configuration comes from the environment: see `harness/config.rs`.
 
 mod bench;
-mod boot_chain;
-mod config;
-mod extension_fixtures;
+mod context;
 mod fixtures;
-mod layer_scenarios;
-mod qemu;
+mod harness;
 mod scenarios;
-mod tamper;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use config::{Accel, Config};
-use fixtures::Binaries;
-use scenarios::{Context, Scenario, SCENARIOS};
+use context::Context;
+use harness::qemu;
+use scenarios::{Scenario, SCENARIOS};
 
 enum Action {
     List,
@@ -50,8 +45,8 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let (context, binaries) = match prepare() {
-        Ok(prepared) => prepared,
+    let context = match Context::prepare() {
+        Ok(context) => context,
         Err(error) => {
             eprintln!("xorbang-qemu-tests: preparing fixtures failed: {error}");
             println!("0 passed, 1 failed");
@@ -61,7 +56,7 @@ fn main() -> ExitCode {
     let result = match action {
         Action::List => Ok(()),
         Action::Run(chosen) => return run_scenarios(&context, chosen),
-        Action::Bench => bench::bench(&context, &binaries),
+        Action::Bench => bench::bench(&context),
         Action::Demo { dev } => demo(&context, dev),
     };
     match result {
@@ -89,68 +84,6 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             .collect::<Result<_, _>>()
             .map(Action::Run),
     }
-}
-
-fn prepare() -> Result<(Context, Binaries), String> {
-    let cache = config::cache_dir()?;
-    let binaries = fixtures::build_binaries().map_err(|error| error.to_string())?;
-    let kernel = fixtures::debian_kernel(&cache).map_err(|error| error.to_string())?;
-    let accel = match config::requested_accel()? {
-        Some(accel) => accel,
-        None if qemu::kvm_works(&Config::qemu_from_env(), &kernel.vmlinuz) => Accel::Kvm,
-        None => Accel::Tcg,
-    };
-    let config = Config::from_env(accel)?;
-    eprintln!(
-        "qemu-tests: accelerator {}, cache {}",
-        accel.as_str(),
-        cache.display()
-    );
-    let rootfs = fixtures::debian_rootfs(&cache).map_err(|error| error.to_string())?;
-    let system = fixtures::system_image(&cache, &rootfs, &binaries.build)
-        .map_err(|error| error.to_string())?;
-    let busybox =
-        fixtures::busybox_image(&cache, &binaries.build).map_err(|error| error.to_string())?;
-    let work = work_dir()?;
-    let initrd = fixtures::initrd(&work, "initrd.img", &binaries, Some(&kernel), &[])
-        .map_err(|error| error.to_string())?;
-    // How a PXE server ships a machine its root: the image and tree inside the initramfs.
-    let image_files = [
-        (busybox.image.as_path(), "/root.squashfs"),
-        (busybox.tree.as_path(), "/root.verity"),
-    ];
-    let chain = boot_chain::boot_chain(&work, &binaries, &kernel, &initrd, &system)
-        .map_err(|error| error.to_string())?;
-    let pxe_initrd = fixtures::initrd(
-        &work,
-        "initrd-with-root.img",
-        &binaries,
-        Some(&kernel),
-        &image_files,
-    )
-    .map_err(|error| error.to_string())?;
-    Ok((
-        Context {
-            config,
-            kernel,
-            initrd,
-            system,
-            busybox,
-            pxe_initrd,
-            chain,
-            binaries: binaries.clone(),
-            cache,
-            work,
-        },
-        binaries,
-    ))
-}
-
-/// Logs and the initramfs of this run, under the workspace's target directory.
-fn work_dir() -> Result<PathBuf, String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qemu-tests");
-    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Runs the scenarios on `jobs` worker threads (each runs one VM at a time) and prints one

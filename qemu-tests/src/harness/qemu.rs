@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::harness::config::Config;
 
 /// Lines that end a run as failed the moment they appear.
 const FATAL_LINES: &[&str] = &["Kernel panic", "Attempted to kill init"];
@@ -440,7 +440,7 @@ mod tests {
             .expect("chmod");
         let config = Config {
             qemu: path.display().to_string(),
-            accel: crate::config::Accel::Tcg,
+            accel: crate::harness::config::Accel::Tcg,
             timeout_scale: 1.0,
             jobs: 1,
             bench_runs: 1,
