@@ -12,7 +12,7 @@ use crate::fixtures::boot_chain::{self, BootChain};
 use crate::fixtures::kernel::{self, Kernel};
 use crate::fixtures::system::{self, BusyboxImage, SystemImage};
 use crate::harness::config::{self, Accel, Config};
-use crate::harness::qemu::{self, Boot, Console, Firmware, LineMatch, Vm};
+use crate::harness::qemu::{self, AfterMarkers, Boot, Console, Firmware, LineMatch, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
 pub const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -124,7 +124,7 @@ impl Context {
             fw_cfg: Vec::new(),
             memory_mib: MEMORY_MIB,
             timeout,
-            stop_at_markers: false,
+            after_markers: AfterMarkers::PowerOff,
         }
     }
 
@@ -143,7 +143,7 @@ impl Context {
             fw_cfg: Vec::new(),
             memory_mib: MEMORY_MIB,
             timeout: FIRMWARE_TIMEOUT,
-            stop_at_markers: false,
+            after_markers: AfterMarkers::PowerOff,
         };
         Ok((vm, firmware))
     }

@@ -6,8 +6,8 @@
 //! xorbang-qemu-tests demo [--dev]           boot the demo image with the console attached
 //! ```
 //!
-//! Prints `PASS name (secs)` or `FAIL name: reason` per scenario and ends with the plain
-//! line `N passed, N failed`. Configuration comes from the environment: see `harness/config.rs`.
+//! Prints `PASS name (secs)`, `FAIL name: reason` or `SKIP name: reason` (it cannot run on
+//! this host) per scenario and ends with the plain line `N passed, N failed, N skipped`. Configuration comes from the environment: see `harness/config.rs`.
 
 mod bench;
 mod context;
@@ -17,7 +17,7 @@ mod scenarios;
 
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use context::Context;
 use harness::qemu;
@@ -48,8 +48,10 @@ fn main() -> ExitCode {
     let context = match Context::prepare() {
         Ok(context) => context,
         Err(error) => {
-            eprintln!("xorbang-qemu-tests: preparing fixtures failed: {error}");
-            println!("0 passed, 1 failed");
+            let mut tally = Tally::default();
+            let reason = format!("preparing fixtures failed: {error}");
+            println!("{}", tally.add("prepare", &Outcome::Failed(reason)));
+            println!("{tally}");
             return ExitCode::FAILURE;
         }
     };
@@ -102,10 +104,8 @@ fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode 
                     Err(_) => None,
                 };
                 let Some(scenario) = next else { break };
-                let started = Instant::now();
-                let outcome = (scenario.run)(&context);
                 if sender
-                    .send((scenario.name, outcome, started.elapsed()))
+                    .send((scenario.name, run_one(&context, scenario)))
                     .is_err()
                 {
                     break;
@@ -114,30 +114,82 @@ fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode 
         })
         .collect();
     drop(sender);
-    let (mut passed, mut failed) = (0, 0);
-    for (name, outcome, elapsed) in results {
-        match outcome {
-            Ok(()) => {
-                passed += 1;
-                println!("PASS {name} ({:.1}s)", elapsed.as_secs_f64());
-            }
-            Err(reason) => {
-                failed += 1;
-                println!("FAIL {name}: {reason}");
-            }
-        }
+    let mut tally = Tally::default();
+    for (name, outcome) in results {
+        println!("{}", tally.add(name, &outcome));
     }
     for worker in workers {
         if worker.join().is_err() {
-            failed += 1;
-            println!("FAIL runner: a worker thread panicked");
+            println!(
+                "{}",
+                tally.add(
+                    "runner",
+                    &Outcome::Failed("a worker thread panicked".into())
+                )
+            );
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
+    println!("{tally}");
+    if tally.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+enum Outcome {
+    Passed(Duration),
+    Failed(String),
+    /// The scenario could not run on this host: counted on its own, never as a pass.
+    Skipped(String),
+}
+
+fn run_one(context: &Context, scenario: &Scenario) -> Outcome {
+    if let Some(path) = scenario.missing_requirement() {
+        return Outcome::Skipped(format!("needs {path}, which this host lacks"));
+    }
+    let started = Instant::now();
+    match (scenario.run)(context) {
+        Ok(()) => Outcome::Passed(started.elapsed()),
+        Err(reason) => Outcome::Failed(reason),
+    }
+}
+
+/// The counts behind the last line: `N passed, N failed, N skipped`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    /// Counts `outcome` and returns its line.
+    fn add(&mut self, name: &str, outcome: &Outcome) -> String {
+        match outcome {
+            Outcome::Passed(elapsed) => {
+                self.passed += 1;
+                format!("PASS {name} ({:.1}s)", elapsed.as_secs_f64())
+            }
+            Outcome::Failed(reason) => {
+                self.failed += 1;
+                format!("FAIL {name}: {reason}")
+            }
+            Outcome::Skipped(reason) => {
+                self.skipped += 1;
+                format!("SKIP {name}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 }
 
@@ -157,7 +209,7 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         fw_cfg: Vec::new(),
         memory_mib: 512,
         timeout: std::time::Duration::ZERO,
-        stop_at_markers: false,
+        after_markers: qemu::AfterMarkers::PowerOff,
     };
     let mut command = vm.command(&context.config, true);
     eprintln!("demo: {}", qemu::shell_quoted(&command));
@@ -168,5 +220,46 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("QEMU exited with {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_counted_and_printed_apart_from_passes() {
+        let mut tally = Tally::default();
+        let lines = [
+            tally.add("a", &Outcome::Passed(Duration::from_millis(1500))),
+            tally.add(
+                "b",
+                &Outcome::Skipped("needs /x, which this host lacks".into()),
+            ),
+            tally.add("c", &Outcome::Failed("timed out".into())),
+        ];
+        assert_eq!(
+            lines,
+            [
+                "PASS a (1.5s)",
+                "SKIP b: needs /x, which this host lacks",
+                "FAIL c: timed out"
+            ]
+        );
+        assert_eq!(tally.to_string(), "1 passed, 1 failed, 1 skipped");
+    }
+
+    #[test]
+    fn the_missing_host_file_is_named() {
+        let scenario = Scenario {
+            name: "needs-nothing-here",
+            about: "",
+            requires: &["/nonexistent/xorbang-requirement"],
+            run: |_| panic!("a skipped scenario must not run"),
+        };
+        assert_eq!(
+            scenario.missing_requirement(),
+            Some("/nonexistent/xorbang-requirement")
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::context::{
 };
 use crate::fixtures::boot_chain::uki_cmdline;
 use crate::fixtures::{binaries, command, kernel};
-use crate::harness::qemu::{Boot, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
 
 /// A PARTUUID no disk has.
 const ABSENT_PARTUUID: &str = "00000000-0000-4000-8000-00000000dead";
@@ -146,7 +146,7 @@ pub fn custom_kernel_boot(context: &Context) -> Result<(), String> {
         fw_cfg: Vec::new(),
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
-        stop_at_markers: false,
+        after_markers: AfterMarkers::PowerOff,
     };
     let console = context.boot(&vm, check, &[pass_line(check)])?;
     let report = parse_report(&console, REPORT_PREFIX)?;

@@ -6,7 +6,7 @@ use crate::context::{
 };
 use crate::fixtures::host_config::{fat_image, host_config, initrd_with_config, FW_CFG_NAME};
 use crate::fixtures::{binaries, system};
-use crate::harness::qemu::{Console, LineMatch};
+use crate::harness::qemu::{AfterMarkers, Console, LineMatch};
 
 /// The report says the config from `origin` was applied with the networkd file.
 fn expect_applied(console: &Console, origin: &str) -> Result<(), String> {
@@ -147,7 +147,9 @@ pub fn hostconfig_invalid(context: &Context) -> Result<(), String> {
             SYSTEMD_TIMEOUT,
         );
         vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config));
-        vm.stop_at_markers = !boots_on;
+        if !boots_on {
+            vm.after_markers = AfterMarkers::Stop;
+        }
         let prefix = format!("xorbang: host config fw_cfg {FW_CFG_NAME}: {position}");
         let mut expect = vec![
             LineMatch::Between(prefix, "; booting without it".to_owned()),

@@ -3,7 +3,9 @@
 
 use crate::context::{pass_line, wrong_hash, Context, INITRAMFS_TIMEOUT};
 use crate::fixtures::boot_chain::uki_cmdline;
-use crate::harness::qemu::{Boot, LineMatch};
+use std::time::Duration;
+
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch};
 
 pub fn uki_boot(context: &Context) -> Result<(), String> {
     context.boot_uki_disk(&context.chain.unsigned_disk)?;
@@ -27,7 +29,7 @@ pub fn secureboot_unsigned(context: &Context) -> Result<(), String> {
     ];
     for (name, disk) in cases {
         let (mut vm, _) = context.firmware_vm(name, true, vec![disk.clone()])?;
-        vm.stop_at_markers = true;
+        vm.after_markers = AfterMarkers::Watch(AFTER_DENIAL);
         vm.timeout = INITRAMFS_TIMEOUT;
         let denied = LineMatch::Between(
             "BdsDxe: failed to load".to_owned(),
@@ -36,15 +38,29 @@ pub fn secureboot_unsigned(context: &Context) -> Result<(), String> {
         let console = context
             .boot(&vm, name, &[denied])
             .map_err(|error| format!("{name}: {error}"))?;
-        if let Some(line) = console
-            .lines
-            .iter()
-            .find(|line| line.starts_with("Linux version") || line.starts_with("xorbang:"))
-        {
+        if let Some(line) = kernel_line(&console.lines) {
             return Err(format!("{name}: the kernel ran anyway: {line:?}"));
         }
     }
     Ok(())
+}
+
+/// How long the console is watched after the firmware's denial: a kernel the firmware
+/// started anyway would print its banner within seconds, even under TCG.
+const AFTER_DENIAL: Duration = Duration::from_secs(60);
+
+/// The first line that only a running kernel (or our init) prints.
+fn kernel_line(lines: &[String]) -> Option<&str> {
+    const KERNEL_LINES: &[&str] = &[
+        "Linux version",
+        "EFI stub:",
+        "Kernel command line:",
+        "xorbang:",
+    ];
+    lines
+        .iter()
+        .map(String::as_str)
+        .find(|line| KERNEL_LINES.iter().any(|start| line.starts_with(start)))
 }
 
 pub fn secureboot_cmdline_locked(context: &Context) -> Result<(), String> {
@@ -69,4 +85,26 @@ pub fn secureboot_cmdline_locked(context: &Context) -> Result<(), String> {
         return Err(format!("the kernel ran with {cmdline:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_line_after_the_denial_is_found() {
+        let lines: Vec<String> = [
+            "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0): Access Denied",
+            "BdsDxe: starting Boot0002",
+            "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path",
+            "Linux version 6.1.0-57-amd64",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            kernel_line(&lines),
+            Some("EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path")
+        );
+        assert_eq!(kernel_line(&lines[..2]), None);
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::context::{pass_line, refused, wrong_hash, Context, INITRAMFS_TIMEOUT, MEMORY_MIB};
 use crate::fixtures::system::ROOT_PARTLABEL;
-use crate::harness::qemu::{Boot, Console, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, Boot, Console, LineMatch, Vm};
 
 /// The root hash with the devices named explicitly, as systemd's keys allow.
 fn explicit_verity(root_hash: &str, hash_device: &str) -> String {
@@ -114,7 +114,7 @@ pub fn verity_initramfs_file(context: &Context) -> Result<(), String> {
         fw_cfg: Vec::new(),
         memory_mib: MEMORY_MIB,
         timeout: INITRAMFS_TIMEOUT,
-        stop_at_markers: false,
+        after_markers: AfterMarkers::PowerOff,
     };
     context.boot(
         &vm,
