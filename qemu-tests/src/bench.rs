@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use xorbang_formats::boot_report::BootReport;
 
 use crate::context::{
-    parse_report, pass_line, report_line, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
+    parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::command::run;
 use crate::fixtures::host_config::{host_config, FW_CFG_NAME};
@@ -219,8 +219,7 @@ fn verity_format_bench(work: &Path, build: &Path) -> Result<String, String> {
                 .arg(&ours_tree),
         )?);
     }
-    let same = std::fs::read(&ours_tree).ok() == std::fs::read(&theirs_tree).ok();
-    if !same {
+    if !same_contents(&ours_tree, &theirs_tree)? {
         return Err(format!(
             "{} and {} differ",
             ours_tree.display(),

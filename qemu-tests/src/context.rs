@@ -237,10 +237,55 @@ pub fn parse_report(console: &Console, prefix: &str) -> Result<BootReport, Strin
         .map_err(|error| format!("{prefix:?} line is not a boot report: {error}: {json}"))
 }
 
+/// The kernel's dm-verity line for a `kind` ("data" or "metadata") block that failed its
+/// hash, `block` as dm-verity numbers them: the one block the fixture damaged, no other.
+pub fn corrupted_block(kind: &str, block: u64) -> LineMatch {
+    LineMatch::Between(
+        "device-mapper: verity: ".to_owned(),
+        format!(": {kind} block {block} is corrupted"),
+    )
+}
+
+/// Whether two files hold the same bytes; a file that cannot be read is an error, never
+/// "the same" as another missing one.
+pub fn same_contents(first: &Path, second: &Path) -> Result<bool, String> {
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()));
+    Ok(read(first)? == read(second)?)
+}
+
 /// The root hash with its last hex digit changed.
 pub fn wrong_hash(root_hash: &str) -> String {
     let mut wrong = root_hash.to_owned();
     let last = if wrong.ends_with('0') { "1" } else { "0" };
     wrong.replace_range(wrong.len() - 1.., last);
     wrong
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_never_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let error = same_contents(&a, &b).expect_err("both missing");
+        assert!(error.starts_with(&a.display().to_string()), "{error}");
+        std::fs::write(&a, "x").expect("write");
+        same_contents(&a, &b).expect_err("one missing");
+        std::fs::write(&b, "x").expect("write");
+        assert_eq!(same_contents(&a, &b), Ok(true));
+        std::fs::write(&b, "y").expect("write");
+        assert_eq!(same_contents(&a, &b), Ok(false));
+    }
+
+    #[test]
+    fn the_corruption_line_names_the_exact_block() {
+        let line = corrupted_block("data", 1234);
+        assert!(line.matches("device-mapper: verity: 254:0: data block 1234 is corrupted"));
+        assert!(!line.matches("device-mapper: verity: 254:0: data block 11234 is corrupted"));
+        assert!(!line.matches("device-mapper: verity: 254:0: data block 123 is corrupted"));
+        assert!(!line.matches("device-mapper: verity: 254:0: metadata block 1234 is corrupted"));
+    }
 }

@@ -79,7 +79,7 @@ pub enum LineMatch {
 }
 
 impl LineMatch {
-    fn matches(&self, line: &str) -> bool {
+    pub fn matches(&self, line: &str) -> bool {
         match self {
             Self::Exact(text) => line == text,
             Self::Prefix(text) => line.starts_with(text.as_str()),

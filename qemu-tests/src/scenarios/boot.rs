@@ -6,8 +6,8 @@ use std::path::Path;
 use xorbang_formats::boot_report::BootReport;
 
 use crate::context::{
-    parse_report, pass_line, refused, Context, INITRAMFS_TIMEOUT, MEMORY_MIB, REPORT_PREFIX,
-    SYSTEMD_TIMEOUT,
+    parse_report, pass_line, refused, same_contents, Context, INITRAMFS_TIMEOUT, MEMORY_MIB,
+    REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::boot_chain::uki_cmdline;
 use crate::fixtures::{binaries, command, kernel};
@@ -164,7 +164,7 @@ pub fn reproducible_build(context: &Context) -> Result<(), String> {
         let second = context.work.join(format!("repro-2-{name}"));
         build(&first)?;
         build(&second)?;
-        let same = std::fs::read(&first).ok() == std::fs::read(&second).ok();
+        let same = same_contents(&first, &second)?;
         for path in [&first, &second] {
             std::fs::remove_file(path).map_err(|error| format!("{}: {error}", path.display()))?;
         }

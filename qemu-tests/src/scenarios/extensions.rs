@@ -8,14 +8,12 @@ use xorbang_formats::boot_report::BootReport;
 use xorbang_formats::boot_report::Trust;
 
 use crate::context::{
-    parse_report, pass_line, refused, report_line, Context, INITRAMFS_TIMEOUT, REPORT_PREFIX,
-    SYSTEMD_TIMEOUT,
+    corrupted_block, parse_report, pass_line, refused, report_line, Context, INITRAMFS_TIMEOUT,
+    REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::extensions::{self, TAMPERED_HELLO};
 use crate::fixtures::{binaries, boot_chain, command, system};
 use crate::harness::qemu::{Console, LineMatch};
-
-const DM_VERITY_CORRUPTED: (&str, &str) = ("device-mapper: verity: ", "is corrupted");
 
 /// The console line that starts with `prefix` (after `xorbang: `), in full.
 fn line_after<'a>(console: &'a Console, prefix: &str) -> Result<&'a str, String> {
@@ -119,6 +117,8 @@ pub fn sysext_mismatch(context: &Context) -> Result<(), String> {
 
 pub fn sysext_tamper(context: &Context) -> Result<(), String> {
     let tampered = context.system.extensions.join(TAMPERED_HELLO);
+    let (block, block_size) = extensions::tampered_hello_block(&context.system.extensions)
+        .map_err(|error| error.to_string())?;
     let initrd = binaries::initrd(
         &context.work,
         "initrd-tampered-sysext.img",
@@ -136,10 +136,13 @@ pub fn sysext_tamper(context: &Context) -> Result<(), String> {
         ),
         INITRAMFS_TIMEOUT,
     );
-    let prefix = "sysext hello (initramfs:/.extra/sysext/hello.raw): byte ";
-    let (start, end) = DM_VERITY_CORRUPTED;
-    let mut expect = vec![LineMatch::Between(start.to_owned(), end.to_owned())];
-    expect.extend(refused(prefix.to_owned()));
+    // The init's full read fails at the first byte of the block the fixture damaged.
+    let prefix = format!(
+        "sysext hello (initramfs:/.extra/sysext/hello.raw): byte {} of ",
+        block * block_size
+    );
+    let mut expect = vec![corrupted_block("data", block)];
+    expect.extend(refused(prefix.clone()));
     let console = context.boot(&vm, "sysext-tamper", &expect)?;
     let line = line_after(&console, &format!("xorbang: {prefix}"))?;
     if !line.contains("does not match the hash tree") {
@@ -231,15 +234,16 @@ pub fn sysext_unpinned(context: &Context) -> Result<(), String> {
     expect_merged(context, &report, &[("sysext", "extra", Trust::Cmdline)])
 }
 
-/// The ESP route: systemd-stub hands `EFI/BOOT/BOOTX64.EFI.extra.d/hello.raw` to the
-/// initramfs as /.extra/sysext/hello.raw, which shadows the base image's copy.
+/// The ESP route: systemd-stub hands `EFI/BOOT/BOOTX64.EFI.extra.d/greeting.raw` to the
+/// initramfs as /.extra/sysext/greeting.raw, which shadows the base image's copy: a different
+/// image of the same name, with different text and no pin, which would be refused.
 pub fn sysext_esp(context: &Context) -> Result<(), String> {
     let check = "sysext-esp";
     let cmdline = format!(
-        "{} xorbang.sysext=hello",
+        "{} xorbang.sysext=greeting",
         boot_chain::uki_cmdline(&context.system.root_hash, check)
     );
-    let extras = [context.system.extensions.join("hello.raw")];
+    let extras = [context.system.extensions.join("greeting.raw")];
     let spec = boot_chain::UkiSpec {
         name: check,
         kernel: &context.kernel.vmlinuz,
@@ -251,7 +255,7 @@ pub fn sysext_esp(context: &Context) -> Result<(), String> {
         .map_err(|error| error.to_string())?;
     let (vm, _) = context.firmware_vm(check, false, vec![disk])?;
     let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
-    expect_merged_from(context, &console, "hello", "initramfs:/.extra/sysext")
+    expect_merged_from(context, &console, "greeting", "initramfs:/.extra/sysext")
 }
 
 pub fn confext_merge(context: &Context) -> Result<(), String> {

@@ -141,11 +141,13 @@ pub fn hostconfig_invalid(context: &Context) -> Result<(), String> {
         let config = context.write_work_file(&format!("host-config-{name}.toml"), text)?;
         let boots_on = name == "bad-hostname";
         let check = if boots_on { "hostconfig-invalid" } else { name };
-        let mut vm = context.vm(
-            vec![context.system.disk.clone()],
-            &format!("{} xtest.scenario={check}", context.production_root()),
-            SYSTEMD_TIMEOUT,
+        // The agent checks the system kept the image's own name, read from the image.
+        let append = format!(
+            "{} xtest.scenario={check} xtest.hostname={}",
+            context.production_root(),
+            context.system.hostname
         );
+        let mut vm = context.vm(vec![context.system.disk.clone()], &append, SYSTEMD_TIMEOUT);
         vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config));
         if !boots_on {
             vm.after_markers = AfterMarkers::Stop;

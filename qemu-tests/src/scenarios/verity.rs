@@ -1,9 +1,11 @@
 //! dm-verity: verified boots by explicit devices, by DPS discovery and from files in the
 //! initramfs, and every way a wrong hash, a damaged disk or a missing hash is caught.
 
-use crate::context::{pass_line, refused, wrong_hash, Context, INITRAMFS_TIMEOUT, MEMORY_MIB};
+use crate::context::{
+    corrupted_block, pass_line, refused, wrong_hash, Context, INITRAMFS_TIMEOUT, MEMORY_MIB,
+};
 use crate::fixtures::system::ROOT_PARTLABEL;
-use crate::harness::qemu::{AfterMarkers, Boot, Console, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
 
 /// The root hash with the devices named explicitly, as systemd's keys allow.
 fn explicit_verity(root_hash: &str, hash_device: &str) -> String {
@@ -37,13 +39,11 @@ pub fn verity_wrong_hash(context: &Context) -> Result<(), String> {
     Ok(())
 }
 
-const DM_VERITY: &str = "device-mapper: verity: ";
-
-/// dm-verity's own report of a bad block, then the restart that `restart_on_corruption`
-/// orders; the agent's line would come only if the read got through.
-fn corruption_detected() -> [LineMatch; 2] {
+/// dm-verity's own report of the block the fixture damaged, then the restart that
+/// `restart_on_corruption` orders; the agent's line would come only if the read got through.
+fn corruption_detected(kind: &str, block: u64) -> [LineMatch; 2] {
     [
-        LineMatch::Between(DM_VERITY.to_owned(), "is corrupted".to_owned()),
+        corrupted_block(kind, block),
         LineMatch::Prefix("reboot: Restarting system".to_owned()),
     ]
 }
@@ -51,33 +51,17 @@ fn corruption_detected() -> [LineMatch; 2] {
 pub fn verity_tamper_data(context: &Context) -> Result<(), String> {
     let disks = vec![context.system.tampered_data.clone()];
     let append = context.production_root();
-    let console =
-        context.boot_disks(disks, "verity-tamper-data", &append, &corruption_detected())?;
-    expect_corrupted_block(&console, "data block")
+    let expect = corruption_detected("data", context.system.tampered_blocks.data);
+    context.boot_disks(disks, "verity-tamper-data", &append, &expect)?;
+    Ok(())
 }
 
 pub fn verity_tamper_hash(context: &Context) -> Result<(), String> {
     let disks = vec![context.system.tampered_hash.clone()];
     let append = context.production_root();
-    let console =
-        context.boot_disks(disks, "verity-tamper-hash", &append, &corruption_detected())?;
-    expect_corrupted_block(&console, "metadata block")
-}
-
-/// Which kind of block dm-verity named proves where the tampering was caught.
-fn expect_corrupted_block(console: &Console, kind: &str) -> Result<(), String> {
-    let line = console
-        .lines
-        .iter()
-        .find(|line| line.starts_with(DM_VERITY) && line.ends_with("is corrupted"))
-        .ok_or("no dm-verity corruption line")?;
-    if line.contains(kind) && line.contains("is corrupted") {
-        Ok(())
-    } else {
-        Err(format!(
-            "dm-verity reported {line:?}, expected a corrupted {kind}"
-        ))
-    }
+    let expect = corruption_detected("metadata", context.system.tampered_blocks.metadata);
+    context.boot_disks(disks, "verity-tamper-hash", &append, &expect)?;
+    Ok(())
 }
 
 pub fn verity_truncated(context: &Context) -> Result<(), String> {
