@@ -1,6 +1,8 @@
 //! The real `xorbang-init` binary, run unprivileged as a test program: every hard-wired input
 //! is overridden, and a failed boot exits with status 1 instead of rebooting the machine.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -89,7 +91,10 @@ fn the_binary_is_statically_linked() {
         .arg(env!("CARGO_BIN_EXE_xorbang-init"))
         .output()
     else {
-        eprintln!("skipped: no `file` command here");
+        support::skip(
+            "binary::the_binary_is_statically_linked",
+            "no `file` command here",
+        );
         return;
     };
     let text = String::from_utf8_lossy(&output.stdout);

@@ -1,7 +1,10 @@
 //! Privileged tier: the real `xorbang-init` binary builds its mount stack on the host, as
 //! root, over a loop-attached SquashFS, inside a private mount namespace (`unshare -m`), and
-//! a shell in the same namespace checks what the booted system would see. Skipped, saying
-//! so, when not root or when the tools are missing.
+//! a shell in the same namespace checks what the booted system would see. When not root or
+//! when the tools are missing, each test prints `SKIPPED <test>: <reason>` on the terminal
+//! (cargo itself has no skipped result) and returns.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,19 +22,30 @@ impl Drop for LoopImage {
     }
 }
 
-fn can_run() -> bool {
+/// Whether `test` can run here; if not, it is reported as skipped.
+fn can_run(test: &str) -> bool {
     let root = rustix::process::geteuid().is_root();
-    let tools = ["mksquashfs", "losetup", "unshare"].iter().all(|tool| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !(root && tools) {
-        eprintln!("skipped: needs root, mksquashfs, losetup and unshare");
+    let missing: Vec<&str> = ["mksquashfs", "losetup", "unshare"]
+        .into_iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    match (root, missing.is_empty()) {
+        (true, true) => true,
+        (false, _) => {
+            support::skip(test, "needs root (loop devices and mounts)");
+            false
+        }
+        (true, false) => {
+            support::skip(test, &format!("needs {}", missing.join(", ")));
+            false
+        }
     }
-    root && tools
 }
 
 /// `dir/root.squashfs`: a root with /etc/hostname, /usr/local and an executable /sbin/init.
@@ -108,7 +122,7 @@ fn boot_with_files(files: &[(&Path, &str)], cmdline: &str, checks: &str) -> (boo
 
 #[test]
 fn production_root_is_read_only() {
-    if !can_run() {
+    if !can_run("privileged::production_root_is_read_only") {
         return;
     }
     let image = squashfs_on_loop();
@@ -131,7 +145,7 @@ fn production_root_is_read_only() {
 
 #[test]
 fn dev_root_is_writable_and_leaves_the_base_alone() {
-    if !can_run() {
+    if !can_run("privileged::dev_root_is_writable_and_leaves_the_base_alone") {
         return;
     }
     let image = squashfs_on_loop();
@@ -154,7 +168,7 @@ fn dev_root_is_writable_and_leaves_the_base_alone() {
 
 #[test]
 fn a_device_without_squashfs_is_refused_by_name() {
-    if !can_run() {
+    if !can_run("privileged::a_device_without_squashfs_is_refused_by_name") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -183,7 +197,7 @@ fn a_device_without_squashfs_is_refused_by_name() {
 /// device by the init itself.
 #[test]
 fn an_image_file_in_the_initramfs_is_attached_and_mounted() {
-    if !can_run() {
+    if !can_run("privileged::an_image_file_in_the_initramfs_is_attached_and_mounted") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -226,7 +240,7 @@ fn boot_with_host_config(config: &str, checks: &str) -> (bool, String) {
 /// read-only /etc layer over the production root; the image itself is untouched.
 #[test]
 fn host_config_from_the_initramfs_is_layered_over_etc() {
-    if !can_run() {
+    if !can_run("privileged::host_config_from_the_initramfs_is_layered_over_etc") {
         return;
     }
     let (ok, text) = boot_with_host_config(
@@ -254,7 +268,7 @@ fn host_config_from_the_initramfs_is_layered_over_etc() {
 /// network file appears, and the error names line and column.
 #[test]
 fn an_invalid_host_config_changes_nothing() {
-    if !can_run() {
+    if !can_run("privileged::an_invalid_host_config_changes_nothing") {
         return;
     }
     let (ok, text) = boot_with_host_config(

@@ -8,12 +8,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::fixtures::{run, Binaries};
-
 use xorbang_formats::boot_report::BootReport;
 
-use crate::qemu::{Console, LineMatch};
-use crate::scenarios::{parse_report, Context, REPORT_PREFIX};
+use crate::context::{
+    parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
+};
+use crate::fixtures::command::run;
+use crate::fixtures::host_config::{host_config, FW_CFG_NAME};
+use crate::fixtures::{binaries, boot_chain, kernel};
+use crate::harness::qemu::Console;
 
 struct Run {
     init_us: u64,
@@ -42,12 +45,12 @@ impl Run {
     }
 }
 
-pub fn bench(context: &Context, binaries: &Binaries) -> Result<(), String> {
-    let boot = boot_bench(context, &binaries.init)?;
+pub fn bench(context: &Context) -> Result<(), String> {
+    let boot = boot_bench(context, &context.binaries.init)?;
     let layers = layers_bench(context)?;
     let firmware = firmware_bench(context)?;
     let custom = custom_kernel_bench(context)?;
-    let verity = verity_format_bench(&context.work, &binaries.build)?;
+    let verity = verity_format_bench(&context.work, &context.binaries.build)?;
     println!("{boot} {layers} {firmware} {custom} {verity}");
     Ok(())
 }
@@ -55,9 +58,8 @@ pub fn bench(context: &Context, binaries: &Binaries) -> Result<(), String> {
 /// The same firmware boot with the kernel built from kernel-config/ and an initramfs
 /// without modules. Returns the `key=value` pairs.
 fn custom_kernel_bench(context: &Context) -> Result<String, String> {
-    let bzimage =
-        crate::fixtures::custom_kernel(&context.cache).map_err(|error| error.to_string())?;
-    let initrd = crate::fixtures::initrd(
+    let bzimage = kernel::custom_kernel(&context.cache).map_err(|error| error.to_string())?;
+    let initrd = binaries::initrd(
         &context.work,
         "initrd-no-modules.img",
         &context.binaries,
@@ -65,7 +67,7 @@ fn custom_kernel_bench(context: &Context) -> Result<String, String> {
         &[],
     )
     .map_err(|error| error.to_string())?;
-    let disk = crate::boot_chain::uki_disk(
+    let disk = boot_chain::uki_disk(
         &context.work,
         "uki-custom-kernel",
         &context.binaries,
@@ -76,7 +78,7 @@ fn custom_kernel_bench(context: &Context) -> Result<String, String> {
     .map_err(|error| error.to_string())?;
     let mut marker_ms = Vec::new();
     for index in 1..=context.config.bench_runs {
-        let console = crate::scenarios::boot_uki_disk(context, &disk)?;
+        let console = context.boot_uki_disk(&disk)?;
         let ms = u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX);
         println!(
             "custom kernel ovmf run {index}: power-on to marker {:.1} s",
@@ -94,8 +96,7 @@ fn custom_kernel_bench(context: &Context) -> Result<String, String> {
 /// The production boot with two sysexts, a confext and a host config from fw_cfg: what the
 /// layers cost on top of the plain boot. Returns the `key=value` pairs.
 fn layers_bench(context: &Context) -> Result<String, String> {
-    use crate::layer_scenarios::{host_config, write_work_file, FW_CFG_NAME};
-    let config = write_work_file(context, "host-config-bench.toml", &host_config("bench"))?;
+    let config = context.write_work_file("host-config-bench.toml", &host_config("bench"))?;
     let mut runs = Vec::new();
     for index in 1..=context.config.bench_runs {
         let mut vm = context.vm(
@@ -104,13 +105,10 @@ fn layers_bench(context: &Context) -> Result<String, String> {
                 "{} xorbang.sysext=hello,world xorbang.confext=site xtest.scenario=bench",
                 context.production_root()
             ),
-            crate::scenarios::SYSTEMD_TIMEOUT,
+            SYSTEMD_TIMEOUT,
         );
         vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config.clone()));
-        let expect = [
-            LineMatch::Prefix(REPORT_PREFIX.to_owned()),
-            crate::scenarios::pass_line("bench"),
-        ];
+        let expect = [report_line(), pass_line("bench")];
         let console = context.boot(&vm, "bench-layers", &expect)?;
         let report = parse_report(&console, REPORT_PREFIX)?;
         if report.extensions.len() != 3
@@ -140,7 +138,7 @@ fn layers_bench(context: &Context) -> Result<String, String> {
 fn firmware_bench(context: &Context) -> Result<String, String> {
     let mut marker_ms = Vec::new();
     for index in 1..=context.config.bench_runs {
-        let console = crate::scenarios::boot_uki(context)?;
+        let console = context.boot_uki_disk(&context.chain.unsigned_disk)?;
         let ms = u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX);
         println!(
             "ovmf run {index}: power-on to marker {:.1} s",
@@ -158,11 +156,7 @@ fn firmware_bench(context: &Context) -> Result<String, String> {
 fn boot_bench(context: &Context, init_binary: &Path) -> Result<String, String> {
     let mut runs = Vec::new();
     for index in 1..=context.config.bench_runs {
-        let console = context.boot_system(
-            "bench",
-            &context.production_root(),
-            &[LineMatch::Prefix(REPORT_PREFIX.to_owned())],
-        )?;
+        let console = context.boot_system("bench", &context.production_root(), &[report_line()])?;
         let report = parse_report(&console, REPORT_PREFIX)?;
         let run = Run::of(&report, &console);
         let stages: Vec<String> = run
@@ -225,8 +219,7 @@ fn verity_format_bench(work: &Path, build: &Path) -> Result<String, String> {
                 .arg(&ours_tree),
         )?);
     }
-    let same = std::fs::read(&ours_tree).ok() == std::fs::read(&theirs_tree).ok();
-    if !same {
+    if !same_contents(&ours_tree, &theirs_tree)? {
         return Err(format!(
             "{} and {} differ",
             ours_tree.display(),

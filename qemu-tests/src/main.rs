@@ -6,27 +6,22 @@
 //! xorbang-qemu-tests demo [--dev]           boot the demo image with the console attached
 //! ```
 //!
-//! Prints `PASS name (secs)` or `FAIL name: reason` per scenario and ends with the plain
-//! line `N passed, N failed`. Configuration comes from the environment: see `config.rs`.
+//! Prints `PASS name (secs)`, `FAIL name: reason` or `SKIP name: reason` (it cannot run on
+//! this host) per scenario and ends with the plain line `N passed, N failed, N skipped`. Configuration comes from the environment: see `harness/config.rs`.
 
 mod bench;
-mod boot_chain;
-mod config;
-mod extension_fixtures;
+mod context;
 mod fixtures;
-mod layer_scenarios;
-mod qemu;
+mod harness;
 mod scenarios;
-mod tamper;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use config::{Accel, Config};
-use fixtures::Binaries;
-use scenarios::{Context, Scenario, SCENARIOS};
+use context::Context;
+use harness::qemu;
+use scenarios::{Scenario, SCENARIOS};
 
 enum Action {
     List,
@@ -50,18 +45,20 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let (context, binaries) = match prepare() {
-        Ok(prepared) => prepared,
+    let context = match Context::prepare() {
+        Ok(context) => context,
         Err(error) => {
-            eprintln!("xorbang-qemu-tests: preparing fixtures failed: {error}");
-            println!("0 passed, 1 failed");
+            let mut tally = Tally::default();
+            let reason = format!("preparing fixtures failed: {error}");
+            println!("{}", tally.add("prepare", &Outcome::Failed(reason)));
+            println!("{tally}");
             return ExitCode::FAILURE;
         }
     };
     let result = match action {
         Action::List => Ok(()),
         Action::Run(chosen) => return run_scenarios(&context, chosen),
-        Action::Bench => bench::bench(&context, &binaries),
+        Action::Bench => bench::bench(&context),
         Action::Demo { dev } => demo(&context, dev),
     };
     match result {
@@ -91,68 +88,6 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
     }
 }
 
-fn prepare() -> Result<(Context, Binaries), String> {
-    let cache = config::cache_dir()?;
-    let binaries = fixtures::build_binaries().map_err(|error| error.to_string())?;
-    let kernel = fixtures::debian_kernel(&cache).map_err(|error| error.to_string())?;
-    let accel = match config::requested_accel()? {
-        Some(accel) => accel,
-        None if qemu::kvm_works(&Config::qemu_from_env(), &kernel.vmlinuz) => Accel::Kvm,
-        None => Accel::Tcg,
-    };
-    let config = Config::from_env(accel)?;
-    eprintln!(
-        "qemu-tests: accelerator {}, cache {}",
-        accel.as_str(),
-        cache.display()
-    );
-    let rootfs = fixtures::debian_rootfs(&cache).map_err(|error| error.to_string())?;
-    let system = fixtures::system_image(&cache, &rootfs, &binaries.build)
-        .map_err(|error| error.to_string())?;
-    let busybox =
-        fixtures::busybox_image(&cache, &binaries.build).map_err(|error| error.to_string())?;
-    let work = work_dir()?;
-    let initrd = fixtures::initrd(&work, "initrd.img", &binaries, Some(&kernel), &[])
-        .map_err(|error| error.to_string())?;
-    // How a PXE server ships a machine its root: the image and tree inside the initramfs.
-    let image_files = [
-        (busybox.image.as_path(), "/root.squashfs"),
-        (busybox.tree.as_path(), "/root.verity"),
-    ];
-    let chain = boot_chain::boot_chain(&work, &binaries, &kernel, &initrd, &system)
-        .map_err(|error| error.to_string())?;
-    let pxe_initrd = fixtures::initrd(
-        &work,
-        "initrd-with-root.img",
-        &binaries,
-        Some(&kernel),
-        &image_files,
-    )
-    .map_err(|error| error.to_string())?;
-    Ok((
-        Context {
-            config,
-            kernel,
-            initrd,
-            system,
-            busybox,
-            pxe_initrd,
-            chain,
-            binaries: binaries.clone(),
-            cache,
-            work,
-        },
-        binaries,
-    ))
-}
-
-/// Logs and the initramfs of this run, under the workspace's target directory.
-fn work_dir() -> Result<PathBuf, String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qemu-tests");
-    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    Ok(dir)
-}
-
 /// Runs the scenarios on `jobs` worker threads (each runs one VM at a time) and prints one
 /// line per scenario as it finishes.
 fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode {
@@ -169,10 +104,8 @@ fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode 
                     Err(_) => None,
                 };
                 let Some(scenario) = next else { break };
-                let started = Instant::now();
-                let outcome = (scenario.run)(&context);
                 if sender
-                    .send((scenario.name, outcome, started.elapsed()))
+                    .send((scenario.name, run_one(&context, scenario)))
                     .is_err()
                 {
                     break;
@@ -181,30 +114,82 @@ fn run_scenarios(context: &Context, chosen: Vec<&'static Scenario>) -> ExitCode 
         })
         .collect();
     drop(sender);
-    let (mut passed, mut failed) = (0, 0);
-    for (name, outcome, elapsed) in results {
-        match outcome {
-            Ok(()) => {
-                passed += 1;
-                println!("PASS {name} ({:.1}s)", elapsed.as_secs_f64());
-            }
-            Err(reason) => {
-                failed += 1;
-                println!("FAIL {name}: {reason}");
-            }
-        }
+    let mut tally = Tally::default();
+    for (name, outcome) in results {
+        println!("{}", tally.add(name, &outcome));
     }
     for worker in workers {
         if worker.join().is_err() {
-            failed += 1;
-            println!("FAIL runner: a worker thread panicked");
+            println!(
+                "{}",
+                tally.add(
+                    "runner",
+                    &Outcome::Failed("a worker thread panicked".into())
+                )
+            );
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
+    println!("{tally}");
+    if tally.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+enum Outcome {
+    Passed(Duration),
+    Failed(String),
+    /// The scenario could not run on this host: counted on its own, never as a pass.
+    Skipped(String),
+}
+
+fn run_one(context: &Context, scenario: &Scenario) -> Outcome {
+    if let Some(path) = scenario.missing_requirement() {
+        return Outcome::Skipped(format!("needs {path}, which this host lacks"));
+    }
+    let started = Instant::now();
+    match (scenario.run)(context) {
+        Ok(()) => Outcome::Passed(started.elapsed()),
+        Err(reason) => Outcome::Failed(reason),
+    }
+}
+
+/// The counts behind the last line: `N passed, N failed, N skipped`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    /// Counts `outcome` and returns its line.
+    fn add(&mut self, name: &str, outcome: &Outcome) -> String {
+        match outcome {
+            Outcome::Passed(elapsed) => {
+                self.passed += 1;
+                format!("PASS {name} ({:.1}s)", elapsed.as_secs_f64())
+            }
+            Outcome::Failed(reason) => {
+                self.failed += 1;
+                format!("FAIL {name}: {reason}")
+            }
+            Outcome::Skipped(reason) => {
+                self.skipped += 1;
+                format!("SKIP {name}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 }
 
@@ -224,7 +209,7 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         fw_cfg: Vec::new(),
         memory_mib: 512,
         timeout: std::time::Duration::ZERO,
-        stop_at_markers: false,
+        after_markers: qemu::AfterMarkers::PowerOff,
     };
     let mut command = vm.command(&context.config, true);
     eprintln!("demo: {}", qemu::shell_quoted(&command));
@@ -235,5 +220,46 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("QEMU exited with {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_counted_and_printed_apart_from_passes() {
+        let mut tally = Tally::default();
+        let lines = [
+            tally.add("a", &Outcome::Passed(Duration::from_millis(1500))),
+            tally.add(
+                "b",
+                &Outcome::Skipped("needs /x, which this host lacks".into()),
+            ),
+            tally.add("c", &Outcome::Failed("timed out".into())),
+        ];
+        assert_eq!(
+            lines,
+            [
+                "PASS a (1.5s)",
+                "SKIP b: needs /x, which this host lacks",
+                "FAIL c: timed out"
+            ]
+        );
+        assert_eq!(tally.to_string(), "1 passed, 1 failed, 1 skipped");
+    }
+
+    #[test]
+    fn the_missing_host_file_is_named() {
+        let scenario = Scenario {
+            name: "needs-nothing-here",
+            about: "",
+            requires: &["/nonexistent/xorbang-requirement"],
+            run: |_| panic!("a skipped scenario must not run"),
+        };
+        assert_eq!(
+            scenario.missing_requirement(),
+            Some("/nonexistent/xorbang-requirement")
+        );
     }
 }

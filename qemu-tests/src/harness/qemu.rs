@@ -8,10 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::harness::config::Config;
 
 /// Lines that end a run as failed the moment they appear.
 const FATAL_LINES: &[&str] = &["Kernel panic", "Attempted to kill init"];
+/// The guest agent's verdict on a failed check; its reason becomes the run's.
+const AGENT_FAIL: &str = "XORBANG-TEST: FAIL ";
 
 /// How long a guest may take to power off after its last marker.
 const POWEROFF_GRACE: Duration = Duration::from_secs(120);
@@ -26,9 +28,20 @@ pub struct Vm {
     pub memory_mib: u32,
     /// Give up after this long without the expected lines.
     pub timeout: Duration,
-    /// Pass as soon as the expected lines are in, without waiting for the guest to power
-    /// off: for machines that are refused by their firmware and then wait forever.
-    pub stop_at_markers: bool,
+    /// What the run waits for once every expected line is in.
+    pub after_markers: AfterMarkers,
+}
+
+/// How a run ends once every expected line has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterMarkers {
+    /// The guest must power off (or reset) within the grace period.
+    PowerOff,
+    /// Stop at once: for boots whose rest does not matter to the scenario.
+    Stop,
+    /// Keep draining the console for this long (or until QEMU exits), so the caller can
+    /// check what came after: for machines the firmware refused, which then wait forever.
+    Watch(Duration),
 }
 
 /// How the machine starts.
@@ -66,7 +79,7 @@ pub enum LineMatch {
 }
 
 impl LineMatch {
-    fn matches(&self, line: &str) -> bool {
+    pub fn matches(&self, line: &str) -> bool {
         match self {
             Self::Exact(text) => line == text,
             Self::Prefix(text) => line.starts_with(text.as_str()),
@@ -100,7 +113,29 @@ impl Console {
     pub fn find(&self, prefix: &str) -> Option<&str> {
         self.lines.iter().find_map(|line| line.strip_prefix(prefix))
     }
+
+    /// [`Self::find`] for a line the init may have split into several kmsg records: the
+    /// pieces that follow (`xorbang: +…`) are joined on; other kernel lines in between are
+    /// passed over, and the next `xorbang:` line ends it.
+    pub fn find_joined(&self, prefix: &str) -> Option<String> {
+        let start = self
+            .lines
+            .iter()
+            .position(|line| line.starts_with(prefix))?;
+        let mut joined = self.lines[start][prefix.len()..].to_owned();
+        for line in &self.lines[start + 1..] {
+            match line.strip_prefix(INIT_CONTINUATION) {
+                Some(piece) => joined.push_str(piece),
+                None if line.starts_with("xorbang: ") => break,
+                None => {}
+            }
+        }
+        Some(joined)
+    }
 }
+
+/// How the init's kmsg logger starts a record that continues the line before.
+const INIT_CONTINUATION: &str = "xorbang: +";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -188,12 +223,10 @@ impl Vm {
         let mut outcome: Result<(), String> = Ok(());
         let mut exited = false;
         let mut last_marker = Duration::ZERO;
+        // Set when the last expected line arrives: how long the rest may take.
+        let mut after_deadline = None;
         loop {
-            let wait_until = if pending.peek().is_none() {
-                deadline.min(Instant::now() + POWEROFF_GRACE)
-            } else {
-                deadline
-            };
+            let wait_until = after_deadline.unwrap_or(deadline);
             let timeout = wait_until.saturating_duration_since(Instant::now());
             match lines.recv_timeout(timeout) {
                 Ok(line) => {
@@ -207,12 +240,24 @@ impl Vm {
                         seen.push(line);
                         break;
                     }
+                    if let Some(reason) = line.strip_prefix(AGENT_FAIL) {
+                        outcome = Err(format!("the agent failed: {reason}"));
+                        seen.push(line);
+                        break;
+                    }
                     if pending.peek().is_some_and(|want| want.matches(&line)) {
                         pending.next();
                         last_marker = started.elapsed();
-                        if self.stop_at_markers && pending.peek().is_none() {
-                            seen.push(line);
-                            break;
+                        if pending.peek().is_none() {
+                            let rest = match self.after_markers {
+                                AfterMarkers::PowerOff => POWEROFF_GRACE,
+                                AfterMarkers::Stop => {
+                                    seen.push(line);
+                                    break;
+                                }
+                                AfterMarkers::Watch(time) => time.mul_f64(config.timeout_scale),
+                            };
+                            after_deadline = Some(Instant::now() + rest);
                         }
                     }
                     seen.push(line);
@@ -222,13 +267,16 @@ impl Vm {
                     break;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    outcome = Err(match pending.peek() {
-                        Some(want) => format!(
+                    outcome = match (pending.peek(), self.after_markers) {
+                        (Some(want), _) => Err(format!(
                             "timed out after {:.0} s waiting for {want}",
                             started.elapsed().as_secs_f64()
-                        ),
-                        None => "the guest did not power off after its last marker".to_owned(),
-                    });
+                        )),
+                        (None, AfterMarkers::PowerOff) => {
+                            Err("the guest did not power off after its last marker".to_owned())
+                        }
+                        (None, AfterMarkers::Stop | AfterMarkers::Watch(_)) => Ok(()),
+                    };
                     break;
                 }
             }
@@ -395,6 +443,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn split_lines_are_joined_across_kernel_noise() {
+        let console = Console {
+            lines: [
+                "xorbang: boot-report {\"a\":",
+                "random: crng init done",
+                "xorbang: +1}",
+                "xorbang: starting /sbin/init",
+                "xorbang: +not ours",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            last_marker: Duration::ZERO,
+        };
+        assert_eq!(
+            console.find_joined("xorbang: boot-report ").as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(console.find_joined("nothing"), None);
+    }
+
+    #[test]
     fn markers_match_whole_lines_or_prefixes() {
         let exact = LineMatch::Exact("XORBANG-TEST: PASS boot-prod".into());
         assert!(exact.matches("XORBANG-TEST: PASS boot-prod"));
@@ -420,7 +489,7 @@ mod tests {
 
     /// A stand-in for QEMU that prints a console and exits: the runner's line handling,
     /// ordering and failure reasons, without booting anything.
-    fn fake_vm(script: &str) -> (Vm, Config, tempfile::TempDir) {
+    pub(super) fn fake_vm(script: &str) -> (Vm, Config, tempfile::TempDir) {
         let vm = Vm {
             boot: Boot::Direct {
                 kernel: PathBuf::from("/dev/null"),
@@ -431,7 +500,7 @@ mod tests {
             fw_cfg: Vec::new(),
             memory_mib: 64,
             timeout: Duration::from_secs(5),
-            stop_at_markers: false,
+            after_markers: AfterMarkers::PowerOff,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("qemu");
@@ -440,7 +509,7 @@ mod tests {
             .expect("chmod");
         let config = Config {
             qemu: path.display().to_string(),
-            accel: crate::config::Accel::Tcg,
+            accel: crate::harness::config::Accel::Tcg,
             timeout_scale: 1.0,
             jobs: 1,
             bench_runs: 1,
@@ -480,5 +549,59 @@ mod tests {
             .to_string();
         assert!(error.contains("Kernel panic"), "{error}");
         assert!(error.contains("qemu: "), "the command is printed: {error}");
+    }
+}
+
+#[cfg(test)]
+mod agent_and_watch_tests {
+    use super::tests::fake_vm;
+    use super::*;
+
+    #[test]
+    fn an_agent_failure_ends_the_run_with_its_reason() {
+        let (vm, config, dir) =
+            fake_vm("echo 'XORBANG-TEST: FAIL boot-prod: / is ext4, expected squashfs'; sleep 30");
+        let started = Instant::now();
+        let error = vm
+            .run(
+                &config,
+                &[LineMatch::Exact("XORBANG-TEST: PASS boot-prod".into())],
+                &dir.path().join("log"),
+            )
+            .expect_err("the agent failed")
+            .to_string();
+        assert!(
+            error.starts_with("the agent failed: boot-prod: / is ext4, expected squashfs\n"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no wait for the timeout"
+        );
+    }
+
+    #[test]
+    fn watching_keeps_the_lines_after_the_last_marker() {
+        let (mut vm, config, dir) =
+            fake_vm("echo denied; sleep 1; echo 'Linux version 6.1'; sleep 30");
+        vm.after_markers = AfterMarkers::Watch(Duration::from_secs(3));
+        let console = vm
+            .run(
+                &config,
+                &[LineMatch::Exact("denied".into())],
+                &dir.path().join("log"),
+            )
+            .expect("watching ends without an error");
+        assert_eq!(console.lines, ["denied", "Linux version 6.1"]);
+        let (mut vm, config, dir) = fake_vm("echo denied; echo more; sleep 30");
+        vm.after_markers = AfterMarkers::Stop;
+        let console = vm
+            .run(
+                &config,
+                &[LineMatch::Exact("denied".into())],
+                &dir.path().join("log"),
+            )
+            .expect("stops at the marker");
+        assert_eq!(console.lines, ["denied"]);
     }
 }

@@ -1,0 +1,13 @@
+//! What the integration tests share: saying that a test did not run.
+//!
+//! Cargo has no "skipped" result for a test that finds at run time that it cannot run here, so
+//! such a test reports itself on the terminal and returns. The line goes to stderr directly:
+//! `eprintln!` would be captured, and the skip would look like a pass.
+
+use std::io::Write;
+
+/// Reports that `test` did not run, and why.
+pub fn skip(test: &str, reason: &str) {
+    // If the terminal is gone there is no one to tell.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}

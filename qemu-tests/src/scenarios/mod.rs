@@ -1,0 +1,234 @@
+//! The VM scenarios, grouped by area, and the one table of their names the runner and
+//! `--list` read. Each boots one or more VMs and passes only on exact console lines: the guest
+//! agent's `XORBANG-TEST: PASS <name>`, or the init's own error and failure-policy lines for
+//! the scenarios where the boot must be refused.
+
+mod boot;
+mod extensions;
+mod host_config;
+mod secureboot;
+mod verity;
+
+use crate::context::Context;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Host files the scenario cannot run without; when one is missing it is skipped, and
+    /// the runner counts it as skipped, never as passed.
+    pub requires: &'static [&'static str],
+    pub run: fn(&Context) -> Result<(), String>,
+}
+
+impl Scenario {
+    /// The first required host file that is missing here.
+    pub fn missing_requirement(&self) -> Option<&'static str> {
+        self.requires
+            .iter()
+            .copied()
+            .find(|path| !std::path::Path::new(path).exists())
+    }
+}
+
+/// The source tree `kernel-config/build-kernel` builds the custom kernel from.
+const LINUX_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "boot-busybox",
+        about: "the init switches into a tiny busybox root (fast smoke test)",
+        requires: &[],
+        run: boot::boot_busybox,
+    },
+    Scenario {
+        name: "boot-prod",
+        about: "production boot reaches real systemd; /usr is read-only (EROFS)",
+        requires: &[],
+        run: boot::boot_prod,
+    },
+    Scenario {
+        name: "boot-dev",
+        about: "xorbang.dev=1: /etc and /usr/local are writable over the read-only image",
+        requires: &[],
+        run: boot::boot_dev,
+    },
+    Scenario {
+        name: "dev-discard",
+        about: "a file written in dev mode is gone after the next boot",
+        requires: &[],
+        run: boot::dev_discard,
+    },
+    Scenario {
+        name: "missing-root",
+        about: "a root= device that never appears: one clear line within the budget, then reboot",
+        requires: &[],
+        run: boot::missing_root,
+    },
+    Scenario {
+        name: "bad-init",
+        about: "init= names a missing file: refused before switch_root",
+        requires: &[],
+        run: boot::bad_init,
+    },
+    Scenario {
+        name: "boot-report",
+        about: "/run/xorbang/boot.json is in the booted system and its stages add up",
+        requires: &[],
+        run: boot::boot_report,
+    },
+    Scenario {
+        name: "custom-kernel-boot",
+        about: "the kernel built from kernel-config/ boots the image with an initramfs without modules",
+        requires: &[LINUX_SOURCE],
+        run: boot::custom_kernel_boot,
+    },
+    Scenario {
+        name: "reproducible-build",
+        about: "the initramfs and the UKI built twice from the same inputs are byte-identical",
+        requires: &[],
+        run: boot::reproducible_build,
+    },
+    Scenario {
+        name: "verity-boot",
+        about: "roothash= + explicit devices: systemd on /dev/mapper/root, reported verified",
+        requires: &[],
+        run: verity::verity_boot,
+    },
+    Scenario {
+        name: "verity-dps",
+        about: "only roothash=: both partitions found by the UUIDs derived from it",
+        requires: &[],
+        run: verity::verity_dps,
+    },
+    Scenario {
+        name: "verity-wrong-hash",
+        about: "a wrong root hash is refused before anything is mounted",
+        requires: &[],
+        run: verity::verity_wrong_hash,
+    },
+    Scenario {
+        name: "verity-tamper-data",
+        about:
+            "a flipped byte in a file's data: the corruption policy restarts the machine on read",
+        requires: &[],
+        run: verity::verity_tamper_data,
+    },
+    Scenario {
+        name: "verity-tamper-hash",
+        about: "a flipped byte in the hash tree: detected on read likewise",
+        requires: &[],
+        run: verity::verity_tamper_hash,
+    },
+    Scenario {
+        name: "verity-truncated",
+        about: "a hash device shorter than its superblock claims: refused, naming the sizes",
+        requires: &[],
+        run: verity::verity_truncated,
+    },
+    Scenario {
+        name: "verity-initramfs-file",
+        about: "PXE: the root image and tree are files in the initramfs, attached to loop devices",
+        requires: &[],
+        run: verity::verity_initramfs_file,
+    },
+    Scenario {
+        name: "verity-unverified-refused",
+        about: "production refuses root= without roothash=, unless xorbang.verity=optional",
+        requires: &[],
+        run: verity::verity_unverified_refused,
+    },
+    Scenario {
+        name: "uki-boot",
+        about: "OVMF without Secure Boot boots the disk's ESP UKI into systemd on the verified root",
+        requires: &[],
+        run: secureboot::uki_boot,
+    },
+    Scenario {
+        name: "secureboot-signed",
+        about: "OVMF with Secure Boot enforced boots the snakeoil-signed UKI; the guest reads SecureBoot=1",
+        requires: &[],
+        run: secureboot::secureboot_signed,
+    },
+    Scenario {
+        name: "secureboot-unsigned",
+        about: "an unsigned UKI and a signed one with a byte changed are refused by the firmware",
+        requires: &[],
+        run: secureboot::secureboot_unsigned,
+    },
+    Scenario {
+        name: "secureboot-cmdline-locked",
+        about: "under Secure Boot a command line from the loader cannot replace the signed one",
+        requires: &[],
+        run: secureboot::secureboot_cmdline_locked,
+    },
+    Scenario {
+        name: "sysext-merge",
+        about: "two selected pinned sysexts show under /usr and /opt; an unselected one does not",
+        requires: &[],
+        run: extensions::sysext_merge,
+    },
+    Scenario {
+        name: "sysext-mismatch",
+        about: "extensions whose ID= or VERSION_ID= differ from the base are refused, naming the field",
+        requires: &[],
+        run: extensions::sysext_mismatch,
+    },
+    Scenario {
+        name: "sysext-esp",
+        about: "OVMF + UKI: a sysext in the UKI's .extra.d on the ESP reaches the init through systemd-stub and is merged",
+        requires: &[],
+        run: extensions::sysext_esp,
+    },
+    Scenario {
+        name: "sysext-state",
+        about: "a pinned sysext on the disk's /var partition (ext4, lib/extensions/) is found and merged",
+        requires: &[],
+        run: extensions::sysext_state,
+    },
+    Scenario {
+        name: "sysext-tamper",
+        about: "a sysext with one flipped byte is refused before merging; production reboots",
+        requires: &[],
+        run: extensions::sysext_tamper,
+    },
+    Scenario {
+        name: "sysext-unpinned",
+        about: "an extension no root hash pins: refused in production, merged with a warning in dev, merged when the command line pins it",
+        requires: &[],
+        run: extensions::sysext_unpinned,
+    },
+    Scenario {
+        name: "confext-merge",
+        about: "an /etc file from a selected confext is in the booted system",
+        requires: &[],
+        run: extensions::confext_merge,
+    },
+    Scenario {
+        name: "hostconfig-fwcfg",
+        about: "host config via QEMU fw_cfg: kernel hostname and networkd file in effect",
+        requires: &[],
+        run: host_config::hostconfig_fwcfg,
+    },
+    Scenario {
+        name: "hostconfig-initrd",
+        about: "host config from a cpio appended to the initramfs (the PXE way) is in effect",
+        requires: &[],
+        run: host_config::hostconfig_initrd,
+    },
+    Scenario {
+        name: "hostconfig-partition",
+        about: "host config from a partition labelled xorbang-config, and from the ESP of the root's disk",
+        requires: &[],
+        run: host_config::hostconfig_partition,
+    },
+    Scenario {
+        name: "hostconfig-invalid",
+        about: "malformed TOML, an unknown key, a bad hostname: one line with line:column, nothing applied",
+        requires: &[],
+        run: host_config::hostconfig_invalid,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|scenario| scenario.name == name)
+}
