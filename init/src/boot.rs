@@ -8,7 +8,7 @@ use crate::discovery::block_devices::{self, BlockError};
 use crate::discovery::loop_devices::{self, LoopError};
 use crate::handoff::mounts::{self, MountError, RootSource};
 use crate::handoff::switch_root::{self, SwitchRootError};
-use crate::kernel::module_loader::{KmodError, ModuleLoader};
+use crate::kernel::module_loader::{KernelView, KmodError, ModuleLoader};
 use crate::layers::{self, LayersError};
 use crate::options::{self, BootOptions, FailurePolicy, OptionError, RootChoice};
 use crate::paths::Paths;
@@ -101,7 +101,11 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     let options = read_options(settings, policy)?;
     clock.finish_stage("setup");
 
-    let mut modules = ModuleLoader::open(&paths.modules(&kernel_release()))?;
+    let kernel = KernelView {
+        sys_module: paths.sys().join("module"),
+        filesystems: paths.proc().join("filesystems"),
+    };
+    let mut modules = ModuleLoader::open(&paths.modules(&kernel_release()), kernel)?;
     modules.load_drivers()?;
     // systemd reads EFI variables through efivarfs, and root images need not carry the UKI
     // kernel's modules: provide it, but only on machines booted through UEFI.

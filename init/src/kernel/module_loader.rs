@@ -32,11 +32,40 @@ pub enum KmodError {
     },
     #[error("{path}: {source}")]
     Index { path: PathBuf, source: ModuleError },
+    #[error(
+        "this boot needs the kernel module {name}, which is neither in the initramfs nor \
+         built into the running kernel; add it with xorbang-build initrd --modules …,{name}"
+    )]
+    Missing { name: String },
+}
+
+/// Where the running kernel shows what it has built in or loaded.
+#[derive(Debug, Clone)]
+pub struct KernelView {
+    /// /sys/module: one directory per loaded module, and per built-in one with parameters.
+    pub sys_module: PathBuf,
+    /// /proc/filesystems: every file system type the kernel can mount right now.
+    pub filesystems: PathBuf,
+}
+
+impl KernelView {
+    /// Whether the kernel has `name` without loading anything: loaded or built in (shown in
+    /// /sys/module), or a file system type it already knows (a built-in file system without
+    /// parameters has no /sys/module entry).
+    pub fn offers(&self, name: &str) -> bool {
+        let as_module = name.replace('-', "_");
+        self.sys_module.join(&as_module).is_dir()
+            || std::fs::read_to_string(&self.filesystems).is_ok_and(|list| {
+                list.lines()
+                    .any(|line| line.split_whitespace().last() == Some(name))
+            })
+    }
 }
 
 /// The initramfs's module index and what has been loaded from it.
 #[derive(Debug)]
 pub struct ModuleLoader {
+    kernel: KernelView,
     dir: PathBuf,
     index_path: PathBuf,
     index: ModulesDep,
@@ -47,7 +76,7 @@ impl ModuleLoader {
     /// Reads `modules_dir/modules.dep`, which the build tool trimmed to exactly the modules
     /// the initramfs carries. Without one (a kernel with everything built in) there is
     /// nothing to load.
-    pub fn open(modules_dir: &Path) -> Result<Self, KmodError> {
+    pub fn open(modules_dir: &Path, kernel: KernelView) -> Result<Self, KmodError> {
         let index_path = modules_dir.join("modules.dep");
         let index = match std::fs::read_to_string(&index_path) {
             Ok(text) => ModulesDep::parse(&text).map_err(|source| KmodError::Index {
@@ -66,6 +95,7 @@ impl ModuleLoader {
             }
         };
         Ok(Self {
+            kernel,
             dir: modules_dir.to_owned(),
             index_path,
             index,
@@ -100,15 +130,25 @@ impl ModuleLoader {
         self.load(drivers)
     }
 
-    /// Loads `name` and what it needs, if the initramfs carries it; a module that is built
-    /// in or absent is left to the kernel (the mount that needs it will say if it is
-    /// missing).
+    /// Loads `name` and what it needs, if the initramfs carries it; otherwise the running
+    /// kernel must have it already, or the boot stops here with a line naming the module
+    /// (rather than an errno from the ioctl or mount that needed it).
     pub fn ensure(&mut self, name: &str) -> Result<(), KmodError> {
-        let name = ModuleName::new(name);
-        if self.index.get(&name).is_none() {
+        let module = ModuleName::new(name);
+        if self.index.get(&module).is_some() {
+            return self.load(vec![module]);
+        }
+        if self.kernel.offers(name) {
             return Ok(());
         }
-        self.load(vec![name])
+        Err(KmodError::Missing {
+            name: name.to_owned(),
+        })
+    }
+
+    /// Whether the kernel can mount `fstype` now, or the initramfs carries its module.
+    pub fn can_provide(&self, name: &str) -> bool {
+        self.kernel.offers(name) || self.carries(name)
     }
 
     fn order(&self, wanted: Vec<ModuleName>) -> Result<Vec<&DepEntry>, KmodError> {
@@ -158,12 +198,31 @@ fn load_one(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A kernel that has `overlay` loaded, knows `squashfs` as a file system, nothing else.
+    fn kernel(dir: &Path) -> KernelView {
+        let view = KernelView {
+            sys_module: dir.join("sys/module"),
+            filesystems: dir.join("proc/filesystems"),
+        };
+        std::fs::create_dir_all(view.sys_module.join("overlay")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("proc")).expect("mkdir");
+        std::fs::write(&view.filesystems, "nodev\tsysfs\n\tsquashfs\n").expect("write");
+        view
+    }
+
     #[test]
     fn no_modules_dep_means_nothing_to_load() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut loader = ModuleLoader::open(dir.path()).expect("fine");
+        let mut loader = ModuleLoader::open(dir.path(), kernel(dir.path())).expect("fine");
         loader.load_drivers().expect("nothing to do");
-        loader.ensure("overlay").expect("absent is fine");
+        loader.ensure("overlay").expect("loaded in the kernel");
+        loader.ensure("squashfs").expect("built in");
+        let missing = loader.ensure("dm_verity").expect_err("nowhere").to_string();
+        assert_eq!(
+            missing,
+            "this boot needs the kernel module dm_verity, which is neither in the initramfs nor \
+             built into the running kernel; add it with xorbang-build initrd --modules …,dm_verity"
+        );
         assert_eq!(loader.loaded_count(), 0);
     }
 
@@ -171,7 +230,7 @@ mod tests {
     fn a_broken_index_names_its_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("modules.dep"), "garbage\n").expect("write");
-        let error = ModuleLoader::open(dir.path())
+        let error = ModuleLoader::open(dir.path(), kernel(dir.path()))
             .expect_err("malformed")
             .to_string();
         assert!(
@@ -188,7 +247,7 @@ mod tests {
         let index =
             "d/blk.ko: d/ring.ko\nd/ring.ko:\nfs/overlay.ko: d/ring.ko fs/only.ko\nfs/only.ko:\n";
         std::fs::write(dir.path().join("modules.dep"), index).expect("write");
-        let mut loader = ModuleLoader::open(dir.path()).expect("opens");
+        let mut loader = ModuleLoader::open(dir.path(), kernel(dir.path())).expect("opens");
         loader.load_drivers().expect("loads");
         let loaded = |loader: &ModuleLoader| -> Vec<String> {
             loader.loaded.iter().map(ToString::to_string).collect()
@@ -198,7 +257,7 @@ mod tests {
         assert_eq!(loaded(&loader), ["blk", "only", "overlay", "ring"]);
         loader
             .ensure("squashfs")
-            .expect("not carried: left to the kernel");
+            .expect("not carried, but built in");
         assert_eq!(loader.loaded_count(), 4);
     }
 }

@@ -323,20 +323,15 @@ impl Disks<'_> {
     }
 
     /// Whether the kernel knows `fstype` already, or the initramfs carries its modules (then
-    /// loaded, with the code pages FAT mounts ask for).
+    /// loaded, with what FAT mounts ask for).
     fn can_mount(&mut self, fstype: &str) -> bool {
-        let known =
-            std::fs::read_to_string(self.paths.proc().join("filesystems")).is_ok_and(|list| {
-                list.lines()
-                    .any(|line| line.split_whitespace().last() == Some(fstype))
-            });
-        if known {
-            return true;
-        }
-        if !self.modules.carries(fstype) {
+        if !self.modules.can_provide(fstype) {
             return false;
         }
         for module in filesystem_modules(fstype) {
+            if !self.modules.can_provide(module) {
+                continue;
+            }
             if let Err(error) = self.modules.ensure(module) {
                 log::warn!("{error}");
                 return false;
@@ -407,7 +402,14 @@ mod tests {
 
     /// Every candidate `search` offers, in order, on a fake root without disks or modules.
     fn offered(paths: &Paths, source: &ConfigSource) -> Vec<Candidate> {
-        let mut modules = ModuleLoader::open(&paths.root().join("no-modules")).expect("empty");
+        let mut modules = ModuleLoader::open(
+            &paths.root().join("no-modules"),
+            crate::kernel::module_loader::KernelView {
+                sys_module: paths.sys().join("module"),
+                filesystems: paths.proc().join("filesystems"),
+            },
+        )
+        .expect("empty");
         let mut seen = Vec::new();
         let none: Option<()> = search(
             paths,
@@ -465,7 +467,14 @@ mod tests {
     fn an_explicit_source_must_exist_and_bad_files_are_named() {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path().to_owned());
-        let mut modules = ModuleLoader::open(&paths.root().join("no-modules")).expect("empty");
+        let mut modules = ModuleLoader::open(
+            &paths.root().join("no-modules"),
+            crate::kernel::module_loader::KernelView {
+                sys_module: paths.sys().join("module"),
+                filesystems: paths.proc().join("filesystems"),
+            },
+        )
+        .expect("empty");
         let mut disks = Disks {
             paths: &paths,
             modules: &mut modules,
