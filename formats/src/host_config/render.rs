@@ -22,7 +22,8 @@ impl HostConfig {
                     .unwrap_or(&file.path)
                     .to_owned(),
                 kind: EntryKind::File {
-                    mode: file.mode,
+                    // Permission bits only: no config makes a setuid, setgid or sticky file.
+                    mode: file.mode & 0o777,
                     content: file.content.clone(),
                 },
             }

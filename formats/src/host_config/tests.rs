@@ -1313,3 +1313,16 @@ fn local_configs_may_set_only_hostname_timezone_and_network() {
     let error = check_local_keys(dotted).expect_err("dotted");
     assert_eq!((error.line, error.column), (2, 1), "{error}");
 }
+
+#[test]
+fn file_modes_keep_only_permission_bits() {
+    let text = "version = 1\n[[files]]\npath = \"/etc/x\"\nmode = \"6755\"\ncontent = \"\"\n";
+    let layer = parse(text).expect("valid").etc_layer();
+    assert_eq!(
+        layer[0].kind,
+        EntryKind::File {
+            mode: 0o755,
+            content: String::new()
+        }
+    );
+}

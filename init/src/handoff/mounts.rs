@@ -56,6 +56,14 @@ impl Mount {
         }
     }
 
+    /// A tmpfs at `target` with the given options (`mode=0755`).
+    pub fn new_tmpfs(target: PathBuf, options: &str) -> Self {
+        Self {
+            data: Some(options.to_owned()),
+            ..Self::new("tmpfs", target, "tmpfs")
+        }
+    }
+
     /// A file system mounted read-only.
     pub fn read_only(source: &str, target: PathBuf, fstype: &str) -> Self {
         Self {

@@ -16,12 +16,13 @@ pub mod state_partition;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use crate::handoff::mounts::{self, LayerTree, MountError};
+use crate::handoff::mounts::{self, LayerTree, Mount, MountError, MountOp};
 use crate::kernel::module_loader::{KmodError, ModuleLoader};
 use crate::options::{BootOptions, ExtensionRequest};
 use crate::paths::Paths;
 use extensions::{Activated, Activator, BaseError, Cause, ExtensionError};
 use host_config_trust::Accepted;
+use rustix::mount::MountFlags;
 use state_partition::StatePartition;
 use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
 use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
@@ -434,20 +435,15 @@ fn apply_host_config(paths: &Paths, accepted: &Accepted) -> (HostConfigReport, O
     let root = paths.xorbang_run().join("host-config");
     let entries = config.etc_layer();
     let files: Vec<String> = entries.iter().map(|entry| entry.path.clone()).collect();
-    let etc = root.join("etc");
-    let result = check_links(&paths.sysroot(), &entries)
-        .and_then(|()| {
-            host_config_layer::write_layer(&entries, &etc).map_err(|error| error.to_string())
-        })
-        .and_then(|()| {
-            match_directories(&etc, &paths.sysroot().join("etc"), &entries)
-                .map_err(|error| error.to_string())
-        });
+    let sysroot = paths.sysroot();
+    let result = check_links(&sysroot, &entries)
+        .and_then(|()| check_fits_the_image(&sysroot, &entries))
+        .and_then(|()| write_sealed_layer(&root, &entries, &sysroot));
     match result {
         Ok(()) => {
             log::info!(
                 "host config from {origin} applied as /etc layer: {}",
-                files.join(", ")
+                summary(&files)
             );
             let report = HostConfigReport {
                 origin: origin.to_owned(),
@@ -465,9 +461,6 @@ fn apply_host_config(paths: &Paths, accepted: &Accepted) -> (HostConfigReport, O
         }
         Err(error) => {
             log::error!("host config {origin}: {error}; booting without it");
-            if let Err(cleanup) = remove_partial_layer(&root) {
-                log::warn!("cannot remove {}: {cleanup}", root.display());
-            }
             let report = refused_report(
                 origin,
                 Some(accepted.trust),
@@ -477,6 +470,83 @@ fn apply_host_config(paths: &Paths, accepted: &Accepted) -> (HostConfigReport, O
             (report, None)
         }
     }
+}
+
+/// At most this many file names in the log line; the report has them all.
+const SUMMARY_FILES: usize = 8;
+
+fn summary(files: &[String]) -> String {
+    match files.len() {
+        count if count > SUMMARY_FILES => format!(
+            "{} and {} more",
+            files[..SUMMARY_FILES].join(", "),
+            count - SUMMARY_FILES
+        ),
+        _ => files.join(", "),
+    }
+}
+
+/// Writes the layer into a tmpfs of its own and remounts that read-only, so nothing after
+/// the boot (the writable /run included) can change what the config put into /etc. On
+/// failure nothing of it stays mounted.
+fn write_sealed_layer(
+    root: &Path,
+    entries: &[host_config::EtcEntry],
+    sysroot: &Path,
+) -> Result<(), String> {
+    let mut tmpfs = Mount::new_tmpfs(root.to_owned(), "mode=0755");
+    tmpfs.restricted = true;
+    mounts::execute(&[MountOp::Mkdir(root.to_owned()), MountOp::Mount(tmpfs)])
+        .map_err(|error| error.to_string())?;
+    let etc = root.join("etc");
+    let written = host_config_layer::write_layer(entries, &etc)
+        .map_err(|error| error.to_string())
+        .and_then(|()| {
+            match_directories(&etc, &sysroot.join("etc"), entries)
+                .map_err(|error| format!("cannot copy the image's directory modes: {error}"))
+        })
+        .and_then(|()| {
+            let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+            rustix::mount::mount_remount(root, flags, "")
+                .map_err(|errno| format!("cannot seal {} read-only: {errno}", root.display()))
+        });
+    if written.is_err() {
+        if let Err(errno) = rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH) {
+            log::warn!("cannot unmount {}: {errno}", root.display());
+        }
+    }
+    written
+}
+
+/// A file of the config may not replace a directory of the image, nor sit below one of the
+/// image's symlinks (it would land wherever the link points, or hide what is below it).
+fn check_fits_the_image(sysroot: &Path, entries: &[host_config::EtcEntry]) -> Result<(), String> {
+    let etc = sysroot.join("etc");
+    for entry in entries {
+        let mut path = etc.clone();
+        let parts: Vec<&str> = entry.path.split('/').collect();
+        for (index, part) in parts.iter().enumerate() {
+            path.push(part);
+            let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+                break;
+            };
+            let last = index + 1 == parts.len();
+            if metadata.file_type().is_symlink() && !last {
+                return Err(format!(
+                    "/etc/{} would sit below /etc/{}, a symlink in the image",
+                    entry.path,
+                    parts[..=index].join("/")
+                ));
+            }
+            if metadata.is_dir() && last {
+                return Err(format!(
+                    "/etc/{} would replace a directory of the image",
+                    entry.path
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// OverlayFS shows a merged directory with the topmost layer's mode and owner: the layer's
@@ -542,13 +612,6 @@ fn resolve_relative(dir: &Path, target: &str) -> PathBuf {
         }
     }
     parts.iter().collect()
-}
-
-fn remove_partial_layer(root: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(root) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 #[cfg(test)]
