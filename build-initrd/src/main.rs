@@ -5,17 +5,21 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xorbang_build::compress::Compression;
-use xorbang_build::disk::{self, DiskError};
-use xorbang_build::esp;
-use xorbang_build::image::{self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS};
-use xorbang_build::initrd::{self, Addition, InitrdError, InitrdSpec};
-use xorbang_build::kernel_modules::DEFAULT_MODULES;
-use xorbang_build::repart::{self, BuildOutputs, RepartError};
-use xorbang_build::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
-use xorbang_build::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
-use xorbang_build::verified_image::{self, VerifiedImageError};
-use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
+use xorbang_build::boot::disk::{self, DiskError};
+use xorbang_build::boot::esp;
+use xorbang_build::boot::repart::{self, BuildOutputs, RepartError};
+use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
+use xorbang_build::image::squashfs::{
+    self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS,
+};
+use xorbang_build::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
+use xorbang_build::image::verified::{self, VerifiedImageError};
+use xorbang_build::image::verity::{
+    self, FormatParams, TreeParams, VerifyParams, VerityBuildError,
+};
+use xorbang_build::initrd::assemble::{self as initrd, Addition, InitrdError, InitrdSpec};
+use xorbang_build::initrd::compress::Compression;
+use xorbang_build::initrd::kernel_modules::DEFAULT_MODULES;
 use xorbang_formats::extension_pins::{ExtensionPins, MANIFEST_PATH};
 use xorbang_formats::gpt::Guid;
 use xorbang_formats::module_index::ModuleName;
@@ -499,7 +503,7 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         source: Box::new(source),
     })?;
     print_pins(&pins);
-    let size = image::build_with_files(
+    let size = squashfs::build_with_files(
         Path::new(MKSQUASHFS),
         &args.rootfs,
         &args.output,
@@ -516,13 +520,13 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         return Ok(());
     }
     let manifest =
-        verified_image::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
+        verified::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
             path: args.output.clone(),
             source,
         })?;
     println!(
         "{}: {} bytes of hash tree",
-        verified_image::companion(&args.output, "verity").display(),
+        verified::companion(&args.output, "verity").display(),
         manifest.verity_bytes
     );
     println!("Root hash: {}", manifest.root_hash);
@@ -605,7 +609,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         source,
     };
     let (_, root_hash, tree) =
-        verified_image::read_manifest(&args.image).map_err(|source| CliError::VerifiedImage {
+        verified::read_manifest(&args.image).map_err(|source| CliError::VerifiedImage {
             path: args.image.clone(),
             source,
         })?;
@@ -622,7 +626,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
                 })
         })
         .transpose()?;
-    let esp = verified_image::companion(&args.output, "esp.tmp");
+    let esp = verified::companion(&args.output, "esp.tmp");
     if let Some(uki) = &args.uki {
         esp::write_esp(uki, &args.uki_name, &args.uki_extra, &esp).map_err(|source| {
             CliError::Esp {

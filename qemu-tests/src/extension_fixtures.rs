@@ -12,7 +12,7 @@ use crate::fixtures::{run, FixtureError};
 /// This file's source: the cached system image is rebuilt when the recipe changes.
 pub const RECIPE: &str = include_str!("extension_fixtures.rs");
 /// The code behind `xorbang-build sysext`.
-pub const BUILD_RECIPE: &str = include_str!("../../build-initrd/src/sysext.rs");
+pub const BUILD_RECIPE: &str = include_str!("../../build-initrd/src/image/sysext.rs");
 
 /// The copy of `hello` with one flipped byte, for an initramfs to carry.
 pub const TAMPERED_HELLO: &str = "hello-tampered.raw";

@@ -15,7 +15,7 @@ const AGENT: &str = include_str!("../guest/xorbang-test-agent");
 const AGENT_UNIT: &str = include_str!("../guest/xorbang-test-agent.service");
 /// The code behind `xorbang-build image`: cached images are rebuilt when it changes (and
 /// not on every change of the init, which the build tool also links).
-const IMAGE_RECIPE: &str = include_str!("../../build-initrd/src/image.rs");
+const IMAGE_RECIPE: &str = include_str!("../../build-initrd/src/image/squashfs.rs");
 
 /// The root partition's label as `xorbang-build disk` writes it (systemd-repart's).
 pub const ROOT_PARTLABEL: &str = "root-x86-64";
@@ -496,7 +496,7 @@ pub fn initrd_with_modules(
     extra_modules: &[&str],
 ) -> Result<PathBuf, FixtureError> {
     let initrd = work.join(name);
-    let modules: Vec<&str> = xorbang_build::kernel_modules::DEFAULT_MODULES
+    let modules: Vec<&str> = xorbang_build::initrd::kernel_modules::DEFAULT_MODULES
         .iter()
         .chain(extra_modules)
         .copied()

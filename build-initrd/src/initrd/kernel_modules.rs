@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use xorbang_formats::module_index::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
 
-use crate::cpio::{Archive, CpioError};
+use crate::initrd::cpio::{Archive, CpioError};
 
 /// What a QEMU/OVMF guest needs to reach a verified SquashFS root on a virtio disk, plus
 /// fw_cfg for host config and efivarfs (loaded by the init on UEFI machines, since root
@@ -130,7 +130,7 @@ fn read_text(path: &Path) -> Result<String, KernelModulesError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cpio::Node;
+    use crate::initrd::cpio::Node;
 
     const DEP: &str = "\
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::Guid;
 use xorbang_formats::verity::{RootHash, Salt};
 
+use crate::image::verity::{self, FormatParams, TreeParams, VerityBuildError};
 use crate::output::{OutputError, PendingOutput};
-use crate::verity::{self, FormatParams, TreeParams, VerityBuildError};
 
 /// What `xorbang-build image` writes next to the image, and what `disk` reads back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +197,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verity::VerifyParams;
+    use crate::image::verity::VerifyParams;
 
     #[test]
     fn adds_a_tree_that_verifies_and_a_manifest_that_reads_back() {

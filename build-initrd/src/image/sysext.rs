@@ -26,12 +26,12 @@ use xorbang_formats::os_release::{
 };
 use xorbang_formats::verity::{RootHash, RootHashError, VeritySuperblock, SUPERBLOCK_SIZE};
 
-use crate::disk::{self, DiskError};
-use crate::image::{self, AddedFile, ImageError, SquashfsCompression, WorkDir};
+use crate::boot::disk::{self, DiskError};
+use crate::image::squashfs::{self, AddedFile, ImageError, SquashfsCompression, WorkDir};
+use crate::image::verified::{self, VerifiedImageError};
+use crate::image::verity::{self, VerifyParams, VerityBuildError};
 use crate::output::{self, OutputError};
 use crate::tool::{self, ToolError};
-use crate::verified_image::{self, VerifiedImageError};
-use crate::verity::{self, VerifyParams, VerityBuildError};
 
 /// The program that reads files back out of an image.
 pub const UNSQUASHFS: &str = "unsquashfs";
@@ -440,9 +440,9 @@ pub fn build_extension(
         }],
     };
     // The SquashFS, its tree and manifest are intermediate: only the DDI and sidecar stay.
-    let work = WorkDir::new_in(image::parent_dir(out), "sysext")?;
+    let work = WorkDir::new_in(squashfs::parent_dir(out), "sysext")?;
     let squashfs = work.path().join(format!("{}.squashfs", spec.name));
-    let squashfs_bytes = image::build_with_files(
+    let squashfs_bytes = squashfs::build_with_files(
         mksquashfs,
         &spec.tree,
         &squashfs,
@@ -450,8 +450,8 @@ pub fn build_extension(
         spec.mtime,
         &added,
     )?;
-    let manifest = verified_image::add_verity(&squashfs)?;
-    let (_, root_hash, tree) = verified_image::read_manifest(&squashfs)?;
+    let manifest = verified::add_verity(&squashfs)?;
+    let (_, root_hash, tree) = verified::read_manifest(&squashfs)?;
     let partitions = disk::verity_root_partitions(&root_hash, &squashfs, &tree);
     let image_bytes = disk::write_disk(out, &partitions)?;
     output::write_atomically(&sidecar, format!("{root_hash}\n").as_bytes())?;
@@ -1390,7 +1390,7 @@ mod tests {
     /// A DDI as `sysext` lays it out, around a stand-in SquashFS of three blocks (its magic
     /// and size only) with a tree over `covered` of them.
     fn fake_ddi(dir: &Path, magic: &[u8; 4], covered: u64) -> (PathBuf, RootHash) {
-        use crate::verity::{FormatParams, TreeParams};
+        use crate::image::verity::{FormatParams, TreeParams};
         let data = dir.join("data");
         let mut bytes: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
         bytes[..4].copy_from_slice(magic);

@@ -11,9 +11,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::boot::pe::{self, Appended, NewSection, PeError, SectionHeader};
+use crate::boot::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
 use crate::output::{self, OutputError, PendingOutput};
-use crate::pe::{self, Appended, NewSection, PeError, SectionHeader};
-use crate::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
 use crate::tool::{self, ToolError};
 
 /// Debian's systemd-boot-efi package puts the x86-64 stub here.
@@ -427,7 +427,7 @@ fn run_tool(program: &str, args: &[&OsStr]) -> Result<(), UkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pe::tests::fake_stub;
+    use crate::boot::pe::tests::fake_stub;
     use std::error::Error;
 
     const RELEASE_STRING: &[u8] = b"6.1.0-56-amd64 (debian-kernel@lists.debian.org) #1 SMP\0";

@@ -76,7 +76,7 @@ pub fn verity_root_partitions(
     ]
 }
 
-/// The ESP partition for `esp` (a FAT image from [`crate::esp::write_esp`]); its PARTUUID
+/// The ESP partition for `esp` (a FAT image from [`crate::boot::esp::write_esp`]); its PARTUUID
 /// is derived from the root hash so the disk stays reproducible.
 pub fn esp_partition(root_hash: &RootHash, esp: &Path) -> DiskPartition {
     let digest = Sha256::new()

@@ -12,10 +12,10 @@ use std::str::FromStr;
 
 use xorbang_formats::module_index::ModuleName;
 
-use crate::compress::{compress, Compression};
-use crate::cpio::{Archive, CpioError};
-use crate::elf::{check_static, ElfError};
-use crate::kernel_modules::{add_modules, KernelModulesError};
+use crate::initrd::compress::{compress, Compression};
+use crate::initrd::cpio::{Archive, CpioError};
+use crate::initrd::kernel_modules::{add_modules, KernelModulesError};
+use crate::initrd::static_elf::{check_static, ElfError};
 use crate::output::{write_atomically, OutputError};
 
 /// Mount points and scratch directories the init uses before any file system is mounted.
@@ -243,10 +243,10 @@ fn utf8(path: &Path) -> Result<&str, InitrdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpio::tests::parse;
-    use crate::cpio::Node;
-    use crate::elf::tests::fake_elf;
-    use crate::kernel_modules::tests::fake_modules_dir;
+    use crate::initrd::cpio::tests::parse;
+    use crate::initrd::cpio::Node;
+    use crate::initrd::kernel_modules::tests::fake_modules_dir;
+    use crate::initrd::static_elf::tests::fake_elf;
     use std::os::unix::fs::symlink;
 
     const PT_LOAD: u32 = 1;

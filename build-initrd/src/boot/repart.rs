@@ -5,7 +5,7 @@
 //! pre-built SquashFS image and verity hash tree of `xorbang-build image` the way we need
 //! (its `Verity=` support computes its own tree and root hash), and it wants a real block
 //! device or a loop device, which a build without root privileges does not have. So we read
-//! the same files and write the GPT with [`crate::disk::write_disk`].
+//! the same files and write the GPT with [`crate::boot::disk::write_disk`].
 //!
 //! `DIR` holds `*.conf` files, laid out in file-name order as repart does, each with one
 //! `[Partition]` section. Exactly these keys are supported (case-sensitive, as in repart; a
@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::{self, Guid, GuidError};
 use xorbang_formats::verity::RootHash;
 
-use crate::disk::DiskPartition;
+use crate::boot::disk::DiskPartition;
 
 /// The generic Linux data partition type (`linux-generic` in repart).
 pub const LINUX_GENERIC: Guid = Guid::from_bytes([
@@ -530,7 +530,7 @@ mod tests {
         assert_eq!(laid_out[3].min_bytes, 256 << 20);
 
         let disk = dir.path().join("disk.img");
-        let size = crate::disk::write_disk(&disk, &laid_out).expect("disk");
+        let size = crate::boot::disk::write_disk(&disk, &laid_out).expect("disk");
         // 1 MiB GPT + 64 + 3 + 1 + 256 MiB + 1 MiB backup GPT.
         assert_eq!(size, (1 + 64 + 3 + 1 + 256 + 1) << 20);
     }
