@@ -15,6 +15,7 @@ use crate::boot::pe::{self, Appended, NewSection, PeError, SectionHeader};
 use crate::boot::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
 use crate::output::{self, OutputError, PendingOutput};
 use crate::tool::{self, ToolError};
+use xorbang_formats::bytes::{le_u16, le_u32};
 
 /// Debian's systemd-boot-efi package puts the x86-64 stub here.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -75,27 +76,28 @@ pub fn inspect_kernel(bytes: &[u8]) -> Result<KernelInfo, KernelError> {
     if bytes.get(HEADER_MAGIC_AT..HEADER_MAGIC_AT + 4) != Some(HEADER_MAGIC) {
         return Err(KernelError::NotBzImage);
     }
-    if read_u16(bytes, BOOT_FLAG_AT)? != BOOT_FLAG {
+    if le_u16(bytes, BOOT_FLAG_AT).ok_or(KernelError::Truncated)? != BOOT_FLAG {
         return Err(KernelError::NotBzImage);
     }
-    let protocol = read_u16(bytes, PROTOCOL_AT)?;
+    let protocol = le_u16(bytes, PROTOCOL_AT).ok_or(KernelError::Truncated)?;
     if protocol < MIN_PROTOCOL {
         return Err(KernelError::TooOld(protocol));
     }
     if !has_efi_stub(bytes) {
         return Err(KernelError::NoEfiStub);
     }
-    let cmdline_max = read_u32(bytes, CMDLINE_SIZE_AT)?;
+    let cmdline_max = le_u32(bytes, CMDLINE_SIZE_AT).ok_or(KernelError::Truncated)?;
     Ok(KernelInfo {
-        release: release(bytes, read_u16(bytes, KERNEL_VERSION_AT)?),
+        release: release(
+            bytes,
+            le_u16(bytes, KERNEL_VERSION_AT).ok_or(KernelError::Truncated)?,
+        ),
         cmdline_max: usize::try_from(cmdline_max).map_err(|_| KernelError::Truncated)?,
     })
 }
 
 fn has_efi_stub(bytes: &[u8]) -> bool {
-    let pe = read_u32(bytes, E_LFANEW)
-        .ok()
-        .and_then(|at| usize::try_from(at).ok());
+    let pe = le_u32(bytes, E_LFANEW).and_then(|at| usize::try_from(at).ok());
     bytes.starts_with(b"MZ")
         && pe.and_then(|at| bytes.get(at..at.checked_add(4)?)) == Some(b"PE\0\0".as_slice())
 }
@@ -110,22 +112,6 @@ fn release(bytes: &[u8], pointer: u16) -> Option<String> {
     let end = text.iter().position(|b| *b == 0 || *b == b' ')?;
     let word = std::str::from_utf8(&text[..end]).ok()?;
     check_uname(word).ok().map(|()| word.to_owned())
-}
-
-fn read_u16(bytes: &[u8], at: usize) -> Result<u16, KernelError> {
-    bytes
-        .get(at..at + 2)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u16::from_le_bytes)
-        .ok_or(KernelError::Truncated)
-}
-
-fn read_u32(bytes: &[u8], at: usize) -> Result<u32, KernelError> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or(KernelError::Truncated)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
