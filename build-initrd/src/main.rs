@@ -1,6 +1,5 @@
 //! `xorbang-build`: the command line over the `xorbang_build` library.
 
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,6 +19,7 @@ use xorbang_build::image::verity::{
 use xorbang_build::initrd::assemble::{self as initrd, Addition, InitrdError, InitrdSpec};
 use xorbang_build::initrd::compress::Compression;
 use xorbang_build::initrd::kernel_modules::DEFAULT_MODULES;
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::extension_pins::{ExtensionPins, MANIFEST_PATH};
 use xorbang_formats::gpt::Guid;
 use xorbang_formats::module_index::ModuleName;
@@ -788,18 +788,6 @@ fn parse_salt(text: &str) -> Result<Salt, String> {
 
 fn parse_root_hash(text: &str) -> Result<RootHash, String> {
     RootHash::parse_hex(text).map_err(|err| error_chain(&err))
-}
-
-/// The error and its causes on one line, outermost first.
-fn error_chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

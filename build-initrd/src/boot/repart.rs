@@ -440,23 +440,12 @@ fn derived_uuid(root_hash: &RootHash, label: &str) -> Guid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::error::Error;
+    use xorbang_formats::error_chain::error_chain;
 
     const ROOT_HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
 
     fn root_hash() -> RootHash {
         RootHash::parse_hex(ROOT_HASH).expect("hex")
-    }
-
-    fn chain(error: &dyn Error) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
     }
 
     fn parse(text: &str) -> Result<Definition, RepartError> {
@@ -542,15 +531,18 @@ mod tests {
             matches!(error, RepartError::Line { line: 3, .. }),
             "{error:?}"
         );
-        let text = chain(&error);
+        let text = error_chain(&error);
         assert!(
             text.contains("10-x.conf:3") && text.contains("\"Format\""),
             "{text}"
         );
         let error = parse("[Partition]\ntype=root\n").expect_err("case-sensitive");
-        assert!(chain(&error).contains("unknown key \"type\""), "{error:?}");
+        assert!(
+            error_chain(&error).contains("unknown key \"type\""),
+            "{error:?}"
+        );
         let error = parse("[Install]\nType=root\n").expect_err("section");
-        assert!(chain(&error).contains("10-x.conf:1: unknown section [Install]"));
+        assert!(error_chain(&error).contains("10-x.conf:1: unknown section [Install]"));
     }
 
     #[test]
@@ -573,7 +565,7 @@ mod tests {
             let error =
                 parse(&format!("[Partition]\nType=var\nSizeMinBytes={bad}\n")).expect_err(bad);
             assert!(
-                chain(&error).contains("10-x.conf:3: SizeMinBytes="),
+                error_chain(&error).contains("10-x.conf:3: SizeMinBytes="),
                 "{bad}: {error:?}"
             );
         }

@@ -414,7 +414,7 @@ fn run_tool(program: &str, args: &[&OsStr]) -> Result<(), UkiError> {
 mod tests {
     use super::*;
     use crate::boot::pe::tests::fake_stub;
-    use std::error::Error;
+    use xorbang_formats::error_chain::error_chain;
 
     const RELEASE_STRING: &[u8] = b"6.1.0-56-amd64 (debian-kernel@lists.debian.org) #1 SMP\0";
 
@@ -434,16 +434,6 @@ mod tests {
         set(CMDLINE_SIZE_AT, &2047u32.to_le_bytes());
         set(0x500, RELEASE_STRING);
         bytes
-    }
-
-    fn chain(err: &dyn Error) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        text
     }
 
     #[test]
@@ -598,7 +588,7 @@ mod tests {
                 })
                 .filter(|name| name.starts_with("uki.efi"));
             assert_eq!(left.next(), None, "{err}");
-            chain(&err)
+            error_chain(&err)
         }
     }
 

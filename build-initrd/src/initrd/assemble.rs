@@ -248,6 +248,7 @@ mod tests {
     use crate::initrd::kernel_modules::tests::fake_modules_dir;
     use crate::initrd::static_elf::tests::fake_elf;
     use std::os::unix::fs::symlink;
+    use xorbang_formats::error_chain::error_chain;
 
     const PT_LOAD: u32 = 1;
     const PT_INTERP: u32 = 3;
@@ -445,15 +446,5 @@ mod tests {
         assert_eq!(first, fs::read(second).expect("reads"));
         let records = parse(&zstd::decode_all(first.as_slice()).expect("zstd"));
         assert!(records.iter().all(|r| r.mtime == 1_234_567));
-    }
-
-    fn error_chain(err: &dyn std::error::Error) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        text
     }
 }
