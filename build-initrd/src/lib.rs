@@ -6,10 +6,11 @@
 //! * [`boot`]: what firmware boots: the UKI (PE sections on the systemd stub), the EFI System
 //!   Partition, GPT disk images laid out by hand or from repart definitions;
 //!
-//! and what they all share: [`output`] (atomic outputs, failed file operations) and [`tool`]
-//! (the external programs they run).
+//! and what they all share: [`output`] (atomic outputs), [`file_error`] (a failed file
+//! operation) and [`tool`] (the external programs they run).
 
 pub mod boot;
+pub mod file_error;
 pub mod image;
 pub mod initrd;
 pub mod output;

@@ -8,6 +8,7 @@ use xorbang_build::boot::disk::{self, DiskError};
 use xorbang_build::boot::esp;
 use xorbang_build::boot::repart::{self, BuildOutputs, RepartError};
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
+use xorbang_build::file_error::{FileAction, FileError};
 use xorbang_build::image::squashfs::{
     self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS,
 };
@@ -321,16 +322,13 @@ struct UkiArgs {
 enum CliError {
     #[error("SOURCE_DATE_EPOCH={0:?} is not a whole number of seconds that fits in 32 bits")]
     SourceDateEpoch(String),
-    #[error("cannot read {path}")]
-    ReadHostConfig {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    // The parser's message is the whole point: say it inline, with the file.
-    #[error("{}: {error}", path.display())]
+    #[error(transparent)]
+    File(#[from] FileError),
+    // The parser's message (line, column, what is wrong) follows the file's name.
+    #[error("{}", path.display())]
     HostConfig {
         path: PathBuf,
+        #[source]
         error: xorbang_formats::host_config::HostConfigError,
     },
     #[error("cannot build the initramfs {path}")]
@@ -433,10 +431,7 @@ fn run(command: Command) -> Result<(), CliError> {
 }
 
 fn check_host_config(file: &Path) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::ReadHostConfig {
-        path: file.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(file).map_err(FileError::of(FileAction::Read, file))?;
     let config =
         xorbang_formats::host_config::parse(&text).map_err(|error| CliError::HostConfig {
             path: file.to_owned(),
@@ -503,6 +498,9 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         source: Box::new(source),
     })?;
     print_pins(&pins);
+    // The old image's hash tree and manifest go first: whatever happens next, no manifest
+    // is left describing an image that is no longer there, and --no-verity leaves none.
+    verified::remove_companions(&args.output)?;
     let size = squashfs::build_with_files(
         Path::new(MKSQUASHFS),
         &args.rootfs,
@@ -662,13 +660,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         }
     };
     if args.uki.is_some() {
-        std::fs::remove_file(&esp).map_err(|source| CliError::Esp {
-            path: esp.clone(),
-            source: esp::EspError::Write {
-                path: esp.clone(),
-                source,
-            },
-        })?;
+        std::fs::remove_file(&esp).map_err(FileError::of(FileAction::Remove, &esp))?;
     }
     let size = written?;
     println!("{}: {size} bytes", args.output.display());

@@ -6,11 +6,11 @@
 //! same bytes.
 
 use std::ffi::OsString;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::output::{OutputError, PendingOutput};
+use crate::file_error::{FileAction, FileError};
+use crate::output::PendingOutput;
 use crate::tool::{self, ToolError};
 
 const MIB: u64 = 1 << 20;
@@ -22,24 +22,12 @@ const VOLUME_ID: &str = "58425200";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("the entry name {0:?} must be a plain file name")]
     Name(String),
-    #[error(transparent)]
-    Output(#[from] OutputError),
 }
 
 /// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`,
@@ -59,10 +47,7 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
     let size = |path: &Path| {
         std::fs::metadata(path)
             .map(|metadata| metadata.len())
-            .map_err(|source| EspError::Read {
-                path: path.to_owned(),
-                source,
-            })
+            .map_err(FileError::of(FileAction::Inspect, path))
     };
     let mut payload = size(uki)?;
     for extra in extras {
@@ -73,16 +58,12 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
         .div_ceil(MIB)
         .max(MIN_BYTES / MIB)
         * MIB;
-    let pending = PendingOutput::new(out);
+    let pending = PendingOutput::new(out)?;
     let image = pending.temporary();
-    let file = std::fs::File::create(image).map_err(|source| EspError::Write {
-        path: image.to_owned(),
-        source,
-    })?;
-    file.set_len(bytes).map_err(|source| EspError::Write {
-        path: image.to_owned(),
-        source,
-    })?;
+    pending
+        .file()
+        .set_len(bytes)
+        .map_err(FileError::of(FileAction::Extend(bytes), image))?;
     run(Command::new("mkfs.vfat")
         .args([
             "-F",

@@ -31,7 +31,6 @@
 //! `var` partition that systemd-repart / systemd-makefs formats on first boot. `Format=` is not
 //! supported: we never make file systems ourselves.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -39,6 +38,7 @@ use xorbang_formats::gpt::{self, Guid, GuidError};
 use xorbang_formats::verity::RootHash;
 
 use crate::boot::disk::DiskPartition;
+use crate::file_error::{FileAction, FileError};
 
 /// The generic Linux data partition type (`linux-generic` in repart).
 pub const LINUX_GENERIC: Guid = Guid::from_bytes([
@@ -165,18 +165,8 @@ pub enum LineError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepartError {
-    #[error("cannot read the definitions directory {path}")]
-    ReadDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("no *.conf files in {0}")]
     Empty(PathBuf),
     #[error("{}:{line}", file.display())]
@@ -194,12 +184,11 @@ pub enum RepartError {
     SizeRange { file: PathBuf, min: u64, max: u64 },
     #[error("{}: CopyBlocks=uki-esp needs --uki", .0.display())]
     NoUki(PathBuf),
-    #[error("{}: cannot read CopyBlocks={}", file.display(), path.display())]
+    #[error("{}: CopyBlocks=", file.display())]
     Source {
         file: PathBuf,
-        path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("{}: CopyBlocks={} is {bytes} bytes, more than SizeMaxBytes={max}", file.display(), path.display())]
     TooLarge {
@@ -330,13 +319,10 @@ fn parse_size(key: &'static str, value: &str) -> Result<u64, LineError> {
 
 /// Reads and parses the `*.conf` files of `dir`, in file-name order.
 pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
-    let read_dir = |source| RepartError::ReadDir {
-        path: dir.to_owned(),
-        source,
-    };
+    let read_dir = FileError::of(FileAction::ListDirectory, dir);
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read_dir)? {
-        let path = entry.map_err(read_dir)?.path();
+    for entry in std::fs::read_dir(dir).map_err(&read_dir)? {
+        let path = entry.map_err(&read_dir)?.path();
         if path.extension().is_some_and(|ext| ext == "conf") {
             files.push(path);
         }
@@ -348,10 +334,8 @@ pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
     files
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path).map_err(|source| RepartError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(FileError::of(FileAction::Read, path))?;
             parse_definition(path, &text)
         })
         .collect()
@@ -392,8 +376,7 @@ fn partition(
         let bytes = std::fs::metadata(path)
             .map_err(|error| RepartError::Source {
                 file: file.clone(),
-                path: path.clone(),
-                source: error,
+                source: FileError::of(FileAction::Inspect, path)(error),
             })?
             .len();
         if bytes > max {

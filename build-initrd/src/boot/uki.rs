@@ -7,13 +7,14 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::boot::pe::{self, Appended, NewSection, PeError, SectionHeader};
 use crate::boot::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
-use crate::output::{self, OutputError, PendingOutput};
+use crate::file_error::{FileAction, FileError};
+use crate::output::{self, PendingOutput};
 use crate::tool::{self, ToolError};
 use xorbang_formats::bytes::{le_u16, le_u32};
 
@@ -216,12 +217,11 @@ pub struct UkiSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
-    #[error("cannot read the {what} {path}")]
-    Read {
+    #[error("the {what}")]
+    Input {
         what: &'static str,
-        path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("the {what} {path} is empty")]
     Empty { what: &'static str, path: PathBuf },
@@ -245,14 +245,8 @@ pub enum UkiError {
     Cmdline(#[source] CmdlineError),
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error(transparent)]
-    Output(#[from] OutputError),
+    File(#[from] FileError),
 }
 
 /// What was written, for the report.
@@ -333,18 +327,16 @@ fn assemble_files(spec: &UkiSpec, timestamp: u32) -> Result<Appended, UkiError> 
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, UkiError> {
-    fs::read(path).map_err(|source| UkiError::Read {
+    fs::read(path).map_err(|source| UkiError::Input {
         what,
-        path: path.to_owned(),
-        source,
+        source: FileError::of(FileAction::Read, path)(source),
     })
 }
 
 fn read_text(what: &'static str, path: &Path) -> Result<String, UkiError> {
-    fs::read_to_string(path).map_err(|source| UkiError::Read {
+    fs::read_to_string(path).map_err(|source| UkiError::Input {
         what,
-        path: path.to_owned(),
-        source,
+        source: FileError::of(FileAction::Read, path)(source),
     })
 }
 
@@ -361,11 +353,12 @@ fn read_nonempty(what: &'static str, path: &Path) -> Result<Vec<u8>, UkiError> {
 }
 
 fn check_readable(what: &'static str, path: &Path) -> Result<(), UkiError> {
-    File::open(path).map(drop).map_err(|source| UkiError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+    File::open(path)
+        .map(drop)
+        .map_err(|source| UkiError::Input {
+            what,
+            source: FileError::of(FileAction::Read, path)(source),
+        })
 }
 
 /// Signs a copy of the image into `out`'s temporary path and verifies it there; only a
@@ -373,13 +366,12 @@ fn check_readable(what: &'static str, path: &Path) -> Result<(), UkiError> {
 fn write_signed(image: &[u8], out: &Path, signing: &Signing) -> Result<u64, UkiError> {
     let mut unsigned = out.as_os_str().to_owned();
     unsigned.push(".unsigned");
-    let unsigned = PendingOutput::new(Path::new(&unsigned));
-    let write_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| UkiError::Write { path, source }
-    };
-    fs::write(unsigned.temporary(), image).map_err(write_error(unsigned.temporary()))?;
-    let signed = PendingOutput::new(out);
+    let unsigned = PendingOutput::new(Path::new(&unsigned))?;
+    unsigned
+        .file()
+        .write_all(image)
+        .map_err(FileError::of(FileAction::Write, unsigned.temporary()))?;
+    let signed = PendingOutput::new(out)?;
     let (key, cert) = (signing.key.as_os_str(), signing.cert.as_os_str());
     let output = signed.temporary().as_os_str();
     let input = unsigned.temporary().as_os_str();
@@ -396,11 +388,14 @@ fn write_signed(image: &[u8], out: &Path, signing: &Signing) -> Result<u64, UkiE
         ],
     )?;
     run_tool(SBVERIFY, &["--cert".as_ref(), cert, output])?;
-    let file = File::open(signed.temporary()).map_err(write_error(signed.temporary()))?;
-    file.sync_all().map_err(write_error(signed.temporary()))?;
+    // sbsign wrote the file by its path: open what it wrote to flush and measure it.
+    let file = File::open(signed.temporary())
+        .map_err(FileError::of(FileAction::Open, signed.temporary()))?;
+    file.sync_all()
+        .map_err(FileError::of(FileAction::Sync, signed.temporary()))?;
     let size = file
         .metadata()
-        .map_err(write_error(signed.temporary()))?
+        .map_err(FileError::of(FileAction::Inspect, signed.temporary()))?
         .len();
     signed.commit()?;
     Ok(size)
@@ -673,7 +668,7 @@ mod tests {
         let key = inputs.dir.path().join("missing.key");
         inputs.spec.signing = Some(Signing { key, cert });
         let err = inputs.refused();
-        assert!(err.starts_with("cannot read the signing key "), "{err}");
+        assert!(err.starts_with("the signing key: cannot read "), "{err}");
         assert!(err.ends_with("missing.key: No such file or directory (os error 2)"));
     }
 

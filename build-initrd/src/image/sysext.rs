@@ -27,10 +27,11 @@ use xorbang_formats::os_release::{
 use xorbang_formats::verity::{RootHash, RootHashError, VeritySuperblock, SUPERBLOCK_SIZE};
 
 use crate::boot::disk::{self, DiskError};
+use crate::file_error::{FileAction, FileError};
 use crate::image::squashfs::{self, AddedFile, ImageError, SquashfsCompression, WorkDir};
 use crate::image::verified::{self, VerifiedImageError};
 use crate::image::verity::{self, VerifyParams, VerityBuildError};
-use crate::output::{self, OutputError};
+use crate::output;
 use crate::tool::{self, ToolError};
 
 /// The program that reads files back out of an image.
@@ -210,12 +211,8 @@ pub enum SysextError {
     OutputName { path: PathBuf, expected: String },
     #[error("the extension tree {path} is not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{tree}: {problem}")]
     Tree { tree: PathBuf, problem: TreeProblem },
     #[error("{kind} release file {path}")]
@@ -231,8 +228,6 @@ pub enum SysextError {
     VerifiedImage(#[from] VerifiedImageError),
     #[error(transparent)]
     Disk(#[from] DiskError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
     #[error(
         "{path}: an extension image must be named NAME{IMAGE_SUFFIX}, with NAME of \
          A-Z a-z 0-9 _ . - not starting with '.'"
@@ -316,13 +311,12 @@ pub enum SysextError {
         #[source]
         source: Box<VerityBuildError>,
     },
-    #[error("cannot copy partition {number} of {path} to {to}")]
+    #[error("cannot copy partition {number} of {path} out")]
     Extract {
         path: PathBuf,
         number: u32,
-        to: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("{path}: cannot read the {kind} release file {release}")]
     ReleaseInImage {
@@ -352,12 +346,8 @@ pub enum ReleaseReadError {
     Missing,
     #[error("it is a {0}, not a regular file")]
     NotFile(EntryType),
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Release(#[from] ReleaseProblem),
 }
@@ -541,17 +531,12 @@ fn read_tree(spec: &ExtensionSpec) -> Result<Release, SysextError> {
 /// The entries of `dir` with their types, sorted by name (so the first problem reported does
 /// not depend on the file system's order).
 fn list_dir(dir: &Path) -> Result<Vec<(String, EntryType)>, SysextError> {
-    let read = |source| SysextError::Read {
-        path: dir.to_owned(),
-        source,
-    };
+    let list = FileError::of(FileAction::ListDirectory, dir);
     let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read)? {
-        let entry = entry.map_err(read)?;
-        let meta = fs::symlink_metadata(entry.path()).map_err(|source| SysextError::Read {
-            path: entry.path(),
-            source,
-        })?;
+    for entry in fs::read_dir(dir).map_err(&list)? {
+        let entry = entry.map_err(&list)?;
+        let meta = fs::symlink_metadata(entry.path())
+            .map_err(FileError::of(FileAction::Inspect, &entry.path()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         entries.push((name, EntryType::of(&meta)));
     }
@@ -564,18 +549,12 @@ fn entry_type(path: &Path) -> Result<Option<EntryType>, SysextError> {
     match fs::symlink_metadata(path) {
         Ok(meta) => Ok(Some(EntryType::of(&meta))),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SysextError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(FileError::of(FileAction::Inspect, path)(source).into()),
     }
 }
 
 fn read_text(path: &Path) -> Result<String, SysextError> {
-    fs::read_to_string(path).map_err(|source| SysextError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(fs::read_to_string(path).map_err(FileError::of(FileAction::Read, path))?)
 }
 
 /// Only the hierarchies `kind` merges may be at the top, and as directories.
@@ -677,12 +656,11 @@ fn check_release(release: &OsRelease, kind: ExtensionKind) -> Result<(), Release
 /// that are the halves of the tree's root hash; every data block against the tree. Returns
 /// the root hash.
 pub fn read_extension(path: &Path) -> Result<ExtensionImage, SysextError> {
-    let read = |source| SysextError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read)?;
-    let size = file.metadata().map_err(read)?.len();
+    let mut file = File::open(path).map_err(FileError::of(FileAction::Open, path))?;
+    let size = file
+        .metadata()
+        .map_err(FileError::of(FileAction::Inspect, path))?
+        .len();
     let (sector, partitions) = read_gpt(&mut file, path)?;
     let (data, verity) =
         select_partitions(&partitions).map_err(|problem| SysextError::Partitions {
@@ -745,16 +723,13 @@ fn read_range(
     offset: u64,
     bytes: u64,
 ) -> Result<Vec<u8>, SysextError> {
-    let read = |source| SysextError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read = FileError::of(FileAction::ReadAt(offset), path);
     let mut buffer = Vec::new();
-    file.seek(SeekFrom::Start(offset)).map_err(read)?;
+    file.seek(SeekFrom::Start(offset)).map_err(&read)?;
     Read::by_ref(file)
         .take(bytes)
         .read_to_end(&mut buffer)
-        .map_err(read)?;
+        .map_err(&read)?;
     let length = usize::try_from(bytes).unwrap_or(buffer.len());
     buffer.resize(length, 0);
     Ok(buffer)
@@ -995,18 +970,22 @@ fn extract(
     let error = |source| SysextError::Extract {
         path: path.to_owned(),
         number: partition.number,
-        to: to.to_owned(),
         source,
     };
     file.seek(SeekFrom::Start(partition.offset))
-        .map_err(error)?;
-    let mut output = File::create(to).map_err(error)?;
-    let copied =
-        io::copy(&mut Read::by_ref(file).take(partition.bytes), &mut output).map_err(error)?;
+        .map_err(|err| {
+            error(FileError::of(FileAction::ReadAt(partition.offset), path)(
+                err,
+            ))
+        })?;
+    let write = FileError::of(FileAction::Write, to);
+    let mut output = File::create(to).map_err(|err| error(write(err)))?;
+    let copied = io::copy(&mut Read::by_ref(file).take(partition.bytes), &mut output)
+        .map_err(|err| error(write(err)))?;
     if copied != partition.bytes {
-        return Err(error(io::ErrorKind::UnexpectedEof.into()));
+        return Err(error(write(io::ErrorKind::UnexpectedEof.into())));
     }
-    output.flush().map_err(error)
+    output.flush().map_err(|err| error(write(err)))
 }
 
 /// Checks the extension images named `NAME.raw` with [`read_extension`] and that each carries
@@ -1089,10 +1068,7 @@ fn read_release_from(
         Some(EntryType::File) => {}
         Some(other) => return Err(ReleaseReadError::NotFile(other)),
     }
-    let text = fs::read_to_string(&file).map_err(|source| ReleaseReadError::Read {
-        path: file.clone(),
-        source,
-    })?;
+    let text = fs::read_to_string(&file).map_err(FileError::of(FileAction::Read, &file))?;
     Ok(
         match decide_release(kind, Some(&text), &ReleaseFields::default())? {
             Release::Existing(release) | Release::Generated(release) => release,
