@@ -28,6 +28,15 @@ pub enum EspError {
     Tool(#[from] ToolError),
     #[error("the entry name {0:?} must be a plain file name")]
     Name(String),
+    #[error(
+        "the extra files {first} and {second} would both be {name} in the .extra.d \
+         directories (FAT file names ignore case)"
+    )]
+    SameExtraName {
+        first: PathBuf,
+        second: PathBuf,
+        name: String,
+    },
 }
 
 /// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`,
@@ -37,12 +46,24 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
     if name.is_empty() || name.contains(['/', '\\', ':']) {
         return Err(EspError::Name(name.to_owned()));
     }
-    let mut extra_names = Vec::new();
-    for extra in extras {
-        match extra.file_name().and_then(|name| name.to_str()) {
-            Some(file) if !file.starts_with('.') => extra_names.push(file.to_owned()),
+    let mut extra_names: Vec<String> = Vec::new();
+    for (index, extra) in extras.iter().enumerate() {
+        let file = match extra.file_name().and_then(|name| name.to_str()) {
+            Some(file) if !file.starts_with('.') => file.to_owned(),
             _ => return Err(EspError::Name(extra.display().to_string())),
+        };
+        // mcopy would silently replace (or rename) the first file with the second.
+        if let Some(earlier) = extra_names
+            .iter()
+            .position(|name| name.to_lowercase() == file.to_lowercase())
+        {
+            return Err(EspError::SameExtraName {
+                first: extras[earlier].clone(),
+                second: extras[index].clone(),
+                name: file,
+            });
         }
+        extra_names.push(file);
     }
     let size = |path: &Path| {
         std::fs::metadata(path)
@@ -199,6 +220,29 @@ mod tests {
         let error = write_esp(&uki, "xorbang", &[hidden], &dir.path().join("no.img"))
             .expect_err("hidden name");
         assert!(error.to_string().contains(".hidden"), "{error}");
+    }
+
+    #[test]
+    fn extras_whose_names_collide_on_fat_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("esp.img");
+        let uki = dir.path().join("uki.efi");
+        for (a, b) in [("a/gui.raw", "b/gui.raw"), ("a/gui.raw", "b/GUI.raw")] {
+            let (a, b) = (dir.path().join(a), dir.path().join(b));
+            let error = write_esp(&uki, "xorbang", &[a.clone(), b.clone()], &out)
+                .expect_err("same name on FAT");
+            let name = b.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "the extra files {} and {} would both be {name} in the .extra.d \
+                     directories (FAT file names ignore case)",
+                    a.display(),
+                    b.display()
+                )
+            );
+        }
+        assert!(!out.exists());
     }
 
     #[test]
