@@ -164,6 +164,12 @@ pub enum TreeProblem {
     },
     #[error("{path} is a {entry_type}, not a regular file")]
     ReleaseNotFile { path: String, entry_type: EntryType },
+    #[error(
+        "{path} is a symlink: the image would hold the link, not the directory it points to \
+         here, so systemd and the init would not find the release file this tree is checked \
+         by; make it a directory"
+    )]
+    SymlinkedDirectory { path: String },
 }
 
 fn allowed(kind: ExtensionKind) -> String {
@@ -495,6 +501,7 @@ fn read_tree(spec: &ExtensionSpec) -> Result<Release, SysextError> {
         return Err(SysextError::NotADirectory { path: tree.clone() });
     }
     check_top_level(spec.kind, &list_dir(tree)?).map_err(tree_error)?;
+    check_no_symlinked_directory(tree, spec.kind.release_dir())?;
     if spec.kind == ExtensionKind::Sysext && entry_type(&tree.join("usr/lib/os-release"))?.is_some()
     {
         return Err(tree_error(TreeProblem::OsRelease));
@@ -526,6 +533,25 @@ fn read_tree(spec: &ExtensionSpec) -> Result<Release, SysextError> {
             problem,
         }
     })
+}
+
+/// Every directory on the way to `relative` (a `/`-separated path in `tree`) must be one, not a
+/// symlink: the checks here look through the host's links, the image keeps them as links.
+fn check_no_symlinked_directory(tree: &Path, relative: &str) -> Result<(), SysextError> {
+    let mut prefix = String::new();
+    for component in relative.split('/') {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(component);
+        if entry_type(&tree.join(&prefix))? == Some(EntryType::Symlink) {
+            return Err(SysextError::Tree {
+                tree: tree.to_owned(),
+                problem: TreeProblem::SymlinkedDirectory { path: prefix },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The entries of `dir` with their types, sorted by name (so the first problem reported does
