@@ -358,7 +358,13 @@ enum CliError {
     VerifiedImage {
         path: PathBuf,
         #[source]
-        source: VerifiedImageError,
+        source: Box<VerifiedImageError>,
+    },
+    #[error("cannot put the image {path} on a disk")]
+    DiskImage {
+        path: PathBuf,
+        #[source]
+        source: Box<VerifiedImageError>,
     },
     #[error("cannot make the EFI System Partition {path}")]
     Esp {
@@ -520,7 +526,7 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     let manifest =
         verified::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
             path: args.output.clone(),
-            source,
+            source: Box::new(source),
         })?;
     println!(
         "{}: {} bytes of hash tree",
@@ -607,9 +613,9 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         source,
     };
     let (_, root_hash, tree) =
-        verified::read_manifest(&args.image).map_err(|source| CliError::VerifiedImage {
+        verified::read_manifest(&args.image).map_err(|source| CliError::DiskImage {
             path: args.image.clone(),
-            source,
+            source: Box::new(source),
         })?;
     // Read the definitions before making the ESP, so a bad layout fails fast.
     let definitions = args
