@@ -1,19 +1,17 @@
-//! Host tooling of xorbang: builds the initramfs (a newc cpio archive written here, with the
-//! static init, kernel modules and extra files) and the SquashFS root images the init boots.
+//! Host tooling of xorbang, grouped by what it builds:
+//!
+//! * [`initrd`]: the initramfs (a newc cpio archive written here, with the static init,
+//!   kernel modules and extra files), compressed for the kernel;
+//! * [`image`]: SquashFS root and extension images with their dm-verity hash trees;
+//! * [`boot`]: what firmware boots: the UKI (PE sections on the systemd stub), the EFI System
+//!   Partition, GPT disk images laid out by hand or from repart definitions;
+//!
+//! and what they all share: [`output`] (atomic outputs), [`file_error`] (a failed file
+//! operation) and [`tool`] (the external programs they run).
 
-pub mod compress;
-pub mod cpio;
-pub mod disk;
-pub mod elf;
-pub mod esp;
+pub mod boot;
+pub mod file_error;
 pub mod image;
 pub mod initrd;
-pub mod kernel_modules;
 pub mod output;
-pub mod pe;
-pub mod repart;
-pub mod sysext;
 pub mod tool;
-pub mod uki;
-pub mod verified_image;
-pub mod verity;

@@ -1,21 +1,26 @@
 //! `xorbang-build`: the command line over the `xorbang_build` library.
 
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xorbang_build::compress::Compression;
-use xorbang_build::disk::{self, DiskError};
-use xorbang_build::esp;
-use xorbang_build::image::{self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS};
-use xorbang_build::initrd::{self, Addition, InitrdError, InitrdSpec};
-use xorbang_build::kernel_modules::DEFAULT_MODULES;
-use xorbang_build::repart::{self, BuildOutputs, RepartError};
-use xorbang_build::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
-use xorbang_build::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
-use xorbang_build::verified_image::{self, VerifiedImageError};
-use xorbang_build::verity::{self, FormatParams, TreeParams, VerifyParams, VerityBuildError};
+use xorbang_build::boot::disk::{self, DiskError};
+use xorbang_build::boot::esp;
+use xorbang_build::boot::repart::{self, BuildOutputs, RepartError};
+use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
+use xorbang_build::file_error::{FileAction, FileError};
+use xorbang_build::image::squashfs::{
+    self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS,
+};
+use xorbang_build::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
+use xorbang_build::image::verified::{self, VerifiedImageError};
+use xorbang_build::image::verity::{
+    self, FormatParams, TreeParams, VerifyParams, VerityBuildError,
+};
+use xorbang_build::initrd::assemble::{self as initrd, Addition, InitrdError, InitrdSpec};
+use xorbang_build::initrd::compress::Compression;
+use xorbang_build::initrd::kernel_modules::DEFAULT_MODULES;
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::extension_pins::{ExtensionPins, MANIFEST_PATH};
 use xorbang_formats::gpt::Guid;
 use xorbang_formats::module_index::ModuleName;
@@ -317,16 +322,13 @@ struct UkiArgs {
 enum CliError {
     #[error("SOURCE_DATE_EPOCH={0:?} is not a whole number of seconds that fits in 32 bits")]
     SourceDateEpoch(String),
-    #[error("cannot read {path}")]
-    ReadHostConfig {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    // The parser's message is the whole point: say it inline, with the file.
-    #[error("{}: {error}", path.display())]
+    #[error(transparent)]
+    File(#[from] FileError),
+    // The parser's message (line, column, what is wrong) follows the file's name.
+    #[error("{}", path.display())]
     HostConfig {
         path: PathBuf,
+        #[source]
         error: xorbang_formats::host_config::HostConfigError,
     },
     #[error("cannot build the initramfs {path}")]
@@ -356,7 +358,13 @@ enum CliError {
     VerifiedImage {
         path: PathBuf,
         #[source]
-        source: VerifiedImageError,
+        source: Box<VerifiedImageError>,
+    },
+    #[error("cannot put the image {path} on a disk")]
+    DiskImage {
+        path: PathBuf,
+        #[source]
+        source: Box<VerifiedImageError>,
     },
     #[error("cannot make the EFI System Partition {path}")]
     Esp {
@@ -429,10 +437,7 @@ fn run(command: Command) -> Result<(), CliError> {
 }
 
 fn check_host_config(file: &Path) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::ReadHostConfig {
-        path: file.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(file).map_err(FileError::of(FileAction::Read, file))?;
     let config =
         xorbang_formats::host_config::parse(&text).map_err(|error| CliError::HostConfig {
             path: file.to_owned(),
@@ -499,7 +504,10 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         source: Box::new(source),
     })?;
     print_pins(&pins);
-    let size = image::build_with_files(
+    // The old image's hash tree and manifest go first: whatever happens next, no manifest
+    // is left describing an image that is no longer there, and --no-verity leaves none.
+    verified::remove_companions(&args.output)?;
+    let size = squashfs::build_with_files(
         Path::new(MKSQUASHFS),
         &args.rootfs,
         &args.output,
@@ -516,13 +524,13 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         return Ok(());
     }
     let manifest =
-        verified_image::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
+        verified::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
             path: args.output.clone(),
-            source,
+            source: Box::new(source),
         })?;
     println!(
         "{}: {} bytes of hash tree",
-        verified_image::companion(&args.output, "verity").display(),
+        verified::companion(&args.output, "verity").display(),
         manifest.verity_bytes
     );
     println!("Root hash: {}", manifest.root_hash);
@@ -605,9 +613,9 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         source,
     };
     let (_, root_hash, tree) =
-        verified_image::read_manifest(&args.image).map_err(|source| CliError::VerifiedImage {
+        verified::read_manifest(&args.image).map_err(|source| CliError::DiskImage {
             path: args.image.clone(),
-            source,
+            source: Box::new(source),
         })?;
     // Read the definitions before making the ESP, so a bad layout fails fast.
     let definitions = args
@@ -622,7 +630,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
                 })
         })
         .transpose()?;
-    let esp = verified_image::companion(&args.output, "esp.tmp");
+    let esp = verified::companion(&args.output, "esp.tmp");
     if let Some(uki) = &args.uki {
         esp::write_esp(uki, &args.uki_name, &args.uki_extra, &esp).map_err(|source| {
             CliError::Esp {
@@ -658,13 +666,7 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
         }
     };
     if args.uki.is_some() {
-        std::fs::remove_file(&esp).map_err(|source| CliError::Esp {
-            path: esp.clone(),
-            source: esp::EspError::Write {
-                path: esp.clone(),
-                source,
-            },
-        })?;
+        std::fs::remove_file(&esp).map_err(FileError::of(FileAction::Remove, &esp))?;
     }
     let size = written?;
     println!("{}: {size} bytes", args.output.display());
@@ -784,18 +786,6 @@ fn parse_salt(text: &str) -> Result<Salt, String> {
 
 fn parse_root_hash(text: &str) -> Result<RootHash, String> {
     RootHash::parse_hex(text).map_err(|err| error_chain(&err))
-}
-
-/// The error and its causes on one line, outermost first.
-fn error_chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -346,6 +346,10 @@ fn image_without_verity_writes_no_companions() {
     let tree = dir.path().join("rootfs");
     write_tree(&tree);
     let out = dir.path().join("root.squashfs");
+    // An earlier verity build under the same name leaves companions that no longer apply.
+    let earlier = xorbang_build(&["image", path_str(&tree), "-o", path_str(&out)], None);
+    assert!(earlier.status.success(), "{}", text(&earlier.stderr));
+    assert!(companion(&out, "json").exists());
     let args = [
         "image",
         path_str(&tree),
@@ -438,6 +442,39 @@ fn disk_holds_the_image_and_tree_as_dps_partitions() {
             source.display()
         );
     }
+}
+
+#[test]
+fn disk_refuses_an_image_its_manifest_does_not_describe() {
+    if !have_mksquashfs() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("root.squashfs");
+    build_verified_image(dir.path(), &image);
+    let recorded = manifest(&image)["image_sha256"]
+        .as_str()
+        .expect("image_sha256")
+        .to_owned();
+    let mut bytes = fs::read(&image).expect("image");
+    bytes[100] ^= 1;
+    fs::write(&image, &bytes).expect("damaged");
+    let disk = dir.path().join("disk.img");
+    let run = xorbang_build(
+        &["disk", "--image", path_str(&image), "-o", path_str(&disk)],
+        None,
+    );
+    assert!(!run.status.success());
+    let message = text(&run.stderr);
+    assert!(
+        message.contains(&format!(
+            "{} is not the image its manifest {}.json describes: its SHA-256 is ",
+            image.display(),
+            image.display()
+        )) && message.contains(&format!("the manifest records {recorded}")),
+        "{message}"
+    );
+    assert!(!disk.exists());
 }
 
 #[test]

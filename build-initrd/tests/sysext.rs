@@ -422,6 +422,48 @@ fn trees_and_options_systemd_would_misread_are_refused_and_nothing_is_written() 
     assert!(err.contains("tools.raw must be named gui.raw"), "{err}");
 }
 
+#[test]
+fn symlinked_directories_on_the_way_to_the_release_file_are_refused() {
+    if !have_squashfs_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // (case, where the release file really is, the link, its target, what the message names)
+    for (case, file, link, target, named) in [
+        (
+            "lib",
+            "usr/real-lib/extension-release.d/extension-release.gui",
+            "usr/lib",
+            "real-lib",
+            "usr/lib is a symlink",
+        ),
+        (
+            "release-dir",
+            "usr/lib/real.d/extension-release.gui",
+            "usr/lib/extension-release.d",
+            "real.d",
+            "usr/lib/extension-release.d is a symlink",
+        ),
+        (
+            "usr",
+            "../real-usr/lib/extension-release.d/extension-release.gui",
+            "usr",
+            "../real-usr",
+            "top-level \"usr\" is a symlink",
+        ),
+    ] {
+        let root = dir.path().join(case);
+        let tree = root.join("tree");
+        fs::create_dir_all(&tree).expect("tree");
+        write_file(&tree, file, b"ID=_any\n");
+        std::os::unix::fs::symlink(target, tree.join(link)).expect("symlink");
+        let out = root.join("gui.raw");
+        let err = build(&tree, &out, "gui", &[]).expect_err(case);
+        assert!(err.contains(named), "{case}: {err}");
+        assert!(!out.exists(), "{case}: nothing written");
+    }
+}
+
 /// Builds `NAME.raw` from a fresh tree of the kind in `dir`; returns its path and root hash.
 fn extension(dir: &Path, name: &str, confext: bool) -> (PathBuf, String) {
     fs::create_dir_all(dir).expect("mkdir");

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use xorbang_formats::bytes::{array, le_u16, le_u32};
+
 const DOS_MAGIC: &[u8; 2] = b"MZ";
 const PE_SIGNATURE: &[u8; 4] = b"PE\0\0";
 /// Where the DOS header stores the offset of the PE signature (`e_lfanew`).
@@ -56,8 +58,8 @@ pub enum PeError {
     NoDosSignature,
     #[error("not a PE file: no PE signature at offset {offset:#x} (e_lfanew)")]
     NoPeSignature { offset: u64 },
-    #[error("truncated PE file: {0} lies beyond the end of the file")]
-    Truncated(&'static str),
+    #[error("truncated PE file: {what} at offset {offset:#x} lies beyond the end of the file")]
+    Truncated { what: &'static str, offset: u64 },
     #[error("not an x86-64 image: COFF machine type {0:#06x}, expected 0x8664")]
     Machine(u16),
     #[error("not a PE32+ image: optional header magic {0:#06x}, expected 0x020b")]
@@ -190,18 +192,19 @@ pub fn parse(bytes: &[u8]) -> Result<PeLayout, PeError> {
     if !bytes.starts_with(DOS_MAGIC) {
         return Err(PeError::NoDosSignature);
     }
-    let pe = to_usize(read_u32(bytes, E_LFANEW, "e_lfanew")?)?;
-    if field::<4>(bytes, pe, "the PE signature").ok() != Some(*PE_SIGNATURE) {
+    let pe = to_usize(read(le_u32, bytes, E_LFANEW, "e_lfanew")?)?;
+    if read(array::<4>, bytes, pe, "the PE signature").ok() != Some(*PE_SIGNATURE) {
         return Err(PeError::NoPeSignature { offset: pe as u64 });
     }
     let coff = pe + PE_SIGNATURE.len();
-    let machine = read_u16(bytes, coff + COFF_MACHINE, "the COFF header")?;
+    let machine = read(le_u16, bytes, coff + COFF_MACHINE, "the COFF header")?;
     if machine != MACHINE_X86_64 {
         return Err(PeError::Machine(machine));
     }
     let optional = coff + COFF_HEADER_SIZE;
     check_optional_header(bytes, optional)?;
-    let optional_size = read_u16(
+    let optional_size = read(
+        le_u16,
         bytes,
         coff + COFF_SIZE_OF_OPTIONAL_HEADER,
         "the COFF header",
@@ -210,7 +213,12 @@ pub fn parse(bytes: &[u8]) -> Result<PeLayout, PeError> {
         return Err(PeError::OptionalHeaderSize(optional_size));
     }
     let section_table = optional + usize::from(optional_size);
-    let count = read_u16(bytes, coff + COFF_NUMBER_OF_SECTIONS, "the COFF header")?;
+    let count = read(
+        le_u16,
+        bytes,
+        coff + COFF_NUMBER_OF_SECTIONS,
+        "the COFF header",
+    )?;
     let sections = (0..usize::from(count))
         .map(|index| section_header(bytes, section_table + index * SECTION_HEADER_SIZE))
         .collect::<Result<Vec<_>, _>>()?;
@@ -221,21 +229,36 @@ pub fn parse(bytes: &[u8]) -> Result<PeLayout, PeError> {
         sections,
         section_alignment: alignment(bytes, optional + OPT_SECTION_ALIGNMENT, "SectionAlignment")?,
         file_alignment: alignment(bytes, optional + OPT_FILE_ALIGNMENT, "FileAlignment")?,
-        size_of_headers: read_u32(bytes, optional + OPT_SIZE_OF_HEADERS, "SizeOfHeaders")?,
-        size_of_image: read_u32(bytes, optional + OPT_SIZE_OF_IMAGE, "SizeOfImage")?,
-        time_date_stamp: read_u32(bytes, coff + COFF_TIME_DATE_STAMP, "the COFF header")?,
-        checksum: read_u32(bytes, optional + OPT_CHECKSUM, "CheckSum")?,
+        size_of_headers: read(
+            le_u32,
+            bytes,
+            optional + OPT_SIZE_OF_HEADERS,
+            "SizeOfHeaders",
+        )?,
+        size_of_image: read(le_u32, bytes, optional + OPT_SIZE_OF_IMAGE, "SizeOfImage")?,
+        time_date_stamp: read(
+            le_u32,
+            bytes,
+            coff + COFF_TIME_DATE_STAMP,
+            "the COFF header",
+        )?,
+        checksum: read(le_u32, bytes, optional + OPT_CHECKSUM, "CheckSum")?,
         symbol_table: symbol_table(bytes, coff)?,
         certificate_table: certificate_table(bytes, optional, optional_size)?,
     })
 }
 
 fn check_optional_header(bytes: &[u8], optional: usize) -> Result<(), PeError> {
-    let magic = read_u16(bytes, optional + OPT_MAGIC, "the optional header")?;
+    let magic = read(le_u16, bytes, optional + OPT_MAGIC, "the optional header")?;
     if magic != PE32_PLUS_MAGIC {
         return Err(PeError::NotPe32Plus(magic));
     }
-    let subsystem = read_u16(bytes, optional + OPT_SUBSYSTEM, "the optional header")?;
+    let subsystem = read(
+        le_u16,
+        bytes,
+        optional + OPT_SUBSYSTEM,
+        "the optional header",
+    )?;
     if subsystem != SUBSYSTEM_EFI_APPLICATION {
         return Err(PeError::NotEfiApplication(subsystem));
     }
@@ -243,7 +266,7 @@ fn check_optional_header(bytes: &[u8], optional: usize) -> Result<(), PeError> {
 }
 
 fn alignment(bytes: &[u8], at: usize, what: &'static str) -> Result<u32, PeError> {
-    let value = read_u32(bytes, at, what)?;
+    let value = read(le_u32, bytes, at, what)?;
     if value.is_power_of_two() {
         Ok(value)
     } else {
@@ -254,19 +277,20 @@ fn alignment(bytes: &[u8], at: usize, what: &'static str) -> Result<u32, PeError
 fn section_header(bytes: &[u8], at: usize) -> Result<SectionHeader, PeError> {
     let what = "the section table";
     Ok(SectionHeader {
-        name: field(bytes, at, what)?,
-        virtual_size: read_u32(bytes, at + 8, what)?,
-        virtual_address: read_u32(bytes, at + 12, what)?,
-        size_of_raw_data: read_u32(bytes, at + 16, what)?,
-        pointer_to_raw_data: read_u32(bytes, at + 20, what)?,
-        characteristics: read_u32(bytes, at + 36, what)?,
+        name: read(array, bytes, at, what)?,
+        virtual_size: read(le_u32, bytes, at + 8, what)?,
+        virtual_address: read(le_u32, bytes, at + 12, what)?,
+        size_of_raw_data: read(le_u32, bytes, at + 16, what)?,
+        pointer_to_raw_data: read(le_u32, bytes, at + 20, what)?,
+        characteristics: read(le_u32, bytes, at + 36, what)?,
     })
 }
 
 /// The symbol table is 18-byte records followed by a string table whose first 4 bytes give
 /// its own size.
 fn symbol_table(bytes: &[u8], coff: usize) -> Result<Option<Region>, PeError> {
-    let offset = read_u32(
+    let offset = read(
+        le_u32,
         bytes,
         coff + COFF_POINTER_TO_SYMBOL_TABLE,
         "the COFF header",
@@ -274,18 +298,29 @@ fn symbol_table(bytes: &[u8], coff: usize) -> Result<Option<Region>, PeError> {
     if offset == 0 {
         return Ok(None);
     }
-    let symbols = read_u32(bytes, coff + COFF_NUMBER_OF_SYMBOLS, "the COFF header")?;
+    let symbols = read(
+        le_u32,
+        bytes,
+        coff + COFF_NUMBER_OF_SYMBOLS,
+        "the COFF header",
+    )?;
     let strings_at = u64::from(offset) + SYMBOL_SIZE * u64::from(symbols);
     let strings = usize::try_from(strings_at)
         .ok()
-        .and_then(|at| read_u32(bytes, at, "the symbol table").ok())
-        .ok_or(PeError::Truncated("the symbol table"))?;
+        .and_then(|at| le_u32(bytes, at))
+        .ok_or(PeError::Truncated {
+            what: "the symbol table",
+            offset: strings_at,
+        })?;
     let region = Region {
         offset: offset.into(),
         size: strings_at - u64::from(offset) + u64::from(strings),
     };
     if region.end() > bytes.len() as u64 {
-        return Err(PeError::Truncated("the string table"));
+        return Err(PeError::Truncated {
+            what: "the string table",
+            offset: strings_at,
+        });
     }
     Ok(Some(region))
 }
@@ -298,14 +333,14 @@ fn certificate_table(
     optional_size: u16,
 ) -> Result<Option<Region>, PeError> {
     let what = "the optional header";
-    let entries = read_u32(bytes, optional + OPT_NUMBER_OF_RVA_AND_SIZES, what)?;
+    let entries = read(le_u32, bytes, optional + OPT_NUMBER_OF_RVA_AND_SIZES, what)?;
     let entry_end = certificate_entry(optional) + 8;
     if entries <= CERTIFICATE_DIRECTORY || entry_end > optional + usize::from(optional_size) {
         return Ok(None);
     }
     let entry = certificate_entry(optional);
-    let offset = read_u32(bytes, entry, "the data directories")?;
-    let size = read_u32(bytes, entry + 4, "the data directories")?;
+    let offset = read(le_u32, bytes, entry, "the data directories")?;
+    let size = read(le_u32, bytes, entry + 4, "the data directories")?;
     if offset == 0 && size == 0 {
         return Ok(None);
     }
@@ -405,7 +440,7 @@ fn check_header_room(image: &[u8], layout: &PeLayout, count: usize) -> Result<()
     }
     let area = image
         .get(table_end..needed)
-        .ok_or(PeError::Truncated("the header area"))?;
+        .ok_or(truncated("the header area", table_end))?;
     match area.iter().position(|byte| *byte != 0) {
         Some(at) => Err(PeError::HeaderAreaInUse {
             count,
@@ -517,7 +552,7 @@ fn mark_symbols_stripped(out: &mut [u8], coff: usize) -> Result<(), PeError> {
         &0u32.to_le_bytes(),
     )?;
     put(out, coff + COFF_NUMBER_OF_SYMBOLS, &0u32.to_le_bytes())?;
-    let flags = read_u16(out, coff + COFF_CHARACTERISTICS, "the COFF header")?;
+    let flags = read(le_u16, out, coff + COFF_CHARACTERISTICS, "the COFF header")?;
     let flags = flags | IMAGE_FILE_LOCAL_SYMS_STRIPPED;
     put(out, coff + COFF_CHARACTERISTICS, &flags.to_le_bytes())
 }
@@ -533,7 +568,12 @@ fn add_sizes(out: &mut [u8], optional: usize, placed: &[SectionHeader]) -> Resul
             .filter(|header| header.characteristics & kind != 0)
             .map(|header| u64::from(header.size_of_raw_data))
             .sum();
-        let total = u64::from(read_u32(out, optional + field_at, "the optional header")?) + added;
+        let total = u64::from(read(
+            le_u32,
+            out,
+            optional + field_at,
+            "the optional header",
+        )?) + added;
         put(out, optional + field_at, &to_u32(total)?.to_le_bytes())?;
     }
     Ok(())
@@ -542,7 +582,7 @@ fn add_sizes(out: &mut [u8], optional: usize, placed: &[SectionHeader]) -> Resul
 fn put(out: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), PeError> {
     at.checked_add(bytes.len())
         .and_then(|end| out.get_mut(at..end))
-        .ok_or(PeError::Truncated("the headers"))?
+        .ok_or(truncated("the headers", at))?
         .copy_from_slice(bytes);
     Ok(())
 }
@@ -559,19 +599,22 @@ fn to_usize<T: TryInto<usize>>(value: T) -> Result<usize, PeError> {
     value.try_into().map_err(|_| PeError::TooLarge)
 }
 
-fn field<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], PeError> {
-    at.checked_add(N)
-        .and_then(|end| bytes.get(at..end))
-        .and_then(|slice| slice.try_into().ok())
-        .ok_or(PeError::Truncated(what))
+/// A field read with one of the shared little-endian readers; a short file is an error naming
+/// the field and where it should have been.
+fn read<T>(
+    reader: fn(&[u8], usize) -> Option<T>,
+    bytes: &[u8],
+    at: usize,
+    what: &'static str,
+) -> Result<T, PeError> {
+    reader(bytes, at).ok_or(truncated(what, at))
 }
 
-fn read_u16(bytes: &[u8], at: usize, what: &'static str) -> Result<u16, PeError> {
-    field(bytes, at, what).map(u16::from_le_bytes)
-}
-
-fn read_u32(bytes: &[u8], at: usize, what: &'static str) -> Result<u32, PeError> {
-    field(bytes, at, what).map(u32::from_le_bytes)
+fn truncated(what: &'static str, at: usize) -> PeError {
+    PeError::Truncated {
+        what,
+        offset: at as u64,
+    }
 }
 
 #[cfg(test)]
@@ -646,7 +689,7 @@ pub(crate) mod tests {
     }
 
     fn optional_u32(bytes: &[u8], at: usize) -> u32 {
-        read_u32(bytes, PE_AT + 4 + COFF_HEADER_SIZE + at, "test").expect("field")
+        read(le_u32, bytes, PE_AT + 4 + COFF_HEADER_SIZE + at, "test").expect("field")
     }
 
     #[test]
@@ -777,7 +820,7 @@ pub(crate) mod tests {
         );
         assert_eq!(layout.sections[2].pointer_to_raw_data, 0x800);
         assert_eq!(out.len(), 0xa00);
-        let flags = read_u16(&out, PE_AT + 4 + COFF_CHARACTERISTICS, "test").expect("flags");
+        let flags = read(le_u16, &out, PE_AT + 4 + COFF_CHARACTERISTICS, "test").expect("flags");
         assert_eq!(
             flags & IMAGE_FILE_LOCAL_SYMS_STRIPPED,
             IMAGE_FILE_LOCAL_SYMS_STRIPPED
@@ -850,7 +893,13 @@ pub(crate) mod tests {
     #[test]
     fn files_that_are_not_x86_64_efi_applications_are_refused() {
         assert_eq!(parse(b"#!/bin/sh\n"), Err(PeError::NoDosSignature));
-        assert_eq!(parse(b"MZ"), Err(PeError::Truncated("e_lfanew")));
+        assert_eq!(
+            parse(b"MZ"),
+            Err(PeError::Truncated {
+                what: "e_lfanew",
+                offset: 0x3c
+            })
+        );
         let stub = fake_stub();
         let mut no_pe = stub.clone();
         no_pe[PE_AT] = b'X';
@@ -885,7 +934,19 @@ pub(crate) mod tests {
         assert_eq!(parse(&short), Err(PeError::OptionalHeaderSize(100)));
         assert_eq!(
             parse(&stub[..TABLE_AT + 50]),
-            Err(PeError::Truncated("the section table"))
+            Err(PeError::Truncated {
+                what: "the section table",
+                offset: (TABLE_AT + 48) as u64
+            })
+        );
+        let err = parse(&stub[..TABLE_AT + 50]).expect_err("truncated");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "truncated PE file: the section table at offset {:#x} lies beyond the end of \
+                 the file",
+                TABLE_AT + 48
+            )
         );
     }
 }

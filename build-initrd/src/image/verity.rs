@@ -24,6 +24,8 @@ use xorbang_formats::verity::{
     SuperblockError, VeritySuperblock, SUPERBLOCK_SIZE,
 };
 
+use crate::file_error::{FileAction, FileError};
+
 /// Where random salts and UUIDs come from, as for veritysetup.
 const URANDOM: &str = "/dev/urandom";
 /// veritysetup's default salt size.
@@ -180,45 +182,8 @@ impl fmt::Display for Covered {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerityBuildError {
-    #[error("cannot open {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot find the size of {path}")]
-    Size {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot read {path} at byte {offset}")]
-    Read {
-        path: PathBuf,
-        offset: u64,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {path} at byte {offset}")]
-    Write {
-        path: PathBuf,
-        offset: u64,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot extend {path} to {size} bytes")]
-    Extend {
-        path: PathBuf,
-        size: u64,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot flush {path} to disk")]
-    Sync {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("cannot read random bytes from {URANDOM}")]
     Random(#[source] io::Error),
     #[error("hash offset {offset} is not a multiple of {SECTOR_SIZE} bytes")]
@@ -515,10 +480,9 @@ fn check_no_overlap(
 }
 
 fn open(path: &Path, options: &OpenOptions) -> Result<File> {
-    options.open(path).map_err(|source| VerityBuildError::Open {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(options
+        .open(path)
+        .map_err(FileError::of(FileAction::Open, path))?)
 }
 
 /// Opens HASH, creating it as veritysetup does: readable and writable by the owner only.
@@ -534,26 +498,22 @@ fn open_for_writing(path: &Path) -> Result<File> {
 }
 
 fn sync(file: &File, path: &Path) -> Result<()> {
-    file.sync_data().map_err(|source| VerityBuildError::Sync {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(file
+        .sync_data()
+        .map_err(FileError::of(FileAction::Sync, path))?)
 }
 
 /// The size of a file or block device (whose metadata says 0).
 fn device_size(mut file: &File, path: &Path) -> Result<u64> {
-    file.seek(SeekFrom::End(0))
-        .map_err(|source| VerityBuildError::Size {
-            path: path.to_owned(),
-            source,
-        })
+    Ok(file
+        .seek(SeekFrom::End(0))
+        .map_err(FileError::of(FileAction::Inspect, path))?)
 }
 
 fn metadata(file: &File, path: &Path) -> Result<Metadata> {
-    file.metadata().map_err(|source| VerityBuildError::Size {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(file
+        .metadata()
+        .map_err(FileError::of(FileAction::Inspect, path))?)
 }
 
 /// Whether two open files are the same file, or nodes of the same block device.
@@ -566,21 +526,15 @@ fn same_device(a: &File, a_path: &Path, b: &File, b_path: &Path) -> Result<bool>
 }
 
 fn write_at(file: &File, path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
-    file.write_all_at(bytes, offset)
-        .map_err(|source| VerityBuildError::Write {
-            path: path.to_owned(),
-            offset,
-            source,
-        })
+    Ok(file
+        .write_all_at(bytes, offset)
+        .map_err(FileError::of(FileAction::WriteAt(offset), path))?)
 }
 
 fn read_at(file: &File, path: &Path, offset: u64, buffer: &mut [u8]) -> Result<()> {
-    file.read_exact_at(buffer, offset)
-        .map_err(|source| VerityBuildError::Read {
-            path: path.to_owned(),
-            offset,
-            source,
-        })
+    Ok(file
+        .read_exact_at(buffer, offset)
+        .map_err(FileError::of(FileAction::ReadAt(offset), path))?)
 }
 
 /// Writes the superblock at `offset`; a regular file too short for veritysetup's I/O block
@@ -601,11 +555,7 @@ fn write_superblock(
     let meta = metadata(file, path)?;
     if meta.is_file() && meta.len() < block_end {
         file.set_len(block_end)
-            .map_err(|source| VerityBuildError::Extend {
-                path: path.to_owned(),
-                size: block_end,
-                source,
-            })?;
+            .map_err(FileError::of(FileAction::Extend(block_end), path))?;
     }
     Ok(())
 }

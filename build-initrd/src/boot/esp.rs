@@ -6,11 +6,11 @@
 //! same bytes.
 
 use std::ffi::OsString;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::output::{OutputError, PendingOutput};
+use crate::file_error::{FileAction, FileError};
+use crate::output::PendingOutput;
 use crate::tool::{self, ToolError};
 
 const MIB: u64 = 1 << 20;
@@ -22,24 +22,21 @@ const VOLUME_ID: &str = "58425200";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("the entry name {0:?} must be a plain file name")]
     Name(String),
-    #[error(transparent)]
-    Output(#[from] OutputError),
+    #[error(
+        "the extra files {first} and {second} would both be {name} in the .extra.d \
+         directories (FAT file names ignore case)"
+    )]
+    SameExtraName {
+        first: PathBuf,
+        second: PathBuf,
+        name: String,
+    },
 }
 
 /// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`,
@@ -49,20 +46,29 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
     if name.is_empty() || name.contains(['/', '\\', ':']) {
         return Err(EspError::Name(name.to_owned()));
     }
-    let mut extra_names = Vec::new();
-    for extra in extras {
-        match extra.file_name().and_then(|name| name.to_str()) {
-            Some(file) if !file.starts_with('.') => extra_names.push(file.to_owned()),
+    let mut extra_names: Vec<String> = Vec::new();
+    for (index, extra) in extras.iter().enumerate() {
+        let file = match extra.file_name().and_then(|name| name.to_str()) {
+            Some(file) if !file.starts_with('.') => file.to_owned(),
             _ => return Err(EspError::Name(extra.display().to_string())),
+        };
+        // mcopy would silently replace (or rename) the first file with the second.
+        if let Some(earlier) = extra_names
+            .iter()
+            .position(|name| name.to_lowercase() == file.to_lowercase())
+        {
+            return Err(EspError::SameExtraName {
+                first: extras[earlier].clone(),
+                second: extras[index].clone(),
+                name: file,
+            });
         }
+        extra_names.push(file);
     }
     let size = |path: &Path| {
         std::fs::metadata(path)
             .map(|metadata| metadata.len())
-            .map_err(|source| EspError::Read {
-                path: path.to_owned(),
-                source,
-            })
+            .map_err(FileError::of(FileAction::Inspect, path))
     };
     let mut payload = size(uki)?;
     for extra in extras {
@@ -73,16 +79,12 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
         .div_ceil(MIB)
         .max(MIN_BYTES / MIB)
         * MIB;
-    let pending = PendingOutput::new(out);
+    let pending = PendingOutput::new(out)?;
     let image = pending.temporary();
-    let file = std::fs::File::create(image).map_err(|source| EspError::Write {
-        path: image.to_owned(),
-        source,
-    })?;
-    file.set_len(bytes).map_err(|source| EspError::Write {
-        path: image.to_owned(),
-        source,
-    })?;
+    pending
+        .file()
+        .set_len(bytes)
+        .map_err(FileError::of(FileAction::Extend(bytes), image))?;
     run(Command::new("mkfs.vfat")
         .args([
             "-F",
@@ -218,6 +220,29 @@ mod tests {
         let error = write_esp(&uki, "xorbang", &[hidden], &dir.path().join("no.img"))
             .expect_err("hidden name");
         assert!(error.to_string().contains(".hidden"), "{error}");
+    }
+
+    #[test]
+    fn extras_whose_names_collide_on_fat_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("esp.img");
+        let uki = dir.path().join("uki.efi");
+        for (a, b) in [("a/gui.raw", "b/gui.raw"), ("a/gui.raw", "b/GUI.raw")] {
+            let (a, b) = (dir.path().join(a), dir.path().join(b));
+            let error = write_esp(&uki, "xorbang", &[a.clone(), b.clone()], &out)
+                .expect_err("same name on FAT");
+            let name = b.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "the extra files {} and {} would both be {name} in the .extra.d \
+                     directories (FAT file names ignore case)",
+                    a.display(),
+                    b.display()
+                )
+            );
+        }
+        assert!(!out.exists());
     }
 
     #[test]

@@ -7,16 +7,17 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::Guid;
-use xorbang_formats::verity::{RootHash, Salt};
+use xorbang_formats::verity::{RootHash, RootHashError, Salt, SaltError};
 
-use crate::output::{OutputError, PendingOutput};
-use crate::verity::{self, FormatParams, TreeParams, VerityBuildError};
+use crate::file_error::{FileAction, FileError};
+use crate::image::verity::{self, FormatParams, TreeParams, VerityBuildError};
+use crate::output::PendingOutput;
 
 /// What `xorbang-build image` writes next to the image, and what `disk` reads back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +29,10 @@ pub struct Manifest {
     pub data_block_size: u32,
     pub hash_block_size: u32,
     pub data_blocks: u64,
+    /// The image's size and SHA-256 (hex): `disk` refuses an image that is not the one the
+    /// root hash was computed for, rather than writing a disk that cannot boot.
     pub image_bytes: u64,
+    pub image_sha256: String,
     pub verity_bytes: u64,
     /// File names, relative to the manifest's directory.
     pub image: String,
@@ -37,28 +41,43 @@ pub struct Manifest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifiedImageError {
-    #[error("cannot read {path}")]
-    Read {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{path} is not an image manifest")]
+    Manifest {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: serde_json::Error,
     },
-    #[error("cannot write {path}")]
-    Write {
+    #[error("{path} records no valid root hash")]
+    RootHash {
         path: PathBuf,
         #[source]
-        source: io::Error,
+        source: RootHashError,
     },
-    #[error("{path} is not an image manifest: {detail}")]
-    Manifest { path: PathBuf, detail: String },
+    #[error("cannot derive the verity salt of {path}")]
+    Salt {
+        path: PathBuf,
+        #[source]
+        source: SaltError,
+    },
+    #[error(
+        "{image} is not the image its manifest {manifest} describes: its {what} is {found}, the \
+         manifest records {recorded} (rebuild the image, or restore the one the manifest is for)"
+    )]
+    Mismatch {
+        image: PathBuf,
+        manifest: PathBuf,
+        what: &'static str,
+        found: String,
+        recorded: String,
+    },
     #[error("hash tree of {image}")]
     Verity {
         image: PathBuf,
         #[source]
         source: Box<VerityBuildError>,
     },
-    #[error(transparent)]
-    Output(#[from] OutputError),
 }
 
 /// `IMAGE.verity` and `IMAGE.json` beside `image`.
@@ -69,7 +88,23 @@ pub fn companion(image: &Path, extension: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Formats the hash tree of `image` and writes the manifest; returns it.
+/// Removes `IMAGE.verity` and `IMAGE.json` if they are there: before an image is replaced, so
+/// that no manifest ever stands beside an image it does not describe (and an image built
+/// without verity has none at all).
+pub fn remove_companions(image: &Path) -> Result<(), FileError> {
+    for extension in ["json", "verity"] {
+        let path = companion(image, extension);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(FileError::of(FileAction::Remove, &path)(source)),
+        }
+    }
+    Ok(())
+}
+
+/// Formats the hash tree of `image` and then writes the manifest, last, once the image and
+/// tree it describes are complete; returns it.
 pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
     let digest = file_digest(image)?;
     let derive = |purpose: &[u8]| -> [u8; 32] {
@@ -79,15 +114,15 @@ pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
             .finalize()
             .into()
     };
-    let salt = Salt::new(derive(b"xorbang verity salt").to_vec()).map_err(|error| {
-        VerifiedImageError::Manifest {
+    let salt = Salt::new(derive(b"xorbang verity salt").to_vec()).map_err(|source| {
+        VerifiedImageError::Salt {
             path: image.to_owned(),
-            detail: error.to_string(),
+            source,
         }
     })?;
     let uuid = uuid_v4(derive(b"xorbang verity uuid"));
     let tree_path = companion(image, "verity");
-    let pending = PendingOutput::new(&tree_path);
+    let pending = PendingOutput::new(&tree_path)?;
     let params = FormatParams::new(TreeParams::new(salt.clone()), uuid);
     let result = verity::format(image, pending.temporary(), &params).map_err(|source| {
         VerifiedImageError::Verity {
@@ -105,6 +140,7 @@ pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
         hash_block_size: result.superblock.hash_block_size.bytes(),
         data_blocks: result.superblock.data_blocks,
         image_bytes: file_size(image)?,
+        image_sha256: hex(&digest),
         verity_bytes: file_size(&tree_path)?,
         image: file_name(image),
         verity: file_name(&tree_path),
@@ -113,52 +149,69 @@ pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
     Ok(manifest)
 }
 
-/// Reads `IMAGE.json`; returns the manifest and the image and tree paths it names.
+/// Reads `IMAGE.json` and checks that `image` is the image it describes (size, then SHA-256);
+/// returns the manifest, its root hash and the tree path it names.
 pub fn read_manifest(image: &Path) -> Result<(Manifest, RootHash, PathBuf), VerifiedImageError> {
     let path = companion(image, "json");
-    let text = std::fs::read_to_string(&path).map_err(|source| VerifiedImageError::Read {
-        path: path.clone(),
-        source,
+    let text = std::fs::read_to_string(&path).map_err(FileError::of(FileAction::Read, &path))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|source| VerifiedImageError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
+    let root_hash = RootHash::parse_hex(&manifest.root_hash).map_err(|source| {
+        VerifiedImageError::RootHash {
+            path: path.clone(),
+            source,
+        }
     })?;
-    let bad = |detail: String| VerifiedImageError::Manifest {
-        path: path.clone(),
-        detail,
+    let mismatch = |what, found: String, recorded: String| VerifiedImageError::Mismatch {
+        image: image.to_owned(),
+        manifest: path.clone(),
+        what,
+        found,
+        recorded,
     };
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|error| bad(error.to_string()))?;
-    let root_hash =
-        RootHash::parse_hex(&manifest.root_hash).map_err(|error| bad(error.to_string()))?;
+    let size = file_size(image)?;
+    if size != manifest.image_bytes {
+        return Err(mismatch(
+            "size",
+            format!("{size} bytes"),
+            format!("{} bytes", manifest.image_bytes),
+        ));
+    }
+    let sha256 = hex(&file_digest(image)?);
+    if sha256 != manifest.image_sha256 {
+        return Err(mismatch("SHA-256", sha256, manifest.image_sha256.clone()));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tree = dir.join(&manifest.verity);
     Ok((manifest, root_hash, tree))
 }
 
 fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), VerifiedImageError> {
-    let pending = PendingOutput::new(path);
     let json =
-        serde_json::to_string_pretty(manifest).map_err(|error| VerifiedImageError::Write {
+        serde_json::to_string_pretty(manifest).map_err(|source| VerifiedImageError::Manifest {
             path: path.to_owned(),
-            source: error.into(),
-        })?;
-    std::fs::write(pending.temporary(), json + "\n").map_err(|source| {
-        VerifiedImageError::Write {
-            path: pending.temporary().to_owned(),
             source,
-        }
-    })?;
+        })?;
+    let pending = PendingOutput::new(path)?;
+    let write = FileError::of(FileAction::Write, pending.temporary());
+    let mut file = pending.file();
+    file.write_all(json.as_bytes()).map_err(&write)?;
+    file.write_all(b"\n").map_err(write)?;
     pending.commit()?;
     Ok(())
 }
 
-fn file_digest(path: &Path) -> Result<[u8; 32], VerifiedImageError> {
-    let read = |source| VerifiedImageError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read)?;
+fn file_digest(path: &Path) -> Result<[u8; 32], FileError> {
+    let mut file = File::open(path).map_err(FileError::of(FileAction::Open, path))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let count = file.read(&mut buffer).map_err(read)?;
+        let count = file
+            .read(&mut buffer)
+            .map_err(FileError::of(FileAction::Read, path))?;
         if count == 0 {
             return Ok(hasher.finalize().into());
         }
@@ -166,13 +219,10 @@ fn file_digest(path: &Path) -> Result<[u8; 32], VerifiedImageError> {
     }
 }
 
-fn file_size(path: &Path) -> Result<u64, VerifiedImageError> {
+fn file_size(path: &Path) -> Result<u64, FileError> {
     std::fs::metadata(path)
         .map(|meta| meta.len())
-        .map_err(|source| VerifiedImageError::Read {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(FileError::of(FileAction::Inspect, path))
 }
 
 fn file_name(path: &Path) -> String {
@@ -197,7 +247,8 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verity::VerifyParams;
+    use crate::image::verity::VerifyParams;
+    use xorbang_formats::error_chain::error_chain;
 
     #[test]
     fn adds_a_tree_that_verifies_and_a_manifest_that_reads_back() {
@@ -233,6 +284,49 @@ mod tests {
         let salt_a = add_verity(&a).expect("a").salt;
         let salt_b = add_verity(&b).expect("b").salt;
         assert_ne!(salt_a, salt_b);
+    }
+
+    #[test]
+    fn an_image_that_is_not_the_manifests_is_refused_naming_both_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("root.img");
+        std::fs::write(&image, vec![3u8; 8192]).expect("write");
+        let manifest = add_verity(&image).expect("formats");
+        assert_eq!(manifest.image_bytes, 8192);
+        assert_eq!(manifest.image_sha256, hex(&Sha256::digest(vec![3u8; 8192])));
+        std::fs::write(&image, vec![3u8; 4096]).expect("shorter");
+        let error = error_chain(&read_manifest(&image).expect_err("size differs"));
+        assert!(
+            error.starts_with(&format!(
+                "{} is not the image its manifest {}.json describes: its size is 4096 bytes, \
+                 the manifest records 8192 bytes",
+                image.display(),
+                image.display()
+            )),
+            "{error}"
+        );
+        let mut changed = vec![3u8; 8192];
+        changed[5000] = 4;
+        std::fs::write(&image, &changed).expect("same size, other bytes");
+        let error = error_chain(&read_manifest(&image).expect_err("bytes differ"));
+        let expected = format!(
+            "its SHA-256 is {}, the manifest records {}",
+            hex(&Sha256::digest(&changed)),
+            manifest.image_sha256
+        );
+        assert!(error.contains(&expected), "{error}");
+    }
+
+    #[test]
+    fn companions_are_removed_and_missing_ones_are_fine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("root.img");
+        std::fs::write(&image, vec![1u8; 4096]).expect("write");
+        add_verity(&image).expect("formats");
+        remove_companions(&image).expect("removes");
+        assert!(!companion(&image, "json").exists() && !companion(&image, "verity").exists());
+        assert!(image.exists());
+        remove_companions(&image).expect("nothing to remove");
     }
 
     #[test]

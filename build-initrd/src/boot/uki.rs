@@ -7,14 +7,16 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::output::{self, OutputError, PendingOutput};
-use crate::pe::{self, Appended, NewSection, PeError, SectionHeader};
-use crate::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
+use crate::boot::pe::{self, Appended, NewSection, PeError, SectionHeader};
+use crate::boot::pe::{IMAGE_SCN_CNT_CODE, IMAGE_SCN_CNT_INITIALIZED_DATA, IMAGE_SCN_MEM_READ};
+use crate::file_error::{FileAction, FileError};
+use crate::output::{self, PendingOutput};
 use crate::tool::{self, ToolError};
+use xorbang_formats::bytes::{le_u16, le_u32};
 
 /// Debian's systemd-boot-efi package puts the x86-64 stub here.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
@@ -75,27 +77,28 @@ pub fn inspect_kernel(bytes: &[u8]) -> Result<KernelInfo, KernelError> {
     if bytes.get(HEADER_MAGIC_AT..HEADER_MAGIC_AT + 4) != Some(HEADER_MAGIC) {
         return Err(KernelError::NotBzImage);
     }
-    if read_u16(bytes, BOOT_FLAG_AT)? != BOOT_FLAG {
+    if le_u16(bytes, BOOT_FLAG_AT).ok_or(KernelError::Truncated)? != BOOT_FLAG {
         return Err(KernelError::NotBzImage);
     }
-    let protocol = read_u16(bytes, PROTOCOL_AT)?;
+    let protocol = le_u16(bytes, PROTOCOL_AT).ok_or(KernelError::Truncated)?;
     if protocol < MIN_PROTOCOL {
         return Err(KernelError::TooOld(protocol));
     }
     if !has_efi_stub(bytes) {
         return Err(KernelError::NoEfiStub);
     }
-    let cmdline_max = read_u32(bytes, CMDLINE_SIZE_AT)?;
+    let cmdline_max = le_u32(bytes, CMDLINE_SIZE_AT).ok_or(KernelError::Truncated)?;
     Ok(KernelInfo {
-        release: release(bytes, read_u16(bytes, KERNEL_VERSION_AT)?),
+        release: release(
+            bytes,
+            le_u16(bytes, KERNEL_VERSION_AT).ok_or(KernelError::Truncated)?,
+        ),
         cmdline_max: usize::try_from(cmdline_max).map_err(|_| KernelError::Truncated)?,
     })
 }
 
 fn has_efi_stub(bytes: &[u8]) -> bool {
-    let pe = read_u32(bytes, E_LFANEW)
-        .ok()
-        .and_then(|at| usize::try_from(at).ok());
+    let pe = le_u32(bytes, E_LFANEW).and_then(|at| usize::try_from(at).ok());
     bytes.starts_with(b"MZ")
         && pe.and_then(|at| bytes.get(at..at.checked_add(4)?)) == Some(b"PE\0\0".as_slice())
 }
@@ -110,22 +113,6 @@ fn release(bytes: &[u8], pointer: u16) -> Option<String> {
     let end = text.iter().position(|b| *b == 0 || *b == b' ')?;
     let word = std::str::from_utf8(&text[..end]).ok()?;
     check_uname(word).ok().map(|()| word.to_owned())
-}
-
-fn read_u16(bytes: &[u8], at: usize) -> Result<u16, KernelError> {
-    bytes
-        .get(at..at + 2)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u16::from_le_bytes)
-        .ok_or(KernelError::Truncated)
-}
-
-fn read_u32(bytes: &[u8], at: usize) -> Result<u32, KernelError> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|slice| slice.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or(KernelError::Truncated)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -230,12 +217,11 @@ pub struct UkiSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
-    #[error("cannot read the {what} {path}")]
-    Read {
+    #[error("the {what}")]
+    Input {
         what: &'static str,
-        path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("the {what} {path} is empty")]
     Empty { what: &'static str, path: PathBuf },
@@ -259,14 +245,8 @@ pub enum UkiError {
     Cmdline(#[source] CmdlineError),
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error(transparent)]
-    Output(#[from] OutputError),
+    File(#[from] FileError),
 }
 
 /// What was written, for the report.
@@ -347,18 +327,16 @@ fn assemble_files(spec: &UkiSpec, timestamp: u32) -> Result<Appended, UkiError> 
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, UkiError> {
-    fs::read(path).map_err(|source| UkiError::Read {
+    fs::read(path).map_err(|source| UkiError::Input {
         what,
-        path: path.to_owned(),
-        source,
+        source: FileError::of(FileAction::Read, path)(source),
     })
 }
 
 fn read_text(what: &'static str, path: &Path) -> Result<String, UkiError> {
-    fs::read_to_string(path).map_err(|source| UkiError::Read {
+    fs::read_to_string(path).map_err(|source| UkiError::Input {
         what,
-        path: path.to_owned(),
-        source,
+        source: FileError::of(FileAction::Read, path)(source),
     })
 }
 
@@ -375,11 +353,12 @@ fn read_nonempty(what: &'static str, path: &Path) -> Result<Vec<u8>, UkiError> {
 }
 
 fn check_readable(what: &'static str, path: &Path) -> Result<(), UkiError> {
-    File::open(path).map(drop).map_err(|source| UkiError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+    File::open(path)
+        .map(drop)
+        .map_err(|source| UkiError::Input {
+            what,
+            source: FileError::of(FileAction::Read, path)(source),
+        })
 }
 
 /// Signs a copy of the image into `out`'s temporary path and verifies it there; only a
@@ -387,13 +366,12 @@ fn check_readable(what: &'static str, path: &Path) -> Result<(), UkiError> {
 fn write_signed(image: &[u8], out: &Path, signing: &Signing) -> Result<u64, UkiError> {
     let mut unsigned = out.as_os_str().to_owned();
     unsigned.push(".unsigned");
-    let unsigned = PendingOutput::new(Path::new(&unsigned));
-    let write_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| UkiError::Write { path, source }
-    };
-    fs::write(unsigned.temporary(), image).map_err(write_error(unsigned.temporary()))?;
-    let signed = PendingOutput::new(out);
+    let unsigned = PendingOutput::new(Path::new(&unsigned))?;
+    unsigned
+        .file()
+        .write_all(image)
+        .map_err(FileError::of(FileAction::Write, unsigned.temporary()))?;
+    let signed = PendingOutput::new(out)?;
     let (key, cert) = (signing.key.as_os_str(), signing.cert.as_os_str());
     let output = signed.temporary().as_os_str();
     let input = unsigned.temporary().as_os_str();
@@ -410,11 +388,14 @@ fn write_signed(image: &[u8], out: &Path, signing: &Signing) -> Result<u64, UkiE
         ],
     )?;
     run_tool(SBVERIFY, &["--cert".as_ref(), cert, output])?;
-    let file = File::open(signed.temporary()).map_err(write_error(signed.temporary()))?;
-    file.sync_all().map_err(write_error(signed.temporary()))?;
+    // sbsign wrote the file by its path: open what it wrote to flush and measure it.
+    let file = File::open(signed.temporary())
+        .map_err(FileError::of(FileAction::Open, signed.temporary()))?;
+    file.sync_all()
+        .map_err(FileError::of(FileAction::Sync, signed.temporary()))?;
     let size = file
         .metadata()
-        .map_err(write_error(signed.temporary()))?
+        .map_err(FileError::of(FileAction::Inspect, signed.temporary()))?
         .len();
     signed.commit()?;
     Ok(size)
@@ -427,8 +408,8 @@ fn run_tool(program: &str, args: &[&OsStr]) -> Result<(), UkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pe::tests::fake_stub;
-    use std::error::Error;
+    use crate::boot::pe::tests::fake_stub;
+    use xorbang_formats::error_chain::error_chain;
 
     const RELEASE_STRING: &[u8] = b"6.1.0-56-amd64 (debian-kernel@lists.debian.org) #1 SMP\0";
 
@@ -448,16 +429,6 @@ mod tests {
         set(CMDLINE_SIZE_AT, &2047u32.to_le_bytes());
         set(0x500, RELEASE_STRING);
         bytes
-    }
-
-    fn chain(err: &dyn Error) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        text
     }
 
     #[test]
@@ -612,7 +583,7 @@ mod tests {
                 })
                 .filter(|name| name.starts_with("uki.efi"));
             assert_eq!(left.next(), None, "{err}");
-            chain(&err)
+            error_chain(&err)
         }
     }
 
@@ -697,7 +668,7 @@ mod tests {
         let key = inputs.dir.path().join("missing.key");
         inputs.spec.signing = Some(Signing { key, cert });
         let err = inputs.refused();
-        assert!(err.starts_with("cannot read the signing key "), "{err}");
+        assert!(err.starts_with("the signing key: cannot read "), "{err}");
         assert!(err.ends_with("missing.key: No such file or directory (os error 2)"));
     }
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::output::{OutputError, PendingOutput};
+use crate::file_error::{FileAction, FileError};
+use crate::output::PendingOutput;
 use crate::tool::{self, ToolError};
 
 /// The program run unless the caller names another.
@@ -46,14 +47,8 @@ pub enum ImageError {
     NotADirectory { path: PathBuf },
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("cannot read the size of {path}")]
-    Size {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error(transparent)]
-    Output(#[from] OutputError),
+    File(#[from] FileError),
     #[error(
         "cannot add {added:?}: only relative paths of A-Z a-z 0-9 . _ - + components can be \
          added to an image"
@@ -63,24 +58,6 @@ pub enum ImageError {
     AlreadyInTree { path: PathBuf, added: String },
     #[error("{path} is not a directory, so {added} cannot be added under it")]
     NotADirectoryInTree { path: PathBuf, added: String },
-    #[error("cannot inspect {path}")]
-    Inspect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot make a work directory in {path}")]
-    WorkDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {path}")]
-    WriteAdded {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// A file the image gets that the tree does not have, owned by root.
@@ -140,17 +117,14 @@ pub fn build_with_files(
             )?);
         }
     }
-    let pending = PendingOutput::new(out);
+    let pending = PendingOutput::new(out)?;
     let mut args = mksquashfs_args(rootfs, pending.temporary(), compression, mtime);
     for definition in pseudo {
         args.extend([OsString::from("-p"), OsString::from(definition)]);
     }
     run(mksquashfs, &args)?;
     let size = fs::metadata(pending.temporary())
-        .map_err(|source| ImageError::Size {
-            path: pending.temporary().to_owned(),
-            source,
-        })?
+        .map_err(FileError::of(FileAction::Inspect, pending.temporary()))?
         .len();
     pending.commit()?;
     Ok(size)
@@ -224,10 +198,7 @@ fn missing_directories(rootfs: &Path, added: &[AddedFile]) -> Result<BTreeSet<St
 
 /// Writes the contents of `file` to `contents`; returns its pseudo file definition.
 fn pseudo_file(file: &AddedFile, contents: &Path) -> Result<String, ImageError> {
-    fs::write(contents, &file.contents).map_err(|source| ImageError::WriteAdded {
-        path: contents.to_owned(),
-        source,
-    })?;
+    fs::write(contents, &file.contents).map_err(FileError::of(FileAction::Write, contents))?;
     Ok(format!(
         "{} f {:o} 0 0 cat {}",
         file.path,
@@ -262,10 +233,7 @@ fn entry_kind(path: &Path) -> Result<Option<bool>, ImageError> {
     match fs::symlink_metadata(path) {
         Ok(meta) => Ok(Some(meta.is_dir())),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ImageError::Inspect {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(FileError::of(FileAction::Inspect, path)(source).into()),
     }
 }
 
@@ -305,10 +273,7 @@ impl WorkDir {
                 // Left over by a crashed run with the same PID: take the next number.
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {}
                 Err(source) => {
-                    return Err(ImageError::WorkDir {
-                        path: parent.to_owned(),
-                        source,
-                    })
+                    return Err(FileError::of(FileAction::CreateDirectory, &path)(source).into())
                 }
             }
         }
@@ -417,27 +382,30 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_mksquashfs_is_reported_with_its_output() {
-        if !mksquashfs_installed() {
-            return;
-        }
+    fn a_failing_mksquashfs_is_reported_with_its_output_and_leaves_no_output() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = sample_tree(dir.path());
-        let out = dir.path().join("no-such-dir").join("root.squashfs");
-        let err = build(
-            Path::new(MKSQUASHFS),
-            &tree,
-            &out,
-            SquashfsCompression::Xz,
-            0,
+        // A stand-in that fails the way mksquashfs does, with its message on stdout.
+        let failing = dir.path().join("mksquashfs");
+        fs::write(
+            &failing,
+            "#!/bin/sh\necho 'FATAL ERROR: Could not create destination file'\nexit 1\n",
         )
-        .expect_err("cannot create the output");
+        .expect("script");
+        fs::set_permissions(
+            &failing,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let out = dir.path().join("root.squashfs");
+        let err =
+            build(&failing, &tree, &out, SquashfsCompression::Xz, 0).expect_err("mksquashfs fails");
         assert!(
             matches!(err, ImageError::Tool(ToolError::Failed { .. })),
             "{err}"
         );
-        // mksquashfs's own words come through ("Could not create destination file").
         assert!(err.to_string().contains("destination"), "{err}");
+        assert!(!out.exists() && !dir.path().join("root.squashfs.tmp").exists());
     }
 
     #[test]

@@ -12,11 +12,12 @@ use std::str::FromStr;
 
 use xorbang_formats::module_index::ModuleName;
 
-use crate::compress::{compress, Compression};
-use crate::cpio::{Archive, CpioError};
-use crate::elf::{check_static, ElfError};
-use crate::kernel_modules::{add_modules, KernelModulesError};
-use crate::output::{write_atomically, OutputError};
+use crate::file_error::{FileAction, FileError};
+use crate::initrd::compress::{compress, Compression};
+use crate::initrd::cpio::{Archive, CpioError};
+use crate::initrd::kernel_modules::{add_modules, KernelModulesError};
+use crate::initrd::static_elf::{check_static, ElfError};
+use crate::output::write_atomically;
 
 /// Mount points and scratch directories the init uses before any file system is mounted.
 pub const BASE_DIRECTORIES: &[&str] = &["dev", "proc", "sys", "run", "sysroot", "tmp"];
@@ -25,12 +26,8 @@ const CONSOLE: (u32, u32) = (5, 1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitrdError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path} cannot be the initramfs's /init")]
     BadInit {
         path: PathBuf,
@@ -51,8 +48,6 @@ pub enum InitrdError {
     Archive(#[from] CpioError),
     #[error("cannot compress the archive")]
     Compress(#[source] io::Error),
-    #[error(transparent)]
-    Output(#[from] OutputError),
 }
 
 /// `--add SRC:DST`: a host file or directory tree and where it goes in the archive.
@@ -155,10 +150,7 @@ pub fn assemble(spec: &InitrdSpec) -> Result<(Archive, usize), InitrdError> {
 }
 
 fn read_init(path: &Path) -> Result<Vec<u8>, InitrdError> {
-    let bytes = fs::read(path).map_err(|source| InitrdError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = fs::read(path).map_err(FileError::of(FileAction::Read, path))?;
     check_static(&bytes).map_err(|source| InitrdError::BadInit {
         path: path.to_owned(),
         source,
@@ -169,10 +161,8 @@ fn read_init(path: &Path) -> Result<Vec<u8>, InitrdError> {
 /// Adds `--add SRC:DST`. SRC itself is followed if it is a symlink (naming a symlink on the
 /// command line means its target); inside a directory tree symlinks are kept as symlinks.
 fn add_host_path(archive: &mut Archive, addition: &Addition) -> Result<(), InitrdError> {
-    let metadata = fs::metadata(&addition.source).map_err(|source| InitrdError::Read {
-        path: addition.source.clone(),
-        source,
-    })?;
+    let metadata = fs::metadata(&addition.source)
+        .map_err(FileError::of(FileAction::Inspect, &addition.source))?;
     add_tree(archive, &addition.source, &addition.destination, &metadata)
 }
 
@@ -197,7 +187,7 @@ fn add_tree(
     } else if file_type.is_file() {
         archive.add_file(destination, permissions, read(source)?)?;
     } else if file_type.is_symlink() {
-        let target = fs::read_link(source).map_err(|err| read_error(source, err))?;
+        let target = fs::read_link(source).map_err(FileError::of(FileAction::Read, source))?;
         archive.add_symlink(destination, utf8(&target)?)?;
     } else {
         // Device nodes, sockets and FIFOs from the host are almost certainly a mistake here;
@@ -212,10 +202,12 @@ fn add_tree(
 /// A directory's entries, sorted by name, with their own (not followed) metadata.
 fn directory_children(dir: &Path) -> Result<Vec<(String, PathBuf, Metadata)>, InitrdError> {
     let mut children = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|err| read_error(dir, err))? {
-        let entry = entry.map_err(|err| read_error(dir, err))?;
+    let list = FileError::of(FileAction::ListDirectory, dir);
+    for entry in fs::read_dir(dir).map_err(&list)? {
+        let entry = entry.map_err(&list)?;
         let path = entry.path();
-        let metadata = fs::symlink_metadata(&path).map_err(|err| read_error(&path, err))?;
+        let metadata =
+            fs::symlink_metadata(&path).map_err(FileError::of(FileAction::Inspect, &path))?;
         let name = utf8(Path::new(&entry.file_name()))?.to_owned();
         children.push((name, path, metadata));
     }
@@ -224,14 +216,7 @@ fn directory_children(dir: &Path) -> Result<Vec<(String, PathBuf, Metadata)>, In
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, InitrdError> {
-    fs::read(path).map_err(|err| read_error(path, err))
-}
-
-fn read_error(path: &Path, source: io::Error) -> InitrdError {
-    InitrdError::Read {
-        path: path.to_owned(),
-        source,
-    }
+    Ok(fs::read(path).map_err(FileError::of(FileAction::Read, path))?)
 }
 
 fn utf8(path: &Path) -> Result<&str, InitrdError> {
@@ -243,11 +228,12 @@ fn utf8(path: &Path) -> Result<&str, InitrdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpio::tests::parse;
-    use crate::cpio::Node;
-    use crate::elf::tests::fake_elf;
-    use crate::kernel_modules::tests::fake_modules_dir;
+    use crate::initrd::cpio::tests::parse;
+    use crate::initrd::cpio::Node;
+    use crate::initrd::kernel_modules::tests::fake_modules_dir;
+    use crate::initrd::static_elf::tests::fake_elf;
     use std::os::unix::fs::symlink;
+    use xorbang_formats::error_chain::error_chain;
 
     const PT_LOAD: u32 = 1;
     const PT_INTERP: u32 = 3;
@@ -445,15 +431,5 @@ mod tests {
         assert_eq!(first, fs::read(second).expect("reads"));
         let records = parse(&zstd::decode_all(first.as_slice()).expect("zstd"));
         assert!(records.iter().all(|r| r.mtime == 1_234_567));
-    }
-
-    fn error_chain(err: &dyn std::error::Error) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        text
     }
 }

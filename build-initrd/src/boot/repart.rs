@@ -5,7 +5,7 @@
 //! pre-built SquashFS image and verity hash tree of `xorbang-build image` the way we need
 //! (its `Verity=` support computes its own tree and root hash), and it wants a real block
 //! device or a loop device, which a build without root privileges does not have. So we read
-//! the same files and write the GPT with [`crate::disk::write_disk`].
+//! the same files and write the GPT with [`crate::boot::disk::write_disk`].
 //!
 //! `DIR` holds `*.conf` files, laid out in file-name order as repart does, each with one
 //! `[Partition]` section. Exactly these keys are supported (case-sensitive, as in repart; a
@@ -15,10 +15,12 @@
 //! * `Type=`: `esp`, `root`, `root-verity`, `var` (the x86-64 Discoverable Partitions type
 //!   GUIDs) or `linux-generic`.
 //! * `Label=`: the partition name [default: the type's DPS name, e.g. `root-x86-64`].
-//! * `UUID=`: an explicit PARTUUID. Without it `root` and `root-verity` get the first and last
-//!   16 bytes of the root hash (so `roothash=` alone finds them) and every other partition
-//!   the first 16 bytes of a SHA-256 over the root hash and its label, so the disk stays
-//!   reproducible.
+//! * `UUID=`: an explicit PARTUUID. `root` and `root-verity` get the first and last 16 bytes
+//!   of the root hash (so `roothash=` alone finds them): a `UUID=` on them that says otherwise
+//!   is refused. Without it every other partition gets the first 16 bytes of a SHA-256 over
+//!   the root hash and its label, so the disk stays reproducible.
+//!
+//! At most one `root` and one `root-verity` partition: both are found by those PARTUUIDs.
 //! * `SizeMinBytes=`, `SizeMaxBytes=`: bytes, or with a `K`, `M`, `G` or `T` suffix
 //!   (1024-based, as repart's). The partition is its content rounded up to whole MiB and at
 //!   least `SizeMinBytes=`; content larger than `SizeMaxBytes=` is an error.
@@ -31,14 +33,14 @@
 //! `var` partition that systemd-repart / systemd-makefs formats on first boot. `Format=` is not
 //! supported: we never make file systems ourselves.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::{self, Guid, GuidError};
 use xorbang_formats::verity::RootHash;
 
-use crate::disk::DiskPartition;
+use crate::boot::disk::DiskPartition;
+use crate::file_error::{FileAction, FileError};
 
 /// The generic Linux data partition type (`linux-generic` in repart).
 pub const LINUX_GENERIC: Guid = Guid::from_bytes([
@@ -165,18 +167,8 @@ pub enum LineError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepartError {
-    #[error("cannot read the definitions directory {path}")]
-    ReadDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("no *.conf files in {0}")]
     Empty(PathBuf),
     #[error("{}:{line}", file.display())]
@@ -194,12 +186,33 @@ pub enum RepartError {
     SizeRange { file: PathBuf, min: u64, max: u64 },
     #[error("{}: CopyBlocks=uki-esp needs --uki", .0.display())]
     NoUki(PathBuf),
-    #[error("{}: cannot read CopyBlocks={}", file.display(), path.display())]
+    #[error("{}: CopyBlocks=", file.display())]
     Source {
         file: PathBuf,
-        path: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
+    },
+    #[error(
+        "{} and {}: two Type={partition_type} partitions; a disk holds one root and its hash \
+         tree, which roothash= finds by PARTUUID",
+        first.display(),
+        second.display()
+    )]
+    TwoRoots {
+        first: PathBuf,
+        second: PathBuf,
+        partition_type: &'static str,
+    },
+    #[error(
+        "{}: UUID={given} contradicts the PARTUUID the root hash gives this {partition_type} \
+         partition, {derived}: roothash= would not find it; drop UUID=",
+        file.display()
+    )]
+    RootUuid {
+        file: PathBuf,
+        partition_type: &'static str,
+        given: Guid,
+        derived: Guid,
     },
     #[error("{}: CopyBlocks={} is {bytes} bytes, more than SizeMaxBytes={max}", file.display(), path.display())]
     TooLarge {
@@ -330,13 +343,10 @@ fn parse_size(key: &'static str, value: &str) -> Result<u64, LineError> {
 
 /// Reads and parses the `*.conf` files of `dir`, in file-name order.
 pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
-    let read_dir = |source| RepartError::ReadDir {
-        path: dir.to_owned(),
-        source,
-    };
+    let read_dir = FileError::of(FileAction::ListDirectory, dir);
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read_dir)? {
-        let path = entry.map_err(read_dir)?.path();
+    for entry in std::fs::read_dir(dir).map_err(&read_dir)? {
+        let path = entry.map_err(&read_dir)?.path();
         if path.extension().is_some_and(|ext| ext == "conf") {
             files.push(path);
         }
@@ -348,10 +358,8 @@ pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
     files
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path).map_err(|source| RepartError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(FileError::of(FileAction::Read, path))?;
             parse_definition(path, &text)
         })
         .collect()
@@ -364,6 +372,7 @@ pub fn partitions(
     definitions: &[Definition],
     outputs: &BuildOutputs<'_>,
 ) -> Result<Vec<DiskPartition>, RepartError> {
+    check_one_root(definitions)?;
     definitions
         .iter()
         .map(|definition| partition(dir, definition, outputs))
@@ -392,8 +401,7 @@ fn partition(
         let bytes = std::fs::metadata(path)
             .map_err(|error| RepartError::Source {
                 file: file.clone(),
-                path: path.clone(),
-                source: error,
+                source: FileError::of(FileAction::Inspect, path)(error),
             })?
             .len();
         if bytes > max {
@@ -410,13 +418,24 @@ fn partition(
         .clone()
         .unwrap_or_else(|| definition.partition_type.default_label().to_owned());
     let (data_uuid, hash_uuid) = outputs.root_hash.partition_uuids();
-    let uuid = definition
-        .uuid
-        .unwrap_or_else(|| match definition.partition_type {
-            PartitionType::Root => data_uuid,
-            PartitionType::RootVerity => hash_uuid,
-            _ => derived_uuid(outputs.root_hash, &label),
-        });
+    let root_uuid = match definition.partition_type {
+        PartitionType::Root => Some(("root", data_uuid)),
+        PartitionType::RootVerity => Some(("root-verity", hash_uuid)),
+        _ => None,
+    };
+    let uuid = match (definition.uuid, root_uuid) {
+        (Some(given), Some((partition_type, derived))) if given != derived => {
+            return Err(RepartError::RootUuid {
+                file: file.clone(),
+                partition_type,
+                given,
+                derived,
+            })
+        }
+        (_, Some((_, derived))) => derived,
+        (Some(given), None) => given,
+        (None, None) => derived_uuid(outputs.root_hash, &label),
+    };
     Ok(DiskPartition {
         type_guid: definition.partition_type.guid(),
         uuid,
@@ -424,6 +443,28 @@ fn partition(
         source,
         min_bytes: definition.size_min_bytes.unwrap_or(0),
     })
+}
+
+/// At most one `root` and one `root-verity`: the init finds them by the PARTUUIDs derived
+/// from the root hash, which two partitions of a type would have to share.
+fn check_one_root(definitions: &[Definition]) -> Result<(), RepartError> {
+    for (partition_type, name) in [
+        (PartitionType::Root, "root"),
+        (PartitionType::RootVerity, "root-verity"),
+    ] {
+        let mut files = definitions
+            .iter()
+            .filter(|definition| definition.partition_type == partition_type)
+            .map(|definition| &definition.file);
+        if let (Some(first), Some(second)) = (files.next(), files.next()) {
+            return Err(RepartError::TwoRoots {
+                first: first.clone(),
+                second: second.clone(),
+                partition_type: name,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first 16 bytes of SHA-256 over the root hash and the label.
@@ -440,23 +481,12 @@ fn derived_uuid(root_hash: &RootHash, label: &str) -> Guid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::error::Error;
+    use xorbang_formats::error_chain::error_chain;
 
     const ROOT_HASH: &str = "954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93";
 
     fn root_hash() -> RootHash {
         RootHash::parse_hex(ROOT_HASH).expect("hex")
-    }
-
-    fn chain(error: &dyn Error) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
     }
 
     fn parse(text: &str) -> Result<Definition, RepartError> {
@@ -476,16 +506,18 @@ mod tests {
         assert_eq!(root.copy_blocks, Some(CopyBlocks::RootImage));
         let verity = parse(
             "[Partition]\nType=root-verity\nCopyBlocks=root-verity\n\
-             UUID=00112233-4455-6677-8899-AABBCCDDEEFF\n",
+             UUID=A6A77EDE-951F-AD19-F0F9-4DF0D7266A93\n",
         )
         .expect("verity");
         assert_eq!(
             verity.uuid.map(|uuid| uuid.to_string()).as_deref(),
-            Some("00112233-4455-6677-8899-aabbccddeeff")
+            Some("a6a77ede-951f-ad19-f0f9-4df0d7266a93")
         );
-        let var =
-            parse("[Partition]\n  Type = var\nLabel=state\n; no content\nSizeMinBytes=256M\n")
-                .expect("var");
+        let var = parse(
+            "[Partition]\n  Type = var\nLabel=state\n; no content\nSizeMinBytes=256M\n\
+             UUID=00112233-4455-6677-8899-AABBCCDDEEFF\n",
+        )
+        .expect("var");
         assert_eq!(var.label.as_deref(), Some("state"));
         assert_eq!(var.copy_blocks, None);
 
@@ -521,16 +553,16 @@ mod tests {
             ["esp", "root-x86-64", "root-x86-64-verity", "state"]
         );
         assert_eq!(laid_out[1].uuid, hash.partition_uuids().0);
+        assert_eq!(laid_out[2].uuid, hash.partition_uuids().1);
         assert_eq!(
-            laid_out[2].uuid.to_string(),
+            laid_out[3].uuid.to_string(),
             "00112233-4455-6677-8899-aabbccddeeff"
         );
-        assert_eq!(laid_out[3].uuid, derived_uuid(&hash, "state"));
         assert_eq!(laid_out[3].source, None);
         assert_eq!(laid_out[3].min_bytes, 256 << 20);
 
         let disk = dir.path().join("disk.img");
-        let size = crate::disk::write_disk(&disk, &laid_out).expect("disk");
+        let size = crate::boot::disk::write_disk(&disk, &laid_out).expect("disk");
         // 1 MiB GPT + 64 + 3 + 1 + 256 MiB + 1 MiB backup GPT.
         assert_eq!(size, (1 + 64 + 3 + 1 + 256 + 1) << 20);
     }
@@ -542,15 +574,85 @@ mod tests {
             matches!(error, RepartError::Line { line: 3, .. }),
             "{error:?}"
         );
-        let text = chain(&error);
+        let text = error_chain(&error);
         assert!(
             text.contains("10-x.conf:3") && text.contains("\"Format\""),
             "{text}"
         );
         let error = parse("[Partition]\ntype=root\n").expect_err("case-sensitive");
-        assert!(chain(&error).contains("unknown key \"type\""), "{error:?}");
+        assert!(
+            error_chain(&error).contains("unknown key \"type\""),
+            "{error:?}"
+        );
         let error = parse("[Install]\nType=root\n").expect_err("section");
-        assert!(chain(&error).contains("10-x.conf:1: unknown section [Install]"));
+        assert!(error_chain(&error).contains("10-x.conf:1: unknown section [Install]"));
+    }
+
+    fn outputs(hash: &RootHash) -> BuildOutputs<'_> {
+        BuildOutputs {
+            root_hash: hash,
+            image: Path::new("root.img"),
+            tree: Path::new("root.verity"),
+            esp: None,
+        }
+    }
+
+    #[test]
+    fn two_roots_or_two_hash_trees_are_refused() {
+        let hash = root_hash();
+        for (kind, copy) in [("root", "root-image"), ("root-verity", "root-verity")] {
+            let text = format!("[Partition]\nType={kind}\nCopyBlocks={copy}\n");
+            let first = parse_definition(Path::new("10-a.conf"), &text).expect("first");
+            let second = parse_definition(Path::new("20-b.conf"), &text).expect("second");
+            let error = partitions(Path::new("."), &[first, second], &outputs(&hash))
+                .expect_err("two of a kind");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "10-a.conf and 20-b.conf: two Type={kind} partitions; a disk holds one root \
+                     and its hash tree, which roothash= finds by PARTUUID"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_root_uuid_that_contradicts_the_root_hash_is_refused() {
+        let hash = root_hash();
+        for (kind, copy, derived) in [
+            ("root", "root-image", "954172df-ee9a-aab2-d90a-0ab162ee6bc5"),
+            (
+                "root-verity",
+                "root-verity",
+                "a6a77ede-951f-ad19-f0f9-4df0d7266a93",
+            ),
+        ] {
+            let agreeing = parse(&format!(
+                "[Partition]\nType={kind}\nCopyBlocks={copy}\nUUID={derived}\n"
+            ))
+            .expect("agrees");
+            let laid_out = partitions(Path::new("."), &[agreeing], &outputs(&hash)).expect("ok");
+            assert_eq!(laid_out[0].uuid.to_string(), derived);
+            // The other half of the hash: right bytes, wrong partition.
+            let swapped = if kind == "root" {
+                "a6a77ede-951f-ad19-f0f9-4df0d7266a93"
+            } else {
+                "954172df-ee9a-aab2-d90a-0ab162ee6bc5"
+            };
+            let contradicting = parse(&format!(
+                "[Partition]\nType={kind}\nCopyBlocks={copy}\nUUID={swapped}\n"
+            ))
+            .expect("parses");
+            let error = partitions(Path::new("."), &[contradicting], &outputs(&hash))
+                .expect_err("contradicts");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "10-x.conf: UUID={swapped} contradicts the PARTUUID the root hash gives \
+                     this {kind} partition, {derived}: roothash= would not find it; drop UUID="
+                )
+            );
+        }
     }
 
     #[test]
@@ -573,7 +675,7 @@ mod tests {
             let error =
                 parse(&format!("[Partition]\nType=var\nSizeMinBytes={bad}\n")).expect_err(bad);
             assert!(
-                chain(&error).contains("10-x.conf:3: SizeMinBytes="),
+                error_chain(&error).contains("10-x.conf:3: SizeMinBytes="),
                 "{bad}: {error:?}"
             );
         }

@@ -3,12 +3,12 @@
 //! relative paths with a `modules.dep` trimmed to exactly what is carried.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use xorbang_formats::module_index::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
 
-use crate::cpio::{Archive, CpioError};
+use crate::file_error::{FileAction, FileError};
+use crate::initrd::cpio::{Archive, CpioError};
 
 /// What a QEMU/OVMF guest needs to reach a verified SquashFS root on a virtio disk, plus
 /// fw_cfg for host config and efivarfs (loaded by the init on UEFI machines, since root
@@ -28,12 +28,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelModulesError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{path} has no name to take the kernel version from")]
     NoVersion { path: PathBuf },
     #[error("in {path}")]
@@ -95,10 +91,8 @@ pub fn add_modules(
 /// `lib/modules/6.1.0-56-amd64` → `6.1.0-56-amd64`, resolving `.` and symlinks first so that
 /// `--kernel-modules .` works too.
 fn kernel_version(modules_dir: &Path) -> Result<String, KernelModulesError> {
-    let resolved = fs::canonicalize(modules_dir).map_err(|source| KernelModulesError::Read {
-        path: modules_dir.to_owned(),
-        source,
-    })?;
+    let resolved =
+        fs::canonicalize(modules_dir).map_err(FileError::of(FileAction::Inspect, modules_dir))?;
     resolved
         .file_name()
         .and_then(|name| name.to_str())
@@ -117,20 +111,17 @@ fn read_module(modules_dir: &Path, entry: &DepEntry) -> Result<Vec<u8>, KernelMo
         return Err(KernelModulesError::OutsidePath(entry.path.clone()));
     }
     let path = modules_dir.join(relative);
-    fs::read(&path).map_err(|source| KernelModulesError::Read { path, source })
+    Ok(fs::read(&path).map_err(FileError::of(FileAction::Read, &path))?)
 }
 
 fn read_text(path: &Path) -> Result<String, KernelModulesError> {
-    fs::read_to_string(path).map_err(|source| KernelModulesError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(fs::read_to_string(path).map_err(FileError::of(FileAction::Read, path))?)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cpio::Node;
+    use crate::initrd::cpio::Node;
 
     const DEP: &str = "\
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko

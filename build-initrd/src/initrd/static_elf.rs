@@ -2,14 +2,16 @@
 //! interpreter. The initramfs carries no dynamic loader or libc, so a dynamically linked init
 //! would make the kernel panic with "No working init found" and nothing more to go on.
 
+use xorbang_formats::bytes::{le_u16, le_u32, le_u64};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
     #[error("not an ELF file (no \\x7fELF magic)")]
     NotElf,
     #[error("not a 64-bit little-endian ELF file")]
     Unsupported,
-    #[error("truncated ELF file: {0} lies beyond the end of the file")]
-    Truncated(&'static str),
+    #[error("truncated ELF file: {what} at offset {offset:#x} lies beyond the end of the file")]
+    Truncated { what: &'static str, offset: u64 },
     #[error("dynamically linked: it has a PT_INTERP program header requesting {interpreter:?}; build it static (+crt-static)")]
     Dynamic { interpreter: String },
 }
@@ -27,14 +29,16 @@ pub fn check_static(bytes: &[u8]) -> Result<(), ElfError> {
     if bytes.get(4) != Some(&ELFCLASS64) || bytes.get(5) != Some(&ELFDATA2LSB) {
         return Err(ElfError::Unsupported);
     }
-    let table_offset = read_u64(bytes, 32, "e_phoff")?;
-    let entry_size = read_u16(bytes, 54, "e_phentsize")?;
-    let entry_count = read_u16(bytes, 56, "e_phnum")?;
+    let table_offset = read(le_u64, bytes, 32, "e_phoff")?;
+    let entry_size = read(le_u16, bytes, 54, "e_phentsize")?;
+    let entry_count = read(le_u16, bytes, 56, "e_phnum")?;
     for index in 0..u64::from(entry_count) {
         let header = table_offset.saturating_add(index * u64::from(entry_size));
-        let header =
-            usize::try_from(header).map_err(|_| ElfError::Truncated("a program header"))?;
-        if read_u32(bytes, header, "a program header")? == PT_INTERP {
+        let header = usize::try_from(header).map_err(|_| ElfError::Truncated {
+            what: "a program header",
+            offset: header,
+        })?;
+        if read(le_u32, bytes, header, "a program header")? == PT_INTERP {
             return Err(ElfError::Dynamic {
                 interpreter: interpreter(bytes, header)?,
             });
@@ -45,34 +49,32 @@ pub fn check_static(bytes: &[u8]) -> Result<(), ElfError> {
 
 /// The path a `PT_INTERP` segment names, for the error message.
 fn interpreter(bytes: &[u8], header: usize) -> Result<String, ElfError> {
-    let offset = read_u64(bytes, header + 8, "PT_INTERP p_offset")?;
-    let size = read_u64(bytes, header + 32, "PT_INTERP p_filesz")?;
+    let offset = read(le_u64, bytes, header + 8, "PT_INTERP p_offset")?;
+    let size = read(le_u64, bytes, header + 32, "PT_INTERP p_filesz")?;
     let range = usize::try_from(offset)
         .ok()
         .zip(usize::try_from(offset.saturating_add(size)).ok())
         .and_then(|(start, end)| bytes.get(start..end))
-        .ok_or(ElfError::Truncated("the PT_INTERP segment"))?;
+        .ok_or(ElfError::Truncated {
+            what: "the PT_INTERP segment",
+            offset,
+        })?;
     let path = range.split(|b| *b == 0).next().unwrap_or(range);
     Ok(String::from_utf8_lossy(path).into_owned())
 }
 
-fn field<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], ElfError> {
-    at.checked_add(N)
-        .and_then(|end| bytes.get(at..end))
-        .and_then(|slice| slice.try_into().ok())
-        .ok_or(ElfError::Truncated(what))
-}
-
-fn read_u16(bytes: &[u8], at: usize, what: &'static str) -> Result<u16, ElfError> {
-    field(bytes, at, what).map(u16::from_le_bytes)
-}
-
-fn read_u32(bytes: &[u8], at: usize, what: &'static str) -> Result<u32, ElfError> {
-    field(bytes, at, what).map(u32::from_le_bytes)
-}
-
-fn read_u64(bytes: &[u8], at: usize, what: &'static str) -> Result<u64, ElfError> {
-    field(bytes, at, what).map(u64::from_le_bytes)
+/// A field read with one of the shared little-endian readers; a short file is an error naming
+/// the field and where it should have been.
+fn read<T>(
+    reader: fn(&[u8], usize) -> Option<T>,
+    bytes: &[u8],
+    at: usize,
+    what: &'static str,
+) -> Result<T, ElfError> {
+    reader(bytes, at).ok_or(ElfError::Truncated {
+        what,
+        offset: at as u64,
+    })
 }
 
 #[cfg(test)]
@@ -145,13 +147,16 @@ pub(crate) mod tests {
         elf32[4] = 1;
         assert_eq!(check_static(&elf32), Err(ElfError::Unsupported));
         let whole = fake_elf(&[1, PT_INTERP]);
-        assert!(matches!(
-            check_static(&whole[..40]),
-            Err(ElfError::Truncated(_))
-        ));
+        assert_eq!(
+            check_static(&whole[..40]).map_err(|err| err.to_string()),
+            Err(
+                "truncated ELF file: e_phentsize at offset 0x36 lies beyond the end of the file"
+                    .to_owned()
+            )
+        );
         assert!(matches!(
             check_static(&whole[..100]),
-            Err(ElfError::Truncated(_))
+            Err(ElfError::Truncated { .. })
         ));
     }
 }

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::{self, GptWriteError, Guid, Lba, PartitionSpec, SectorSize};
 use xorbang_formats::verity::RootHash;
 
-use crate::output::{OutputError, PendingOutput};
+use crate::file_error::{FileAction, FileError};
+use crate::output::PendingOutput;
 
 /// Partitions start and end on MiB boundaries, as every partitioning tool aligns them.
 const ALIGNMENT: u64 = 1 << 20;
@@ -31,22 +32,10 @@ pub struct DiskPartition {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("invalid partition layout")]
     Layout(#[from] GptWriteError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
 }
 
 /// The partitions of a verity-protected root: `root-x86-64` holds the image, PARTUUID the
@@ -76,7 +65,7 @@ pub fn verity_root_partitions(
     ]
 }
 
-/// The ESP partition for `esp` (a FAT image from [`crate::esp::write_esp`]); its PARTUUID
+/// The ESP partition for `esp` (a FAT image from [`crate::boot::esp::write_esp`]); its PARTUUID
 /// is derived from the root hash so the disk stays reproducible.
 pub fn esp_partition(root_hash: &RootHash, esp: &Path) -> DiskPartition {
     let digest = Sha256::new()
@@ -114,44 +103,38 @@ pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskE
     // Room for the backup GPT behind the last partition, aligned like the rest.
     let disk_bytes = SECTOR.offset_of(end) + ALIGNMENT;
     let image = gpt::write_gpt(disk_bytes, SECTOR, disk_guid(partitions), &specs)?;
-    let pending = PendingOutput::new(out);
-    let write = |source| DiskError::Write {
-        path: pending.temporary().to_owned(),
-        source,
-    };
-    let mut file = File::create(pending.temporary()).map_err(write)?;
-    file.set_len(disk_bytes).map_err(write)?;
-    file.write_all(&image.primary).map_err(write)?;
+    let pending = PendingOutput::new(out)?;
+    let temporary = pending.temporary().to_owned();
+    let write = FileError::of(FileAction::Write, &temporary);
+    let mut file = pending.file();
+    file.set_len(disk_bytes).map_err(FileError::of(
+        FileAction::Extend(disk_bytes),
+        pending.temporary(),
+    ))?;
+    file.write_all(&image.primary).map_err(&write)?;
     file.seek(SeekFrom::Start(image.backup_offset))
-        .map_err(write)?;
-    file.write_all(&image.backup).map_err(write)?;
+        .map_err(&write)?;
+    file.write_all(&image.backup).map_err(&write)?;
     for (partition, spec) in partitions.iter().zip(&specs) {
         // The file was made with set_len, so a partition without a source reads as zeros.
         let Some(path) = &partition.source else {
             continue;
         };
-        copy_into(&mut file, SECTOR.offset_of(spec.first_lba), path).map_err(
-            |error| match error {
-                CopyError::Read(source) => DiskError::Read {
-                    path: path.clone(),
-                    source,
-                },
-                CopyError::Write(source) => write(source),
-            },
-        )?;
+        copy_into(file, SECTOR.offset_of(spec.first_lba), path).map_err(|error| match error {
+            CopyError::Read(source) => FileError::of(FileAction::Read, path)(source),
+            CopyError::Write(source) => write(source),
+        })?;
     }
-    file.sync_all().map_err(write)?;
+    file.sync_all()
+        .map_err(FileError::of(FileAction::Sync, &temporary))?;
     pending.commit()?;
     Ok(disk_bytes)
 }
 
-fn source_size(path: &Path) -> Result<u64, DiskError> {
+fn source_size(path: &Path) -> Result<u64, FileError> {
     std::fs::metadata(path)
         .map(|meta| meta.len())
-        .map_err(|source| DiskError::Read {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(FileError::of(FileAction::Inspect, path))
 }
 
 /// Places the partitions one after another from 1 MiB on, each rounded up to whole MiB.
@@ -195,7 +178,7 @@ enum CopyError {
     Write(io::Error),
 }
 
-fn copy_into(file: &mut File, offset: u64, source: &Path) -> Result<(), CopyError> {
+fn copy_into(mut file: &File, offset: u64, source: &Path) -> Result<(), CopyError> {
     file.seek(SeekFrom::Start(offset))
         .map_err(CopyError::Write)?;
     let mut input = File::open(source).map_err(CopyError::Read)?;

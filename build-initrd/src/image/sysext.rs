@@ -26,12 +26,13 @@ use xorbang_formats::os_release::{
 };
 use xorbang_formats::verity::{RootHash, RootHashError, VeritySuperblock, SUPERBLOCK_SIZE};
 
-use crate::disk::{self, DiskError};
-use crate::image::{self, AddedFile, ImageError, SquashfsCompression, WorkDir};
-use crate::output::{self, OutputError};
+use crate::boot::disk::{self, DiskError};
+use crate::file_error::{FileAction, FileError};
+use crate::image::squashfs::{self, AddedFile, ImageError, SquashfsCompression, WorkDir};
+use crate::image::verified::{self, VerifiedImageError};
+use crate::image::verity::{self, VerifyParams, VerityBuildError};
+use crate::output;
 use crate::tool::{self, ToolError};
-use crate::verified_image::{self, VerifiedImageError};
-use crate::verity::{self, VerifyParams, VerityBuildError};
 
 /// The program that reads files back out of an image.
 pub const UNSQUASHFS: &str = "unsquashfs";
@@ -163,6 +164,12 @@ pub enum TreeProblem {
     },
     #[error("{path} is a {entry_type}, not a regular file")]
     ReleaseNotFile { path: String, entry_type: EntryType },
+    #[error(
+        "{path} is a symlink: the image would hold the link, not the directory it points to \
+         here, so systemd and the init would not find the release file this tree is checked \
+         by; make it a directory"
+    )]
+    SymlinkedDirectory { path: String },
 }
 
 fn allowed(kind: ExtensionKind) -> String {
@@ -210,12 +217,8 @@ pub enum SysextError {
     OutputName { path: PathBuf, expected: String },
     #[error("the extension tree {path} is not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{tree}: {problem}")]
     Tree { tree: PathBuf, problem: TreeProblem },
     #[error("{kind} release file {path}")]
@@ -231,8 +234,6 @@ pub enum SysextError {
     VerifiedImage(#[from] VerifiedImageError),
     #[error(transparent)]
     Disk(#[from] DiskError),
-    #[error(transparent)]
-    Output(#[from] OutputError),
     #[error(
         "{path}: an extension image must be named NAME{IMAGE_SUFFIX}, with NAME of \
          A-Z a-z 0-9 _ . - not starting with '.'"
@@ -316,13 +317,12 @@ pub enum SysextError {
         #[source]
         source: Box<VerityBuildError>,
     },
-    #[error("cannot copy partition {number} of {path} to {to}")]
+    #[error("cannot copy partition {number} of {path} out")]
     Extract {
         path: PathBuf,
         number: u32,
-        to: PathBuf,
         #[source]
-        source: io::Error,
+        source: FileError,
     },
     #[error("{path}: cannot read the {kind} release file {release}")]
     ReleaseInImage {
@@ -352,12 +352,8 @@ pub enum ReleaseReadError {
     Missing,
     #[error("it is a {0}, not a regular file")]
     NotFile(EntryType),
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Release(#[from] ReleaseProblem),
 }
@@ -440,9 +436,9 @@ pub fn build_extension(
         }],
     };
     // The SquashFS, its tree and manifest are intermediate: only the DDI and sidecar stay.
-    let work = WorkDir::new_in(image::parent_dir(out), "sysext")?;
+    let work = WorkDir::new_in(squashfs::parent_dir(out), "sysext")?;
     let squashfs = work.path().join(format!("{}.squashfs", spec.name));
-    let squashfs_bytes = image::build_with_files(
+    let squashfs_bytes = squashfs::build_with_files(
         mksquashfs,
         &spec.tree,
         &squashfs,
@@ -450,8 +446,8 @@ pub fn build_extension(
         spec.mtime,
         &added,
     )?;
-    let manifest = verified_image::add_verity(&squashfs)?;
-    let (_, root_hash, tree) = verified_image::read_manifest(&squashfs)?;
+    let manifest = verified::add_verity(&squashfs)?;
+    let (_, root_hash, tree) = verified::read_manifest(&squashfs)?;
     let partitions = disk::verity_root_partitions(&root_hash, &squashfs, &tree);
     let image_bytes = disk::write_disk(out, &partitions)?;
     output::write_atomically(&sidecar, format!("{root_hash}\n").as_bytes())?;
@@ -505,6 +501,7 @@ fn read_tree(spec: &ExtensionSpec) -> Result<Release, SysextError> {
         return Err(SysextError::NotADirectory { path: tree.clone() });
     }
     check_top_level(spec.kind, &list_dir(tree)?).map_err(tree_error)?;
+    check_no_symlinked_directory(tree, spec.kind.release_dir())?;
     if spec.kind == ExtensionKind::Sysext && entry_type(&tree.join("usr/lib/os-release"))?.is_some()
     {
         return Err(tree_error(TreeProblem::OsRelease));
@@ -538,20 +535,34 @@ fn read_tree(spec: &ExtensionSpec) -> Result<Release, SysextError> {
     })
 }
 
+/// Every directory on the way to `relative` (a `/`-separated path in `tree`) must be one, not a
+/// symlink: the checks here look through the host's links, the image keeps them as links.
+fn check_no_symlinked_directory(tree: &Path, relative: &str) -> Result<(), SysextError> {
+    let mut prefix = String::new();
+    for component in relative.split('/') {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(component);
+        if entry_type(&tree.join(&prefix))? == Some(EntryType::Symlink) {
+            return Err(SysextError::Tree {
+                tree: tree.to_owned(),
+                problem: TreeProblem::SymlinkedDirectory { path: prefix },
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The entries of `dir` with their types, sorted by name (so the first problem reported does
 /// not depend on the file system's order).
 fn list_dir(dir: &Path) -> Result<Vec<(String, EntryType)>, SysextError> {
-    let read = |source| SysextError::Read {
-        path: dir.to_owned(),
-        source,
-    };
+    let list = FileError::of(FileAction::ListDirectory, dir);
     let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read)? {
-        let entry = entry.map_err(read)?;
-        let meta = fs::symlink_metadata(entry.path()).map_err(|source| SysextError::Read {
-            path: entry.path(),
-            source,
-        })?;
+    for entry in fs::read_dir(dir).map_err(&list)? {
+        let entry = entry.map_err(&list)?;
+        let meta = fs::symlink_metadata(entry.path())
+            .map_err(FileError::of(FileAction::Inspect, &entry.path()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         entries.push((name, EntryType::of(&meta)));
     }
@@ -564,18 +575,12 @@ fn entry_type(path: &Path) -> Result<Option<EntryType>, SysextError> {
     match fs::symlink_metadata(path) {
         Ok(meta) => Ok(Some(EntryType::of(&meta))),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SysextError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(FileError::of(FileAction::Inspect, path)(source).into()),
     }
 }
 
 fn read_text(path: &Path) -> Result<String, SysextError> {
-    fs::read_to_string(path).map_err(|source| SysextError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(fs::read_to_string(path).map_err(FileError::of(FileAction::Read, path))?)
 }
 
 /// Only the hierarchies `kind` merges may be at the top, and as directories.
@@ -677,12 +682,11 @@ fn check_release(release: &OsRelease, kind: ExtensionKind) -> Result<(), Release
 /// that are the halves of the tree's root hash; every data block against the tree. Returns
 /// the root hash.
 pub fn read_extension(path: &Path) -> Result<ExtensionImage, SysextError> {
-    let read = |source| SysextError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read)?;
-    let size = file.metadata().map_err(read)?.len();
+    let mut file = File::open(path).map_err(FileError::of(FileAction::Open, path))?;
+    let size = file
+        .metadata()
+        .map_err(FileError::of(FileAction::Inspect, path))?
+        .len();
     let (sector, partitions) = read_gpt(&mut file, path)?;
     let (data, verity) =
         select_partitions(&partitions).map_err(|problem| SysextError::Partitions {
@@ -745,16 +749,13 @@ fn read_range(
     offset: u64,
     bytes: u64,
 ) -> Result<Vec<u8>, SysextError> {
-    let read = |source| SysextError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read = FileError::of(FileAction::ReadAt(offset), path);
     let mut buffer = Vec::new();
-    file.seek(SeekFrom::Start(offset)).map_err(read)?;
+    file.seek(SeekFrom::Start(offset)).map_err(&read)?;
     Read::by_ref(file)
         .take(bytes)
         .read_to_end(&mut buffer)
-        .map_err(read)?;
+        .map_err(&read)?;
     let length = usize::try_from(bytes).unwrap_or(buffer.len());
     buffer.resize(length, 0);
     Ok(buffer)
@@ -995,18 +996,22 @@ fn extract(
     let error = |source| SysextError::Extract {
         path: path.to_owned(),
         number: partition.number,
-        to: to.to_owned(),
         source,
     };
     file.seek(SeekFrom::Start(partition.offset))
-        .map_err(error)?;
-    let mut output = File::create(to).map_err(error)?;
-    let copied =
-        io::copy(&mut Read::by_ref(file).take(partition.bytes), &mut output).map_err(error)?;
+        .map_err(|err| {
+            error(FileError::of(FileAction::ReadAt(partition.offset), path)(
+                err,
+            ))
+        })?;
+    let write = FileError::of(FileAction::Write, to);
+    let mut output = File::create(to).map_err(|err| error(write(err)))?;
+    let copied = io::copy(&mut Read::by_ref(file).take(partition.bytes), &mut output)
+        .map_err(|err| error(write(err)))?;
     if copied != partition.bytes {
-        return Err(error(io::ErrorKind::UnexpectedEof.into()));
+        return Err(error(write(io::ErrorKind::UnexpectedEof.into())));
     }
-    output.flush().map_err(error)
+    output.flush().map_err(|err| error(write(err)))
 }
 
 /// Checks the extension images named `NAME.raw` with [`read_extension`] and that each carries
@@ -1089,10 +1094,7 @@ fn read_release_from(
         Some(EntryType::File) => {}
         Some(other) => return Err(ReleaseReadError::NotFile(other)),
     }
-    let text = fs::read_to_string(&file).map_err(|source| ReleaseReadError::Read {
-        path: file.clone(),
-        source,
-    })?;
+    let text = fs::read_to_string(&file).map_err(FileError::of(FileAction::Read, &file))?;
     Ok(
         match decide_release(kind, Some(&text), &ReleaseFields::default())? {
             Release::Existing(release) | Release::Generated(release) => release,
@@ -1390,7 +1392,7 @@ mod tests {
     /// A DDI as `sysext` lays it out, around a stand-in SquashFS of three blocks (its magic
     /// and size only) with a tree over `covered` of them.
     fn fake_ddi(dir: &Path, magic: &[u8; 4], covered: u64) -> (PathBuf, RootHash) {
-        use crate::verity::{FormatParams, TreeParams};
+        use crate::image::verity::{FormatParams, TreeParams};
         let data = dir.join("data");
         let mut bytes: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
         bytes[..4].copy_from_slice(magic);
