@@ -38,6 +38,57 @@ pub fn read_beneath(
     max: u64,
 ) -> Result<Option<Vec<u8>>, UntrustedFileError> {
     let path = dir.join(relative);
+    let Some((file, size)) = open_beneath(dir, relative, max)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // One byte past the bound at most: a file can grow after fstat.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| UntrustedFileError {
+            path: path.clone(),
+            problem: Problem::Io(error),
+        })?;
+    check_bound(&path, bytes.len() as u64, max)?;
+    Ok(Some(bytes))
+}
+
+/// Copies `relative` beneath `dir` to the new file `to` (in memory, on /run), so nothing
+/// keeps the untrusted file system busy afterwards; `None` when there is no such file.
+pub fn copy_beneath(
+    dir: &Path,
+    relative: &Path,
+    max: u64,
+    to: &Path,
+) -> Result<Option<u64>, UntrustedFileError> {
+    let path = dir.join(relative);
+    let Some((file, _)) = open_beneath(dir, relative, max)? else {
+        return Ok(None);
+    };
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |error| UntrustedFileError {
+            path,
+            problem: Problem::Io(error),
+        }
+    };
+    let mut out = File::options()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(io(to))?;
+    let copied = std::io::copy(&mut file.take(max + 1), &mut out).map_err(io(to))?;
+    check_bound(&path, copied, max)?;
+    Ok(Some(copied))
+}
+
+/// Opens a regular file beneath `dir` and returns it with its size, or refuses it.
+fn open_beneath(
+    dir: &Path,
+    relative: &Path,
+    max: u64,
+) -> Result<Option<(File, u64)>, UntrustedFileError> {
+    let path = dir.join(relative);
     let fail = |problem| UntrustedFileError {
         path: path.clone(),
         problem,
@@ -71,22 +122,18 @@ pub fn read_beneath(
         return Err(fail(Problem::NotRegular(kind_name(kind))));
     }
     let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
-    if size > max {
-        return Err(fail(Problem::TooLarge { size, max }));
+    check_bound(&path, size, max)?;
+    Ok(Some((File::from(fd), size)))
+}
+
+fn check_bound(path: &Path, size: u64, max: u64) -> Result<(), UntrustedFileError> {
+    match size > max {
+        true => Err(UntrustedFileError {
+            path: path.to_owned(),
+            problem: Problem::TooLarge { size, max },
+        }),
+        false => Ok(()),
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    File::from(fd)
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| fail(Problem::Io(error)))?;
-    // A file can grow between fstat and read; the bound holds either way.
-    if bytes.len() as u64 > max {
-        return Err(fail(Problem::TooLarge {
-            size: bytes.len() as u64,
-            max,
-        }));
-    }
-    Ok(Some(bytes))
 }
 
 fn kind_name(kind: FileType) -> &'static str {
@@ -153,5 +200,26 @@ mod tests {
         assert!(problem(root, "fifo", 100)
             .ends_with("is a FIFO, not a regular file; refused on untrusted storage"));
         assert!(problem(root, "sub", 100).contains("is a directory"));
+    }
+
+    #[test]
+    fn copies_go_to_a_new_file_within_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("image.raw"), "12345").expect("write");
+        let copy = root.join("copy.raw");
+        assert_eq!(
+            copy_beneath(root, Path::new("image.raw"), 5, &copy).expect("copied"),
+            Some(5)
+        );
+        assert_eq!(std::fs::read(&copy).expect("read"), b"12345");
+        // Never over an existing file (a planted symlink included).
+        assert!(copy_beneath(root, Path::new("image.raw"), 5, &copy).is_err());
+        let error = copy_beneath(root, Path::new("image.raw"), 4, &root.join("small.raw"))
+            .expect_err("too large");
+        assert!(
+            error.to_string().ends_with("more than the 4 bytes allowed"),
+            "{error}"
+        );
     }
 }

@@ -160,6 +160,8 @@ pub enum Cause {
     CarriesOsRelease,
     #[error("the base image has no /{0} to merge it onto")]
     NoMountPoint(&'static str),
+    #[error("cannot copy it off the state partition")]
+    Copy(#[source] crate::untrusted::UntrustedFileError),
     #[error("{0}")]
     Probe(#[source] crate::discovery::block_devices::BlockError),
     #[error(transparent)]
@@ -338,13 +340,20 @@ pub struct Activator<'a> {
     pub mount_dir: &'a Path,
     pub base: &'a Path,
     pub base_release: &'a OsRelease,
+    /// Where images from the state partition are copied (on /run), so that partition is
+    /// free again once the extensions are verified.
+    pub copy_dir: &'a Path,
 }
+
+/// Far above a real extension; a copy larger than this is refused rather than fill /run.
+const MAX_COPIED_IMAGE_BYTES: u64 = 1 << 30;
 
 /// What was set up so far, to be undone when a later step refuses the extension.
 #[derive(Debug, Default)]
 struct Undo {
     mapping: Option<String>,
     mount: Option<PathBuf>,
+    copy: Option<PathBuf>,
 }
 
 impl Activator<'_> {
@@ -378,14 +387,22 @@ impl Activator<'_> {
         trust: Trust,
         undo: &mut Undo,
     ) -> Result<Activated, Cause> {
-        let (data, hash) = verity_partitions(&candidate.file)?;
+        let file = match candidate.place {
+            Place::State => {
+                let copy = self.copy_into_memory(kind, candidate)?;
+                undo.copy = Some(copy.clone());
+                copy
+            }
+            _ => candidate.file.clone(),
+        };
+        let (data, hash) = verity_partitions(&file)?;
         // Unpinned (dev mode only): the hash the image's own partition UUIDs spell.
         let root_hash = match pin {
             Some(pin) => pin,
             None => root_hash_from_uuids(&data, &hash)?,
         };
-        let data_node = attach(self.dev_dir, &candidate.file, &data)?;
-        let hash_node = attach(self.dev_dir, &candidate.file, &hash)?;
+        let data_node = attach(self.dev_dir, &file, &data)?;
+        let hash_node = attach(self.dev_dir, &file, &hash)?;
         let name = format!("{kind}-{}", candidate.name);
         let mapping = Mapping {
             name: &name,
@@ -478,11 +495,41 @@ impl Activator<'_> {
         Ok(present)
     }
 
+    /// Copies an image off the state partition into memory, read as untrusted storage is:
+    /// the loop devices then hold the copy, and the partition can be unmounted (and mounted
+    /// read-write by the booted system).
+    fn copy_into_memory(
+        &self,
+        kind: ExtensionKind,
+        candidate: &Candidate,
+    ) -> Result<PathBuf, Cause> {
+        let copy = self.copy_dir.join(format!("{kind}-{}.raw", candidate.name));
+        let dir = candidate.file.parent().unwrap_or(Path::new("/"));
+        let name = candidate
+            .file
+            .file_name()
+            .map(Path::new)
+            .unwrap_or(Path::new(""));
+        std::fs::create_dir_all(self.copy_dir).map_err(|error| {
+            Cause::Copy(crate::untrusted::UntrustedFileError {
+                path: self.copy_dir.to_owned(),
+                problem: crate::untrusted::Problem::Io(error),
+            })
+        })?;
+        crate::untrusted::copy_beneath(dir, name, MAX_COPIED_IMAGE_BYTES, &copy)
+            .map_err(Cause::Copy)?;
+        Ok(copy)
+    }
+
     /// Unmounts and unmaps an extension that will not be merged after all.
     pub fn release(&self, extension: &Activated) {
         self.undo(Undo {
             mapping: Some(format!("{}-{}", extension.kind, extension.name)),
             mount: Some(extension.mount.clone()),
+            copy: (extension.place == Place::State).then(|| {
+                self.copy_dir
+                    .join(format!("{}-{}.raw", extension.kind, extension.name))
+            }),
         });
     }
 
@@ -498,6 +545,11 @@ impl Activator<'_> {
                 .and_then(|control| control.remove(&name));
             if let Err(error) = removed {
                 log::warn!("cannot remove /dev/mapper/{name}: {error}");
+            }
+        }
+        if let Some(copy) = undo.copy {
+            if let Err(error) = std::fs::remove_file(&copy) {
+                log::warn!("cannot remove {}: {error}", copy.display());
             }
         }
     }

@@ -283,17 +283,9 @@ fn activate_selected(
     }
     let state = state_partition::mount_read_only(paths, base.device, modules);
     let merged = activate_from(paths, options, base, state.as_ref(), wanted);
+    // Images from it were copied into memory: nothing holds the partition any more.
     if let Some(state) = &state {
-        let used = merged.as_ref().is_ok_and(|selected| {
-            selected
-                .sysexts
-                .iter()
-                .chain(&selected.confexts)
-                .any(|e| e.place == extensions::Place::State)
-        });
-        if !used {
-            state_partition::release(state);
-        }
+        state_partition::release(state);
     }
     merged
 }
@@ -323,12 +315,14 @@ fn activate_from(
         state: state.map(|state| state.mount.as_path()),
     };
     let mount_dir = paths.xorbang_run().join("extensions");
+    let copy_dir = paths.xorbang_run().join("extension-images");
     let dev_dir = paths.dev();
     let activator = Activator {
         dev_dir: &dev_dir,
         mount_dir: &mount_dir,
         base,
         base_release: &base_release,
+        copy_dir: &copy_dir,
     };
     let mut config_refusal = None;
     let mut merged: Vec<Vec<(Activated, bool)>> = Vec::new();

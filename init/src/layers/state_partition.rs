@@ -1,7 +1,9 @@
 //! The state partition: the Discoverable Partitions /var partition on the root's disk,
 //! which may carry extension images in its `lib/extensions/` and `lib/confexts/` (the
-//! booted system's /var/lib/extensions). It is mounted read-only for as long as an
-//! extension from it is merged; it is optional, so nothing here fails the boot.
+//! booted system's /var/lib/extensions). It is mounted read-only, as untrusted storage, only
+//! while the extensions are found and copied into memory, and unmounted before the boot goes
+//! on, so the booted system can mount it read-write as /var. It is optional: nothing here
+//! fails the boot.
 
 use std::path::{Path, PathBuf};
 
@@ -76,8 +78,8 @@ fn find(paths: &Paths, root_device: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Unmounts a state partition nothing merged came from, so the booted system can mount it
-/// read-write as /var.
+/// Unmounts the state partition (what was merged from it is a copy in memory), so the booted
+/// system can mount it read-write as /var.
 pub fn release(state: &StatePartition) {
     if let Err(errno) = rustix::mount::unmount(&state.mount, rustix::mount::UnmountFlags::empty()) {
         log::warn!("cannot unmount {}: {errno}", state.mount.display());
