@@ -505,8 +505,14 @@ fn write_sealed_layer(
                 .map_err(|errno| format!("cannot seal {} read-only: {errno}", root.display()))
         });
     if written.is_err() {
-        if let Err(errno) = rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH) {
-            log::warn!("cannot unmount {}: {errno}", root.display());
+        let removed = rustix::mount::unmount(root, rustix::mount::UnmountFlags::DETACH)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::fs::remove_dir(root));
+        if let Err(error) = removed {
+            log::warn!(
+                "cannot remove the refused layer {}: {error}",
+                root.display()
+            );
         }
     }
     written

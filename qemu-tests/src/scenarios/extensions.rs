@@ -154,7 +154,18 @@ pub fn sysext_tamper(context: &Context) -> Result<(), String> {
 /// The state partition route: the system disk laid out again with a DPS /var partition (ext4)
 /// whose lib/extensions/ holds `state-tool.raw`; the initramfs carries ext4 for it.
 pub fn sysext_state(context: &Context) -> Result<(), String> {
-    let check = "sysext-state";
+    boot_with_state_partition(context, "sysext-state")
+}
+
+/// After a boot that merged an extension from the /var partition, the booted system can
+/// still mount that partition read-write: the init copied the image off it and let go.
+pub fn sysext_state_var_rw(context: &Context) -> Result<(), String> {
+    boot_with_state_partition(context, "sysext-state-var-rw")
+}
+
+/// Boots a disk whose DPS /var partition (ext4, /dev/vda3) holds `lib/extensions/state-tool.raw`,
+/// selecting it; the agent runs `check`.
+fn boot_with_state_partition(context: &Context, check: &str) -> Result<(), String> {
     let dir = context.work.join(check);
     let tree = dir.join("state/lib/extensions");
     std::fs::create_dir_all(&tree).map_err(|error| format!("{}: {error}", tree.display()))?;
@@ -191,13 +202,48 @@ pub fn sysext_state(context: &Context) -> Result<(), String> {
         &initrd,
         vec![disk],
         &format!(
-            "{} xorbang.sysext=state-tool xtest.scenario={check}",
+            "{} xorbang.sysext=state-tool xtest.scenario={check} xtest.var=/dev/vda3",
             context.production_root()
         ),
         SYSTEMD_TIMEOUT,
     );
     let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
     expect_merged_from(context, &console, "state-tool", "state:/var/lib/extensions")
+}
+
+/// A layered boot (two sysexts, a confext, a host config with a long file list): its report
+/// is longer than one kmsg record takes, and `dmesg` in the booted system still holds all of
+/// it, equal to /run/xorbang/boot.json.
+pub fn boot_report_kmsg(context: &Context) -> Result<(), String> {
+    let check = "boot-report-kmsg";
+    let mut text = crate::fixtures::host_config::host_config("xorbang-kmsg");
+    for index in 0..24 {
+        text.push_str(&format!(
+            "\n[[files]]\npath = \"/etc/xorbang-kmsg/file-{index:02}\"\ncontent = \"{index}\\n\"\n"
+        ));
+    }
+    let config = context.write_work_file("host-config-kmsg.toml", &text)?;
+    let append = format!(
+        "{} xorbang.sysext=world,hello xorbang.confext=site xtest.scenario={check}",
+        context.production_root()
+    );
+    let mut vm = context.vm(vec![context.system.disk.clone()], &append, SYSTEMD_TIMEOUT);
+    vm.fw_cfg
+        .push((crate::fixtures::host_config::FW_CFG_NAME.to_owned(), config));
+    let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
+    // The split must have happened, or this proves nothing about it.
+    if !console
+        .lines
+        .iter()
+        .any(|line| line.starts_with("xorbang: +"))
+    {
+        return Err("the boot report fit one kmsg record: make the fixture's report longer".into());
+    }
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    match report.host_config {
+        Some(host) if host.applied && host.files.len() > 24 => Ok(()),
+        other => Err(format!("unexpected host config report {other:?}")),
+    }
 }
 
 pub fn sysext_unpinned(context: &Context) -> Result<(), String> {

@@ -4,7 +4,16 @@
 use crate::context::{
     parse_report, pass_line, report_line, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
-use crate::fixtures::host_config::{fat_image, host_config, initrd_with_config, FW_CFG_NAME};
+use std::path::{Path, PathBuf};
+
+use xorbang_formats::boot_report::ConfigTrust;
+use xorbang_init::layers::host_config_source::PARTITION_LABEL;
+
+use crate::fixtures::host_config::{
+    ext4_image_with_fifo, fat_image, fat_image_with, host_config, initrd_with_config, sign,
+    FW_CFG_NAME,
+};
+use crate::fixtures::system::{TEST_KEY_NAME, TEST_SECRET_KEY};
 use crate::fixtures::{binaries, system};
 use crate::harness::qemu::{AfterMarkers, Console, LineMatch};
 
@@ -170,6 +179,294 @@ pub fn hostconfig_invalid(context: &Context) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The agent's check for a boot that refused its host config: the image's own hostname, no
+/// network file, no host-config layer.
+fn refused_check(context: &Context, extra: &str) -> String {
+    format!(
+        "{} {extra} xtest.scenario=hostconfig-refused xtest.hostname={}",
+        context.production_root(),
+        context.system.hostname
+    )
+}
+
+/// The report says the config from `origin` was refused, and nothing of it was applied.
+fn expect_refused(console: &Console, origin: &str) -> Result<(), String> {
+    let report = parse_report(console, REPORT_PREFIX)?;
+    match report.host_config {
+        Some(host) if host.origin == origin && !host.applied && host.files.is_empty() => Ok(()),
+        other => Err(format!("unexpected host config report {other:?}")),
+    }
+}
+
+/// The report says the config from `origin` was applied at `trust`, signed by `key`.
+fn expect_trusted(
+    console: &Console,
+    origin: &str,
+    trust: ConfigTrust,
+    key: Option<&str>,
+) -> Result<(), String> {
+    expect_applied(console, origin)?;
+    let report = parse_report(console, REPORT_PREFIX)?;
+    let host = report.host_config.ok_or("the report has no host_config")?;
+    if host.trust != Some(trust) || host.signed_by.as_deref() != key {
+        return Err(format!(
+            "expected {trust} by {key:?}, the report says {host:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The system disk with one more partition, labelled `xorbang-config`, holding `image`: it
+/// becomes /dev/vda3, next to the verified root.
+fn disk_with_config(context: &Context, dir: &Path, image: &Path) -> Result<PathBuf, String> {
+    let body = format!(
+        "Type=linux-generic\nLabel={PARTITION_LABEL}\nCopyBlocks={}\n",
+        image.display()
+    );
+    system::disk_with(
+        &context.binaries.build,
+        &context.system,
+        dir,
+        &[("30-config.conf", body)],
+    )
+    .map_err(|error| error.to_string())
+}
+
+fn scenario_dir(context: &Context, name: &str) -> Result<PathBuf, String> {
+    let dir = context.work.join(name);
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    Ok(dir)
+}
+
+fn vfat_initrd(context: &Context) -> Result<PathBuf, String> {
+    binaries::initrd_with_modules(
+        &context.work,
+        "initrd-vfat.img",
+        &context.binaries,
+        &context.kernel,
+        &["vfat", "nls_cp437", "nls_ascii"],
+    )
+    .map_err(|error| error.to_string())
+}
+
+/// A config that uses the whole schema: a file under /etc and root's SSH key besides the
+/// hostname and network.
+fn full_config(hostname: &str) -> String {
+    format!(
+        "{}\n[users.root]\nssh_authorized_keys = [\"{SSH_KEY}\"]\n\n[[files]]\npath = \"/etc/xorbang-{hostname}\"\ncontent = \"from {hostname}\\n\"\n",
+        host_config(hostname)
+    )
+}
+
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAcUIS47SFVib3yJlqOwvcrX5PH+CxglMj9MWWZzgI2a test";
+const CONFIG_ORIGIN: &str = "/dev/vda3:/host-config.toml";
+
+/// A FAT config partition anyone could write: in production a config there that uses more
+/// than hostname, timezone and network is refused as a whole, naming the first such key;
+/// one that sets only those is applied.
+pub fn hostconfig_local_restricted(context: &Context) -> Result<(), String> {
+    let initrd = vfat_initrd(context)?;
+    let cases = [
+        ("refused", full_config("xorbang-local")),
+        ("applied", host_config("xorbang-local")),
+    ];
+    for (case, text) in cases {
+        let dir = scenario_dir(context, &format!("hostconfig-local-{case}"))?;
+        let config = dir.join("host-config.toml");
+        std::fs::write(&config, &text).map_err(|error| error.to_string())?;
+        let fat = dir.join("fat.img");
+        fat_image_with(&fat, &[("host-config.toml", &config)]).map_err(|e| e.to_string())?;
+        let disk = disk_with_config(context, &dir, &fat)?;
+        let log = format!("hostconfig-local-{case}");
+        if case == "refused" {
+            let vm = context.vm_with_initrd(
+                &initrd,
+                vec![disk],
+                &refused_check(context, ""),
+                SYSTEMD_TIMEOUT,
+            );
+            let expect = [
+                LineMatch::Between(
+                    format!("xorbang: host config {CONFIG_ORIGIN}: line "),
+                    ": \"users\" is not allowed in an unsigned config from local storage (only \
+                     hostname, timezone, network); sign it with a key the image pins; trying the \
+                     next source"
+                        .to_owned(),
+                ),
+                report_line(),
+                pass_line("hostconfig-refused"),
+            ];
+            let console = context
+                .boot(&vm, &log, &expect)
+                .map_err(|e| format!("{case}: {e}"))?;
+            expect_refused(&console, CONFIG_ORIGIN).map_err(|e| format!("{case}: {e}"))?;
+        } else {
+            let append = format!(
+                "{} xtest.scenario=hostconfig-local",
+                context.production_root()
+            );
+            let vm = context.vm_with_initrd(&initrd, vec![disk], &append, SYSTEMD_TIMEOUT);
+            let expect = [report_line(), pass_line("hostconfig-local")];
+            let console = context
+                .boot(&vm, &log, &expect)
+                .map_err(|e| format!("{case}: {e}"))?;
+            expect_trusted(&console, CONFIG_ORIGIN, ConfigTrust::Local, None)
+                .map_err(|e| format!("{case}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The same full config on the same FAT partition, with a detached signature by the key the
+/// image pins: applied as `signed`. With one byte of the config changed after signing:
+/// refused naming the key.
+pub fn hostconfig_signed(context: &Context) -> Result<(), String> {
+    let initrd = vfat_initrd(context)?;
+    for case in ["valid", "flipped"] {
+        let dir = scenario_dir(context, &format!("hostconfig-signed-{case}"))?;
+        let config = dir.join("host-config.toml");
+        let text = full_config("xorbang-signed");
+        std::fs::write(&config, &text).map_err(|error| error.to_string())?;
+        let signature = sign(&config, TEST_SECRET_KEY).map_err(|error| error.to_string())?;
+        if case == "flipped" {
+            let flipped = text.replacen("xorbang-signed", "xorbang-signee", 1);
+            std::fs::write(&config, flipped).map_err(|error| error.to_string())?;
+        }
+        let fat = dir.join("fat.img");
+        fat_image_with(
+            &fat,
+            &[
+                ("host-config.toml", &config),
+                ("host-config.toml.minisig", &signature),
+            ],
+        )
+        .map_err(|error| error.to_string())?;
+        let disk = disk_with_config(context, &dir, &fat)?;
+        let log = format!("hostconfig-signed-{case}");
+        if case == "valid" {
+            let append = format!(
+                "{} xtest.scenario=hostconfig-signed",
+                context.production_root()
+            );
+            let vm = context.vm_with_initrd(&initrd, vec![disk], &append, SYSTEMD_TIMEOUT);
+            let expect = [report_line(), pass_line("hostconfig-signed")];
+            let console = context
+                .boot(&vm, &log, &expect)
+                .map_err(|e| format!("{case}: {e}"))?;
+            expect_trusted(
+                &console,
+                CONFIG_ORIGIN,
+                ConfigTrust::Signed,
+                Some(TEST_KEY_NAME),
+            )
+            .map_err(|e| format!("{case}: {e}"))?;
+        } else {
+            let vm = context.vm_with_initrd(
+                &initrd,
+                vec![disk],
+                &refused_check(context, ""),
+                SYSTEMD_TIMEOUT,
+            );
+            let expect = [
+                LineMatch::Exact(format!(
+                    "xorbang: host config {CONFIG_ORIGIN}: signature: the signature by key \
+                     {TEST_KEY_NAME} does not match the file; trying the next source"
+                )),
+                report_line(),
+                pass_line("hostconfig-refused"),
+            ];
+            let console = context
+                .boot(&vm, &log, &expect)
+                .map_err(|e| format!("{case}: {e}"))?;
+            expect_refused(&console, CONFIG_ORIGIN).map_err(|e| format!("{case}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The config file is a FIFO on an ext4 config partition: opening it must not wait for a
+/// writer. One line names it, and the boot goes on without host config.
+pub fn hostconfig_fifo(context: &Context) -> Result<(), String> {
+    let dir = scenario_dir(context, "hostconfig-fifo")?;
+    let image = dir.join("config.img");
+    ext4_image_with_fifo(&image, "host-config.toml", &dir.join("staging"))
+        .map_err(|error| error.to_string())?;
+    let disk = disk_with_config(context, &dir, &image)?;
+    // ext4 asks for crc32c through the crypto API (a soft dependency modules.dep omits).
+    let initrd = binaries::initrd_with_modules(
+        &context.work,
+        "initrd-ext4.img",
+        &context.binaries,
+        &context.kernel,
+        &["ext4", "crc32c_generic"],
+    )
+    .map_err(|error| error.to_string())?;
+    let vm = context.vm_with_initrd(
+        &initrd,
+        vec![disk],
+        &refused_check(context, ""),
+        SYSTEMD_TIMEOUT,
+    );
+    let expect = [
+        LineMatch::Exact(format!(
+            "xorbang: host config {CONFIG_ORIGIN}: /run/xorbang/config-source/host-config.toml: \
+             is a FIFO, not a regular file; refused on untrusted storage; trying the next source"
+        )),
+        report_line(),
+        pass_line("hostconfig-refused"),
+    ];
+    context.boot(&vm, "hostconfig-fifo", &expect).map(drop)
+}
+
+/// A config with a file under /etc, through fw_cfg: in the booted system the layer it made is
+/// a read-only mount that cannot be written, and /etc still shows what the config said.
+pub fn hostconfig_layer_immutable(context: &Context) -> Result<(), String> {
+    let check = "hostconfig-layer-immutable";
+    let config = context.write_work_file(
+        "host-config-immutable.toml",
+        &full_config("xorbang-immutable"),
+    )?;
+    let append = format!("{} xtest.scenario={check}", context.production_root());
+    let mut vm = context.vm(vec![context.system.disk.clone()], &append, SYSTEMD_TIMEOUT);
+    vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config));
+    let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
+    expect_trusted(
+        &console,
+        &format!("fw_cfg {FW_CFG_NAME}"),
+        ConfigTrust::Platform,
+        None,
+    )
+}
+
+/// A config that asks for a sysext nobody has: the request is part of the config, so the
+/// whole config is refused and production boots on without it (only a command-line
+/// selection is fatal).
+pub fn hostconfig_extension_missing(context: &Context) -> Result<(), String> {
+    let text = format!(
+        "{}\n[extensions]\nsysext = [\"absent\"]\n",
+        host_config("xorbang-absent")
+    );
+    let config = context.write_work_file("host-config-extension-missing.toml", &text)?;
+    let mut vm = context.vm(
+        vec![context.system.disk.clone()],
+        &refused_check(context, ""),
+        SYSTEMD_TIMEOUT,
+    );
+    vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config));
+    let origin = format!("fw_cfg {FW_CFG_NAME}");
+    let expect = [
+        LineMatch::Between(
+            format!("xorbang: host config {origin}: sysext absent: not found in "),
+            "; booting without it".to_owned(),
+        ),
+        report_line(),
+        pass_line("hostconfig-refused"),
+    ];
+    let console = context.boot(&vm, "hostconfig-extension-missing", &expect)?;
+    expect_refused(&console, &origin)
 }
 
 #[cfg(test)]

@@ -186,6 +186,18 @@ pub const SCENARIOS: &[Scenario] = &[
         run: extensions::sysext_state,
     },
     Scenario {
+        name: "sysext-state-var-rw",
+        about: "after merging a sysext from the /var partition, the booted system mounts that partition read-write",
+        requires: &[],
+        run: extensions::sysext_state_var_rw,
+    },
+    Scenario {
+        name: "boot-report-kmsg",
+        about: "a layered boot's report, longer than one kmsg record, is whole in dmesg and equal to boot.json",
+        requires: &[],
+        run: extensions::boot_report_kmsg,
+    },
+    Scenario {
         name: "sysext-tamper",
         about: "a sysext with one flipped byte is refused before merging; production reboots",
         requires: &[],
@@ -226,6 +238,36 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "malformed TOML, an unknown key, a bad hostname: one line with line:column, nothing applied",
         requires: &[],
         run: host_config::hostconfig_invalid,
+    },
+    Scenario {
+        name: "hostconfig-local-restricted",
+        about: "an unsigned config partition may set only hostname, timezone and network in production: [users] and [[files]] refuse the config, the restricted one applies",
+        requires: &[],
+        run: host_config::hostconfig_local_restricted,
+    },
+    Scenario {
+        name: "hostconfig-signed",
+        about: "the full config with a minisign signature by a key the image pins is applied as signed; with a flipped byte it is refused",
+        requires: &[],
+        run: host_config::hostconfig_signed,
+    },
+    Scenario {
+        name: "hostconfig-fifo",
+        about: "a FIFO as the config file on an ext4 config partition: one line, no hang, the boot goes on",
+        requires: &[],
+        run: host_config::hostconfig_fifo,
+    },
+    Scenario {
+        name: "hostconfig-layer-immutable",
+        about: "the host-config layer is a read-only mount in the booted system; writes fail and /etc is unchanged",
+        requires: &[],
+        run: host_config::hostconfig_layer_immutable,
+    },
+    Scenario {
+        name: "hostconfig-extension-missing",
+        about: "a config asking for an absent sysext is refused as a whole; production boots on",
+        requires: &[],
+        run: host_config::hostconfig_extension_missing,
     },
 ];
 
