@@ -49,10 +49,14 @@ struct Raw {
     confext: BTreeMap<String, String>,
 }
 
+/// The longest extension name: its device-mapper name `confext-NAME` must fit the kernel's
+/// DM_NAME_LEN (128 bytes with the NUL).
+pub const MAX_NAME_LEN: usize = 127 - "confext-".len();
+
 /// Extension names become file names (`NAME.raw`) and mapping names: keep them plain.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 128
+        && name.len() <= MAX_NAME_LEN
         && !name.starts_with('.')
         && name
             .bytes()

@@ -49,7 +49,7 @@
 //!   at most 255 bytes. The init refuses the config if the merged root lacks
 //!   `/usr/share/zoneinfo/<timezone>` (the /etc/localtime link would point nowhere).
 //! - `extensions.sysext`, `extensions.confext`: image names of `A-Z a-z 0-9 _ . -`, not
-//!   starting with `.`, at most 128 bytes, each listed once.
+//!   starting with `.`, at most 119 bytes (its device-mapper name must fit), each listed once.
 //! - `[[network]]`: `name` (1–15 bytes, no `/`, `:`, whitespace or control characters; `*?[]`
 //!   globs and networkd's leading `!` work as in `Name=`) or `mac` (six `:`-separated pairs
 //!   of hex digits); `dhcp` (default false); `addresses` (CIDR, the prefix is required);
@@ -93,7 +93,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use parse::*;
-pub use parse::{check_local_keys, parse, LOCAL_KEYS};
+pub use parse::{check_local_keys, parse, LOCAL_KEYS, MAX_ENTRIES};
 use rules::*;
 pub use schema::*;
 

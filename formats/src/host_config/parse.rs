@@ -337,6 +337,7 @@ impl<'de> Deserialize<'de> for SysctlValue {
 
 impl RawConfig {
     pub(super) fn validate(self) -> Result<HostConfig, Refusal> {
+        self.check_counts()?;
         let mut earliest = Earliest::default();
         let (sysext, confext) = match &self.extensions {
             Some(extensions) => (
@@ -360,6 +361,38 @@ impl RawConfig {
         earliest.finish()?;
         check_collisions(&config, &file_spans)?;
         Ok(config)
+    }
+}
+
+/// The most entries of each kind a config may have: far above a real host, and what keeps
+/// deciding a config at the size limit well under a second of init time.
+pub const MAX_ENTRIES: usize = 256;
+
+impl RawConfig {
+    /// Refuses a list longer than [`MAX_ENTRIES`] at its first entry past the limit.
+    fn check_counts(&self) -> Result<(), Refusal> {
+        let too_many = |what: &str, at: usize| {
+            Err(Refusal::new(
+                at,
+                format!("more than {MAX_ENTRIES} {what}; a host config is small by design"),
+            ))
+        };
+        if let Some(file) = self.files.get(MAX_ENTRIES) {
+            return too_many("[[files]]", file.path.span().start);
+        }
+        if let Some(network) = self.network.get(MAX_ENTRIES) {
+            return too_many("[[network]] sections", network.span().start);
+        }
+        if let Some(module) = self.modules.get(MAX_ENTRIES) {
+            return too_many("modules", module.span().start);
+        }
+        if let Some((key, _)) = self.users.iter().nth(MAX_ENTRIES) {
+            return too_many("users", key.span().start);
+        }
+        if let Some((key, _)) = self.sysctl.iter().nth(MAX_ENTRIES) {
+            return too_many("sysctl keys", key.span().start);
+        }
+        Ok(())
     }
 }
 

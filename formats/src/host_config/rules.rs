@@ -67,7 +67,7 @@ pub(super) fn check_extension_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(
-            "a name has 1 to 128 bytes of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.'"
+            "a name has 1 to 119 bytes of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.'"
                 .into(),
         )
     }

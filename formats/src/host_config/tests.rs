@@ -1326,3 +1326,40 @@ fn file_modes_keep_only_permission_bits() {
         }
     );
 }
+
+#[test]
+fn lists_are_bounded_and_a_config_at_the_size_limit_is_decided_fast() {
+    let mut text = String::from("version = 1\n");
+    for index in 0..=MAX_ENTRIES {
+        text.push_str(&format!(
+            "[[files]]\npath = \"/etc/f/{index}\"\ncontent = \"\"\n"
+        ));
+    }
+    let error = parse(&text).expect_err("one too many");
+    assert!(
+        error.message.starts_with("more than 256 [[files]]"),
+        "{error}"
+    );
+    assert_eq!(error.line, 2 + 3 * MAX_ENTRIES + 1);
+    // Just under the limit, with 64 KiB of text: parsed and rendered quickly even unoptimised.
+    let mut text = String::from("version = 1\n");
+    for index in 0..MAX_ENTRIES {
+        let content = "x".repeat(180);
+        text.push_str(&format!(
+            "[[files]]\npath = \"/etc/f/{index}\"\ncontent = \"{content}\"\n"
+        ));
+    }
+    assert!(
+        text.len() > 50_000 && text.len() < 64 * 1024,
+        "{}",
+        text.len()
+    );
+    let started = std::time::Instant::now();
+    let layer = parse(&text).expect("valid").etc_layer();
+    assert_eq!(layer.len(), MAX_ENTRIES);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
