@@ -25,6 +25,7 @@ use host_config_trust::Accepted;
 use state_partition::StatePartition;
 use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
 use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::host_config::{self, EntryKind};
 use xorbang_formats::os_release::ExtensionKind;
 
@@ -36,7 +37,7 @@ pub enum LayersError {
     Base(#[from] BaseError),
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("kernel modules: {0}")]
+    #[error("kernel modules")]
     Modules(#[from] KmodError),
 }
 
@@ -145,7 +146,7 @@ pub fn merge(
     // The config's extensions are part of the config: one that cannot be merged refuses it.
     let (accepted, refused) = match (host.accepted, selected.config_refusal) {
         (Some(accepted), Some(error)) => {
-            let reason = xorbang_formats::error_chain::error_chain(&error);
+            let reason = error_chain(&error);
             log::error!(
                 "host config {}: {reason}; booting without it",
                 accepted.origin
@@ -348,7 +349,10 @@ fn activate_from(
             ) {
                 Ok(extension) => activated.push((extension, wanted.from_config)),
                 Err(error) if options.mode == Mode::Dev => {
-                    log::error!("{error}; not merged (dev mode boots on without it)");
+                    log::error!(
+                        "{}; not merged (dev mode boots on without it)",
+                        error_chain(&error)
+                    );
                 }
                 Err(error) if wanted.from_config => config_refusal = Some(error),
                 Err(error) => return Err(error.into()),
@@ -437,11 +441,11 @@ fn apply_host_config(paths: &Paths, accepted: &Accepted) -> (HostConfigReport, O
     let etc = root.join("etc");
     let result = check_links(&paths.sysroot(), &entries)
         .and_then(|()| {
-            host_config_layer::write_layer(&entries, &etc).map_err(|error| error.to_string())
+            host_config_layer::write_layer(&entries, &etc).map_err(|error| error_chain(&error))
         })
         .and_then(|()| {
             match_directories(&etc, &paths.sysroot().join("etc"), &entries)
-                .map_err(|error| error.to_string())
+                .map_err(|error| error_chain(&error))
         });
     match result {
         Ok(()) => {
@@ -466,7 +470,11 @@ fn apply_host_config(paths: &Paths, accepted: &Accepted) -> (HostConfigReport, O
         Err(error) => {
             log::error!("host config {origin}: {error}; booting without it");
             if let Err(cleanup) = remove_partial_layer(&root) {
-                log::warn!("cannot remove {}: {cleanup}", root.display());
+                log::warn!(
+                    "cannot remove {}: {}",
+                    root.display(),
+                    error_chain(&cleanup)
+                );
             }
             let report = refused_report(
                 origin,
