@@ -41,4 +41,41 @@ mod tests {
             "cannot read /etc/x: No such file or directory (os error 2)"
         );
     }
+
+    /// Each message of a chain is said once: no error's message repeats its source's.
+    pub(crate) fn assert_said_once(error: &dyn Error) {
+        let mut current: Option<&dyn Error> = Some(error);
+        while let Some(error) = current {
+            if let Some(source) = error.source() {
+                assert!(
+                    !error.to_string().contains(&source.to_string()),
+                    "{error:?} repeats its source {source:?}"
+                );
+            }
+            current = error.source();
+        }
+    }
+
+    #[test]
+    fn the_crate_s_errors_leave_their_causes_to_the_chain() {
+        use crate::os_release::OsRelease;
+        use crate::verity::VerityTable;
+        let release = OsRelease::parse("A=1\nB=\"x").expect_err("unterminated");
+        assert_said_once(&release);
+        assert_eq!(
+            error_chain(&release),
+            "line 2: unterminated double quote in B=\"x"
+        );
+        let table = VerityTable::parse(
+            "2 /dev/sda1 /dev/sda2 4096 4096 262144 1 sha256 \
+             4392712ba01368efdf14b05c76f9e4df0d53664630b5d48632ed17a137f39076 -",
+        )
+        .expect_err("version 2");
+        assert!(table.source().is_some());
+        assert_said_once(&table);
+        assert_eq!(
+            error_chain(&table),
+            format!("verity table version: {}", table.source().expect("cause"))
+        );
+    }
 }

@@ -121,10 +121,11 @@ pub struct OsRelease {
 
 /// A release file refused: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {problem}")]
+#[error("line {line}")]
 pub struct OsReleaseError {
     /// 1-based.
     pub line: usize,
+    #[source]
     pub problem: OsReleaseProblem,
 }
 
@@ -700,6 +701,7 @@ pub fn validate_extension_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_chain::error_chain;
     use crate::fixtures::XorShift;
 
     /// /usr/lib/os-release of Debian 12, verbatim.
@@ -967,13 +969,13 @@ BUG_REPORT_URL="https://bugs.debian.org/"
             ),
         ];
         for (text, message) in cases {
-            let error = refusal(text);
-            assert_eq!(error.to_string(), *message, "{text:?}");
-            assert!(!error.to_string().contains('\n'));
+            let error = error_chain(&refusal(text));
+            assert_eq!(error, *message, "{text:?}");
+            assert!(!error.contains('\n'));
         }
         // Long lines are cut in the message.
         let long = format!("A=\"{}", "x".repeat(500));
-        let message = refusal(&long).to_string();
+        let message = error_chain(&refusal(&long));
         assert!(
             message.ends_with('…') && message.chars().count() < 220,
             "{message}"
@@ -1356,7 +1358,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
                         "{text:?}: line {} of {lines}",
                         error.line
                     );
-                    let message = error.to_string();
+                    let message = error_chain(&error);
                     assert!(
                         message.starts_with(&format!("line {}: ", error.line)),
                         "{message}"

@@ -914,6 +914,7 @@ impl fmt::Display for VerityTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_chain::error_chain;
     use crate::fixtures::XorShift;
 
     const UUID: &str = "12345678-1234-1234-1234-123456789abc";
@@ -989,21 +990,21 @@ mod tests {
         let err = parse_with(|b| b[ALGORITHM_AT..ALGORITHM_AT + 6].copy_from_slice(b"sha1\0\0"))
             .expect_err("sha1");
         assert_eq!(
-            chain(&err),
+            error_chain(&err),
             "verity superblock algorithm field: unsupported verity hash algorithm \"sha1\": \
              expected sha256 or sha512"
         );
         let err = parse_with(|b| put(b, DATA_BLOCK_SIZE_AT, &1000u32.to_le_bytes()))
             .expect_err("block size");
         assert_eq!(
-            chain(&err),
+            error_chain(&err),
             "verity superblock data_block_size: block size 1000 is not a power of two from \
              512 to 524288"
         );
         let err = parse_with(|b| put(b, HASH_BLOCK_SIZE_AT, &(1u32 << 20).to_le_bytes()))
             .expect_err("too large");
         assert!(
-            chain(&err).contains("hash_block_size: block size 1048576"),
+            error_chain(&err).contains("hash_block_size: block size 1048576"),
             "{err}"
         );
         let err = parse_with(|b| put(b, DATA_BLOCKS_AT, &0u64.to_le_bytes())).expect_err("empty");
@@ -1013,18 +1014,6 @@ mod tests {
             err.to_string(),
             "verity superblock salt_size is 257, expected at most 256"
         );
-    }
-
-    /// The error and its causes on one line, as the binaries print them.
-    fn chain(err: &dyn std::error::Error) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
     }
 
     #[test]
@@ -1089,12 +1078,12 @@ mod tests {
         );
         let err = RootHash::parse_hex("95417g").expect_err("not hex");
         assert_eq!(
-            chain(&err),
+            error_chain(&err),
             "root hash \"95417g\" is not hex: expected a hex digit at character 6, found 'g'"
         );
         let err = RootHash::parse_hex("954").expect_err("odd");
         assert_eq!(
-            chain(&err),
+            error_chain(&err),
             "root hash \"954\" is not hex: expected an even number of hex digits, found 3"
         );
     }
@@ -1110,7 +1099,7 @@ mod tests {
         assert!("".parse::<Salt>().expect("empty hex").is_empty());
         let err = "abc".parse::<Salt>().expect_err("odd");
         assert!(
-            chain(&err).contains("even number of hex digits, found 3"),
+            error_chain(&err).contains("even number of hex digits, found 3"),
             "{err}"
         );
         let err = "00".repeat(257).parse::<Salt>().expect_err("long");
@@ -1247,7 +1236,8 @@ mod tests {
             "verity table option \"verify_harder\" is not one dm-verity knows"
         );
         let err = VerityTable::parse(&KERNEL_DOC_TABLE.replacen('0', "2", 1)).expect_err("v2");
-        assert!(chain(&err).starts_with("verity table version: unsupported verity hash type \"2\""));
+        assert!(error_chain(&err)
+            .starts_with("verity table version: unsupported verity hash type \"2\""));
     }
 
     #[test]

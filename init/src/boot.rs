@@ -17,6 +17,7 @@ use crate::verity::activation::{self, VerityRootError};
 use xorbang_formats::boot_report::{BootReport, Mode, RootReport, VerityReport};
 use xorbang_formats::cmdline::Cmdline;
 use xorbang_formats::devspec::DeviceSpec;
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::fs_probe::FsKind;
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
@@ -40,14 +41,14 @@ pub struct Settings {
 pub enum BootError {
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("cannot read the kernel command line from {path}: {source}")]
+    #[error("cannot read the kernel command line from {path}")]
     Cmdline {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("bad kernel command line: {0}")]
+    #[error("bad kernel command line")]
     Options(#[from] OptionError),
-    #[error("kernel modules: {0}")]
+    #[error("kernel modules")]
     Modules(#[from] KmodError),
     #[error("{what} {spec} did not appear within {secs} s (block devices seen: {seen})")]
     RootTimeout {
@@ -56,12 +57,12 @@ pub enum BootError {
         secs: f64,
         seen: String,
     },
-    #[error("looking for device {spec}: {source}")]
+    #[error("looking for device {spec}")]
     RootLookup {
         spec: DeviceSpec,
         source: BlockError,
     },
-    #[error("cannot read the root device {device}: {source}")]
+    #[error("cannot read the root device {device}")]
     Probe { device: PathBuf, source: BlockError },
     #[error("root device {device} ({spec}) holds no SquashFS filesystem (found {found}); set rootfstype= to mount another filesystem")]
     NotSquashfs {
@@ -69,16 +70,16 @@ pub enum BootError {
         device: PathBuf,
         found: String,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(transparent)]
     SwitchRoot(#[from] SwitchRootError),
-    #[error("verity: {0}")]
+    #[error("verity")]
     Verity(#[from] VerityRootError),
-    #[error("loop device: {0}")]
+    #[error("loop device")]
     Loop(#[from] LoopError),
     #[error(transparent)]
     Layers(#[from] LayersError),
@@ -294,7 +295,10 @@ fn wait_for_device(
                     source,
                 })
             }
-            Err(source) => log::debug!("looking for {what} {spec}: {source}; still waiting"),
+            Err(source) => log::debug!(
+                "looking for {what} {spec}: {}; still waiting",
+                error_chain(&source)
+            ),
         }
         if Instant::now() >= deadline {
             return Err(BootError::RootTimeout {

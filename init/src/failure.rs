@@ -7,6 +7,7 @@ use std::time::Duration;
 use rustix::system::RebootCommand;
 
 use crate::options::FailurePolicy;
+use xorbang_formats::error_chain::error_chain;
 
 /// Carries out the failure policy. As PID 1 this never returns; as a test program it exits
 /// with status 1 instead of touching the machine.
@@ -39,8 +40,9 @@ fn run_rescue_shell(shell: &Path) {
     match std::process::Command::new(shell).status() {
         Ok(status) => log::error!("rescue shell exited ({status}); rebooting"),
         Err(error) => log::error!(
-            "no rescue shell: cannot run {}: {error}; rebooting instead",
-            shell.display()
+            "no rescue shell: cannot run {}: {}; rebooting instead",
+            shell.display(),
+            error_chain(&error)
         ),
     }
 }

@@ -13,9 +13,12 @@ use xorbang_init::options::FailurePolicy;
 use xorbang_init::paths::Paths;
 use xorbang_init::{failure, kmsg};
 
+use xorbang_formats::error_chain::error_chain;
+
 fn main() {
     let is_pid1 = std::process::id() == 1;
     if let Err(error) = kmsg::install(log::LevelFilter::Info) {
+        // SetLoggerError implements no std::error::Error here: a leaf, shown as it is.
         eprintln!("xorbang: cannot install the logger: {error}");
     }
     // The kernel passes PID 1 words of its command line it did not understand: not ours.
@@ -42,7 +45,7 @@ fn main() {
             );
         }
         Ok(Err(error)) => {
-            log::error!("{error}");
+            log::error!("{}", error_chain(&error));
             failure::apply(policy, is_pid1, &settings.paths.rescue_shell());
         }
         // The panic hook already logged it.

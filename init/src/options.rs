@@ -7,6 +7,7 @@ use std::time::Duration;
 use xorbang_formats::boot_report::{ConfigTrust, Mode};
 use xorbang_formats::cmdline::Cmdline;
 use xorbang_formats::devspec::{DeviceSpec, DeviceSpecError};
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::verity::{RootHash, RootHashError, VerityOption};
 
 /// Keys of our own namespace this build understands; any other `xorbang.*` key is warned
@@ -56,13 +57,13 @@ pub enum OptionError {
     MissingValue { key: &'static str },
     #[error("no roothash= or root= on the kernel command line: nothing to boot")]
     NoRoot,
-    #[error("{key}={value}: {source}")]
+    #[error("{key}={value}")]
     Device {
         key: &'static str,
         value: String,
         source: DeviceSpecError,
     },
-    #[error("roothash={value}: {source}")]
+    #[error("roothash={value}")]
     RootHash {
         value: String,
         source: RootHashError,
@@ -365,7 +366,7 @@ fn extension_requests(
         let (name, pin) = match entry.split_once(':') {
             Some((name, hash)) => {
                 let hash = RootHash::parse_hex(hash)
-                    .map_err(|error| reject(format!("pin of {name}: {error}")))?;
+                    .map_err(|error| reject(format!("pin of {name}: {}", error_chain(&error))))?;
                 (name, Some(hash))
             }
             None => (entry, None),
@@ -511,7 +512,7 @@ mod tests {
             ),
         ];
         for (text, named) in cases {
-            let error = parse(text).expect_err(text).to_string();
+            let error = error_chain(&parse(text).expect_err(text));
             assert!(
                 error.starts_with(named),
                 "{error:?} should start with {named}"
@@ -622,9 +623,7 @@ mod tests {
                 "xorbang.config.trust=any: expected signed, platform or local",
             ),
         ] {
-            let error = parse(&format!("roothash={HASH} {text}"))
-                .expect_err(text)
-                .to_string();
+            let error = error_chain(&parse(&format!("roothash={HASH} {text}")).expect_err(text));
             assert!(
                 error.starts_with(named),
                 "{error:?} should start with {named}"

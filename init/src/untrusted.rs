@@ -13,9 +13,10 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {problem}", path.display())]
+#[error("{}", path.display())]
 pub struct UntrustedFileError {
     pub path: PathBuf,
+    #[source]
     pub problem: Problem,
 }
 
@@ -151,11 +152,11 @@ fn kind_name(kind: FileType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xorbang_formats::error_chain::error_chain;
 
     fn problem(dir: &Path, relative: &str, max: u64) -> String {
-        read_beneath(dir, Path::new(relative), max)
-            .expect_err(relative)
-            .to_string()
+        let error = read_beneath(dir, Path::new(relative), max).expect_err(relative);
+        error_chain(&error)
     }
 
     #[test]
@@ -217,9 +218,7 @@ mod tests {
         assert!(copy_beneath(root, Path::new("image.raw"), 5, &copy).is_err());
         let error = copy_beneath(root, Path::new("image.raw"), 4, &root.join("small.raw"))
             .expect_err("too large");
-        assert!(
-            error.to_string().ends_with("more than the 4 bytes allowed"),
-            "{error}"
-        );
+        let chain = xorbang_formats::error_chain::error_chain(&error);
+        assert!(chain.ends_with("more than the 4 bytes allowed"), "{chain}");
     }
 }

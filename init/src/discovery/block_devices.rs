@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use xorbang_formats::devspec::DeviceSpec;
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::fs_probe::{self, FsInfo, PROBE_BYTES};
 use xorbang_formats::gpt::{self, GptError, GptHeader, GptPartition, Guid, Lba, SectorSize};
 
@@ -19,9 +20,9 @@ pub enum BlockError {
     /// Image files are attached to loop devices by the caller, never looked up here.
     #[error("{path} is an image file, not a block device")]
     ImageFile { path: PathBuf },
-    #[error("cannot list {path}: {source}")]
+    #[error("cannot list {path}")]
     List { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: expected {expected}, found {found:?}")]
     Attribute {
@@ -29,7 +30,7 @@ pub enum BlockError {
         expected: &'static str,
         found: String,
     },
-    #[error("cannot resolve the sysfs link {path}: {source}")]
+    #[error("cannot resolve the sysfs link {path}")]
     Link { path: PathBuf, source: io::Error },
     #[error("partition {path} has no parent disk directory in sysfs")]
     NoParent { path: PathBuf },
@@ -233,7 +234,7 @@ impl Scan<'_> {
                         found.push(node);
                     }
                 }
-                Err(err) => log::debug!("skipping {}: {err}", node.display()),
+                Err(err) => log::debug!("skipping {}: {}", node.display(), error_chain(&err)),
             }
         }
         Ok(found)
@@ -285,7 +286,11 @@ impl Scan<'_> {
         match read_gpt_from(&node, sector) {
             Ok(table) => Ok(Some(table)),
             Err(reason) => {
-                log::debug!("no GPT read from {}: {reason}", node.display());
+                log::debug!(
+                    "no GPT read from {}: {}",
+                    node.display(),
+                    error_chain(&reason)
+                );
                 Ok(None)
             }
         }
@@ -643,9 +648,7 @@ mod tests {
         );
         let missing = system.root.path().join("nowhere");
         let err = resolve(&spec, &missing, &system.dev()).expect_err("no sysfs");
-        assert!(err
-            .to_string()
-            .starts_with(&format!("cannot list {}: ", missing.display())));
+        assert!(error_chain(&err).starts_with(&format!("cannot list {}: ", missing.display())));
     }
 
     #[test]

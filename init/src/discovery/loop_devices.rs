@@ -14,14 +14,14 @@ const ATTEMPTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no free loop device: {0}")]
-    GetFree(std::io::Error),
-    #[error("cannot attach {file} to {device}: {source}")]
+    #[error("no free loop device")]
+    GetFree(#[source] std::io::Error),
+    #[error("cannot attach {file} to {device}")]
     Configure {
         file: PathBuf,
         device: PathBuf,

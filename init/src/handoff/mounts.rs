@@ -112,12 +112,12 @@ impl fmt::Display for Mount {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("cannot create directory {path}: {source}")]
+    #[error("cannot create directory {path}")]
     Mkdir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{mount} failed: {source}")]
+    #[error("{mount} failed")]
     Mount {
         mount: Box<Mount>,
         source: rustix::io::Errno,

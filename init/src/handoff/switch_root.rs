@@ -8,22 +8,23 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::paths::Paths;
+use xorbang_formats::error_chain::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchRootError {
-    #[error("init {init} does not exist in the new root: {source}")]
+    #[error("init {init} does not exist in the new root")]
     InitMissing {
         init: PathBuf,
         source: rustix::io::Errno,
     },
     #[error("init {init} in the new root is not an executable file (mode {mode:o})")]
     InitNotExecutable { init: PathBuf, mode: u32 },
-    #[error("cannot open the new root {path}: {source}")]
+    #[error("cannot open the new root {path}")]
     OpenRoot {
         path: PathBuf,
         source: rustix::io::Errno,
     },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Syscall {
         what: &'static str,
         path: PathBuf,
@@ -31,7 +32,7 @@ pub enum SwitchRootError {
     },
     #[error("refusing to empty {path}: it is not the initramfs (filesystem type {fs_type:#x})")]
     NotInitramfs { path: PathBuf, fs_type: i64 },
-    #[error("exec {init} failed: {source}")]
+    #[error("exec {init} failed")]
     Exec {
         init: PathBuf,
         source: std::io::Error,
@@ -130,8 +131,9 @@ fn empty_initramfs(root: &Path) -> usize {
         Ok(meta) => remove_children_on_device(root, meta.dev()),
         Err(error) => {
             log::warn!(
-                "cannot stat {}: {error}; initramfs not freed",
-                root.display()
+                "cannot stat {}: {}; initramfs not freed",
+                root.display(),
+                error_chain(&error)
             );
             0
         }
@@ -142,7 +144,7 @@ fn remove_children_on_device(dir: &Path, device: u64) -> usize {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) => {
-            log::warn!("cannot list {}: {error}", dir.display());
+            log::warn!("cannot list {}: {}", dir.display(), error_chain(&error));
             return 0;
         }
     };
@@ -163,7 +165,7 @@ fn remove_children_on_device(dir: &Path, device: u64) -> usize {
         };
         match result {
             Ok(()) => removed += 1,
-            Err(error) => log::debug!("cannot remove {}: {error}", path.display()),
+            Err(error) => log::debug!("cannot remove {}: {}", path.display(), error_chain(&error)),
         }
     }
     removed

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::module_index::{Builtin, DepEntry, ModuleError, ModuleName, ModulesDep};
 
 /// Modules the init asks for by name at the point of need (see [`ModuleLoader::ensure`]).
@@ -25,12 +26,12 @@ pub const ON_DEMAND: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmodError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Index { path: PathBuf, source: ModuleError },
     #[error(
         "this boot needs the kernel module {name}, which is neither in the initramfs nor \
@@ -173,7 +174,11 @@ impl ModuleLoader {
             // device wait or the mount names what is missing; this line tells why.
             match load_one(&path) {
                 Ok(()) => log::debug!("loaded {} in {:?}", entry.path, started.elapsed()),
-                Err(error) => log::warn!("cannot load module {}: {error}", path.display()),
+                Err(error) => log::warn!(
+                    "cannot load module {}: {}",
+                    path.display(),
+                    error_chain(&error)
+                ),
             }
             self.loaded.insert(name);
         }
@@ -230,9 +235,9 @@ mod tests {
     fn a_broken_index_names_its_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("modules.dep"), "garbage\n").expect("write");
-        let error = ModuleLoader::open(dir.path(), kernel(dir.path()))
-            .expect_err("malformed")
-            .to_string();
+        let error = error_chain(
+            &ModuleLoader::open(dir.path(), kernel(dir.path())).expect_err("malformed"),
+        );
         assert!(
             error.contains("modules.dep") && error.contains("line 1"),
             "{error}"

@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use xorbang_formats::boot_report::Trust;
+use xorbang_formats::error_chain::error_chain;
 
 use crate::discovery::block_devices::{self, GptReadError};
 use crate::discovery::loop_devices::{self, ByteRange, LoopError};
@@ -124,22 +125,24 @@ pub enum Cause {
         cmdline: RootHash,
         manifest: RootHash,
     },
-    #[error("cannot read its partition table: {0}")]
+    #[error("cannot read its partition table")]
     Gpt(#[source] GptReadError),
     #[error("expected one root-x86-64 and one root-x86-64-verity partition, found {found}")]
     Partitions { found: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Loop(#[from] LoopError),
-    #[error("verity: {0}")]
+    #[error("verity")]
     Verity(#[from] VerityRootError),
+    /// The read error sits inside the message, so it is deliberately not a `source()`:
+    /// the chain could only append it after "the image was modified".
     #[error(
-        "byte {offset} of {device} does not match the hash tree (dm-verity: {source}); \
+        "byte {offset} of {device} does not match the hash tree (dm-verity: {read_error}); \
          the image was modified"
     )]
     Corrupted {
         device: PathBuf,
         offset: u64,
-        source: io::Error,
+        read_error: io::Error,
     },
     #[error("holds {found}, not SquashFS")]
     NotSquashfs { found: String },
@@ -147,12 +150,12 @@ pub enum Cause {
     Mount(#[from] MountError),
     #[error("has no {path}")]
     NoRelease { path: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     BadRelease {
         path: String,
         source: OsReleaseError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Mismatch { path: String, source: MatchError },
     #[error("carries none of {wanted} (a {kind} merges only those)")]
     NoHierarchy { kind: ExtensionKind, wanted: String },
@@ -162,15 +165,15 @@ pub enum Cause {
     NoMountPoint(&'static str),
     #[error("cannot copy it off the state partition")]
     Copy(#[source] crate::untrusted::UntrustedFileError),
-    #[error("{0}")]
-    Probe(#[source] crate::discovery::block_devices::BlockError),
+    #[error(transparent)]
+    Probe(crate::discovery::block_devices::BlockError),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
 
 /// A file or directory that could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path}: {source}")]
+#[error("cannot read {path}")]
 pub struct ReadError {
     pub path: PathBuf,
     pub source: io::Error,
@@ -178,18 +181,19 @@ pub struct ReadError {
 
 /// One extension refused, named as the user knows it.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind} {name}{}: {cause}", image.as_deref().map(|image| format!(" ({image})")).unwrap_or_default())]
+#[error("{kind} {name}{}", image.as_deref().map(|image| format!(" ({image})")).unwrap_or_default())]
 pub struct ExtensionError {
     pub kind: ExtensionKind,
     pub name: String,
     pub image: Option<String>,
+    #[source]
     pub cause: Box<Cause>,
 }
 
 /// Problems with the base image's own inputs to merging.
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
-    #[error("the base image's {path}: {source}")]
+    #[error("the base image's {path}")]
     OsRelease {
         path: String,
         source: OsReleaseError,
@@ -198,7 +202,7 @@ pub enum BaseError {
         "the base image has no etc/os-release or usr/lib/os-release to match extensions against"
     )]
     NoOsRelease,
-    #[error("the base image's {MANIFEST_PATH}: {0}")]
+    #[error("the base image's {MANIFEST_PATH}")]
     Pins(#[from] xorbang_formats::extension_pins::PinsError),
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -544,7 +548,7 @@ impl Activator<'_> {
             let removed = DeviceMapper::open(&self.dev_dir.join("mapper/control"))
                 .and_then(|control| control.remove(&name));
             if let Err(error) = removed {
-                log::warn!("cannot remove /dev/mapper/{name}: {error}");
+                log::warn!("cannot remove /dev/mapper/{name}: {}", error_chain(&error));
             }
         }
         if let Some(copy) = undo.copy {
@@ -592,7 +596,10 @@ fn root_hash_from_uuids(data: &GptPartition, hash: &GptPartition) -> Result<Root
     let mut bytes = data.unique_guid.as_bytes().to_vec();
     bytes.extend_from_slice(hash.unique_guid.as_bytes());
     RootHash::from_bytes(bytes).map_err(|error| Cause::Partitions {
-        found: format!("partition UUIDs that spell no root hash ({error})"),
+        found: format!(
+            "partition UUIDs that spell no root hash ({})",
+            error_chain(&error)
+        ),
     })
 }
 
@@ -636,16 +643,16 @@ fn first_bad_block(file: &File, device: &Path, mut offset: u64) -> Cause {
                 return Cause::Corrupted {
                     device: device.to_owned(),
                     offset,
-                    source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                    read_error: io::Error::from(io::ErrorKind::UnexpectedEof),
                 }
             }
             Ok(read) => offset += read as u64,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => {
+            Err(read_error) => {
                 return Cause::Corrupted {
                     device: device.to_owned(),
                     offset,
-                    source,
+                    read_error,
                 }
             }
         }
@@ -828,6 +835,55 @@ mod tests {
         assert_eq!(found.keys().collect::<Vec<_>>(), ["site"]);
     }
 
+    /// No message of a chain repeats its source's: each cause is said once, by error_chain.
+    fn assert_said_once(error: &dyn std::error::Error) {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(source) = error.source() {
+                assert!(
+                    !error.to_string().contains(&source.to_string()),
+                    "{error:?} repeats its source {source:?}"
+                );
+            }
+            current = error.source();
+        }
+    }
+
+    #[test]
+    fn causes_are_said_once_and_the_chain_reads_as_before() {
+        let refused = ExtensionError {
+            kind: ExtensionKind::Sysext,
+            name: "fedora".into(),
+            image: Some("/usr/lib/extensions/fedora.raw".into()),
+            cause: Box::new(Cause::Mismatch {
+                path: "usr/lib/extension-release.d/extension-release.fedora".into(),
+                source: MatchError::Id {
+                    extension: "fedora".into(),
+                    base: "debian".into(),
+                },
+            }),
+        };
+        assert_said_once(&refused);
+        assert_eq!(
+            error_chain(&refused),
+            "sysext fedora (/usr/lib/extensions/fedora.raw): \
+             usr/lib/extension-release.d/extension-release.fedora: \
+             ID=fedora does not match the base's ID=debian"
+        );
+        let boot = crate::boot::BootError::Verity(VerityRootError::Dm(
+            crate::verity::device_mapper::DmError::Ioctl {
+                op: "DM_TABLE_LOAD",
+                name: "root".into(),
+                source: io::Error::from_raw_os_error(22),
+            },
+        ));
+        assert_said_once(&boot);
+        assert_eq!(
+            error_chain(&boot),
+            "verity: device-mapper: DM_TABLE_LOAD root: Invalid argument (os error 22)"
+        );
+    }
+
     #[test]
     fn errors_name_the_extension_and_its_image() {
         let error = ExtensionError {
@@ -836,9 +892,9 @@ mod tests {
             image: Some("/usr/lib/extensions/gui.raw".into()),
             cause: Box::new(Cause::Unpinned),
         };
-        assert!(error
-            .to_string()
-            .starts_with("sysext gui (/usr/lib/extensions/gui.raw): not pinned"));
+        assert!(
+            error_chain(&error).starts_with("sysext gui (/usr/lib/extensions/gui.raw): not pinned")
+        );
         let error = ExtensionError {
             kind: ExtensionKind::Confext,
             name: "site".into(),
@@ -848,7 +904,7 @@ mod tests {
             }),
         };
         assert_eq!(
-            error.to_string(),
+            error_chain(&error),
             "confext site: not found in /etc/confexts"
         );
     }

@@ -19,7 +19,7 @@ pub enum LayerError {
         path: PathBuf,
         problem: &'static str,
     },
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,

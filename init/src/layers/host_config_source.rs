@@ -16,6 +16,7 @@ use crate::paths::Paths;
 use crate::untrusted::{self, UntrustedFileError};
 use xorbang_formats::boot_report::ConfigTrust;
 use xorbang_formats::devspec::DeviceSpec;
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::gpt;
 use xorbang_formats::signature::{MAX_KEY_OR_SIGNATURE_BYTES, SIGNATURE_SUFFIX};
 
@@ -94,10 +95,7 @@ pub fn search<R>(
                 }
             }
             Ok(None) => {}
-            Err(error) => log::error!(
-                "{}; trying the next source",
-                xorbang_formats::error_chain::error_chain(&error)
-            ),
+            Err(error) => log::error!("{}; trying the next source", error_chain(&error)),
         }
     }
     None
@@ -244,7 +242,10 @@ impl Disks<'_> {
         match block_devices::resolve(spec, &self.paths.sys_class_block(), &self.paths.dev()) {
             Ok(found) => found,
             Err(error) => {
-                log::warn!("looking for the host config partition {spec}: {error}");
+                log::warn!(
+                    "looking for the host config partition {spec}: {}",
+                    error_chain(&error)
+                );
                 None
             }
         }
@@ -260,7 +261,7 @@ impl Disks<'_> {
             &self.paths.dev(),
         );
         found.unwrap_or_else(|error| {
-            log::warn!("host config partition: {error}");
+            log::warn!("host config partition: {}", error_chain(&error));
             None
         })
     }
@@ -274,7 +275,7 @@ impl Disks<'_> {
             &self.paths.dev(),
         );
         found.unwrap_or_else(|error| {
-            log::warn!("host config on the ESP: {error}");
+            log::warn!("host config on the ESP: {}", error_chain(&error));
             None
         })
     }
@@ -296,7 +297,7 @@ impl Disks<'_> {
         let fstype = match block_devices::probe_device(device) {
             Ok(Some(info)) => info.kind.to_string(),
             Ok(None) => return Err(fail("holds no file system this init knows".to_owned())),
-            Err(error) => return Err(fail(error.to_string())),
+            Err(error) => return Err(fail(error_chain(&error))),
         };
         if !self.can_mount(&fstype) {
             log::warn!(
@@ -309,13 +310,18 @@ impl Disks<'_> {
         let mount = self.paths.xorbang_run().join("config-source");
         let read_only = Mount::untrusted(&device.to_string_lossy(), mount.clone(), &fstype);
         mounts::execute(&[MountOp::Mkdir(mount.clone()), MountOp::Mount(read_only)])
-            .map_err(|error| fail(error.to_string()))?;
+            .map_err(|error| fail(error_chain(&error)))?;
         let found = read_pair(&mount, Path::new(file), &origin, ConfigTrust::Local);
         let unmounted = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::empty())
             .map_err(|errno| fail(format!("cannot unmount {}: {errno}", mount.display())))
             .and_then(|()| {
-                std::fs::remove_dir(&mount)
-                    .map_err(|error| fail(format!("cannot remove {}: {error}", mount.display())))
+                std::fs::remove_dir(&mount).map_err(|error| {
+                    fail(format!(
+                        "cannot remove {}: {}",
+                        mount.display(),
+                        error_chain(&error)
+                    ))
+                })
             });
         let found = found?;
         unmounted?;
@@ -333,7 +339,7 @@ impl Disks<'_> {
                 continue;
             }
             if let Err(error) = self.modules.ensure(module) {
-                log::warn!("{error}");
+                log::warn!("{}", error_chain(&error));
                 return false;
             }
         }
@@ -510,9 +516,6 @@ mod tests {
             required: true,
         };
         let error = disks.read(&link).expect_err("symlink");
-        assert!(
-            xorbang_formats::error_chain::error_chain(&error).contains("is a symlink"),
-            "{error}"
-        );
+        assert!(error_chain(&error).contains("is a symlink"), "{error}");
     }
 }

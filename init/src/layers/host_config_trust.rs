@@ -9,6 +9,7 @@ use std::path::Path;
 use super::host_config_source::Candidate;
 use crate::untrusted;
 use xorbang_formats::boot_report::{ConfigTrust, Mode};
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::host_config::{self, HostConfig};
 use xorbang_formats::signature::{self, PinnedKey, KEYS_DIR, MAX_KEY_OR_SIGNATURE_BYTES};
 
@@ -38,10 +39,10 @@ pub fn judge(candidate: Candidate, keys: &[PinnedKey], policy: Policy) -> Result
                 trust = ConfigTrust::Signed;
                 signed_by = Some(key.to_owned());
             }
-            Err(error) => waive(policy, format!("signature: {error}"))?,
+            Err(error) => waive(policy, format!("signature: {}", error_chain(&error)))?,
         }
     }
-    let config = host_config::parse(&candidate.text).map_err(|error| error.to_string())?;
+    let config = host_config::parse(&candidate.text).map_err(|error| error_chain(&error))?;
     if trust < policy.minimum {
         waive(
             policy,
@@ -54,7 +55,7 @@ pub fn judge(candidate: Candidate, keys: &[PinnedKey], policy: Policy) -> Result
     }
     if trust == ConfigTrust::Local {
         if let Err(error) = host_config::check_local_keys(&candidate.text) {
-            waive(policy, error.to_string())?;
+            waive(policy, error_chain(&error))?;
         }
     }
     Ok(Accepted {
@@ -92,7 +93,11 @@ pub fn pinned_keys(base: &Path) -> Vec<PinnedKey> {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(error) => {
-            log::error!("cannot list {}: {error}; no pinned keys", dir.display());
+            log::error!(
+                "cannot list {}: {}; no pinned keys",
+                dir.display(),
+                error_chain(&error)
+            );
             return Vec::new();
         }
     };
@@ -106,11 +111,11 @@ pub fn pinned_keys(base: &Path) -> Vec<PinnedKey> {
         .filter_map(|name| {
             let parsed =
                 untrusted::read_beneath(&dir, Path::new(&name), MAX_KEY_OR_SIGNATURE_BYTES)
-                    .map_err(|error| error.to_string())
+                    .map_err(|error| error_chain(&error))
                     .and_then(|bytes| {
                         let text = String::from_utf8(bytes.unwrap_or_default())
                             .map_err(|_| format!("{name} is not text"))?;
-                        PinnedKey::parse(&name, &text).map_err(|error| error.to_string())
+                        PinnedKey::parse(&name, &text).map_err(|error| error_chain(&error))
                     });
             parsed
                 .map_err(|error| log::error!("pinned key {}: {error}; left out", dir.display()))

@@ -26,6 +26,7 @@ use rustix::mount::MountFlags;
 use state_partition::StatePartition;
 use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
 use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::host_config::{self, EntryKind};
 use xorbang_formats::os_release::ExtensionKind;
 
@@ -37,7 +38,7 @@ pub enum LayersError {
     Base(#[from] BaseError),
     #[error(transparent)]
     Mount(#[from] MountError),
-    #[error("kernel modules: {0}")]
+    #[error("kernel modules")]
     Modules(#[from] KmodError),
 }
 
@@ -146,7 +147,7 @@ pub fn merge(
     // The config's extensions are part of the config: one that cannot be merged refuses it.
     let (accepted, refused) = match (host.accepted, selected.config_refusal) {
         (Some(accepted), Some(error)) => {
-            let reason = xorbang_formats::error_chain::error_chain(&error);
+            let reason = error_chain(&error);
             log::error!(
                 "host config {}: {reason}; booting without it",
                 accepted.origin
@@ -343,7 +344,10 @@ fn activate_from(
             ) {
                 Ok(extension) => activated.push((extension, wanted.from_config)),
                 Err(error) if options.mode == Mode::Dev => {
-                    log::error!("{error}; not merged (dev mode boots on without it)");
+                    log::error!(
+                        "{}; not merged (dev mode boots on without it)",
+                        error_chain(&error)
+                    );
                 }
                 Err(error) if wanted.from_config => config_refusal = Some(error),
                 Err(error) => return Err(error.into()),
@@ -491,13 +495,17 @@ fn write_sealed_layer(
     let mut tmpfs = Mount::new_tmpfs(root.to_owned(), "mode=0755");
     tmpfs.restricted = true;
     mounts::execute(&[MountOp::Mkdir(root.to_owned()), MountOp::Mount(tmpfs)])
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error_chain(&error))?;
     let etc = root.join("etc");
     let written = host_config_layer::write_layer(entries, &etc)
-        .map_err(|error| error.to_string())
+        .map_err(|error| error_chain(&error))
         .and_then(|()| {
-            match_directories(&etc, &sysroot.join("etc"), entries)
-                .map_err(|error| format!("cannot copy the image's directory modes: {error}"))
+            match_directories(&etc, &sysroot.join("etc"), entries).map_err(|error| {
+                format!(
+                    "cannot copy the image's directory modes: {}",
+                    error_chain(&error)
+                )
+            })
         })
         .and_then(|()| {
             let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
@@ -510,8 +518,9 @@ fn write_sealed_layer(
             .and_then(|()| std::fs::remove_dir(root));
         if let Err(error) = removed {
             log::warn!(
-                "cannot remove the refused layer {}: {error}",
-                root.display()
+                "cannot remove the refused layer {}: {}",
+                root.display(),
+                error_chain(&error)
             );
         }
     }

@@ -11,6 +11,7 @@ use crate::discovery::block_devices;
 use crate::handoff::mounts::{self, Mount, MountOp};
 use crate::kernel::module_loader::ModuleLoader;
 use crate::paths::Paths;
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::gpt;
 
 /// A mounted state partition.
@@ -38,12 +39,19 @@ pub fn mount_read_only(
             return None;
         }
         Err(error) => {
-            log::warn!("state partition: {error}; no extensions from it");
+            log::warn!(
+                "state partition: {}; no extensions from it",
+                error_chain(&error)
+            );
             return None;
         }
     };
     if let Err(error) = modules.ensure(&fstype) {
-        log::warn!("state partition {}: {error}", device.display());
+        log::warn!(
+            "state partition {}: {}",
+            device.display(),
+            error_chain(&error)
+        );
         return None;
     }
     let mount = paths.xorbang_run().join("state");
@@ -58,7 +66,10 @@ pub fn mount_read_only(
             Some(StatePartition { device, mount })
         }
         Err(error) => {
-            log::warn!("state partition: {error}; no extensions from it");
+            log::warn!(
+                "state partition: {}; no extensions from it",
+                error_chain(&error)
+            );
             None
         }
     }
@@ -73,7 +84,10 @@ fn find(paths: &Paths, root_device: &Path) -> Option<PathBuf> {
         &paths.dev(),
     );
     found.unwrap_or_else(|error| {
-        log::warn!("state partition: {error}; no extensions from it");
+        log::warn!(
+            "state partition: {}; no extensions from it",
+            error_chain(&error)
+        );
         None
     })
 }

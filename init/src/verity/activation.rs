@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::options::VerityRoot;
 use crate::verity::device_mapper::{self, DeviceMapper, DmError, Sectors, Target};
+use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::verity::{
     HashAlgorithm, HashType, RootHash, SuperblockError, TableWord, VerityOption, VeritySuperblock,
     VerityTable, SUPERBLOCK_SIZE,
@@ -21,12 +22,12 @@ pub const MAPPING: &str = "root";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerityRootError {
-    #[error("cannot read {device}: {source}")]
+    #[error("cannot read {device}")]
     Read {
         device: PathBuf,
         source: std::io::Error,
     },
-    #[error("hash device {device}: {source}")]
+    #[error("hash device {device}")]
     Superblock {
         device: PathBuf,
         source: SuperblockError,
@@ -68,7 +69,7 @@ pub enum VerityRootError {
     },
     #[error("the device name {0} cannot go into a device-mapper table")]
     TableWord(PathBuf),
-    #[error("device-mapper: {0}")]
+    #[error("device-mapper")]
     Dm(#[from] DmError),
     #[error(
         "/dev/mapper/{name} reports status {status:?} right after activation, not verified (V)"
@@ -174,7 +175,10 @@ fn map(
         Err(error) => {
             // Leave no half-made mapping behind; the load error is the one to report.
             if let Err(cleanup) = control.remove(name) {
-                log::warn!("cannot remove the failed mapping: {cleanup}");
+                log::warn!(
+                    "cannot remove the failed mapping: {}",
+                    error_chain(&cleanup)
+                );
             }
             return Err(error.into());
         }

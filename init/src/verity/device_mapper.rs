@@ -70,9 +70,9 @@ pub struct TargetStatus {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DmError {
-    #[error("cannot open the device-mapper control device {path}: {source}")]
+    #[error("cannot open the device-mapper control device {path}")]
     Open { path: PathBuf, source: Errno },
-    #[error("{op}{}: {source}", on_device(.name))]
+    #[error("{op}{}", on_device(.name))]
     Ioctl {
         op: &'static str,
         name: String,
@@ -94,7 +94,7 @@ pub enum DmError {
     Table { name: String, detail: String },
     #[error("the kernel's device-mapper ioctl interface is {}.{}.{}, not version 4", .found[0], .found[1], .found[2])]
     Version { found: [u32; 3] },
-    #[error("cannot create the device node {path}: {source}")]
+    #[error("cannot create the device node {path}")]
     Node { path: PathBuf, source: Errno },
 }
 
@@ -544,6 +544,7 @@ fn decode_status_entry(data: &[u8], offset: usize, index: u32) -> Result<StatusE
 mod tests {
     use super::*;
     use crate::sys::DM_UUID_LEN;
+    use xorbang_formats::error_chain::error_chain;
 
     fn target(start: u64, length: u64, target_type: &str, params: &str) -> Target {
         Target {
@@ -885,7 +886,7 @@ mod tests {
             source: io::Error::from_raw_os_error(22),
         };
         assert_eq!(
-            error.to_string(),
+            error_chain(&error),
             "DM_TABLE_LOAD root: Invalid argument (os error 22)"
         );
         let error = DmError::Ioctl {
@@ -894,7 +895,7 @@ mod tests {
             source: io::Error::from_raw_os_error(13),
         };
         assert_eq!(
-            error.to_string(),
+            error_chain(&error),
             "DM_VERSION: Permission denied (os error 13)"
         );
     }
