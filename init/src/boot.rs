@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::discovery::block_devices::{self, BlockError};
-use crate::discovery::loop_devices::{self, LoopError};
+use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
 use crate::handoff::mounts::{self, MountError, RootSource};
 use crate::handoff::switch_root::{self, SwitchRootError};
 use crate::kernel::module_loader::{KernelView, KmodError, ModuleLoader};
@@ -116,11 +116,14 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     clock.finish_stage("modules");
 
     let deadline = started + options.timeout;
+    // Loop devices of image files: each clears itself once nothing holds it, so they are
+    // held until the root's mapping and mount hold them.
+    let mut held = Vec::new();
     let budget = (options.timeout, deadline);
     // `device` is what gets mounted; `source` the block device the image is read from.
     let (device, source, verity) = match &options.root {
         RootChoice::Plain(spec) => {
-            let device = locate(paths, &mut modules, "root device", spec, budget)?;
+            let device = locate(paths, &mut modules, &mut held, "root device", spec, budget)?;
             clock.finish_stage("root-device");
             (device.clone(), device, None)
         }
@@ -128,6 +131,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             let data = locate(
                 paths,
                 &mut modules,
+                &mut held,
                 "verity data device",
                 &request.data,
                 budget,
@@ -135,6 +139,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             let hash = locate(
                 paths,
                 &mut modules,
+                &mut held,
                 "verity hash device",
                 &request.hash,
                 budget,
@@ -317,29 +322,36 @@ fn wait_for_device(
 fn locate(
     paths: &Paths,
     modules: &mut ModuleLoader,
+    held: &mut Vec<AttachedLoop>,
     what: &'static str,
     spec: &DeviceSpec,
     (budget, deadline): (Duration, Instant),
 ) -> Result<PathBuf, BootError> {
     match spec {
-        DeviceSpec::File(file) => attach_image_file(paths, modules, file),
+        DeviceSpec::File(file) => {
+            let attached = attach_image_file(paths, modules, file)?;
+            let node = attached.node.clone();
+            held.push(attached);
+            Ok(node)
+        }
         _ => wait_for_device(paths, what, spec, budget, deadline),
     }
 }
 
-/// An image file inside the initramfs (a PXE boot's root) on a read-only loop device.
+/// An image file inside the initramfs (a PXE boot's root) on a read-only loop device, held
+/// until the root is mapped and mounted.
 fn attach_image_file(
     paths: &Paths,
     modules: &mut ModuleLoader,
     file: &Path,
-) -> Result<PathBuf, BootError> {
+) -> Result<AttachedLoop, BootError> {
     modules.ensure("loop")?;
     let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
     let device = loop_devices::attach_read_only(&paths.dev(), &inside)?;
     log::info!(
         "attached {} to {}",
         file.display(),
-        system_path(paths, &device)
+        system_path(paths, &device.node)
     );
     Ok(device)
 }

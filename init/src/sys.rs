@@ -309,6 +309,7 @@ pub(crate) fn loop_ctl_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
 ///     __u32 fd; __u32 block_size; struct loop_info64 info; __u64 __reserved[8];
 /// };                                          /* 304 bytes */
 /// #define LO_FLAGS_READ_ONLY 1
+/// #define LO_FLAGS_AUTOCLEAR 4
 /// ```
 pub(crate) const LOOP_CONFIG_SIZE: usize = 304;
 const LOOP_CONFIG_OFFSET: usize = 8 + 3 * 8;
@@ -317,10 +318,11 @@ const LOOP_CONFIG_FLAGS: usize = 8 + 5 * 8 + 3 * 4;
 const LOOP_CONFIG_FILE_NAME: usize = 8 + 5 * 8 + 4 * 4;
 const LO_NAME_SIZE: usize = 64;
 const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 /// A `struct loop_config` that backs a loop device read-only by `backing` (its name is only
 /// what the kernel shows in sysfs), from byte `offset` on for `size_limit` bytes (0: to the
-/// end of the file).
+/// end of the file), cleared by the kernel when its last user closes it.
 pub(crate) fn read_only_loop_config(
     backing: BorrowedFd<'_>,
     name: &[u8],
@@ -334,7 +336,7 @@ pub(crate) fn read_only_loop_config(
     config[LOOP_CONFIG_SIZELIMIT..LOOP_CONFIG_SIZELIMIT + 8]
         .copy_from_slice(&size_limit.to_ne_bytes());
     config[LOOP_CONFIG_FLAGS..LOOP_CONFIG_FLAGS + 4]
-        .copy_from_slice(&LO_FLAGS_READ_ONLY.to_ne_bytes());
+        .copy_from_slice(&(LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR).to_ne_bytes());
     // NUL-terminated: at most LO_NAME_SIZE - 1 bytes of the name.
     let length = name.len().min(LO_NAME_SIZE - 1);
     config[LOOP_CONFIG_FILE_NAME..LOOP_CONFIG_FILE_NAME + length].copy_from_slice(&name[..length]);

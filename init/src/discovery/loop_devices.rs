@@ -1,5 +1,8 @@
 //! Loop devices for root images that are files (a PXE-served initramfs carries its root
-//! image inside itself): attach read-only, no udev, no losetup.
+//! image inside itself) and for extension images: attach read-only, no udev, no losetup.
+//! Every device is set to clear itself (`LO_FLAGS_AUTOCLEAR`) once nothing holds it: the
+//! caller keeps the returned [`AttachedLoop`] until the mapping or mount that uses the
+//! device exists, so a refused image leaves no loop device behind.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -36,8 +39,16 @@ pub struct ByteRange {
     pub length: u64,
 }
 
-/// Attaches `file` read-only to a free loop device; returns the device node under `dev_dir`.
-pub fn attach_read_only(dev_dir: &Path, file: &Path) -> Result<PathBuf, LoopError> {
+/// A configured loop device, held open: the device detaches itself when this is dropped and
+/// nothing else (a device-mapper table, a mount) holds it.
+#[derive(Debug)]
+pub struct AttachedLoop {
+    pub node: PathBuf,
+    _held: File,
+}
+
+/// Attaches `file` read-only to a free loop device under `dev_dir`.
+pub fn attach_read_only(dev_dir: &Path, file: &Path) -> Result<AttachedLoop, LoopError> {
     attach(dev_dir, file, None)
 }
 
@@ -46,11 +57,15 @@ pub fn attach_range_read_only(
     dev_dir: &Path,
     file: &Path,
     range: ByteRange,
-) -> Result<PathBuf, LoopError> {
+) -> Result<AttachedLoop, LoopError> {
     attach(dev_dir, file, Some(range))
 }
 
-fn attach(dev_dir: &Path, file: &Path, range: Option<ByteRange>) -> Result<PathBuf, LoopError> {
+fn attach(
+    dev_dir: &Path,
+    file: &Path,
+    range: Option<ByteRange>,
+) -> Result<AttachedLoop, LoopError> {
     let open = |path: &Path| {
         File::open(path).map_err(|source| LoopError::Open {
             path: path.to_owned(),
@@ -76,7 +91,12 @@ fn attach(dev_dir: &Path, file: &Path, range: Option<ByteRange>) -> Result<PathB
         let device = dev_dir.join(format!("loop{index}"));
         let node = open(&device)?;
         match sys::loop_configure(node.as_fd(), &config) {
-            Ok(()) => return Ok(device),
+            Ok(()) => {
+                return Ok(AttachedLoop {
+                    node: device,
+                    _held: node,
+                })
+            }
             Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {
                 last_error = Some((device, error))
             }

@@ -15,7 +15,7 @@ use xorbang_formats::boot_report::Trust;
 use xorbang_formats::error_chain::error_chain;
 
 use crate::discovery::block_devices::{self, GptReadError};
-use crate::discovery::loop_devices::{self, ByteRange, LoopError};
+use crate::discovery::loop_devices::{self, AttachedLoop, ByteRange, LoopError};
 use crate::handoff::mounts::{self, Mount, MountError, MountOp};
 use crate::options::ExtensionRequest;
 use crate::verity::activation::{self, Mapping, VerityRootError};
@@ -405,8 +405,10 @@ impl Activator<'_> {
             Some(pin) => pin,
             None => root_hash_from_uuids(&data, &hash)?,
         };
-        let data_node = attach(self.dev_dir, &file, &data)?;
-        let hash_node = attach(self.dev_dir, &file, &hash)?;
+        // Held until the mapping holds them: on a refusal before that they detach at once.
+        let data_loop = attach(self.dev_dir, &file, &data)?;
+        let hash_loop = attach(self.dev_dir, &file, &hash)?;
+        let (data_node, hash_node) = (&data_loop.node, &hash_loop.node);
         let name = format!("{kind}-{}", candidate.name);
         let mapping = Mapping {
             name: &name,
@@ -603,10 +605,23 @@ fn root_hash_from_uuids(data: &GptPartition, hash: &GptPartition) -> Result<Root
     })
 }
 
-fn attach(dev_dir: &Path, image: &Path, partition: &GptPartition) -> Result<PathBuf, Cause> {
+fn attach(dev_dir: &Path, image: &Path, partition: &GptPartition) -> Result<AttachedLoop, Cause> {
     let sector = SectorSize::BYTES_512;
     let offset = sector.offset_of(partition.first_lba);
-    let end = sector.offset_of(gpt::Lba(partition.last_lba.0 + 1));
+    // The GPT reader checked first <= last within the disk; checked anyway, the values are
+    // the image's.
+    let end = partition
+        .last_lba
+        .0
+        .checked_add(1)
+        .map(|next| sector.offset_of(gpt::Lba(next)))
+        .filter(|&end| end > offset)
+        .ok_or_else(|| Cause::Partitions {
+            found: format!(
+                "partition {} spanning LBA {}..={}",
+                partition.number, partition.first_lba.0, partition.last_lba.0
+            ),
+        })?;
     let range = ByteRange {
         offset,
         length: end - offset,
