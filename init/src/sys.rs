@@ -375,7 +375,11 @@ mod tests {
         assert_eq!(&config[..4], &fd.to_ne_bytes());
         assert_eq!(&config[32..40], &(1u64 << 20).to_ne_bytes(), "lo_offset");
         assert_eq!(&config[40..48], &(3u64 << 20).to_ne_bytes(), "lo_sizelimit");
-        assert_eq!(&config[60..64], &1u32.to_ne_bytes(), "lo_flags");
+        assert_eq!(
+            &config[60..64],
+            &5u32.to_ne_bytes(),
+            "lo_flags: read-only, autoclear"
+        );
         assert_eq!(&config[64..127], &[b'x'; 63][..], "lo_file_name");
         assert_eq!(config[127], 0, "NUL-terminated");
         assert!(config[128..].iter().all(|&byte| byte == 0));
