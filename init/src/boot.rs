@@ -102,10 +102,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     let options = read_options(settings, policy)?;
     clock.finish_stage("setup");
 
-    let kernel = KernelView {
-        sys_module: paths.sys().join("module"),
-        filesystems: paths.proc().join("filesystems"),
-    };
+    let kernel = KernelView::of(paths);
     let mut modules = ModuleLoader::open(&paths.modules(&kernel_release()), kernel)?;
     modules.load_drivers()?;
     // systemd reads EFI variables through efivarfs, and root images need not carry the UKI

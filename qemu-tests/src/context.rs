@@ -195,6 +195,23 @@ impl Context {
             .map_err(|error| error.to_string())
     }
 
+    /// The initramfs with the FAT modules a config partition or ESP read needs (the default
+    /// one leaves them out).
+    pub fn vfat_initrd(&self) -> Result<PathBuf, String> {
+        self.initrd_with("initrd-vfat.img", &["vfat", "nls_cp437", "nls_ascii"])
+    }
+
+    /// The initramfs with ext4 (which asks for crc32c through the crypto API, a soft
+    /// dependency modules.dep omits).
+    pub fn ext4_initrd(&self) -> Result<PathBuf, String> {
+        self.initrd_with("initrd-ext4.img", &["ext4", "crc32c_generic"])
+    }
+
+    fn initrd_with(&self, name: &str, modules: &[&str]) -> Result<PathBuf, String> {
+        binaries::initrd_with_modules(&self.work, name, &self.binaries, &self.kernel, modules)
+            .map_err(|error| error.to_string())
+    }
+
     /// Writes `text` to `name` in the work directory.
     pub fn write_work_file(&self, name: &str, text: &str) -> Result<PathBuf, String> {
         let path = self.work.join(name);

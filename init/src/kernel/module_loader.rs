@@ -50,6 +50,14 @@ pub struct KernelView {
 }
 
 impl KernelView {
+    /// The running kernel's view under `paths` (/sys and /proc once they are mounted).
+    pub fn of(paths: &crate::paths::Paths) -> Self {
+        Self {
+            sys_module: paths.sys().join("module"),
+            filesystems: paths.proc().join("filesystems"),
+        }
+    }
+
     /// Whether the kernel has `name` without loading anything: loaded or built in (shown in
     /// /sys/module), or a file system type it already knows (a built-in file system without
     /// parameters has no /sys/module entry).

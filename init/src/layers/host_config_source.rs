@@ -405,17 +405,13 @@ fn read_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::module_loader::KernelView;
 
     /// Every candidate `search` offers, in order, on a fake root without disks or modules.
     fn offered(paths: &Paths, source: &ConfigSource) -> Vec<Candidate> {
-        let mut modules = ModuleLoader::open(
-            &paths.root().join("no-modules"),
-            crate::kernel::module_loader::KernelView {
-                sys_module: paths.sys().join("module"),
-                filesystems: paths.proc().join("filesystems"),
-            },
-        )
-        .expect("empty");
+        let mut modules =
+            ModuleLoader::open(&paths.root().join("no-modules"), KernelView::of(&paths))
+                .expect("empty");
         let mut seen = Vec::new();
         let none: Option<()> = search(
             paths,
@@ -473,14 +469,9 @@ mod tests {
     fn an_explicit_source_must_exist_and_bad_files_are_named() {
         let root = tempfile::tempdir().expect("tempdir");
         let paths = Paths::under(root.path().to_owned());
-        let mut modules = ModuleLoader::open(
-            &paths.root().join("no-modules"),
-            crate::kernel::module_loader::KernelView {
-                sys_module: paths.sys().join("module"),
-                filesystems: paths.proc().join("filesystems"),
-            },
-        )
-        .expect("empty");
+        let mut modules =
+            ModuleLoader::open(&paths.root().join("no-modules"), KernelView::of(&paths))
+                .expect("empty");
         let mut disks = Disks {
             paths: &paths,
             modules: &mut modules,

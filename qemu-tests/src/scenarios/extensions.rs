@@ -189,15 +189,7 @@ fn boot_with_state_partition(context: &Context, check: &str) -> Result<(), Strin
         &[("30-var.conf", var)],
     )
     .map_err(|error| error.to_string())?;
-    // ext4 asks for crc32c through the crypto API (a soft dependency modules.dep omits).
-    let initrd = binaries::initrd_with_modules(
-        &context.work,
-        "initrd-ext4.img",
-        &context.binaries,
-        &context.kernel,
-        &["ext4", "crc32c_generic"],
-    )
-    .map_err(|error| error.to_string())?;
+    let initrd = context.ext4_initrd()?;
     let vm = context.vm_with_initrd(
         &initrd,
         vec![disk],

@@ -13,8 +13,8 @@ use crate::fixtures::host_config::{
     ext4_image_with_fifo, fat_image, fat_image_with, host_config, initrd_with_config, sign,
     FW_CFG_NAME,
 };
+use crate::fixtures::system;
 use crate::fixtures::system::{TEST_KEY_NAME, TEST_SECRET_KEY};
-use crate::fixtures::{binaries, system};
 use crate::harness::qemu::{AfterMarkers, Console, LineMatch};
 
 /// The report says the config from `origin` was applied with the networkd file.
@@ -75,14 +75,7 @@ pub fn hostconfig_initrd(context: &Context) -> Result<(), String> {
 /// Host config on a FAT file system: a partition labelled `xorbang-config`, then the ESP of
 /// the root's disk. The initramfs carries vfat for it (the default one does not).
 pub fn hostconfig_partition(context: &Context) -> Result<(), String> {
-    let initrd = binaries::initrd_with_modules(
-        &context.work,
-        "initrd-vfat.img",
-        &context.binaries,
-        &context.kernel,
-        &["vfat", "nls_cp437", "nls_ascii"],
-    )
-    .map_err(|error| error.to_string())?;
+    let initrd = context.vfat_initrd()?;
     let cases = [
         (
             "hostconfig-partition",
@@ -240,17 +233,6 @@ fn scenario_dir(context: &Context, name: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn vfat_initrd(context: &Context) -> Result<PathBuf, String> {
-    binaries::initrd_with_modules(
-        &context.work,
-        "initrd-vfat.img",
-        &context.binaries,
-        &context.kernel,
-        &["vfat", "nls_cp437", "nls_ascii"],
-    )
-    .map_err(|error| error.to_string())
-}
-
 /// A config that uses the whole schema: a file under /etc and root's SSH key besides the
 /// hostname and network.
 fn full_config(hostname: &str) -> String {
@@ -268,7 +250,7 @@ const CONFIG_ORIGIN: &str = "/dev/vda3:/host-config.toml";
 /// than hostname, timezone and network is refused as a whole, naming the first such key;
 /// one that sets only those is applied.
 pub fn hostconfig_local_restricted(context: &Context) -> Result<(), String> {
-    let initrd = vfat_initrd(context)?;
+    let initrd = context.vfat_initrd()?;
     let cases = [
         ("refused", full_config("xorbang-local")),
         ("applied", host_config("xorbang-local")),
@@ -324,7 +306,7 @@ pub fn hostconfig_local_restricted(context: &Context) -> Result<(), String> {
 /// image pins: applied as `signed`. With one byte of the config changed after signing:
 /// refused naming the key.
 pub fn hostconfig_signed(context: &Context) -> Result<(), String> {
-    let initrd = vfat_initrd(context)?;
+    let initrd = context.vfat_initrd()?;
     for case in ["valid", "flipped"] {
         let dir = scenario_dir(context, &format!("hostconfig-signed-{case}"))?;
         let config = dir.join("host-config.toml");
@@ -395,15 +377,7 @@ pub fn hostconfig_fifo(context: &Context) -> Result<(), String> {
     ext4_image_with_fifo(&image, "host-config.toml", &dir.join("staging"))
         .map_err(|error| error.to_string())?;
     let disk = disk_with_config(context, &dir, &image)?;
-    // ext4 asks for crc32c through the crypto API (a soft dependency modules.dep omits).
-    let initrd = binaries::initrd_with_modules(
-        &context.work,
-        "initrd-ext4.img",
-        &context.binaries,
-        &context.kernel,
-        &["ext4", "crc32c_generic"],
-    )
-    .map_err(|error| error.to_string())?;
+    let initrd = context.ext4_initrd()?;
     let vm = context.vm_with_initrd(
         &initrd,
         vec![disk],
