@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::bytes::{le_u16, le_u32};
+
 /// How much of a device `probe` looks at; every superblock it knows lies within it.
 pub const PROBE_BYTES: usize = 64 * 1024;
 
@@ -203,18 +205,6 @@ fn fat_bpb_is_plausible(sector: &[u8]) -> Option<bool> {
 /// mean unlabelled.
 fn fat_label(raw: &[u8]) -> Option<String> {
     nul_terminated(raw).filter(|label| label != FAT_NO_LABEL)
-}
-
-fn le_u16(bytes: &[u8], offset: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        bytes.get(offset..offset + 2)?.try_into().ok()?,
-    ))
-}
-
-fn le_u32(bytes: &[u8], offset: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        bytes.get(offset..offset + 4)?.try_into().ok()?,
-    ))
 }
 
 #[cfg(test)]

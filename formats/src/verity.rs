@@ -10,6 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::bytes::Block;
 use crate::gpt::Guid;
 
 /// Size of the on-disk superblock.
@@ -444,22 +445,22 @@ impl VeritySuperblock {
             .and_then(|prefix| prefix.try_into().ok())
             .ok_or(SuperblockError::TooShort { found: bytes.len() })?;
         check_signature(block)?;
-        let version = le_u32(block, VERSION_AT);
+        let version = Block(block).le_u32::<VERSION_AT>();
         if version != SUPERBLOCK_VERSION {
             return Err(SuperblockError::Version { found: version });
         }
-        let hash_type_number = le_u32(block, HASH_TYPE_AT);
+        let hash_type_number = Block(block).le_u32::<HASH_TYPE_AT>();
         let hash_type =
             HashType::from_number(hash_type_number).ok_or(SuperblockError::HashType {
                 found: hash_type_number,
             })?;
         let superblock = Self {
             hash_type,
-            uuid: Guid::from_bytes(array(block, UUID_AT)),
+            uuid: Guid::from_bytes(Block(block).array::<UUID_AT, 16>()),
             algorithm: parse_algorithm_field(&block[ALGORITHM_AT..ALGORITHM_AT + ALGORITHM_LEN])?,
-            data_block_size: block_size_field(block, DATA_BLOCK_SIZE_AT, "data_block_size")?,
-            hash_block_size: block_size_field(block, HASH_BLOCK_SIZE_AT, "hash_block_size")?,
-            data_blocks: le_u64(block, DATA_BLOCKS_AT),
+            data_block_size: block_size_field::<DATA_BLOCK_SIZE_AT>(block, "data_block_size")?,
+            hash_block_size: block_size_field::<HASH_BLOCK_SIZE_AT>(block, "hash_block_size")?,
+            data_blocks: Block(block).le_u64::<DATA_BLOCKS_AT>(),
             salt: salt_field(block)?,
         };
         if superblock.data_blocks == 0 {
@@ -535,40 +536,22 @@ fn parse_algorithm_field(field: &[u8]) -> Result<HashAlgorithm, SuperblockError>
     name.parse().map_err(SuperblockError::Algorithm)
 }
 
-fn block_size_field(
+fn block_size_field<const AT: usize>(
     block: &[u8; SUPERBLOCK_SIZE],
-    at: usize,
     field: &'static str,
 ) -> Result<BlockSize, SuperblockError> {
-    BlockSize::new(le_u32(block, at)).map_err(|source| SuperblockError::BlockSize { field, source })
+    BlockSize::new(Block(block).le_u32::<AT>())
+        .map_err(|source| SuperblockError::BlockSize { field, source })
 }
 
 fn salt_field(block: &[u8; SUPERBLOCK_SIZE]) -> Result<Salt, SuperblockError> {
-    let size = le_u16(block, SALT_SIZE_AT);
+    let size = Block(block).le_u16::<SALT_SIZE_AT>();
     if usize::from(size) > MAX_SALT_SIZE {
         return Err(SuperblockError::SaltSize { found: size });
     }
     let bytes = block[SALT_AT..SALT_AT + usize::from(size)].to_vec();
     // The size was just checked against the limit `Salt` enforces.
     Ok(Salt(bytes))
-}
-
-fn array<const N: usize>(block: &[u8; SUPERBLOCK_SIZE], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&block[at..at + N]);
-    out
-}
-
-fn le_u16(block: &[u8; SUPERBLOCK_SIZE], at: usize) -> u16 {
-    u16::from_le_bytes(array(block, at))
-}
-
-fn le_u32(block: &[u8; SUPERBLOCK_SIZE], at: usize) -> u32 {
-    u32::from_le_bytes(array(block, at))
-}
-
-fn le_u64(block: &[u8; SUPERBLOCK_SIZE], at: usize) -> u64 {
-    u64::from_le_bytes(array(block, at))
 }
 
 fn put(out: &mut [u8; SUPERBLOCK_SIZE], at: usize, bytes: &[u8]) {

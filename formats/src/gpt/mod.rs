@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::bytes::Block;
+
 #[cfg(any(test, feature = "gpt-writer"))]
 mod write;
 #[cfg(any(test, feature = "gpt-writer"))]
@@ -271,21 +273,23 @@ impl GptHeader {
     /// Parses and checks a header read from `lba` (1 for the primary, the last LBA for the
     /// backup): a header that points elsewhere is a stale copy, not this disk's table.
     fn parse_at(block: &[u8], lba: Lba) -> Result<Self, GptError> {
-        if block.len() < HEADER_SIZE {
-            return Err(GptError::HeaderTooShort {
+        let fields: &[u8; HEADER_SIZE] = block
+            .get(..HEADER_SIZE)
+            .and_then(|prefix| prefix.try_into().ok())
+            .ok_or(GptError::HeaderTooShort {
                 expected: HEADER_SIZE,
                 found: block.len(),
-            });
-        }
-        let signature: [u8; 8] = array(block, 0);
+            })?;
+        let fields = Block(fields);
+        let signature: [u8; 8] = fields.array::<0, 8>();
         if &signature != SIGNATURE {
             return Err(GptError::Signature { found: signature });
         }
-        let revision = le_u32(block, 8);
+        let revision = fields.le_u32::<8>();
         if revision >> 16 != REVISION_1_0 >> 16 {
             return Err(GptError::Revision { found: revision });
         }
-        let header_size = le_u32(block, 12);
+        let header_size = fields.le_u32::<12>();
         let size = usize::try_from(header_size).unwrap_or(usize::MAX);
         if !(HEADER_SIZE..=block.len()).contains(&size) {
             return Err(GptError::HeaderSize {
@@ -294,28 +298,31 @@ impl GptHeader {
                 found: header_size,
             });
         }
-        check_header_crc(&block[..size])?;
-        let header = Self::from_fields(block, revision, header_size);
+        check_header_crc(
+            &block[..size],
+            fields.le_u32::<{ HEADER_CRC_RANGE.start }>(),
+        )?;
+        let header = Self::from_fields(fields, revision, header_size);
         header.check(lba)?;
         // `block` is one whole sector: its length is the unit the LBAs count in.
         header.check_entries_placement(block.len() as u64)?;
         Ok(header)
     }
 
-    /// Reads the fields after the checked prefix; `block` holds at least `HEADER_SIZE` bytes.
-    fn from_fields(block: &[u8], revision: u32, header_size: u32) -> Self {
+    /// Reads the fields after the checked prefix.
+    fn from_fields(block: Block<HEADER_SIZE>, revision: u32, header_size: u32) -> Self {
         Self {
             revision,
             header_size,
-            my_lba: Lba(le_u64(block, 24)),
-            alternate_lba: Lba(le_u64(block, 32)),
-            first_usable: Lba(le_u64(block, 40)),
-            last_usable: Lba(le_u64(block, 48)),
-            disk_guid: Guid::from_mixed_endian(&array(block, 56)),
-            entries_lba: Lba(le_u64(block, 72)),
-            entry_count: le_u32(block, 80),
-            entry_size: le_u32(block, 84),
-            entries_crc32: le_u32(block, 88),
+            my_lba: Lba(block.le_u64::<24>()),
+            alternate_lba: Lba(block.le_u64::<32>()),
+            first_usable: Lba(block.le_u64::<40>()),
+            last_usable: Lba(block.le_u64::<48>()),
+            disk_guid: Guid::from_mixed_endian(&block.array::<56, 16>()),
+            entries_lba: Lba(block.le_u64::<72>()),
+            entry_count: block.le_u32::<80>(),
+            entry_size: block.le_u32::<84>(),
+            entries_crc32: block.le_u32::<88>(),
         }
     }
 
@@ -420,8 +427,7 @@ impl GptHeader {
 }
 
 /// The header CRC covers `header_size` bytes with the CRC field itself taken as zero.
-fn check_header_crc(header: &[u8]) -> Result<(), GptError> {
-    let found = le_u32(header, HEADER_CRC_RANGE.start);
+fn check_header_crc(header: &[u8], found: u32) -> Result<(), GptError> {
     let mut zeroed = header.to_vec();
     zeroed[HEADER_CRC_RANGE].fill(0);
     let expected = crc32(&zeroed);
@@ -497,20 +503,24 @@ fn check_extent(header: &GptHeader, partition: GptPartition) -> Result<GptPartit
     Ok(partition)
 }
 
-/// One entry of at least 128 bytes; `None` when unused.
+/// One entry (its first 128 bytes; a larger entry size leaves the rest unused); `None` when
+/// unused or shorter.
 fn parse_entry(entry: &[u8], number: u32) -> Option<GptPartition> {
-    let type_guid = Guid::from_mixed_endian(&array(entry, 0));
+    let entry: &[u8; MIN_ENTRY_SIZE as usize] =
+        entry.get(..MIN_ENTRY_SIZE as usize)?.try_into().ok()?;
+    let fields = Block(entry);
+    let type_guid = Guid::from_mixed_endian(&fields.array::<0, 16>());
     if type_guid.is_nil() {
         return None;
     }
     Some(GptPartition {
         number,
         type_guid,
-        unique_guid: Guid::from_mixed_endian(&array(entry, 16)),
-        first_lba: Lba(le_u64(entry, 32)),
-        last_lba: Lba(le_u64(entry, 40)),
-        attributes: le_u64(entry, 48),
-        name: decode_name(&entry[56..56 + 2 * NAME_UNITS]),
+        unique_guid: Guid::from_mixed_endian(&fields.array::<16, 16>()),
+        first_lba: Lba(fields.le_u64::<32>()),
+        last_lba: Lba(fields.le_u64::<40>()),
+        attributes: fields.le_u64::<48>(),
+        name: decode_name(&fields.array::<56, { 2 * NAME_UNITS }>()),
     })
 }
 
@@ -556,24 +566,10 @@ const fn crc32_table() -> [u32; 256] {
     table
 }
 
-/// `N` bytes at `offset`; callers check the length first, so a panic here is a bug.
-fn array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&bytes[offset..offset + N]);
-    out
-}
-
-fn le_u32(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(array(bytes, offset))
-}
-
-fn le_u64(bytes: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(array(bytes, offset))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::{le_u32, le_u64};
     use crate::fixtures::{dps_partitions, tool_exists, write_image, XorShift};
 
     fn guid(text: &str) -> Guid {
@@ -922,7 +918,7 @@ mod tests {
         if block.len() < HEADER_SIZE {
             return false;
         }
-        let size = le_u32(block, 12) as usize;
+        let size = le_u32(block, 12).expect("a whole header") as usize;
         if !(HEADER_SIZE..=block.len()).contains(&size) {
             return false;
         }
@@ -1318,8 +1314,8 @@ mod tests {
         for (part, (number, entry)) in parts.iter().zip(used) {
             assert_eq!(part.number, number);
             assert!(!part.type_guid.is_nil());
-            assert_eq!(part.first_lba, Lba(le_u64(entry, 32)));
-            assert_eq!(part.last_lba, Lba(le_u64(entry, 40)));
+            assert_eq!(part.first_lba, Lba(le_u64(entry, 32).expect("an entry")));
+            assert_eq!(part.last_lba, Lba(le_u64(entry, 40).expect("an entry")));
             assert!(part.first_lba <= part.last_lba, "{part:?}");
             assert!(header.first_usable <= part.first_lba, "{part:?}");
             assert!(part.last_lba <= header.last_usable, "{part:?}");
