@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use xorbang_formats::boot_report::ConfigTrust;
 
 use clap::{Parser, Subcommand};
 use xorbang_build::boot::disk::{self, DiskError};
@@ -75,6 +76,11 @@ enum HostConfigCommand {
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Check it as a production host would take it from a source of this trust:
+        /// `local` (an unsigned file on a config partition or the ESP) may set only
+        /// hostname, timezone and network; `signed` (or `platform`) the whole schema.
+        #[arg(long, default_value = "signed", value_parser = parse_trust)]
+        trust: ConfigTrust,
     },
 }
 
@@ -431,18 +437,25 @@ fn run(command: Command) -> Result<(), CliError> {
             command: VerityCommand::Verify(args),
         } => verity_verify(args),
         Command::HostConfig {
-            command: HostConfigCommand::Check { file },
-        } => check_host_config(&file),
+            command: HostConfigCommand::Check { file, trust },
+        } => check_host_config(&file, trust),
     }
 }
 
-fn check_host_config(file: &Path) -> Result<(), CliError> {
+fn parse_trust(text: &str) -> Result<ConfigTrust, String> {
+    ConfigTrust::parse(text).ok_or_else(|| format!("{text}: expected signed, platform or local"))
+}
+
+fn check_host_config(file: &Path, trust: ConfigTrust) -> Result<(), CliError> {
     let text = std::fs::read_to_string(file).map_err(FileError::of(FileAction::Read, file))?;
-    let config =
-        xorbang_formats::host_config::parse(&text).map_err(|error| CliError::HostConfig {
-            path: file.to_owned(),
-            error,
-        })?;
+    let refused = |error| CliError::HostConfig {
+        path: file.to_owned(),
+        error,
+    };
+    let config = xorbang_formats::host_config::parse(&text).map_err(refused)?;
+    if trust == ConfigTrust::Local {
+        xorbang_formats::host_config::check_local_keys(&text).map_err(refused)?;
+    }
     for entry in config.etc_layer() {
         match entry.kind {
             xorbang_formats::host_config::EntryKind::File { mode, .. } => {
@@ -460,7 +473,7 @@ fn check_host_config(file: &Path) -> Result<(), CliError> {
     };
     selected("sysext", &config.sysext);
     selected("confext", &config.confext);
-    println!("{}: valid host config", file.display());
+    println!("{}: valid host config ({trust} source)", file.display());
     Ok(())
 }
 

@@ -583,7 +583,21 @@ fn host_config_check_lists_the_layer_or_names_line_and_column() {
             "{line} missing in {stdout}"
         );
     }
-    assert!(stdout.ends_with(": valid host config\n"), "{stdout}");
+    assert!(
+        stdout.ends_with(": valid host config (signed source)\n"),
+        "{stdout}"
+    );
+    // From an unsigned config partition, root's key makes the whole config refused.
+    let output = xorbang_build(
+        &["host-config", "check", "--trust", "local", path_str(&good)],
+        None,
+    );
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("line 3, column 2: \"users\" is not allowed in an unsigned config"),
+        "{stderr}"
+    );
 
     let bad = dir.path().join("bad.toml");
     fs::write(
