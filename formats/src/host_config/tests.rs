@@ -897,6 +897,16 @@ fn check_outcome(text: &str) -> bool {
                 .all(|part| !part.is_empty() && part != "." && part != "..")));
             let again = parse(&to_toml(&config)).expect("an accepted config renders back");
             assert_eq!(again, config);
+            // The local-source rule agrees with what the config sets.
+            let local_only = config.users.is_empty()
+                && config.files.is_empty()
+                && config.modules.is_empty()
+                && config.sysctl.is_empty()
+                && config.sysext.is_empty()
+                && config.confext.is_empty();
+            if check_local_keys(text).is_ok() {
+                assert!(local_only, "{text:?}");
+            }
             true
         }
     }

@@ -240,4 +240,55 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].name, "release.pub");
     }
+
+    /// Mutated configs and signatures from every source under every policy: never a panic,
+    /// and nothing production accepts breaks the rules (signed only for the signed bytes,
+    /// never below the minimum, a local config only with local keys).
+    #[test]
+    fn fuzz_decisions_keep_the_trust_rules() {
+        use xorbang_formats::fixtures::XorShift;
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let keys = keys();
+        let sources = [
+            ConfigTrust::Local,
+            ConfigTrust::Platform,
+            ConfigTrust::Signed,
+        ];
+        let texts = [SIGNED, FULL];
+        let mut accepted = 0;
+        for _ in 0..400 {
+            let mut text = rng.pick(&texts).as_bytes().to_vec();
+            if rng.one_in(2) {
+                let at = rng.below(text.len());
+                text[at] = *rng.pick(b"\n =\"[]ab1");
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let mut signature = SIGNATURE.as_bytes().to_vec();
+            if rng.one_in(3) {
+                let at = rng.below(signature.len());
+                signature[at] ^= 1 << rng.below(8);
+            }
+            let signature = rng
+                .one_in(2)
+                .then(|| String::from_utf8_lossy(&signature).into_owned());
+            let policy = production(*rng.pick(&sources));
+            let source = *rng.pick(&sources);
+            let Ok(decided) = judge(
+                candidate(&text, source, signature.as_deref()),
+                &keys,
+                policy,
+            ) else {
+                continue;
+            };
+            accepted += 1;
+            assert!(decided.trust >= policy.minimum, "{text:?}");
+            if decided.signed_by.is_some() {
+                assert_eq!(text, SIGNED);
+            }
+            if decided.trust == ConfigTrust::Local {
+                assert!(host_config::check_local_keys(&text).is_ok(), "{text:?}");
+            }
+        }
+        assert!(accepted > 0);
+    }
 }
