@@ -14,9 +14,11 @@ use crate::context::{
     parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::command::run;
-use crate::fixtures::host_config::{host_config, FW_CFG_NAME};
+use crate::fixtures::host_config::{host_config, sign, FW_CFG_NAME};
+use crate::fixtures::system::TEST_SECRET_KEY;
 use crate::fixtures::{binaries, boot_chain, kernel};
 use crate::harness::qemu::Console;
+use xorbang_formats::host_config::MAX_ENTRIES;
 
 struct Run {
     init_us: u64,
@@ -48,10 +50,11 @@ impl Run {
 pub fn bench(context: &Context) -> Result<(), String> {
     let boot = boot_bench(context, &context.binaries.init)?;
     let layers = layers_bench(context)?;
+    let host_config = host_config_bench(context)?;
     let firmware = firmware_bench(context)?;
     let custom = custom_kernel_bench(context)?;
     let verity = verity_format_bench(&context.work, &context.binaries.build)?;
-    println!("{boot} {layers} {firmware} {custom} {verity}");
+    println!("{boot} {layers} {host_config} {firmware} {custom} {verity}");
     Ok(())
 }
 
@@ -130,6 +133,67 @@ fn layers_bench(context: &Context) -> Result<String, String> {
     println!("median: init stage with 2 sysexts, 1 confext and host config {init_ms:.1} ms, layers stage {layers_ms:.1} ms");
     Ok(format!(
         "layered_init_stage_ms={init_ms:.1} layers_stage_ms={layers_ms:.1}"
+    ))
+}
+
+/// The host-config stage for the same config through fw_cfg: unsigned (`platform`), with a
+/// detached signature by the pinned test key (`signed`: what the signature check costs), and
+/// a config at the size limit (64 KiB, 256 files: what deciding the largest config costs),
+/// interleaved. Returns the `key=value` pairs.
+fn host_config_bench(context: &Context) -> Result<String, String> {
+    let text = host_config("bench-signed");
+    let config = context.write_work_file("host-config-bench-signed.toml", &text)?;
+    let signature = sign(&config, TEST_SECRET_KEY).map_err(|error| error.to_string())?;
+    let mut large = host_config("bench-large");
+    let filler = "x".repeat(180);
+    for index in 0..MAX_ENTRIES {
+        large.push_str(&format!(
+            "\n[[files]]\npath = \"/etc/xorbang-bench/{index:03}\"\ncontent = \"{filler}\"\n"
+        ));
+    }
+    let large_bytes = large.len();
+    let large = context.write_work_file("host-config-bench-large.toml", &large)?;
+    let variants = [
+        ("unsigned", vec![(FW_CFG_NAME.to_owned(), config.clone())]),
+        (
+            "signed",
+            vec![
+                (FW_CFG_NAME.to_owned(), config.clone()),
+                (format!("{FW_CFG_NAME}.minisig"), signature),
+            ],
+        ),
+        ("size-limit", vec![(FW_CFG_NAME.to_owned(), large)]),
+    ];
+    let mut stage_us: Vec<Vec<u64>> = vec![Vec::new(); variants.len()];
+    for index in 1..=context.config.bench_runs {
+        for (variant, (name, fw_cfg)) in variants.iter().enumerate() {
+            let append = format!("{} xtest.scenario=bench", context.production_root());
+            let mut vm = context.vm(vec![context.system.disk.clone()], &append, SYSTEMD_TIMEOUT);
+            vm.fw_cfg = fw_cfg.clone();
+            let expect = [report_line(), pass_line("bench")];
+            let console = context.boot(&vm, &format!("bench-host-config-{name}"), &expect)?;
+            let report = parse_report(&console, REPORT_PREFIX)?;
+            if !report.host_config.as_ref().is_some_and(|host| host.applied) {
+                return Err(format!("the {name} host config was not applied"));
+            }
+            let run = Run::of(&report, &console);
+            println!(
+                "host config run {index} ({name}): host-config stage {:.1} ms, layers {:.1} ms",
+                run.stage_us("host-config") as f64 / 1000.0,
+                run.stage_us("layers") as f64 / 1000.0
+            );
+            stage_us[variant].push(run.stage_us("host-config"));
+        }
+    }
+    let [unsigned, signed, limit] = [0, 1, 2].map(|i| median(stage_us[i].clone()) as f64 / 1000.0);
+    println!(
+        "median: host-config stage {unsigned:.1} ms unsigned, {signed:.1} ms signed (+{:.1} ms \
+         for the signature), {limit:.1} ms for a {large_bytes}-byte config of {MAX_ENTRIES} files",
+        signed - unsigned
+    );
+    Ok(format!(
+        "host_config_unsigned_ms={unsigned:.1} host_config_signed_ms={signed:.1} \
+         host_config_size_limit_ms={limit:.1}"
     ))
 }
 
