@@ -481,10 +481,10 @@ mod tests {
         let field = FIELDS[rng.below(FIELDS.len())].clone();
         let at = field.start + rng.below(field.len());
         match rng.below(5) {
-            0 => head[rng.below(HEAD)] = rng.next() as u8,
+            0 => head[rng.below(HEAD)] = rng.next_u64() as u8,
             1 => head[at] ^= 1 << rng.below(8),
             2 => head[at] = *rng.pick(&[0, b' ', b'\t', 0x80, 0xC3, 0xFF, b'A']),
-            3 => head[at] = rng.next() as u8,
+            3 => head[at] = rng.next_u64() as u8,
             _ => {
                 let end = (at + rng.below(8)).min(HEAD);
                 head[at..end].fill(0);

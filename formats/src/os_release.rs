@@ -1319,7 +1319,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
     #[test]
     fn fuzz_parse_never_panics_and_errors_point_into_the_text() {
         const INPUTS: usize = 100_000;
-        let mut rng = XorShift(0x51e1_ea5e.max(1));
+        let mut rng = XorShift(0x51e1_ea5e);
         let seeds = [
             DEBIAN_BOOKWORM,
             "ID=debian\nVERSION_ID=12\nSYSEXT_LEVEL=1\n",
@@ -1377,7 +1377,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
     #[test]
     fn display_parse_round_trip() {
         const RELEASES: usize = 20_000;
-        let mut rng = XorShift(0x2047_d15b.max(1));
+        let mut rng = XorShift(0x2047_d15b);
         let mut entries = 0;
         for _ in 0..RELEASES {
             let original = random_release(&mut rng);
@@ -1525,7 +1525,7 @@ BUG_REPORT_URL="https://bugs.debian.org/"
             Some(" portable\tsystem "),
             Some("systemd"),
         ];
-        let mut rng = XorShift(0x7ab1e.max(1));
+        let mut rng = XorShift(0x7ab1e);
         let mut outcomes: std::collections::BTreeMap<&str, usize> = Default::default();
         for _ in 0..PAIRS {
             let kind = *rng.pick(&ExtensionKind::ALL);

@@ -1256,7 +1256,7 @@ mod tests {
             algorithm: [HashAlgorithm::Sha256, HashAlgorithm::Sha512][rng.below(2)],
             data_block_size: size(rng),
             hash_block_size: size(rng),
-            data_blocks: rng.next().max(1),
+            data_blocks: rng.next_u64().max(1),
             salt: Salt::new(rng.bytes(salt_len)).expect("salt"),
         }
     }
@@ -1291,7 +1291,7 @@ mod tests {
             for _ in 0..=rng.below(4) {
                 if !bytes.is_empty() {
                     let at = rng.below(bytes.len());
-                    bytes[at] = rng.next() as u8;
+                    bytes[at] = rng.next_u64() as u8;
                 }
             }
             if let Ok(superblock) = VeritySuperblock::parse(&bytes) {
@@ -1317,9 +1317,9 @@ mod tests {
             6 => VerityOption::CheckAtMostOnce,
             7 => VerityOption::TryVerifyInTasklet,
             8 => VerityOption::UseFecFromDevice(TableWord::new("/dev/vdb3").expect("word")),
-            9 => VerityOption::FecRoots(rng.next() as u32),
-            10 => VerityOption::FecBlocks(rng.next()),
-            11 => VerityOption::FecStart(rng.next()),
+            9 => VerityOption::FecRoots(rng.next_u64() as u32),
+            10 => VerityOption::FecBlocks(rng.next_u64()),
+            11 => VerityOption::FecStart(rng.next_u64()),
             _ => VerityOption::RootHashSigKeyDesc(TableWord::new("key:1").expect("word")),
         }
     }
@@ -1333,7 +1333,7 @@ mod tests {
             &superblock,
             word("/dev/disk/by-partuuid/x"),
             word("254:7"),
-            rng.next() >> 1,
+            rng.next_u64() >> 1,
             root,
         )
         .expect("sizes match");

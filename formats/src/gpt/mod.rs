@@ -931,7 +931,7 @@ mod tests {
     /// An LBA near the ones that matter (`near`), at a boundary, or anything at all.
     fn interesting_lba(rng: &mut XorShift, near: &[u64]) -> u64 {
         match rng.below(4) {
-            0 => rng.next(),
+            0 => rng.next_u64(),
             1 => *rng.pick(&[0, 1, 2, 33, 34, u64::MAX - 1, u64::MAX]),
             _ => rng
                 .pick(near)
@@ -1011,7 +1011,7 @@ mod tests {
                         0 => interesting_lba(&mut rng, &near),
                         _ if offset == 24 => my_lba,
                         _ if offset == 72 => entries_lba,
-                        _ if offset == 32 => rng.next(),
+                        _ if offset == 32 => rng.next_u64(),
                         _ => value,
                     };
                     put_u64(&mut block, offset, value);
@@ -1069,7 +1069,7 @@ mod tests {
         match rng.below(8) {
             0 => bytes[rng.below(len)] ^= 1 << rng.below(8),
             1 => bytes[rng.below(len.min(HEADER_SIZE))] ^= 1 << rng.below(8),
-            2 => bytes[rng.below(len)] = rng.next() as u8,
+            2 => bytes[rng.below(len)] = rng.next_u64() as u8,
             3 | 4 => {
                 let value = interesting_lba(rng, near);
                 put_u64(bytes, *rng.pick(&LBA_FIELDS), value);
@@ -1203,14 +1203,14 @@ mod tests {
             0 => array[entry..entry + 16].fill(0),
             1 => {
                 let at = entry + rng.below(16);
-                array[at] = rng.next() as u8;
+                array[at] = rng.next_u64() as u8;
             }
             2..=4 => {
                 let value = interesting_lba(rng, near);
                 put_u64(array, entry + *rng.pick(&[32, 40]), value);
             }
             5 => {
-                let any = rng.next() as u16;
+                let any = rng.next_u64() as u16;
                 let unit = *rng.pick(&[0, 0x41, 0xd800, 0xdc00, 0xfffd, any]);
                 let at = entry + 56 + 2 * rng.below(NAME_UNITS);
                 array[at..at + 2].copy_from_slice(&unit.to_le_bytes());
@@ -1222,7 +1222,7 @@ mod tests {
             _ if rng.one_in(4) => array.truncate(rng.below(array.len() + 1)),
             _ => {
                 let at = entry + 48;
-                put_u64(array, at, rng.next());
+                put_u64(array, at, rng.next_u64());
             }
         }
     }

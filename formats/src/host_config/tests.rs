@@ -857,12 +857,12 @@ fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
                 let end = (at + rng.range(1, 8)).min(bytes.len());
                 bytes.drain(at..end);
             }
-            1 if at < bytes.len() => bytes[at] = rng.next() as u8,
+            1 if at < bytes.len() => bytes[at] = rng.next_u64() as u8,
             2 => {
                 let token = rng.pick(TOKENS).as_bytes();
                 bytes.splice(at..at, token.iter().copied());
             }
-            _ => bytes.insert(at, rng.next() as u8),
+            _ => bytes.insert(at, rng.next_u64() as u8),
         }
     }
     bytes
@@ -917,7 +917,7 @@ fn fuzz_worker(mut rng: XorShift, runs: usize, example: &str, seeds: &[String]) 
     let (mut rejected, mut accepted) = (0, 0);
     for run in 0..runs {
         let bytes = match run % 50 {
-            0..=4 => (0..rng.below(200)).map(|_| rng.next() as u8).collect(),
+            0..=4 => (0..rng.below(200)).map(|_| rng.next_u64() as u8).collect(),
             5 => mutate(&mut rng, example.as_bytes()),
             _ => {
                 let seed = rng.pick(seeds);
@@ -1100,13 +1100,13 @@ fn unique<F: Fn(&mut XorShift) -> String>(
 
 fn random_ip(rng: &mut XorShift) -> IpAddr {
     if rng.percent(50) {
-        IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
+        IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
     } else {
         // Zero some groups so `::` shortening gets exercised.
         let mut groups = [0u16; 8];
         for group in &mut groups {
             if rng.percent(60) {
-                *group = rng.next() as u16;
+                *group = rng.next_u64() as u16;
             }
         }
         IpAddr::V6(Ipv6Addr::from(groups))
@@ -1117,7 +1117,7 @@ fn random_key(rng: &mut XorShift) -> String {
     let kind = *rng.pick(&KEY_TYPES);
     let mut blob = (kind.len() as u32).to_be_bytes().to_vec();
     blob.extend_from_slice(kind.as_bytes());
-    blob.extend((0..rng.below(80)).map(|_| rng.next() as u8));
+    blob.extend((0..rng.below(80)).map(|_| rng.next_u64() as u8));
     let mut key = format!("{kind} {}", encode_base64(&blob));
     if rng.percent(50) {
         let comment = rng.text(&chars(" ~~äé€"), 1, 20);
@@ -1132,7 +1132,7 @@ fn random_network(rng: &mut XorShift, index: usize) -> Network {
         InterfaceMatch::Name(format!("{name}{index}"))
     } else {
         let mut mac = [0u8; 6];
-        mac.iter_mut().for_each(|byte| *byte = rng.next() as u8);
+        mac.iter_mut().for_each(|byte| *byte = rng.next_u64() as u8);
         mac[0] = index as u8;
         InterfaceMatch::Mac(mac)
     };
@@ -1228,7 +1228,7 @@ fn random_config(rng: &mut XorShift) -> HostConfig {
                 .collect();
             let key = parts.join(if rng.percent(80) { "." } else { "/" });
             let value = if rng.percent(50) {
-                SysctlValue::Integer(rng.next() as i64)
+                SysctlValue::Integer(rng.next_u64() as i64)
             } else {
                 SysctlValue::String(format!(
                     "{}{}",
@@ -1286,7 +1286,7 @@ fn fuzz_generated_configs_render_and_parse_back() {
 fn base64_decodes_what_is_encoded() {
     let mut rng = XorShift(7);
     for length in 0..200 {
-        let bytes: Vec<u8> = (0..length).map(|_| rng.next() as u8).collect();
+        let bytes: Vec<u8> = (0..length).map(|_| rng.next_u64() as u8).collect();
         let text = encode_base64(&bytes);
         if length == 0 {
             assert_eq!(decode_base64(&text), None);

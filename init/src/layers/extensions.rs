@@ -417,7 +417,7 @@ impl Activator<'_> {
             // turns into a refusal of this one extension.
             options: &[],
         };
-        let active = activation::activate_mapping(self.dev_dir, &mapping, &data_node, &hash_node)?;
+        let active = activation::activate_mapping(self.dev_dir, &mapping, data_node, hash_node)?;
         undo.mapping = Some(name);
         read_everything(&active.node)?;
         let probed = block_devices::probe_device(&active.node).map_err(Cause::Probe)?;

@@ -410,7 +410,7 @@ mod tests {
     /// Every candidate `search` offers, in order, on a fake root without disks or modules.
     fn offered(paths: &Paths, source: &ConfigSource) -> Vec<Candidate> {
         let mut modules =
-            ModuleLoader::open(&paths.root().join("no-modules"), KernelView::of(&paths))
+            ModuleLoader::open(&paths.root().join("no-modules"), KernelView::of(paths))
                 .expect("empty");
         let mut seen = Vec::new();
         let none: Option<()> = search(

@@ -8,6 +8,7 @@ use std::io::Write;
 
 /// Reports that `test` did not run, and why.
 pub fn skip(test: &str, reason: &str) {
-    // If the terminal is gone there is no one to tell.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+    if writeln!(std::io::stderr(), "SKIPPED {test}: {reason}").is_err() {
+        // The terminal is gone: there is no one left to tell.
+    }
 }
