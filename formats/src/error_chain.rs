@@ -22,6 +22,7 @@ pub fn error_chain(error: &dyn Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::assert_said_once;
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot read {path}")]
@@ -40,20 +41,6 @@ mod tests {
             error_chain(&error),
             "cannot read /etc/x: No such file or directory (os error 2)"
         );
-    }
-
-    /// Each message of a chain is said once: no error's message repeats its source's.
-    pub(crate) fn assert_said_once(error: &dyn Error) {
-        let mut current: Option<&dyn Error> = Some(error);
-        while let Some(error) = current {
-            if let Some(source) = error.source() {
-                assert!(
-                    !error.to_string().contains(&source.to_string()),
-                    "{error:?} repeats its source {source:?}"
-                );
-            }
-            current = error.source();
-        }
     }
 
     #[test]

@@ -120,3 +120,29 @@ pub fn ext4_fixture(uuid: [u8; 16], label: &str) -> Vec<u8> {
     bytes[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
     bytes
 }
+
+/// Each message of an error chain is said once: no error's message repeats its source's
+/// (the workspace's error convention; `error_chain` joins them).
+pub fn assert_said_once(error: &dyn std::error::Error) {
+    let mut current: Option<&dyn std::error::Error> = Some(error);
+    while let Some(error) = current {
+        if let Some(source) = error.source() {
+            assert!(
+                !error.to_string().contains(&source.to_string()),
+                "{error:?} repeats its source {source:?}"
+            );
+        }
+        current = error.source();
+    }
+}
+
+/// A host-config layer entry for a plain file.
+pub fn text_entry(path: &str, mode: u32, content: &str) -> crate::host_config::EtcEntry {
+    crate::host_config::EtcEntry {
+        path: path.to_owned(),
+        kind: crate::host_config::EntryKind::File {
+            mode,
+            content: content.to_owned(),
+        },
+    }
+}

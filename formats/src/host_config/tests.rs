@@ -53,15 +53,7 @@ content = "a = 1\n"
     )
 }
 
-fn text_file(path: &str, mode: u32, content: &str) -> EtcEntry {
-    EtcEntry {
-        path: path.to_owned(),
-        kind: EntryKind::File {
-            mode,
-            content: content.to_owned(),
-        },
-    }
-}
+use crate::fixtures::text_entry as text_file;
 
 #[test]
 fn the_example_parses_to_typed_values() {

@@ -850,20 +850,6 @@ mod tests {
         assert_eq!(found.keys().collect::<Vec<_>>(), ["site"]);
     }
 
-    /// No message of a chain repeats its source's: each cause is said once, by error_chain.
-    fn assert_said_once(error: &dyn std::error::Error) {
-        let mut current = Some(error);
-        while let Some(error) = current {
-            if let Some(source) = error.source() {
-                assert!(
-                    !error.to_string().contains(&source.to_string()),
-                    "{error:?} repeats its source {source:?}"
-                );
-            }
-            current = error.source();
-        }
-    }
-
     #[test]
     fn causes_are_said_once_and_the_chain_reads_as_before() {
         let refused = ExtensionError {
@@ -878,7 +864,7 @@ mod tests {
                 },
             }),
         };
-        assert_said_once(&refused);
+        xorbang_formats::fixtures::assert_said_once(&refused);
         assert_eq!(
             error_chain(&refused),
             "sysext fedora (/usr/lib/extensions/fedora.raw): \
@@ -892,7 +878,7 @@ mod tests {
                 source: io::Error::from_raw_os_error(22),
             },
         ));
-        assert_said_once(&boot);
+        xorbang_formats::fixtures::assert_said_once(&boot);
         assert_eq!(
             error_chain(&boot),
             "verity: device-mapper: DM_TABLE_LOAD root: Invalid argument (os error 22)"

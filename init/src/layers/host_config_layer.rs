@@ -157,15 +157,7 @@ mode = "0600"
 content = "a = 1\n"
 "#;
 
-    fn text_file(path: &str, mode: u32, content: &str) -> EtcEntry {
-        EtcEntry {
-            path: path.to_owned(),
-            kind: EntryKind::File {
-                mode,
-                content: content.to_owned(),
-            },
-        }
-    }
+    use xorbang_formats::fixtures::text_entry as text_file;
 
     fn mode_of(path: &Path) -> u32 {
         std::fs::symlink_metadata(path)

@@ -211,6 +211,21 @@ fn expect_trusted(
     Ok(())
 }
 
+/// Boots `disk` with `initrd` until the `expect` lines; errors name the log.
+fn boot_case(
+    context: &Context,
+    initrd: &Path,
+    disk: PathBuf,
+    append: &str,
+    log: &str,
+    expect: &[LineMatch],
+) -> Result<Console, String> {
+    let vm = context.vm_with_initrd(initrd, vec![disk], append, SYSTEMD_TIMEOUT);
+    context
+        .boot(&vm, log, expect)
+        .map_err(|error| format!("{log}: {error}"))
+}
+
 /// The system disk with one more partition, labelled `xorbang-config`, holding `image`: it
 /// becomes /dev/vda3, next to the verified root.
 fn disk_with_config(context: &Context, dir: &Path, image: &Path) -> Result<PathBuf, String> {
@@ -264,12 +279,6 @@ pub fn hostconfig_local_restricted(context: &Context) -> Result<(), String> {
         let disk = disk_with_config(context, &dir, &fat)?;
         let log = format!("hostconfig-local-{case}");
         if case == "refused" {
-            let vm = context.vm_with_initrd(
-                &initrd,
-                vec![disk],
-                &refused_check(context, ""),
-                SYSTEMD_TIMEOUT,
-            );
             let expect = [
                 LineMatch::Between(
                     format!("xorbang: host config {CONFIG_ORIGIN}: line "),
@@ -281,20 +290,16 @@ pub fn hostconfig_local_restricted(context: &Context) -> Result<(), String> {
                 report_line(),
                 pass_line("hostconfig-refused"),
             ];
-            let console = context
-                .boot(&vm, &log, &expect)
-                .map_err(|e| format!("{case}: {e}"))?;
+            let append = refused_check(context, "");
+            let console = boot_case(context, &initrd, disk, &append, &log, &expect)?;
             expect_refused(&console, CONFIG_ORIGIN).map_err(|e| format!("{case}: {e}"))?;
         } else {
             let append = format!(
                 "{} xtest.scenario=hostconfig-local",
                 context.production_root()
             );
-            let vm = context.vm_with_initrd(&initrd, vec![disk], &append, SYSTEMD_TIMEOUT);
             let expect = [report_line(), pass_line("hostconfig-local")];
-            let console = context
-                .boot(&vm, &log, &expect)
-                .map_err(|e| format!("{case}: {e}"))?;
+            let console = boot_case(context, &initrd, disk, &append, &log, &expect)?;
             expect_trusted(&console, CONFIG_ORIGIN, ConfigTrust::Local, None)
                 .map_err(|e| format!("{case}: {e}"))?;
         }
@@ -333,11 +338,8 @@ pub fn hostconfig_signed(context: &Context) -> Result<(), String> {
                 "{} xtest.scenario=hostconfig-signed",
                 context.production_root()
             );
-            let vm = context.vm_with_initrd(&initrd, vec![disk], &append, SYSTEMD_TIMEOUT);
             let expect = [report_line(), pass_line("hostconfig-signed")];
-            let console = context
-                .boot(&vm, &log, &expect)
-                .map_err(|e| format!("{case}: {e}"))?;
+            let console = boot_case(context, &initrd, disk, &append, &log, &expect)?;
             expect_trusted(
                 &console,
                 CONFIG_ORIGIN,
@@ -346,12 +348,6 @@ pub fn hostconfig_signed(context: &Context) -> Result<(), String> {
             )
             .map_err(|e| format!("{case}: {e}"))?;
         } else {
-            let vm = context.vm_with_initrd(
-                &initrd,
-                vec![disk],
-                &refused_check(context, ""),
-                SYSTEMD_TIMEOUT,
-            );
             let expect = [
                 LineMatch::Exact(format!(
                     "xorbang: host config {CONFIG_ORIGIN}: signature: the signature by key \
@@ -360,9 +356,8 @@ pub fn hostconfig_signed(context: &Context) -> Result<(), String> {
                 report_line(),
                 pass_line("hostconfig-refused"),
             ];
-            let console = context
-                .boot(&vm, &log, &expect)
-                .map_err(|e| format!("{case}: {e}"))?;
+            let append = refused_check(context, "");
+            let console = boot_case(context, &initrd, disk, &append, &log, &expect)?;
             expect_refused(&console, CONFIG_ORIGIN).map_err(|e| format!("{case}: {e}"))?;
         }
     }
