@@ -125,6 +125,7 @@ impl Context {
             memory_mib: MEMORY_MIB,
             timeout,
             after_markers: AfterMarkers::PowerOff,
+            writable_disks: false,
         }
     }
 
@@ -144,6 +145,7 @@ impl Context {
             memory_mib: MEMORY_MIB,
             timeout: FIRMWARE_TIMEOUT,
             after_markers: AfterMarkers::PowerOff,
+            writable_disks: false,
         };
         Ok((vm, firmware))
     }

@@ -210,6 +210,7 @@ fn demo(context: &Context, dev: bool) -> Result<(), String> {
         memory_mib: 512,
         timeout: std::time::Duration::ZERO,
         after_markers: qemu::AfterMarkers::PowerOff,
+        writable_disks: false,
     };
     let mut command = vm.command(&context.config, true);
     eprintln!("demo: {}", qemu::shell_quoted(&command));

@@ -21,8 +21,11 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub boot: Boot,
-    /// Raw disk images, attached read-only as virtio disks in order (vda, vdb, …).
+    /// Raw disk images, attached as virtio disks in order (vda, vdb, …): read-only unless
+    /// `writable_disks`, so no scenario changes a shared fixture.
     pub disks: Vec<PathBuf>,
+    /// For scenarios whose guest must write a disk: only ever a copy of their own.
+    pub writable_disks: bool,
     /// Files handed to the guest through QEMU's fw_cfg, by name (`opt/…`).
     pub fw_cfg: Vec<(String, PathBuf)>,
     pub memory_mib: u32,
@@ -186,9 +189,14 @@ impl Vm {
                 .arg("-fw_cfg")
                 .arg(format!("name={name},file={}", file.display()));
         }
+        let access = if self.writable_disks {
+            ""
+        } else {
+            ",readonly=on"
+        };
         for disk in &self.disks {
             command.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio,readonly=on",
+                "file={},format=raw,if=virtio{access}",
                 disk.display()
             ));
         }
@@ -501,6 +509,7 @@ mod tests {
             memory_mib: 64,
             timeout: Duration::from_secs(5),
             after_markers: AfterMarkers::PowerOff,
+            writable_disks: false,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("qemu");

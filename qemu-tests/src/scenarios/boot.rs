@@ -147,6 +147,7 @@ pub fn custom_kernel_boot(context: &Context) -> Result<(), String> {
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,
+        writable_disks: false,
     };
     let console = context.boot(&vm, check, &[pass_line(check)])?;
     let report = parse_report(&console, REPORT_PREFIX)?;

@@ -190,7 +190,7 @@ fn boot_with_state_partition(context: &Context, check: &str) -> Result<(), Strin
     )
     .map_err(|error| error.to_string())?;
     let initrd = context.ext4_initrd()?;
-    let vm = context.vm_with_initrd(
+    let mut vm = context.vm_with_initrd(
         &initrd,
         vec![disk],
         &format!(
@@ -199,6 +199,8 @@ fn boot_with_state_partition(context: &Context, check: &str) -> Result<(), Strin
         ),
         SYSTEMD_TIMEOUT,
     );
+    // The disk is this scenario's own copy: the guest writes to its /var partition.
+    vm.writable_disks = true;
     let console = context.boot(&vm, check, &[report_line(), pass_line(check)])?;
     expect_merged_from(context, &console, "state-tool", "state:/var/lib/extensions")
 }

@@ -99,6 +99,7 @@ pub fn verity_initramfs_file(context: &Context) -> Result<(), String> {
         memory_mib: MEMORY_MIB,
         timeout: INITRAMFS_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,
+        writable_disks: false,
     };
     context.boot(
         &vm,
