@@ -13,10 +13,10 @@ use xorbang_formats::boot_report::BootReport;
 use crate::context::{
     parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
+use crate::fixtures::boot_chain;
 use crate::fixtures::command::run;
 use crate::fixtures::host_config::{host_config, sign, FW_CFG_NAME};
 use crate::fixtures::system::TEST_SECRET_KEY;
-use crate::fixtures::{binaries, boot_chain, kernel};
 use crate::harness::qemu::Console;
 use xorbang_formats::host_config::MAX_ENTRIES;
 
@@ -61,15 +61,7 @@ pub fn bench(context: &Context) -> Result<(), String> {
 /// The same firmware boot with the kernel built from kernel-config/ and an initramfs
 /// without modules. Returns the `key=value` pairs.
 fn custom_kernel_bench(context: &Context) -> Result<String, String> {
-    let bzimage = kernel::custom_kernel(&context.cache).map_err(|error| error.to_string())?;
-    let initrd = binaries::initrd(
-        &context.work,
-        "initrd-no-modules.img",
-        &context.binaries,
-        None,
-        &[],
-    )
-    .map_err(|error| error.to_string())?;
+    let (bzimage, initrd) = context.custom_kernel_parts()?;
     let disk = boot_chain::uki_disk(
         &context.work,
         "uki-custom-kernel",

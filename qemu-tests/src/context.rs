@@ -209,6 +209,21 @@ impl Context {
         self.initrd_with("initrd-ext4.img", &["ext4", "crc32c_generic"])
     }
 
+    /// The kernel built from kernel-config/ (everything built in) and an initramfs that
+    /// carries no modules: the custom-kernel boot of the scenario and of the bench.
+    pub fn custom_kernel_parts(&self) -> Result<(PathBuf, PathBuf), String> {
+        let bzimage = kernel::custom_kernel(&self.cache).map_err(|error| error.to_string())?;
+        let initrd = binaries::initrd(
+            &self.work,
+            "initrd-no-modules.img",
+            &self.binaries,
+            None,
+            &[],
+        )
+        .map_err(|error| error.to_string())?;
+        Ok((bzimage, initrd))
+    }
+
     fn initrd_with(&self, name: &str, modules: &[&str]) -> Result<PathBuf, String> {
         binaries::initrd_with_modules(&self.work, name, &self.binaries, &self.kernel, modules)
             .map_err(|error| error.to_string())

@@ -10,7 +10,7 @@ use crate::context::{
     REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::boot_chain::uki_cmdline;
-use crate::fixtures::{binaries, command, kernel};
+use crate::fixtures::{binaries, command};
 use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
 
 /// A PARTUUID no disk has.
@@ -123,15 +123,7 @@ fn check_report(report: &BootReport) -> Result<(), String> {
     Ok(())
 }
 pub fn custom_kernel_boot(context: &Context) -> Result<(), String> {
-    let bzimage = kernel::custom_kernel(&context.cache).map_err(|error| error.to_string())?;
-    let initrd = binaries::initrd(
-        &context.work,
-        "initrd-no-modules.img",
-        &context.binaries,
-        None,
-        &[],
-    )
-    .map_err(|error| error.to_string())?;
+    let (bzimage, initrd) = context.custom_kernel_parts()?;
     let check = "custom-kernel-boot";
     let vm = Vm {
         boot: Boot::Direct {
