@@ -7,6 +7,7 @@ pub mod boot_report;
 pub mod bytes;
 pub mod cmdline;
 pub mod devspec;
+pub mod efi_variable;
 pub mod error_chain;
 pub mod extension_pins;
 pub mod fs_probe;

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::discovery::block_devices::{self, BlockError};
+use crate::discovery::block_devices::{self, BlockError, Lookup};
+use crate::discovery::boot_loader;
 use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
 use crate::handoff::mounts::{self, MountError, RootSource};
 use crate::handoff::switch_root::{self, SwitchRootError};
@@ -19,6 +20,7 @@ use xorbang_formats::cmdline::Cmdline;
 use xorbang_formats::devspec::DeviceSpec;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::fs_probe::FsKind;
+use xorbang_formats::gpt::Guid;
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
 const DEVICE_POLL: Duration = Duration::from_millis(10);
@@ -105,22 +107,26 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     let kernel = KernelView::of(paths);
     let mut modules = ModuleLoader::open(&paths.modules(&kernel_release()), kernel)?;
     modules.load_drivers()?;
-    // systemd reads EFI variables through efivarfs, and root images need not carry the UKI
-    // kernel's modules: provide it, but only on machines booted through UEFI.
+    // The boot disk is read from efivarfs below, systemd reads EFI variables through it too,
+    // and root images need not carry the UKI kernel's modules: provide it, but only on
+    // machines booted through UEFI.
     if paths.sys().join("firmware/efi").exists() {
         modules.ensure("efivarfs")?;
     }
     clock.finish_stage("modules");
 
-    let deadline = started + options.timeout;
+    let wait = DeviceWait {
+        budget: options.timeout,
+        deadline: started + options.timeout,
+        boot_esp: boot_loader::loader_partition(paths).map(|esp| esp.0),
+    };
     // Loop devices of image files: each clears itself once nothing holds it, so they are
     // held until the root's mapping and mount hold them.
     let mut held = Vec::new();
-    let budget = (options.timeout, deadline);
     // `device` is what gets mounted; `source` the block device the image is read from.
     let (device, source, verity) = match &options.root {
         RootChoice::Plain(spec) => {
-            let device = locate(paths, &mut modules, &mut held, "root device", spec, budget)?;
+            let device = locate(paths, &mut modules, &mut held, "root device", spec, &wait)?;
             clock.finish_stage("root-device");
             (device.clone(), device, None)
         }
@@ -131,7 +137,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 &mut held,
                 "verity data device",
                 &request.data,
-                budget,
+                &wait,
             )?;
             let hash = locate(
                 paths,
@@ -139,7 +145,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 &mut held,
                 "verity hash device",
                 &request.hash,
-                budget,
+                &wait,
             )?;
             clock.finish_stage("root-device");
             modules.ensure("dm_verity")?;
@@ -268,45 +274,76 @@ fn kernel_release() -> String {
         .into_owned()
 }
 
-/// Polls for a device until it appears or the boot's one device budget runs out.
+/// How long devices are waited for, and which disk is preferred.
+struct DeviceWait {
+    /// The one budget of the boot (`xorbang.timeout=`) and when it runs out.
+    budget: Duration,
+    deadline: Instant,
+    /// The firmware's `LoaderDevicePartUUID`: the ESP the machine booted from.
+    boot_esp: Option<Guid>,
+}
+
+/// Polls for a device until it appears or the boot's one device budget runs out. On a
+/// machine whose firmware named the ESP it booted from, a partition on that ESP's disk wins
+/// over a clone elsewhere, and a clone is taken only once the budget is spent.
 fn wait_for_device(
     paths: &Paths,
     what: &'static str,
     spec: &DeviceSpec,
-    budget: Duration,
-    deadline: Instant,
+    wait: &DeviceWait,
 ) -> Result<PathBuf, BootError> {
     let sys_block = paths.sys_class_block();
     let dev = paths.dev();
+    let lookup_error = |source| BootError::RootLookup {
+        spec: spec.clone(),
+        source,
+    };
     loop {
-        match block_devices::resolve(spec, &sys_block, &dev) {
-            Ok(Some(device)) => return Ok(device),
-            Ok(None) => {}
-            // Two devices claiming the root is an attack or a mistake; waiting changes nothing.
-            Err(source @ BlockError::Ambiguous { .. }) => {
-                return Err(BootError::RootLookup {
-                    spec: spec.clone(),
-                    source,
-                })
+        let past_deadline = Instant::now() >= wait.deadline;
+        match block_devices::resolve_on_boot_disk(spec, wait.boot_esp, &sys_block, &dev) {
+            Ok(Lookup::Found { node, passed_over }) => {
+                for clone in passed_over {
+                    log::warn!(
+                        "{what} {spec}: {} also matches, on a disk the firmware did not boot \
+                         from; passed over",
+                        clone.display()
+                    );
+                }
+                return Ok(node);
             }
+            Ok(Lookup::BootDiskUnseen { elsewhere }) if past_deadline => {
+                let taken = match <[PathBuf; 1]>::try_from(elsewhere) {
+                    Ok([node]) => node,
+                    Err(nodes) => {
+                        return Err(lookup_error(BlockError::Ambiguous {
+                            spec: spec.clone(),
+                            nodes,
+                        }))
+                    }
+                };
+                log::warn!(
+                    "{what} {spec}: the disk of the ESP the firmware booted from never \
+                     appeared; taking {}",
+                    taken.display()
+                );
+                return Ok(taken);
+            }
+            Ok(Lookup::Missing | Lookup::BootDiskUnseen { .. }) => {}
+            // Two devices claiming the root is an attack or a mistake; waiting changes nothing.
+            Err(source @ BlockError::Ambiguous { .. }) => return Err(lookup_error(source)),
             // A device still being probed, or one we do not care about, may fail to read for
             // a moment: only the deadline ends the wait.
-            Err(source) if Instant::now() >= deadline => {
-                return Err(BootError::RootLookup {
-                    spec: spec.clone(),
-                    source,
-                })
-            }
+            Err(source) if past_deadline => return Err(lookup_error(source)),
             Err(source) => log::debug!(
                 "looking for {what} {spec}: {}; still waiting",
                 error_chain(&source)
             ),
         }
-        if Instant::now() >= deadline {
+        if past_deadline {
             return Err(BootError::RootTimeout {
                 what,
                 spec: spec.clone(),
-                secs: budget.as_secs_f64(),
+                secs: wait.budget.as_secs_f64(),
                 seen: block_devices_seen(&sys_block),
             });
         }
@@ -322,7 +359,7 @@ fn locate(
     held: &mut Vec<AttachedLoop>,
     what: &'static str,
     spec: &DeviceSpec,
-    (budget, deadline): (Duration, Instant),
+    wait: &DeviceWait,
 ) -> Result<PathBuf, BootError> {
     match spec {
         DeviceSpec::File(file) => {
@@ -331,7 +368,7 @@ fn locate(
             held.push(attached);
             Ok(node)
         }
-        _ => wait_for_device(paths, what, spec, budget, deadline),
+        _ => wait_for_device(paths, what, spec, wait),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod kernel {
 /// Finding the devices: block devices and their GPTs, loop devices for image files.
 pub mod discovery {
     pub mod block_devices;
+    pub mod boot_loader;
     pub mod loop_devices;
 }
 

@@ -59,11 +59,13 @@ pub fn resolve(
         sys: sys_class_block,
         dev: dev_dir,
     };
-    let mut found = match spec {
+    let found = match spec {
         DeviceSpec::Path(path) => return scan.existing_path(path),
         DeviceSpec::File(path) => return Err(BlockError::ImageFile { path: path.clone() }),
-        DeviceSpec::PartUuid(guid) => scan.find_partitions(|part| part.unique_guid == *guid)?,
-        DeviceSpec::PartLabel(name) => scan.find_partitions(|part| part.name == *name)?,
+        DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_) => {
+            let seen = scan.partitions()?;
+            present_nodes(seen.iter().filter(|part| names(spec, &part.entry)))?
+        }
         DeviceSpec::Uuid(uuid) => scan.find_filesystems(|fs| {
             fs.uuid
                 .as_deref()
@@ -73,6 +75,114 @@ pub fn resolve(
             scan.find_filesystems(|fs| fs.label.as_deref() == Some(label.as_str()))?
         }
     };
+    only_one(spec, found)
+}
+
+/// One look for the root's partitions, on a machine whose firmware may say which ESP it
+/// booted from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The one partition, and same-named ones on other disks that were passed over because
+    /// the firmware booted from this one's disk.
+    Found {
+        node: PathBuf,
+        passed_over: Vec<PathBuf>,
+    },
+    /// Nothing matches yet.
+    Missing,
+    /// Partitions match on other disks, but the disk of the ESP the firmware booted from has
+    /// not appeared yet: it may still bring the root.
+    BootDiskUnseen { elsewhere: Vec<PathBuf> },
+}
+
+/// Like [`resolve`], preferring the disk that holds the ESP `boot_esp` (the firmware's
+/// `LoaderDevicePartUUID`) for partition specs: a clone of the root's partitions on another
+/// disk (a USB stick) is passed over, and the wait goes on while the boot disk is unseen.
+pub fn resolve_on_boot_disk(
+    spec: &DeviceSpec,
+    boot_esp: Option<Guid>,
+    sys_class_block: &Path,
+    dev_dir: &Path,
+) -> Result<Lookup, BlockError> {
+    let by_partition = matches!(spec, DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_));
+    let Some(esp) = boot_esp.filter(|_| by_partition) else {
+        return Ok(match resolve(spec, sys_class_block, dev_dir)? {
+            Some(node) => Lookup::Found {
+                node,
+                passed_over: Vec::new(),
+            },
+            None => Lookup::Missing,
+        });
+    };
+    let scan = Scan {
+        sys: sys_class_block,
+        dev: dev_dir,
+    };
+    let seen = scan.partitions()?;
+    let matching: Vec<&SeenPartition> = seen
+        .iter()
+        .filter(|part| names(spec, &part.entry))
+        .collect();
+    let boot_disk = seen
+        .iter()
+        .find(|part| part.entry.unique_guid == esp)
+        .map(|part| part.disk.as_str());
+    let Some(boot_disk) = boot_disk else {
+        let elsewhere = present_nodes(matching.into_iter())?;
+        return Ok(match elsewhere.is_empty() {
+            true => Lookup::Missing,
+            false => Lookup::BootDiskUnseen { elsewhere },
+        });
+    };
+    let (on_boot_disk, elsewhere): (Vec<&SeenPartition>, Vec<&SeenPartition>) = matching
+        .into_iter()
+        .partition(|part| part.disk == boot_disk);
+    let elsewhere = present_nodes(elsewhere.into_iter())?;
+    if on_boot_disk.is_empty() {
+        return Ok(match only_one(spec, elsewhere)? {
+            Some(node) => Lookup::Found {
+                node,
+                passed_over: Vec::new(),
+            },
+            None => Lookup::Missing,
+        });
+    }
+    let found = present_nodes(on_boot_disk.iter().copied())?;
+    if found.len() < on_boot_disk.len() {
+        return Ok(Lookup::Missing);
+    }
+    Ok(match only_one(spec, found)? {
+        Some(node) => Lookup::Found {
+            node,
+            passed_over: elsewhere,
+        },
+        None => Lookup::Missing,
+    })
+}
+
+/// Whether the GPT entry is the partition a `PARTUUID=`/`PARTLABEL=` spec names.
+fn names(spec: &DeviceSpec, entry: &GptPartition) -> bool {
+    match spec {
+        DeviceSpec::PartUuid(guid) => entry.unique_guid == *guid,
+        DeviceSpec::PartLabel(name) => entry.name == *name,
+        _ => false,
+    }
+}
+
+/// The nodes of `partitions` that exist already.
+fn present_nodes<'p>(
+    partitions: impl Iterator<Item = &'p SeenPartition>,
+) -> Result<Vec<PathBuf>, BlockError> {
+    let mut nodes = Vec::new();
+    for part in partitions {
+        if node_exists(&part.node)? {
+            nodes.push(part.node.clone());
+        }
+    }
+    Ok(nodes)
+}
+
+fn only_one(spec: &DeviceSpec, mut found: Vec<PathBuf>) -> Result<Option<PathBuf>, BlockError> {
     match found.len() {
         0 | 1 => Ok(found.pop()),
         _ => Err(BlockError::Ambiguous {
@@ -94,18 +204,10 @@ pub fn sibling_partitions(
         sys: sys_class_block,
         dev: dev_dir,
     };
-    let Some(name) = node
-        .strip_prefix(dev_dir)
-        .ok()
-        .map(|relative| relative.to_string_lossy().replace('/', "!"))
-    else {
-        return Ok(None);
-    };
-    if scan.partition_number(&name)?.is_none() {
-        return Ok(None);
+    match scan.disk_of(node, dev_dir)? {
+        Some(disk) => scan.read_gpt(&disk),
+        None => Ok(None),
     }
-    let disk = scan.parent_disk(&name)?;
-    scan.read_gpt(&disk)
 }
 
 /// The node of the one partition of DPS type `type_guid` on the disk of the partition
@@ -142,17 +244,21 @@ fn sibling_matching(
     sys_class_block: &Path,
     dev_dir: &Path,
 ) -> Result<Option<PathBuf>, BlockError> {
-    let Some(partitions) = sibling_partitions(node, sys_class_block, dev_dir)? else {
+    let scan = Scan {
+        sys: sys_class_block,
+        dev: dev_dir,
+    };
+    let Some(disk) = scan.disk_of(node, dev_dir)? else {
         return Ok(None);
     };
-    let matching: Vec<&GptPartition> = partitions.iter().filter(|part| wanted(part)).collect();
+    let seen = scan.partitions()?;
+    let matching: Vec<&SeenPartition> = seen
+        .iter()
+        .filter(|part| part.disk == disk && wanted(&part.entry))
+        .collect();
     match matching.as_slice() {
         [] => Ok(None),
-        [one] => resolve(
-            &DeviceSpec::PartUuid(one.unique_guid),
-            sys_class_block,
-            dev_dir,
-        ),
+        [one] => Ok(node_exists(&one.node)?.then(|| one.node.clone())),
         several => Err(BlockError::SeveralSiblings {
             node: node.to_owned(),
             what: what.to_owned(),
@@ -168,6 +274,13 @@ pub fn probe_device(device: &Path) -> Result<Option<FsInfo>, BlockError> {
         source,
     })?;
     Ok(fs_probe::probe(&head))
+}
+
+/// A partition the kernel shows, the disk it is on, and its GPT entry.
+struct SeenPartition {
+    node: PathBuf,
+    disk: String,
+    entry: GptPartition,
 }
 
 /// One lookup over /sys/class/block and /dev.
@@ -186,36 +299,48 @@ impl Scan<'_> {
         Ok(node_exists(&node)?.then_some(node))
     }
 
-    fn find_partitions(
-        &self,
-        wanted: impl Fn(&GptPartition) -> bool,
-    ) -> Result<Vec<PathBuf>, BlockError> {
-        let mut found = Vec::new();
+    /// The disk a partition node is on; `None` for a node that is no partition.
+    fn disk_of(&self, node: &Path, dev_dir: &Path) -> Result<Option<String>, BlockError> {
+        let Some(name) = node
+            .strip_prefix(dev_dir)
+            .ok()
+            .map(|relative| relative.to_string_lossy().replace('/', "!"))
+        else {
+            return Ok(None);
+        };
+        if self.partition_number(&name)?.is_none() {
+            return Ok(None);
+        }
+        self.parent_disk(&name).map(Some)
+    }
+
+    /// Every partition the kernel shows whose disk holds a readable GPT, with its entry.
+    fn partitions(&self) -> Result<Vec<SeenPartition>, BlockError> {
+        let mut seen = Vec::new();
         // Several partitions share a disk: read each disk's table once per lookup.
         let mut tables: HashMap<String, Option<Vec<GptPartition>>> = HashMap::new();
         for name in self.device_names()? {
             let Some(number) = self.partition_number(&name)? else {
                 continue;
             };
-            let table = match tables.entry(self.parent_disk(&name)?) {
+            let disk = self.parent_disk(&name)?;
+            let table = match tables.entry(disk.clone()) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(new) => {
                     let table = self.read_gpt(new.key())?;
                     new.insert(table)
                 }
             };
-            let Some(table) = table else {
-                continue;
-            };
-            let matched = table
-                .iter()
-                .any(|part| part.number == number && wanted(part));
-            let node = self.node(&name);
-            if matched && node_exists(&node)? {
-                found.push(node);
+            let entry = table.iter().flatten().find(|part| part.number == number);
+            if let Some(entry) = entry {
+                seen.push(SeenPartition {
+                    node: self.node(&name),
+                    disk,
+                    entry: entry.clone(),
+                });
             }
         }
-        Ok(found)
+        Ok(seen)
     }
 
     fn find_filesystems(
@@ -552,6 +677,86 @@ mod tests {
             sibling_partitions(&disk, &system.sys(), &system.dev()).expect("reads"),
             None
         );
+    }
+
+    /// vda: the DPS system; vdb: a clone of its partitions (a USB stick carrying a copy of
+    /// the root), probed first because its name sorts later only by accident.
+    fn system_with_clone() -> FakeSystem {
+        let system = dps_system();
+        let clone: Vec<PartitionSpec> = dps_partitions()[1..3].to_vec();
+        system.add_gpt_disk("vdb", &clone, &[]);
+        system
+    }
+
+    fn on_boot_disk(system: &FakeSystem, esp: Option<Guid>) -> Lookup {
+        let spec = DeviceSpec::PartLabel("root-x86-64".into());
+        resolve_on_boot_disk(&spec, esp, &system.sys(), &system.dev()).expect("lookup")
+    }
+
+    #[test]
+    fn the_firmwares_boot_disk_wins_over_a_clone() {
+        let system = system_with_clone();
+        let esp = dps_partitions()[0].unique_guid;
+        assert_eq!(
+            on_boot_disk(&system, Some(esp)),
+            Lookup::Found {
+                node: system.dev().join("vda2"),
+                passed_over: vec![system.dev().join("vdb1")],
+            }
+        );
+        let spec = DeviceSpec::PartLabel("root-x86-64".into());
+        assert!(matches!(
+            resolve(&spec, &system.sys(), &system.dev()),
+            Err(BlockError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            resolve_on_boot_disk(&spec, None, &system.sys(), &system.dev()),
+            Err(BlockError::Ambiguous { .. })
+        ));
+    }
+
+    #[test]
+    fn a_clone_waits_while_the_boot_disk_is_unseen() {
+        let system = FakeSystem::new();
+        system.add_gpt_disk("vdb", &dps_partitions()[1..3], &[]);
+        let esp = dps_partitions()[0].unique_guid;
+        assert_eq!(
+            on_boot_disk(&system, Some(esp)),
+            Lookup::BootDiskUnseen {
+                elsewhere: vec![system.dev().join("vdb1")]
+            }
+        );
+        let other_esp = Guid::from_bytes([0xee; 16]);
+        system.add_gpt_disk(
+            "vdc",
+            &[PartitionSpec {
+                unique_guid: other_esp,
+                ..dps_partitions()[0].clone()
+            }],
+            &[],
+        );
+        assert_eq!(
+            on_boot_disk(&system, Some(other_esp)),
+            Lookup::Found {
+                node: system.dev().join("vdb1"),
+                passed_over: Vec::new(),
+            },
+            "a boot disk without the root leaves the usual rule"
+        );
+    }
+
+    #[test]
+    fn siblings_come_from_the_disk_not_from_a_clone_with_the_same_uuids() {
+        let system = dps_system();
+        system.add_gpt_disk("vdb", &dps_partitions(), &[]);
+        let var = sibling_of_type(
+            &system.dev().join("vdb2"),
+            xorbang_formats::gpt::VAR,
+            &system.sys(),
+            &system.dev(),
+        )
+        .expect("one per disk");
+        assert_eq!(var, Some(system.dev().join("vdb7")));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use xorbang_formats::boot_report::ConfigTrust;
 use xorbang_init::layers::host_config_source::PARTITION_LABEL;
 
+use crate::fixtures::boot_chain::{uki_disk_with, UkiSpec, UKI_CONSOLE};
 use crate::fixtures::host_config::{
     ext4_image_with_fifo, fat_image, fat_image_with, host_config, initrd_with_config, sign,
     FW_CFG_NAME,
@@ -439,6 +440,57 @@ pub fn hostconfig_extension_missing(context: &Context) -> Result<(), String> {
     ];
     let console = context.boot(&vm, "hostconfig-extension-missing", &expect)?;
     expect_refused(&console, &origin)
+}
+
+/// A USB stick carrying a copy of the root's partitions (their PARTUUIDs follow from the root
+/// hash, so anyone can make one) and a config partition, attached before the installed disk.
+/// The firmware's `LoaderDevicePartUUID` names the ESP the UKI came from: the root is taken
+/// from that disk, the stick's copy is passed over by name, and the stick's config (which a
+/// `local` source may set) is never read. Without that variable the two roots are refused
+/// as ambiguous (the init's unit tests).
+pub fn hostconfig_usb_clone(context: &Context) -> Result<(), String> {
+    let dir = scenario_dir(context, "hostconfig-usb-clone")?;
+    let config = dir.join("host-config.toml");
+    std::fs::write(&config, host_config("xorbang-stick")).map_err(|error| error.to_string())?;
+    let fat = dir.join("fat.img");
+    fat_image_with(&fat, &[("host-config.toml", &config)]).map_err(|e| e.to_string())?;
+    let stick = disk_with_config(context, &dir, &fat)?;
+    let initrd = context.vfat_initrd()?;
+    let cmdline = format!("{UKI_CONSOLE} {}", refused_check(context, ""));
+    let uki = UkiSpec {
+        name: "hostconfig-usb-clone",
+        kernel: &context.kernel.vmlinuz,
+        initrd: &initrd,
+        cmdline: &cmdline,
+        extras: &[],
+    };
+    let installed = uki_disk_with(&dir, &context.binaries, &context.system, &uki)
+        .map_err(|error| error.to_string())?;
+    let (vm, _) = context.firmware_vm("hostconfig-usb-clone", false, vec![stick, installed])?;
+    let expect = [
+        LineMatch::Between(
+            "xorbang: verity data device PARTUUID=".to_owned(),
+            ": /dev/vda1 also matches, on a disk the firmware did not boot from; passed over"
+                .to_owned(),
+        ),
+        report_line(),
+        pass_line("hostconfig-refused"),
+    ];
+    let console = context.boot(&vm, "hostconfig-usb-clone", &expect)?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    let data = report.verity.map(|verity| verity.data_device);
+    if !data
+        .as_deref()
+        .is_some_and(|device| device.starts_with("/dev/vdb"))
+    {
+        return Err(format!(
+            "the root came from {data:?}, not the installed disk /dev/vdb"
+        ));
+    }
+    match report.host_config {
+        None => Ok(()),
+        Some(host) => Err(format!("a host config was considered: {host:?}")),
+    }
 }
 
 #[cfg(test)]

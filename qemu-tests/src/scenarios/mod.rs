@@ -269,6 +269,12 @@ pub const SCENARIOS: &[Scenario] = &[
         requires: &[],
         run: host_config::hostconfig_extension_missing,
     },
+    Scenario {
+        name: "hostconfig-usb-clone",
+        about: "a stick with a copy of the root and a config partition, attached first: the root comes from the disk of the ESP the firmware booted from, the stick's config is never read",
+        requires: &[],
+        run: host_config::hostconfig_usb_clone,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
