@@ -63,7 +63,7 @@ pub fn resolve(
         DeviceSpec::Path(path) => return scan.existing_path(path),
         DeviceSpec::File(path) => return Err(BlockError::ImageFile { path: path.clone() }),
         DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_) => {
-            let seen = scan.partitions()?;
+            let seen = scan.partitions(None)?;
             present_nodes(seen.iter().filter(|part| names(spec, &part.entry)))?
         }
         DeviceSpec::Uuid(uuid) => scan.find_filesystems(|fs| {
@@ -118,7 +118,7 @@ pub fn resolve_on_boot_disk(
         sys: sys_class_block,
         dev: dev_dir,
     };
-    let seen = scan.partitions()?;
+    let seen = scan.partitions(None)?;
     let matching: Vec<&SeenPartition> = seen
         .iter()
         .filter(|part| names(spec, &part.entry))
@@ -192,78 +192,74 @@ fn only_one(spec: &DeviceSpec, mut found: Vec<PathBuf>) -> Result<Option<PathBuf
     }
 }
 
-/// The GPT partitions of the disk that the partition `node` (under `dev_dir`) is on: how
-/// DPS partitions are found next to the root. `None` when `node` is no partition (a whole
-/// disk, a loop device) or its disk holds no readable GPT.
-pub fn sibling_partitions(
+/// The partitions of the disk a partition is on, read once: how DPS partitions are found
+/// next to the root (the ESP, /var, the config partition). Only that disk counts, and a
+/// partition is known by its number on it, never looked up again by a UUID a clone on
+/// another disk could share.
+pub struct Siblings {
+    of: PathBuf,
+    partitions: Vec<SeenPartition>,
+}
+
+/// The partitions beside `node` (under `dev_dir`); none when `node` is no partition (a
+/// whole disk, a loop device) or its disk holds no readable GPT.
+pub fn siblings(
     node: &Path,
     sys_class_block: &Path,
     dev_dir: &Path,
-) -> Result<Option<Vec<GptPartition>>, BlockError> {
+) -> Result<Siblings, BlockError> {
     let scan = Scan {
         sys: sys_class_block,
         dev: dev_dir,
     };
-    match scan.disk_of(node, dev_dir)? {
-        Some(disk) => scan.read_gpt(&disk),
-        None => Ok(None),
+    let partitions = match scan.disk_of(node, dev_dir)? {
+        Some(disk) => scan.partitions(Some(&disk))?,
+        None => Vec::new(),
+    };
+    Ok(Siblings {
+        of: node.to_owned(),
+        partitions,
+    })
+}
+
+impl Siblings {
+    /// The GPT entries of the disk's partitions the kernel shows.
+    pub fn entries(&self) -> impl Iterator<Item = &GptPartition> {
+        self.partitions.iter().map(|part| &part.entry)
     }
-}
 
-/// The node of the one partition of DPS type `type_guid` on the disk of the partition
-/// `node` (the ESP or /var next to the root); `None` when there is none (or `node` is no
-/// partition of a GPT disk), an error when there are several.
-pub fn sibling_of_type(
-    node: &Path,
-    type_guid: Guid,
-    sys_class_block: &Path,
-    dev_dir: &Path,
-) -> Result<Option<PathBuf>, BlockError> {
-    let what = format!("of type {type_guid}");
-    let wanted = |part: &GptPartition| part.type_guid == type_guid;
-    sibling_matching(node, &what, wanted, sys_class_block, dev_dir)
-}
+    /// The node of the one partition of DPS type `type_guid` (the ESP, /var); `None` when
+    /// there is none, an error when there are several.
+    pub fn of_type(&self, type_guid: Guid) -> Result<Option<PathBuf>, BlockError> {
+        self.the_one(&format!("of type {type_guid}"), |part| {
+            part.type_guid == type_guid
+        })
+    }
 
-/// The node of the one partition named (PARTLABEL) `label` on the disk of the partition
-/// `node`: a config partition belongs to the disk the verified root came from.
-pub fn sibling_with_label(
-    node: &Path,
-    label: &str,
-    sys_class_block: &Path,
-    dev_dir: &Path,
-) -> Result<Option<PathBuf>, BlockError> {
-    let what = format!("named {label:?}");
-    let wanted = |part: &GptPartition| part.name == label;
-    sibling_matching(node, &what, wanted, sys_class_block, dev_dir)
-}
+    /// The node of the one partition named (PARTLABEL) `label`.
+    pub fn with_label(&self, label: &str) -> Result<Option<PathBuf>, BlockError> {
+        self.the_one(&format!("named {label:?}"), |part| part.name == label)
+    }
 
-fn sibling_matching(
-    node: &Path,
-    what: &str,
-    wanted: impl Fn(&GptPartition) -> bool,
-    sys_class_block: &Path,
-    dev_dir: &Path,
-) -> Result<Option<PathBuf>, BlockError> {
-    let scan = Scan {
-        sys: sys_class_block,
-        dev: dev_dir,
-    };
-    let Some(disk) = scan.disk_of(node, dev_dir)? else {
-        return Ok(None);
-    };
-    let seen = scan.partitions()?;
-    let matching: Vec<&SeenPartition> = seen
-        .iter()
-        .filter(|part| part.disk == disk && wanted(&part.entry))
-        .collect();
-    match matching.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(node_exists(&one.node)?.then(|| one.node.clone())),
-        several => Err(BlockError::SeveralSiblings {
-            node: node.to_owned(),
-            what: what.to_owned(),
-            count: several.len(),
-        }),
+    fn the_one(
+        &self,
+        what: &str,
+        wanted: impl Fn(&GptPartition) -> bool,
+    ) -> Result<Option<PathBuf>, BlockError> {
+        let matching: Vec<&SeenPartition> = self
+            .partitions
+            .iter()
+            .filter(|part| wanted(&part.entry))
+            .collect();
+        match matching.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(node_exists(&one.node)?.then(|| one.node.clone())),
+            several => Err(BlockError::SeveralSiblings {
+                node: self.of.clone(),
+                what: what.to_owned(),
+                count: several.len(),
+            }),
+        }
     }
 }
 
@@ -314,8 +310,9 @@ impl Scan<'_> {
         self.parent_disk(&name).map(Some)
     }
 
-    /// Every partition the kernel shows whose disk holds a readable GPT, with its entry.
-    fn partitions(&self) -> Result<Vec<SeenPartition>, BlockError> {
+    /// Every partition the kernel shows (on `only_disk`, when given) whose disk holds a
+    /// readable GPT, with its entry.
+    fn partitions(&self, only_disk: Option<&str>) -> Result<Vec<SeenPartition>, BlockError> {
         let mut seen = Vec::new();
         // Several partitions share a disk: read each disk's table once per lookup.
         let mut tables: HashMap<String, Option<Vec<GptPartition>>> = HashMap::new();
@@ -324,6 +321,9 @@ impl Scan<'_> {
                 continue;
             };
             let disk = self.parent_disk(&name)?;
+            if only_disk.is_some_and(|only| only != disk) {
+                continue;
+            }
             let table = match tables.entry(disk.clone()) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(new) => {
@@ -662,21 +662,22 @@ mod tests {
         let system = dps_system();
         let root = &dps_partitions()[1];
         let node = system.dev().join("vda2");
-        let siblings = sibling_partitions(&node, &system.sys(), &system.dev())
-            .expect("reads")
-            .expect("a GPT disk");
-        assert!(siblings
-            .iter()
+        let beside = siblings(&node, &system.sys(), &system.dev()).expect("reads");
+        assert!(beside
+            .entries()
             .any(|part| part.unique_guid == root.unique_guid));
-        assert!(siblings
-            .iter()
-            .any(|part| part.type_guid == xorbang_formats::gpt::VAR));
-        assert_eq!(siblings.len(), dps_partitions().len());
-        let disk = system.dev().join("vda");
         assert_eq!(
-            sibling_partitions(&disk, &system.sys(), &system.dev()).expect("reads"),
-            None
+            beside.of_type(xorbang_formats::gpt::VAR).expect("one"),
+            Some(system.dev().join("vda7"))
         );
+        assert_eq!(
+            beside.with_label("esp").expect("one"),
+            Some(system.dev().join("vda1"))
+        );
+        assert_eq!(beside.entries().count(), dps_partitions().len());
+        let disk = system.dev().join("vda");
+        let of_disk = siblings(&disk, &system.sys(), &system.dev()).expect("reads");
+        assert_eq!(of_disk.entries().count(), 0);
     }
 
     /// vda: the DPS system; vdb: a clone of its partitions (a USB stick carrying a copy of
@@ -749,13 +750,9 @@ mod tests {
     fn siblings_come_from_the_disk_not_from_a_clone_with_the_same_uuids() {
         let system = dps_system();
         system.add_gpt_disk("vdb", &dps_partitions(), &[]);
-        let var = sibling_of_type(
-            &system.dev().join("vdb2"),
-            xorbang_formats::gpt::VAR,
-            &system.sys(),
-            &system.dev(),
-        )
-        .expect("one per disk");
+        let var = siblings(&system.dev().join("vdb2"), &system.sys(), &system.dev())
+            .and_then(|siblings| siblings.of_type(xorbang_formats::gpt::VAR))
+            .expect("one per disk");
         assert_eq!(var, Some(system.dev().join("vdb7")));
     }
 

@@ -8,7 +8,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use crate::discovery::block_devices;
+use crate::discovery::block_devices::{self, Siblings};
 use crate::handoff::mounts::{self, Mount, MountOp};
 use crate::kernel::module_loader::ModuleLoader;
 use crate::options::ConfigSource;
@@ -82,8 +82,13 @@ pub fn search<R>(
     modules: &mut ModuleLoader,
     mut consider: impl FnMut(Candidate) -> ControlFlow<R>,
 ) -> Option<R> {
-    let mut disks = Disks { paths, modules };
-    for place in places(&mut disks, source, root_device) {
+    let mut disks = Disks {
+        paths,
+        modules,
+        root_device,
+        siblings: None,
+    };
+    for place in places(&mut disks, source) {
         let found = match place {
             Ok(place) => disks.read(&place),
             Err(error) => Err(error),
@@ -116,14 +121,19 @@ enum Place {
         file: &'static str,
         required: bool,
     },
+    /// A partition beside the root, looked for only when the search gets this far: a config
+    /// found in the initramfs or fw_cfg costs no disk read.
+    BesideRoot(Beside),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beside {
+    ConfigPartition,
+    Esp,
 }
 
 /// The places to look, in order of trust; an explicit source that is not there is an error.
-fn places(
-    disks: &mut Disks,
-    source: &ConfigSource,
-    root_device: &Path,
-) -> Vec<Result<Place, ConfigSourceError>> {
+fn places(disks: &mut Disks, source: &ConfigSource) -> Vec<Result<Place, ConfigSourceError>> {
     let initramfs = |file: PathBuf, required| Place::Initramfs { file, required };
     match source {
         ConfigSource::Nothing => Vec::new(),
@@ -138,34 +148,19 @@ fn places(
             })
             .ok_or_else(|| ConfigSourceError::NoPartition(spec.clone()))],
         ConfigSource::Esp => vec![disks
-            .esp_of(root_device)
+            .beside_root(Beside::Esp)
             .map(|device| Place::Partition {
                 device,
                 file: ESP_FILE,
                 required: true,
             })
             .ok_or(ConfigSourceError::NoEsp)],
-        ConfigSource::Search => {
-            let mut places = vec![
-                initramfs(PathBuf::from("/").join(INITRAMFS_FILE), false),
-                Place::FwCfg { required: false },
-            ];
-            if let Some(device) = disks.config_partition_of(root_device) {
-                places.push(Place::Partition {
-                    device,
-                    file: PARTITION_FILE,
-                    required: false,
-                });
-            }
-            if let Some(device) = disks.esp_of(root_device) {
-                places.push(Place::Partition {
-                    device,
-                    file: ESP_FILE,
-                    required: false,
-                });
-            }
-            places.into_iter().map(Ok).collect()
-        }
+        ConfigSource::Search => vec![
+            Ok(initramfs(PathBuf::from("/").join(INITRAMFS_FILE), false)),
+            Ok(Place::FwCfg { required: false }),
+            Ok(Place::BesideRoot(Beside::ConfigPartition)),
+            Ok(Place::BesideRoot(Beside::Esp)),
+        ],
     }
 }
 
@@ -178,6 +173,9 @@ fn origin_of(device: &Path, file: &str) -> String {
 struct Disks<'a> {
     paths: &'a Paths,
     modules: &'a mut ModuleLoader,
+    root_device: &'a Path,
+    /// The root's disk, read once for both the config partition and the ESP.
+    siblings: Option<Siblings>,
 }
 
 impl Disks<'_> {
@@ -234,6 +232,16 @@ impl Disks<'_> {
                     found => Ok(found),
                 }
             }
+            Place::BesideRoot(beside) => match self.beside_root(*beside) {
+                Some(device) => {
+                    let file = match beside {
+                        Beside::ConfigPartition => PARTITION_FILE,
+                        Beside::Esp => ESP_FILE,
+                    };
+                    self.read_from(&device, file)
+                }
+                None => Ok(None),
+            },
         }
     }
 
@@ -251,31 +259,27 @@ impl Disks<'_> {
         }
     }
 
-    /// The partition named `xorbang-config` on the disk of `root_device`, if it has exactly
-    /// one: another disk (a USB stick) is never searched.
-    fn config_partition_of(&self, root_device: &Path) -> Option<PathBuf> {
-        let found = block_devices::sibling_with_label(
-            root_device,
-            PARTITION_LABEL,
-            &self.paths.sys_class_block(),
-            &self.paths.dev(),
-        );
+    /// The config partition (PARTLABEL `xorbang-config`) or the ESP on the root's disk, if
+    /// it has exactly one: another disk (a USB stick) is never searched.
+    fn beside_root(&mut self, beside: Beside) -> Option<PathBuf> {
+        if self.siblings.is_none() {
+            let paths = self.paths;
+            match block_devices::siblings(self.root_device, &paths.sys_class_block(), &paths.dev())
+            {
+                Ok(siblings) => self.siblings = Some(siblings),
+                Err(error) => {
+                    log::warn!("host config beside the root: {}", error_chain(&error));
+                    return None;
+                }
+            }
+        }
+        let siblings = self.siblings.as_ref()?;
+        let (what, found) = match beside {
+            Beside::ConfigPartition => ("partition", siblings.with_label(PARTITION_LABEL)),
+            Beside::Esp => ("on the ESP", siblings.of_type(gpt::ESP)),
+        };
         found.unwrap_or_else(|error| {
-            log::warn!("host config partition: {}", error_chain(&error));
-            None
-        })
-    }
-
-    /// The EFI System Partition on the disk of `root_device`, if it has exactly one.
-    fn esp_of(&self, root_device: &Path) -> Option<PathBuf> {
-        let found = block_devices::sibling_of_type(
-            root_device,
-            gpt::ESP,
-            &self.paths.sys_class_block(),
-            &self.paths.dev(),
-        );
-        found.unwrap_or_else(|error| {
-            log::warn!("host config on the ESP: {}", error_chain(&error));
+            log::warn!("host config {what}: {}", error_chain(&error));
             None
         })
     }
@@ -472,9 +476,12 @@ mod tests {
         let mut modules =
             ModuleLoader::open(&paths.root().join("no-modules"), KernelView::of(&paths))
                 .expect("empty");
+        let root_device = paths.dev().join("vda1");
         let mut disks = Disks {
             paths: &paths,
             modules: &mut modules,
+            root_device: &root_device,
+            siblings: None,
         };
         let missing = Place::Initramfs {
             file: "/host.toml".into(),

@@ -5,6 +5,7 @@
 //! network. Dev mode accepts everything, saying what production would refuse.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::host_config_source::Candidate;
 use crate::untrusted;
@@ -26,15 +27,53 @@ pub struct Accepted {
     pub origin: String,
     pub trust: ConfigTrust,
     pub signed_by: Option<String>,
+    /// What reading the pinned keys and checking the signature took (the bench reports it).
+    pub signature_check: Option<Duration>,
     pub config: HostConfig,
 }
 
+/// The keys the base image pins, read the first time a signature needs them: a boot
+/// without a signed config never reads them.
+pub struct PinnedKeys<'a> {
+    /// The verified base image; `None` for an unverified one, whose keys count for nothing.
+    base: Option<&'a Path>,
+    loaded: Option<Vec<PinnedKey>>,
+}
+
+impl<'a> PinnedKeys<'a> {
+    pub fn of(base: &'a Path, verified: bool) -> Self {
+        Self {
+            base: verified.then_some(base),
+            loaded: None,
+        }
+    }
+
+    fn get(&mut self) -> &[PinnedKey] {
+        let base = self.base;
+        self.loaded.get_or_insert_with(|| match base {
+            Some(base) => pinned_keys(base),
+            None => {
+                log::warn!("the base image is not verified: its keys sign no host config");
+                Vec::new()
+            }
+        })
+    }
+}
+
 /// Decides one candidate: accepted, or the one-line reason it is refused.
-pub fn judge(candidate: Candidate, keys: &[PinnedKey], policy: Policy) -> Result<Accepted, String> {
+pub fn judge(
+    candidate: Candidate,
+    keys: &mut PinnedKeys,
+    policy: Policy,
+) -> Result<Accepted, String> {
     let mut trust = candidate.trust;
     let mut signed_by = None;
+    let mut signature_check = None;
     if let Some(signature) = &candidate.signature {
-        match signature::verify(keys, candidate.text.as_bytes(), signature) {
+        let started = Instant::now();
+        let verified = signature::verify(keys.get(), candidate.text.as_bytes(), signature);
+        signature_check = Some(started.elapsed());
+        match verified {
             Ok(key) => {
                 trust = ConfigTrust::Signed;
                 signed_by = Some(key.to_owned());
@@ -62,6 +101,7 @@ pub fn judge(candidate: Candidate, keys: &[PinnedKey], policy: Policy) -> Result
         origin: candidate.origin,
         trust,
         signed_by,
+        signature_check,
         config,
     })
 }
@@ -87,7 +127,7 @@ fn at_least(minimum: ConfigTrust) -> &'static str {
 
 /// The keys the verified base image pins. An unreadable or malformed key file is logged and
 /// left out: it can only make fewer configs signed.
-pub fn pinned_keys(base: &Path) -> Vec<PinnedKey> {
+fn pinned_keys(base: &Path) -> Vec<PinnedKey> {
     let dir = base.join(KEYS_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -150,15 +190,22 @@ mod tests {
         }
     }
 
-    fn keys() -> Vec<PinnedKey> {
-        vec![PinnedKey::parse("test.pub", KEY).expect("key")]
+    fn keys() -> PinnedKeys<'static> {
+        PinnedKeys {
+            base: None,
+            loaded: Some(vec![PinnedKey::parse("test.pub", KEY).expect("key")]),
+        }
+    }
+
+    fn no_keys() -> PinnedKeys<'static> {
+        PinnedKeys::of(Path::new("/nonexistent"), false)
     }
 
     #[test]
     fn local_configs_are_restricted_in_production_only() {
         let refused = judge(
             candidate(FULL, ConfigTrust::Local, None),
-            &keys(),
+            &mut keys(),
             production(ConfigTrust::Local),
         )
         .expect_err("files");
@@ -168,7 +215,7 @@ mod tests {
         );
         let platform = judge(
             candidate(FULL, ConfigTrust::Platform, None),
-            &keys(),
+            &mut keys(),
             production(ConfigTrust::Local),
         )
         .expect("platform may use everything");
@@ -177,14 +224,14 @@ mod tests {
             mode: Mode::Dev,
             minimum: ConfigTrust::Signed,
         };
-        assert!(judge(candidate(FULL, ConfigTrust::Local, None), &keys(), dev).is_ok());
+        assert!(judge(candidate(FULL, ConfigTrust::Local, None), &mut keys(), dev).is_ok());
     }
 
     #[test]
     fn a_valid_signature_makes_any_source_signed() {
         let accepted = judge(
             candidate(SIGNED, ConfigTrust::Local, Some(SIGNATURE)),
-            &keys(),
+            &mut keys(),
             production(ConfigTrust::Signed),
         )
         .expect("signed");
@@ -196,7 +243,7 @@ mod tests {
         flipped.insert(0, ' ');
         let refused = judge(
             candidate(&flipped, ConfigTrust::Local, Some(SIGNATURE)),
-            &keys(),
+            &mut keys(),
             production(ConfigTrust::Local),
         )
         .expect_err("changed");
@@ -206,7 +253,7 @@ mod tests {
         );
         let no_keys = judge(
             candidate(SIGNED, ConfigTrust::Local, Some(SIGNATURE)),
-            &[],
+            &mut no_keys(),
             production(ConfigTrust::Local),
         )
         .expect_err("no keys");
@@ -217,7 +264,7 @@ mod tests {
     fn the_command_line_narrows_the_accepted_sources() {
         let refused = judge(
             candidate(SIGNED, ConfigTrust::Platform, None),
-            &keys(),
+            &mut keys(),
             production(ConfigTrust::Signed),
         )
         .expect_err("platform");
@@ -248,7 +295,7 @@ mod tests {
     fn fuzz_decisions_keep_the_trust_rules() {
         use xorbang_formats::fixtures::XorShift;
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-        let keys = keys();
+        let mut keys = keys();
         let sources = [
             ConfigTrust::Local,
             ConfigTrust::Platform,
@@ -275,7 +322,7 @@ mod tests {
             let source = *rng.pick(&sources);
             let Ok(decided) = judge(
                 candidate(&text, source, signature.as_deref()),
-                &keys,
+                &mut keys,
                 policy,
             ) else {
                 continue;

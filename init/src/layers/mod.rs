@@ -60,12 +60,7 @@ pub fn load_host_config(
     base: Base,
     modules: &mut ModuleLoader,
 ) -> HostConfigState {
-    let keys = if base.verified {
-        host_config_trust::pinned_keys(base.dir)
-    } else {
-        log::warn!("the base image is not verified: its keys sign no host config");
-        Vec::new()
-    };
+    let mut keys = host_config_trust::PinnedKeys::of(base.dir, base.verified);
     let policy = host_config_trust::Policy {
         mode: options.mode,
         minimum: options.config_trust,
@@ -74,7 +69,7 @@ pub fn load_host_config(
     let accepted =
         host_config_source::search(paths, &options.config, base.device, modules, |candidate| {
             let (origin, trust) = (candidate.origin.clone(), candidate.trust);
-            match host_config_trust::judge(candidate, &keys, policy) {
+            match host_config_trust::judge(candidate, &mut keys, policy) {
                 Ok(accepted) => ControlFlow::Break(accepted),
                 Err(reason) => {
                     log::error!("host config {origin}: {reason}; trying the next source");
@@ -84,15 +79,17 @@ pub fn load_host_config(
             }
         });
     if let Some(accepted) = &accepted {
+        let signed = match (&accepted.signed_by, accepted.signature_check) {
+            (Some(key), Some(took)) => format!(
+                " by {key}; signature checked in {:.1} ms",
+                took.as_secs_f64() * 1000.0
+            ),
+            _ => String::new(),
+        };
         log::info!(
-            "host config from {} ({}{})",
+            "host config from {} ({}{signed})",
             accepted.origin,
-            accepted.trust,
-            accepted
-                .signed_by
-                .as_ref()
-                .map(|key| format!(" by {key}"))
-                .unwrap_or_default()
+            accepted.trust
         );
     }
     HostConfigState { accepted, refused }

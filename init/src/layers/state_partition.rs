@@ -77,12 +77,8 @@ pub fn mount_read_only(
 
 /// The /var partition's node, if the root's disk has exactly one.
 fn find(paths: &Paths, root_device: &Path) -> Option<PathBuf> {
-    let found = block_devices::sibling_of_type(
-        root_device,
-        gpt::VAR,
-        &paths.sys_class_block(),
-        &paths.dev(),
-    );
+    let found = block_devices::siblings(root_device, &paths.sys_class_block(), &paths.dev())
+        .and_then(|siblings| siblings.of_type(gpt::VAR));
     found.unwrap_or_else(|error| {
         log::warn!(
             "state partition: {}; no extensions from it",
