@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! xorbang-qemu-tests [--list] [SCENARIO…]   run scenarios (all when none is named)
-//! xorbang-qemu-tests bench                  boot the production image and measure
+//! xorbang-qemu-tests bench [PART…]          measure (boot, layers, host-config, firmware,
+//!                                           custom-kernel, verity-format; all when none)
 //! xorbang-qemu-tests demo [--dev]           boot the demo image with the console attached
 //! ```
 //!
@@ -26,7 +27,7 @@ use scenarios::{Scenario, SCENARIOS};
 enum Action {
     List,
     Run(Vec<&'static Scenario>),
-    Bench,
+    Bench(Vec<String>),
     Demo { dev: bool },
 }
 
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
     let result = match action {
         Action::List => Ok(()),
         Action::Run(chosen) => return run_scenarios(&context, chosen),
-        Action::Bench => bench::bench(&context),
+        Action::Bench(parts) => bench::bench(&context, &parts),
         Action::Demo { dev } => demo(&context, dev),
     };
     match result {
@@ -73,7 +74,13 @@ fn main() -> ExitCode {
 fn parse_args(args: &[String]) -> Result<Action, String> {
     match args.first().map(String::as_str) {
         Some("--list") => Ok(Action::List),
-        Some("bench") => Ok(Action::Bench),
+        Some("bench") => {
+            let parts = args[1..].to_vec();
+            match parts.iter().find(|part| !bench::is_part(part)) {
+                Some(unknown) => Err(format!("no bench part {unknown}")),
+                None => Ok(Action::Bench(parts)),
+            }
+        }
         Some("demo") => Ok(Action::Demo {
             dev: args.iter().any(|arg| arg == "--dev"),
         }),
