@@ -5,6 +5,7 @@
 //! * [`image`]: SquashFS root and extension images with their dm-verity hash trees;
 //! * [`boot`]: what firmware boots: the UKI (PE sections on the systemd stub), the EFI System
 //!   Partition, GPT disk images laid out by hand or from repart definitions;
+//! * [`os`]: all of them from one build profile;
 //!
 //! and what they all share: [`output`] (atomic outputs), [`file_error`] (a failed file
 //! operation) and [`tool`] (the external programs they run).
@@ -13,5 +14,6 @@ pub mod boot;
 pub mod file_error;
 pub mod image;
 pub mod initrd;
+pub mod os;
 pub mod output;
 pub mod tool;

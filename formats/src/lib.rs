@@ -16,6 +16,7 @@ pub mod host_config;
 pub mod module_index;
 pub mod os_release;
 pub mod signature;
+pub mod text_position;
 pub mod verity;
 
 #[cfg(any(test, feature = "fixtures"))]

@@ -94,6 +94,7 @@ use toml::Spanned;
 
 use parse::*;
 pub use parse::{check_local_keys, parse, LOCAL_KEYS, MAX_ENTRIES};
+pub use rules::check_hostname;
 use rules::*;
 pub use schema::*;
 

@@ -1,6 +1,7 @@
 //! From TOML text to a validated [`HostConfig`], with line and column on every refusal.
 
 use super::*;
+use crate::text_position::{line_col, one_line};
 
 // Parsing
 // ---------------------------------------------------------------------------------------
@@ -22,36 +23,6 @@ pub fn parse(text: &str) -> Result<HostConfig, HostConfigError> {
             Err(toml_error(text, &error))
         }
     }
-}
-
-/// 1-based line and column (in characters) of a byte offset; offsets past the end or inside
-/// a character are clamped rather than trusted, since they come from another crate.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line = 1 + before.iter().filter(|&&byte| byte == b'\n').count();
-    let line_start = before
-        .iter()
-        .rposition(|&byte| byte == b'\n')
-        .map_or(0, |newline| newline + 1);
-    let column = 1 + before[line_start..]
-        .iter()
-        .filter(|&&byte| byte & 0xC0 != 0x80)
-        .count();
-    (line, column)
-}
-
-/// Makes any message one line: the boot log writes one record per line, and a key name in
-/// a toml message may hold a newline.
-pub(super) fn one_line(message: &str) -> String {
-    message
-        .split(['\n', '\r', '\u{2028}', '\u{2029}'])
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 pub(super) fn toml_error(text: &str, error: &toml::de::Error) -> HostConfigError {

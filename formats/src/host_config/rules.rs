@@ -5,7 +5,7 @@ use super::*;
 // Value rules: each returns why a value is refused, the caller says where
 // ---------------------------------------------------------------------------------------
 
-pub(super) fn check_hostname(name: &str) -> Result<(), String> {
+pub fn check_hostname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a hostname must not be empty".into());
     }

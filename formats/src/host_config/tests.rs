@@ -754,17 +754,6 @@ fn the_first_mistake_in_the_text_is_reported() {
     assert_refused(text, 2, 8, &["\"b0\""]);
 }
 
-#[test]
-fn positions_count_characters_and_lines() {
-    assert_eq!(line_col("", 0), (1, 1));
-    assert_eq!(line_col("ab\ncd", 3), (2, 1));
-    assert_eq!(line_col("ab\ncd", 4), (2, 2));
-    assert_eq!(line_col("äö = 1", 5), (1, 4));
-    assert_eq!(line_col("ab", 99), (1, 3));
-    assert_eq!(line_col("ä", 1), (1, 2));
-    assert_eq!(one_line("a\n  b\r\n\nc\td"), "a; b; c d");
-}
-
 // ---- property tests ----------------------------------------------------------------
 
 fn chars(ranges: &str) -> Vec<char> {

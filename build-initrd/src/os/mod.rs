@@ -1,0 +1,3 @@
+//! `xorbang-build os`: a whole OS from one profile.
+
+pub mod profile;
