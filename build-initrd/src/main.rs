@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use xorbang_formats::boot_report::ConfigTrust;
 
 use clap::{Parser, Subcommand};
-use xorbang_build::boot::disk::{self, DiskError};
-use xorbang_build::boot::esp;
-use xorbang_build::boot::repart::{self, BuildOutputs, RepartError};
+use xorbang_build::boot::machine_disk::{self, EspContents, MachineDiskError};
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::file_error::{FileAction, FileError};
 use xorbang_build::image::squashfs::{
@@ -366,30 +364,8 @@ enum CliError {
         #[source]
         source: Box<VerifiedImageError>,
     },
-    #[error("cannot put the image {path} on a disk")]
-    DiskImage {
-        path: PathBuf,
-        #[source]
-        source: Box<VerifiedImageError>,
-    },
-    #[error("cannot make the EFI System Partition {path}")]
-    Esp {
-        path: PathBuf,
-        #[source]
-        source: esp::EspError,
-    },
-    #[error("cannot lay out the disk from the definitions in {path}")]
-    Repart {
-        path: PathBuf,
-        #[source]
-        source: RepartError,
-    },
-    #[error("cannot write the disk {path}")]
-    Disk {
-        path: PathBuf,
-        #[source]
-        source: DiskError,
-    },
+    #[error(transparent)]
+    MachineDisk(#[from] MachineDiskError),
     #[error("cannot build the UKI {path}")]
     Uki {
         path: PathBuf,
@@ -621,67 +597,17 @@ fn build_sysext(args: SysextArgs, mtime: u32) -> Result<(), CliError> {
 }
 
 fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
-    let disk_error = |source| CliError::Disk {
-        path: args.output.clone(),
-        source,
-    };
-    let (_, root_hash, tree) =
-        verified::read_manifest(&args.image).map_err(|source| CliError::DiskImage {
-            path: args.image.clone(),
-            source: Box::new(source),
-        })?;
-    // Read the definitions before making the ESP, so a bad layout fails fast.
-    let definitions = args
-        .definitions
-        .as_ref()
-        .map(|dir| {
-            repart::read_definitions(dir)
-                .map(|definitions| (dir, definitions))
-                .map_err(|source| CliError::Repart {
-                    path: dir.clone(),
-                    source,
-                })
-        })
-        .transpose()?;
-    let esp = verified::companion(&args.output, "esp.tmp");
-    if let Some(uki) = &args.uki {
-        esp::write_esp(uki, &args.uki_name, &args.uki_extra, &esp).map_err(|source| {
-            CliError::Esp {
-                path: esp.clone(),
-                source,
-            }
-        })?;
-    }
-    let written = match &definitions {
-        Some((dir, definitions)) => {
-            let outputs = BuildOutputs {
-                root_hash: &root_hash,
-                image: &args.image,
-                tree: &tree,
-                esp: args.uki.as_ref().map(|_| esp.as_path()),
-            };
-            repart::partitions(dir, definitions, &outputs)
-                .map_err(|source| CliError::Repart {
-                    path: (*dir).clone(),
-                    source,
-                })
-                .and_then(|partitions| {
-                    disk::write_disk(&args.output, &partitions).map_err(disk_error)
-                })
-        }
-        None => {
-            let mut partitions =
-                disk::verity_root_partitions(&root_hash, &args.image, &tree).to_vec();
-            if args.uki.is_some() {
-                partitions.insert(0, disk::esp_partition(&root_hash, &esp));
-            }
-            disk::write_disk(&args.output, &partitions).map_err(disk_error)
-        }
-    };
-    if args.uki.is_some() {
-        std::fs::remove_file(&esp).map_err(FileError::of(FileAction::Remove, &esp))?;
-    }
-    let size = written?;
+    let esp = args.uki.as_deref().map(|uki| EspContents {
+        uki,
+        name: &args.uki_name,
+        extras: &args.uki_extra,
+    });
+    let (size, root_hash) = machine_disk::write(
+        &args.image,
+        esp.as_ref(),
+        args.definitions.as_deref(),
+        &args.output,
+    )?;
     println!("{}: {size} bytes", args.output.display());
     println!("Root hash: {root_hash}");
     Ok(())

@@ -34,16 +34,7 @@ pub fn run(command: &mut Command, package: &'static str) -> Result<(), ToolError
     let output = command
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => ToolError::Missing {
-                program: program.clone(),
-                package,
-            },
-            _ => ToolError::Spawn {
-                program: program.clone(),
-                source,
-            },
-        })?;
+        .map_err(|source| spawn_error(&program, package, source))?;
     if output.status.success() {
         return Ok(());
     }
@@ -58,6 +49,37 @@ pub fn run(command: &mut Command, package: &'static str) -> Result<(), ToolError
         status: output.status,
         output: text,
     })
+}
+
+/// Runs a long `command` (mmdebstrap) with its output on the terminal, so the user sees that
+/// it is alive; on failure the error points at that output.
+pub fn run_showing_output(command: &mut Command, package: &'static str) -> Result<(), ToolError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|source| spawn_error(&program, package, source))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(ToolError::Failed {
+            program,
+            status,
+            output: "its output is above".to_owned(),
+        }),
+    }
+}
+
+fn spawn_error(program: &str, package: &'static str, source: io::Error) -> ToolError {
+    match source.kind() {
+        io::ErrorKind::NotFound => ToolError::Missing {
+            program: program.to_owned(),
+            package,
+        },
+        _ => ToolError::Spawn {
+            program: program.to_owned(),
+            source,
+        },
+    }
 }
 
 #[cfg(test)]
