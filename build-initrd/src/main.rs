@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use xorbang_formats::boot_report::ConfigTrust;
 
+mod os_command;
+
 use clap::{Parser, Subcommand};
 use xorbang_build::boot::machine_disk::{self, EspContents, MachineDiskError};
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
@@ -55,6 +57,10 @@ enum Command {
     /// Write a Unified Kernel Image: the systemd EFI stub with the os-release, command line,
     /// kernel release, initramfs and kernel as PE sections, optionally signed for Secure Boot.
     Uki(UkiArgs),
+    /// Build a whole OS from a profile (see profiles/): the Debian root (mmdebstrap), the
+    /// verified root image, the initramfs, the UKI and the disk, each step cached by the
+    /// hash of its inputs; OUTDIR gets the artifacts and build.json.
+    Os(os_command::OsArgs),
     /// dm-verity hash trees, byte for byte as veritysetup writes them.
     Verity {
         #[command(subcommand)]
@@ -366,6 +372,8 @@ enum CliError {
     },
     #[error(transparent)]
     MachineDisk(#[from] MachineDiskError),
+    #[error(transparent)]
+    Os(#[from] os_command::OsCommandError),
     #[error("cannot build the UKI {path}")]
     Uki {
         path: PathBuf,
@@ -406,6 +414,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Disk(args) => build_disk(&args),
         Command::Sysext(args) => build_sysext(args, source_date_epoch()?),
         Command::Uki(args) => build_uki(args, source_date_epoch()?),
+        Command::Os(args) => Ok(os_command::run(args, source_date_epoch_if_set()?)?),
         Command::Verity {
             command: VerityCommand::Format(args),
         } => verity_format(args),
@@ -456,9 +465,16 @@ fn check_host_config(file: &Path, trust: ConfigTrust) -> Result<(), CliError> {
 /// The reproducible-builds timestamp: `SOURCE_DATE_EPOCH` if set, else the epoch itself, so
 /// that builds without it are reproducible too.
 fn source_date_epoch() -> Result<u32, CliError> {
+    Ok(source_date_epoch_if_set()?.unwrap_or(0))
+}
+
+fn source_date_epoch_if_set() -> Result<Option<u32>, CliError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(value) => value.parse().map_err(|_| CliError::SourceDateEpoch(value)),
-        Err(std::env::VarError::NotPresent) => Ok(0),
+        Ok(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| CliError::SourceDateEpoch(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(value)) => Err(CliError::SourceDateEpoch(
             value.to_string_lossy().into_owned(),
         )),

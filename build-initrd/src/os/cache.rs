@@ -188,6 +188,11 @@ fn hash_tree(root: &Path, relative: &Path, hasher: &mut Sha256) -> Result<(), Fi
     Ok(())
 }
 
+/// The SHA-256 of `bytes` in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

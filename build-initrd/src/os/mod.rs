@@ -1,4 +1,171 @@
-//! `xorbang-build os`: a whole OS from one profile.
+//! `xorbang-build os`: a whole OS from one profile — the Debian root, the verified root
+//! image, the initramfs, the UKI and the disk — each step cached by the hash of its inputs,
+//! and the artifacts published into the output directory only when all of them are built,
+//! with a `build.json` that says what went in and how long each step took.
 
 pub mod cache;
 pub mod profile;
+pub mod steps;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cache::{remove_tree_if_present, StepCache};
+use profile::Profile;
+use steps::{Recipe, StepError, StepRecord, Steps};
+
+use crate::file_error::{FileAction, FileError};
+
+/// What `--only` may name: the artifacts published, and (by what they need) the steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Artifact {
+    Image,
+    Initrd,
+    Uki,
+    Disk,
+}
+
+impl Artifact {
+    pub const ALL: [Artifact; 4] = [Self::Image, Self::Initrd, Self::Uki, Self::Disk];
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "image" => Ok(Self::Image),
+            "initrd" => Ok(Self::Initrd),
+            "uki" => Ok(Self::Uki),
+            "disk" => Ok(Self::Disk),
+            "netboot" | "bundle" => Err(format!(
+                "{name}: not built yet (the netboot and update-bundle outputs come with those \
+                 features); choose from image, initrd, uki, disk"
+            )),
+            other => Err(format!(
+                "{other}: unknown; choose from image, initrd, uki, disk"
+            )),
+        }
+    }
+}
+
+/// One OS build: the profile, where its relative paths start, the init to put in the
+/// initramfs, the cache and the time stamp.
+pub struct OsBuild<'a> {
+    pub profile: &'a Profile,
+    /// The profile file, recorded in build.json by path and hash.
+    pub profile_path: &'a Path,
+    pub init: &'a Path,
+    pub cache: PathBuf,
+    pub epoch: u32,
+    pub only: BTreeSet<Artifact>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OsBuildError {
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// What build.json records.
+#[derive(Debug, serde::Serialize)]
+pub struct BuildRecord {
+    pub profile: String,
+    pub profile_sha256: String,
+    pub image_id: String,
+    pub image_version: String,
+    pub root_hash: String,
+    pub source_date_epoch: u32,
+    pub artifacts: Vec<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+/// Builds the OS and publishes it into `out`: built in a sibling directory and renamed into
+/// place at the end, so `out` never holds half a build.
+pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
+    let dir = spec.profile_path.parent().unwrap_or(Path::new("."));
+    let recipe = Recipe {
+        profile: spec.profile,
+        dir,
+        init: spec.init,
+        epoch: spec.epoch,
+    };
+    let mut steps = Steps::new(recipe, StepCache::new(spec.cache.clone()));
+    let rootfs = steps.rootfs()?;
+    let image = steps.image(&rootfs)?;
+    let root_hash = steps::root_hash(&image)?;
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    if spec.only.contains(&Artifact::Image) {
+        for extension in ["", ".verity", ".json"] {
+            let name = format!("{}{extension}", steps::ROOT_IMAGE);
+            files.push((image.dir.join(&name), name));
+        }
+    }
+    let wants_boot = [Artifact::Initrd, Artifact::Uki, Artifact::Disk]
+        .iter()
+        .any(|artifact| spec.only.contains(artifact));
+    if wants_boot {
+        let kernel = steps.kernel(&rootfs)?;
+        let initrd = steps.initrd(&kernel)?;
+        if spec.only.contains(&Artifact::Initrd) {
+            files.push((initrd.dir.join(steps::INITRD), steps::INITRD.to_owned()));
+        }
+        if spec.only.contains(&Artifact::Uki) || spec.only.contains(&Artifact::Disk) {
+            let uki = steps.uki(&kernel, &initrd, &image, &root_hash)?;
+            let name = steps::uki_name(spec.profile);
+            if spec.only.contains(&Artifact::Uki) {
+                files.push((uki.dir.join(&name), name));
+            }
+            if spec.only.contains(&Artifact::Disk) {
+                let disk = steps.disk(&image, &uki)?;
+                files.push((disk.dir.join(steps::DISK), steps::DISK.to_owned()));
+            }
+        }
+    }
+    let text =
+        fs::read(spec.profile_path).map_err(FileError::of(FileAction::Read, spec.profile_path))?;
+    let record = BuildRecord {
+        profile: spec.profile_path.display().to_string(),
+        profile_sha256: cache::sha256_hex(&text),
+        image_id: spec.profile.os.id.clone(),
+        image_version: spec.profile.os.version.clone(),
+        root_hash,
+        source_date_epoch: spec.epoch,
+        artifacts: files.iter().map(|(_, name)| name.clone()).collect(),
+        steps: steps.records,
+    };
+    publish(&files, &record, out)?;
+    Ok(record)
+}
+
+/// Links (or copies) `files` into a fresh sibling of `out` with build.json, then swaps it
+/// in for `out`.
+fn publish(files: &[(PathBuf, String)], record: &BuildRecord, out: &Path) -> Result<(), FileError> {
+    let parent = out.parent().filter(|parent| !parent.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(FileError::of(FileAction::CreateDirectory, parent))?;
+    let name = out
+        .file_name()
+        .map_or_else(|| "out".into(), |name| name.to_string_lossy().into_owned());
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    remove_tree_if_present(&staging)?;
+    fs::create_dir(&staging).map_err(FileError::of(FileAction::CreateDirectory, &staging))?;
+    for (from, name) in files {
+        let to = staging.join(name);
+        if fs::hard_link(from, &to).is_err() {
+            fs::copy(from, &to).map_err(FileError::of(FileAction::Read, from))?;
+        }
+    }
+    let record_path = staging.join("build.json");
+    let write_error = FileError::of(FileAction::Write, &record_path);
+    let json = serde_json::to_string_pretty(record).map_err(|error| write_error(error.into()))?;
+    fs::write(&record_path, json + "\n").map_err(&write_error)?;
+    if out.exists() {
+        fs::rename(out, &old).map_err(FileError::of(FileAction::RenameTo(old.clone()), out))?;
+    }
+    fs::rename(&staging, out).map_err(FileError::of(
+        FileAction::RenameTo(out.to_owned()),
+        &staging,
+    ))?;
+    remove_tree_if_present(&old)
+}

@@ -1,0 +1,594 @@
+//! The steps of an OS build. Each is a function of its inputs, kept in the step cache under
+//! their hash: the Debian root (mmdebstrap), the kernel taken out of it, the verified root
+//! image, the initramfs, the UKI and the disk. A step prints one line when it starts and one
+//! when it is done (or found in the cache), with its time.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use super::cache::{Inputs, StepCache, StepOutput};
+use super::profile::{FileContent, Profile};
+use crate::boot::machine_disk::{self, EspContents, MachineDiskError};
+use crate::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
+use crate::file_error::{FileAction, FileError};
+use crate::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
+use crate::image::verified::{self, VerifiedImageError};
+use crate::initrd::assemble::{self as initrd, InitrdError, InitrdSpec};
+use crate::initrd::compress::Compression;
+use crate::initrd::kernel_modules::DEFAULT_MODULES;
+use crate::tool::{self, ToolError};
+use xorbang_formats::module_index::ModuleName;
+
+/// Bumped when a step's recipe changes in a way its inputs do not show, so cached outputs
+/// of the old recipe are not taken for the new one.
+const RECIPE_VERSION: &str = "os-steps-1";
+
+/// The file names of the artifacts, in a step's directory and in the output directory.
+pub const ROOT_IMAGE: &str = "root.squashfs";
+pub const INITRD: &str = "initrd.img";
+pub const DISK: &str = "disk.img";
+const ROOTFS_TAR: &str = "rootfs.tar";
+const VMLINUZ: &str = "vmlinuz";
+const MODULES: &str = "modules";
+const OS_RELEASE: &str = "os-release";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("step {step}")]
+    Tool {
+        step: &'static str,
+        #[source]
+        source: ToolError,
+    },
+    #[error("step kernel: {0}")]
+    Kernel(String),
+    #[error("step image: {0}")]
+    Tree(String),
+    #[error("step image")]
+    Image(#[source] ImageError),
+    #[error("step image")]
+    Verity(#[source] Box<VerifiedImageError>),
+    #[error("step initrd")]
+    Initrd(#[source] InitrdError),
+    #[error("step uki")]
+    Uki(#[source] UkiError),
+    #[error("step disk")]
+    Disk(#[source] MachineDiskError),
+}
+
+/// What one step did, for the progress lines and build.json.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub key: String,
+    pub reused: bool,
+    pub seconds: f64,
+    /// Each input's name and hash.
+    pub inputs: std::collections::BTreeMap<String, String>,
+}
+
+/// Everything the steps read: the profile (relative paths against `dir`), the init binary
+/// and the time stamp every file gets.
+pub struct Recipe<'a> {
+    pub profile: &'a Profile,
+    pub dir: &'a Path,
+    pub init: &'a Path,
+    pub epoch: u32,
+}
+
+pub struct Steps<'a> {
+    recipe: Recipe<'a>,
+    cache: StepCache,
+    pub records: Vec<StepRecord>,
+}
+
+impl<'a> Steps<'a> {
+    pub fn new(recipe: Recipe<'a>, cache: StepCache) -> Self {
+        Self {
+            recipe,
+            cache,
+            records: Vec::new(),
+        }
+    }
+
+    fn run(
+        &mut self,
+        name: &str,
+        what: &str,
+        inputs: Inputs,
+        make: impl FnOnce(&Path) -> Result<(), StepError>,
+    ) -> Result<StepOutput, StepError> {
+        let started = Instant::now();
+        eprintln!("[{name}] {what}");
+        let output = self.cache.get_or_make(name, &inputs, make)?;
+        let seconds = started.elapsed().as_secs_f64();
+        match output.reused {
+            true => eprintln!("[{name}] unchanged, from the cache ({})", output.key.0),
+            false => eprintln!("[{name}] done in {seconds:.1} s"),
+        }
+        self.records.push(StepRecord {
+            name: name.to_owned(),
+            key: output.key.0.clone(),
+            reused: output.reused,
+            seconds,
+            inputs: inputs.parts().iter().cloned().collect(),
+        });
+        Ok(output)
+    }
+
+    fn epoch(&self) -> String {
+        self.recipe.epoch.to_string()
+    }
+
+    /// The Debian root as mmdebstrap makes it, with the kernel package.
+    pub fn rootfs(&mut self) -> Result<StepOutput, StepError> {
+        let debian = &self.recipe.profile.debian;
+        let mut packages = debian.packages.clone();
+        packages.push(debian.kernel.clone());
+        let hook = debian.hook.as_ref().map(|hook| self.recipe.dir.join(hook));
+        let mut inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .text("suite", &debian.suite)
+            .text("mirror", debian.mirror.as_deref().unwrap_or(""))
+            .text("variant", &debian.variant)
+            .text("packages", &packages.join(","))
+            .text("source_date_epoch", &self.epoch());
+        if let Some(hook) = &hook {
+            inputs = inputs.file("hook", hook)?;
+        }
+        let what = format!(
+            "mmdebstrap {} ({} packages; minutes on a cold cache)",
+            debian.suite,
+            packages.len()
+        );
+        let epoch = self.epoch();
+        self.run("rootfs", &what, inputs, |dir| {
+            let mut command = Command::new("mmdebstrap");
+            command
+                .env("SOURCE_DATE_EPOCH", &epoch)
+                .arg(format!("--variant={}", debian.variant))
+                .arg(format!("--include={}", packages.join(",")))
+                // The kernel package's hooks would build an initramfs nobody boots.
+                .arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools\" && echo update_initramfs=no > \"$1/etc/initramfs-tools/update-initramfs.conf\"");
+            if let Some(hook) = &hook {
+                command.arg(format!("--customize-hook={}", hook.display()));
+            }
+            command.arg(&debian.suite).arg(dir.join(ROOTFS_TAR));
+            if let Some(mirror) = &debian.mirror {
+                command.arg(mirror);
+            }
+            tool::run_showing_output(&mut command, "mmdebstrap").map_err(|source| {
+                StepError::Tool {
+                    step: "rootfs",
+                    source,
+                }
+            })
+        })
+    }
+
+    /// The kernel and its modules, out of the root.
+    pub fn kernel(&mut self, rootfs: &StepOutput) -> Result<StepOutput, StepError> {
+        let inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .step("rootfs", &rootfs.key);
+        let tar = rootfs.dir.join(ROOTFS_TAR);
+        self.run("kernel", "the kernel and its modules", inputs, |dir| {
+            let extract = dir.join("extract");
+            fs::create_dir(&extract)
+                .map_err(FileError::of(FileAction::CreateDirectory, &extract))?;
+            run_tool(
+                "kernel",
+                Command::new("tar")
+                    .arg("-x")
+                    .arg("-f")
+                    .arg(&tar)
+                    .arg("-C")
+                    .arg(&extract)
+                    .args(["--wildcards", "./boot/vmlinuz-*", "./usr/lib/modules"]),
+                "tar",
+            )?;
+            let release = only_entry(&extract.join("usr/lib/modules"))?;
+            let vmlinuz = extract.join(format!("boot/vmlinuz-{release}"));
+            rename(&vmlinuz, &dir.join(VMLINUZ))?;
+            rename(&extract.join("usr/lib/modules"), &dir.join(MODULES))?;
+            remove_tree(&extract)
+        })
+    }
+
+    /// The verified root image: the Debian root with the profile's hostname, files, users and
+    /// units, an empty machine-id, os-release carrying IMAGE_ID and IMAGE_VERSION, no kernel
+    /// under /boot (the UKI carries it), packed as SquashFS with its hash tree and manifest.
+    pub fn image(&mut self, rootfs: &StepOutput) -> Result<StepOutput, StepError> {
+        let profile = self.recipe.profile;
+        let mut inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .step("rootfs", &rootfs.key)
+            .text("os", &format!("{}\0{}", profile.os.id, profile.os.version))
+            .text("hostname", profile.hostname.as_deref().unwrap_or(""))
+            .text("enable", &profile.enable.join(","))
+            .text("users", &format!("{:?}", profile.users))
+            .text("source_date_epoch", &self.epoch());
+        for file in &profile.files {
+            inputs = match &file.content {
+                FileContent::Inline(text) => {
+                    inputs.text(&file.path, &format!("{:o}\0{text}", file.mode))
+                }
+                FileContent::Source(source) => inputs
+                    .text(&file.path, &format!("{:o}", file.mode))
+                    .file(&file.path, &self.recipe.dir.join(source))?,
+            };
+        }
+        let tar = rootfs.dir.join(ROOTFS_TAR);
+        let (dir_of_profile, epoch) = (self.recipe.dir, self.recipe.epoch);
+        self.run("image", "the verified root image", inputs, |dir| {
+            let tree = dir.join("tree");
+            fs::create_dir(&tree).map_err(FileError::of(FileAction::CreateDirectory, &tree))?;
+            run_tool(
+                "image",
+                Command::new("tar")
+                    .args(["-x", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
+                    .arg("-f")
+                    .arg(&tar)
+                    .arg("-C")
+                    .arg(&tree),
+                "tar",
+            )?;
+            customize(&tree, profile, dir_of_profile, epoch)?;
+            let os_release = tree.join("usr/lib/os-release");
+            fs::copy(&os_release, dir.join(OS_RELEASE))
+                .map_err(FileError::of(FileAction::Read, &os_release))?;
+            let image = dir.join(ROOT_IMAGE);
+            squashfs::build(
+                Path::new(MKSQUASHFS),
+                &tree,
+                &image,
+                SquashfsCompression::Zstd,
+                epoch,
+            )
+            .map_err(StepError::Image)?;
+            verified::add_verity(&image).map_err(|error| StepError::Verity(Box::new(error)))?;
+            remove_tree(&tree)
+        })
+    }
+
+    /// The initramfs: our init and the modules the boot needs from the profile's kernel.
+    pub fn initrd(&mut self, kernel: &StepOutput) -> Result<StepOutput, StepError> {
+        let mut modules: Vec<String> = DEFAULT_MODULES
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        modules.extend(self.recipe.profile.boot.modules.iter().cloned());
+        let inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .step("kernel", &kernel.key)
+            .file("init", self.recipe.init)?
+            .text("modules", &modules.join(","))
+            .text("source_date_epoch", &self.epoch());
+        let modules_dir = kernel.dir.join(MODULES);
+        let (init, epoch) = (self.recipe.init, self.recipe.epoch);
+        self.run("initrd", "the initramfs", inputs, |dir| {
+            let release = only_entry(&modules_dir)?;
+            let spec = InitrdSpec {
+                init: init.to_owned(),
+                kernel_modules: Some((
+                    modules_dir.join(release),
+                    modules.iter().map(|name| ModuleName::new(name)).collect(),
+                )),
+                additions: Vec::new(),
+            };
+            initrd::build(&spec, &dir.join(INITRD), Compression::Zstd, epoch)
+                .map(|_| ())
+                .map_err(StepError::Initrd)
+        })
+    }
+
+    /// The UKI: the kernel, the initramfs and the command line with the image's root hash,
+    /// named `<IMAGE_ID>_<IMAGE_VERSION>.efi`; signed when the profile names a key.
+    pub fn uki(
+        &mut self,
+        kernel: &StepOutput,
+        initrd: &StepOutput,
+        image: &StepOutput,
+        root_hash: &str,
+    ) -> Result<StepOutput, StepError> {
+        let profile = self.recipe.profile;
+        let cmdline = command_line(&profile.boot.cmdline, root_hash);
+        let signing = profile.boot.signing.as_ref().map(|(key, cert)| Signing {
+            key: self.recipe.dir.join(key),
+            cert: self.recipe.dir.join(cert),
+        });
+        let mut inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .step("kernel", &kernel.key)
+            .step("initrd", &initrd.key)
+            .step("image", &image.key)
+            .text("cmdline", &cmdline)
+            .text("source_date_epoch", &self.epoch());
+        if let Some(signing) = &signing {
+            inputs = inputs
+                .file("sign_key", &signing.key)?
+                .file("sign_cert", &signing.cert)?;
+        }
+        let name = uki_name(profile);
+        let epoch = self.recipe.epoch;
+        self.run("uki", &format!("the UKI {name}"), inputs, |dir| {
+            let spec = UkiSpec {
+                stub: PathBuf::from(uki::DEFAULT_STUB),
+                linux: kernel.dir.join(VMLINUZ),
+                initrd: initrd.dir.join(INITRD),
+                cmdline: CmdlineSource::Text(cmdline.clone()),
+                os_release: image.dir.join(OS_RELEASE),
+                uname: None,
+                signing,
+            };
+            uki::build(&spec, &dir.join(&name), epoch)
+                .map(|_| ())
+                .map_err(StepError::Uki)
+        })
+    }
+
+    /// The disk: the ESP with the UKI, the root and its hash tree, in the profile's layout.
+    pub fn disk(&mut self, image: &StepOutput, uki: &StepOutput) -> Result<StepOutput, StepError> {
+        let profile = self.recipe.profile;
+        let definitions = profile
+            .disk_definitions
+            .as_ref()
+            .map(|dir| self.recipe.dir.join(dir));
+        let mut inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .step("image", &image.key)
+            .step("uki", &uki.key);
+        if let Some(definitions) = &definitions {
+            inputs = inputs.tree("definitions", definitions)?;
+        }
+        let name = uki_name(profile);
+        self.run("disk", "the disk image", inputs, |dir| {
+            let uki_file = uki.dir.join(&name);
+            let esp = EspContents {
+                uki: &uki_file,
+                name: name.trim_end_matches(".efi"),
+                extras: &[],
+            };
+            machine_disk::write(
+                &image.dir.join(ROOT_IMAGE),
+                Some(&esp),
+                definitions.as_deref(),
+                &dir.join(DISK),
+            )
+            .map(|_| ())
+            .map_err(StepError::Disk)
+        })
+    }
+}
+
+/// `<IMAGE_ID>_<IMAGE_VERSION>.efi`, the Boot Loader Specification's name for a type #2 entry.
+pub fn uki_name(profile: &Profile) -> String {
+    format!("{}_{}.efi", profile.os.id, profile.os.version)
+}
+
+/// The profile's command line with the image's root hash.
+pub fn command_line(profile_cmdline: &str, root_hash: &str) -> String {
+    let root = format!("roothash={root_hash}");
+    match profile_cmdline.trim() {
+        "" => root,
+        cmdline => format!("{cmdline} {root}"),
+    }
+}
+
+/// The root hash in an image step's manifest.
+pub fn root_hash(image: &StepOutput) -> Result<String, StepError> {
+    verified::read_manifest(&image.dir.join(ROOT_IMAGE))
+        .map(|(_, root_hash, _)| root_hash.to_string())
+        .map_err(|error| StepError::Verity(Box::new(error)))
+}
+
+/// The profile applied to the extracted root `tree`.
+fn customize(
+    tree: &Path,
+    profile: &Profile,
+    profile_dir: &Path,
+    epoch: u32,
+) -> Result<(), StepError> {
+    if let Some(hostname) = &profile.hostname {
+        write_in_tree(
+            tree,
+            "/etc/hostname",
+            format!("{hostname}\n").as_bytes(),
+            0o644,
+        )?;
+    }
+    // Empty: systemd makes a machine ID at boot (transient on a read-only root).
+    write_in_tree(tree, "/etc/machine-id", b"", 0o444)?;
+    set_image_identity(tree, profile)?;
+    for file in &profile.files {
+        let bytes = match &file.content {
+            FileContent::Inline(text) => text.clone().into_bytes(),
+            FileContent::Source(source) => {
+                let path = profile_dir.join(source);
+                fs::read(&path).map_err(FileError::of(FileAction::Read, &path))?
+            }
+        };
+        write_in_tree(tree, &file.path, &bytes, file.mode)?;
+    }
+    for user in &profile.users {
+        add_user(tree, user, epoch)?;
+    }
+    if !profile.enable.is_empty() {
+        run_tool(
+            "image",
+            Command::new("systemctl")
+                .arg(format!("--root={}", tree.display()))
+                .arg("enable")
+                .args(&profile.enable),
+            "systemd",
+        )?;
+    }
+    remove_kernel_files(tree)
+}
+
+/// IMAGE_ID= and IMAGE_VERSION= in /usr/lib/os-release (replacing any the distribution set):
+/// what boot loaders and updaters read.
+fn set_image_identity(tree: &Path, profile: &Profile) -> Result<(), StepError> {
+    let path = tree.join("usr/lib/os-release");
+    let text = fs::read_to_string(&path).map_err(FileError::of(FileAction::Read, &path))?;
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with("IMAGE_ID=") && !line.starts_with("IMAGE_VERSION="))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("IMAGE_ID={}", profile.os.id));
+    lines.push(format!("IMAGE_VERSION={}", profile.os.version));
+    fs::write(&path, lines.join("\n") + "\n").map_err(FileError::of(FileAction::Write, &path))?;
+    Ok(())
+}
+
+/// Writes `bytes` at the absolute `path` inside `tree`, creating directories, and refusing
+/// to follow a symlink of the tree: this runs as root, and a link could point at the host.
+fn write_in_tree(tree: &Path, path: &str, bytes: &[u8], mode: u32) -> Result<(), StepError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut at = tree.to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    for (index, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = index + 1 == parts.len();
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(StepError::Tree(format!(
+                    "{path}: {} is a symlink in the image; write the file where it points",
+                    at.strip_prefix(tree).unwrap_or(&at).display()
+                )))
+            }
+            Ok(meta) if last && meta.is_dir() => {
+                return Err(StepError::Tree(format!(
+                    "{path} is a directory in the image"
+                )))
+            }
+            Ok(meta) if !last && !meta.is_dir() => {
+                return Err(StepError::Tree(format!(
+                    "{path}: /{} is a file in the image",
+                    at.strip_prefix(tree).unwrap_or(&at).display()
+                )))
+            }
+            Ok(_) => {}
+            Err(_) if !last => {
+                fs::create_dir(&at).map_err(FileError::of(FileAction::CreateDirectory, &at))?
+            }
+            Err(_) => {}
+        }
+    }
+    fs::write(&at, bytes).map_err(FileError::of(FileAction::Write, &at))?;
+    fs::set_permissions(&at, fs::Permissions::from_mode(mode))
+        .map_err(FileError::of(FileAction::Write, &at))?;
+    Ok(())
+}
+
+/// A user made by the root's own useradd (`--root`), with a home, its groups and SSH keys.
+fn add_user(tree: &Path, user: &super::profile::ProfileUser, epoch: u32) -> Result<(), StepError> {
+    let mut command = Command::new("useradd");
+    command
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .arg("--root")
+        .arg(tree)
+        .args(["--create-home", "--user-group"]);
+    if !user.groups.is_empty() {
+        command.arg("--groups").arg(user.groups.join(","));
+    }
+    command
+        .arg("--shell")
+        .arg(user.shell.as_deref().unwrap_or("/bin/bash"));
+    run_tool("image", command.arg(&user.name), "passwd")?;
+    if user.ssh_authorized_keys.is_empty() {
+        return Ok(());
+    }
+    let (uid, gid) = ids_of(tree, &user.name)?;
+    let ssh = format!("/home/{}/.ssh", user.name);
+    let keys = user.ssh_authorized_keys.join("\n") + "\n";
+    write_in_tree(
+        tree,
+        &format!("{ssh}/authorized_keys"),
+        keys.as_bytes(),
+        0o600,
+    )?;
+    let dir = tree.join(ssh.trim_start_matches('/'));
+    for path in [dir.join("authorized_keys"), dir.clone()] {
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+            .map_err(FileError::of(FileAction::Write, &path))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(FileError::of(FileAction::Write, &dir))?;
+    Ok(())
+}
+
+/// The user's uid and gid from the tree's /etc/passwd.
+fn ids_of(tree: &Path, name: &str) -> Result<(u32, u32), StepError> {
+    let path = tree.join("etc/passwd");
+    let text = fs::read_to_string(&path).map_err(FileError::of(FileAction::Read, &path))?;
+    text.lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&name))
+        .and_then(|fields| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
+        .ok_or_else(|| StepError::Tree(format!("useradd left no {name} in /etc/passwd")))
+}
+
+/// The kernel, its initramfs and the links to them: the UKI carries the kernel.
+fn remove_kernel_files(tree: &Path) -> Result<(), StepError> {
+    let boot = tree.join("boot");
+    if boot.is_dir() {
+        for entry in fs::read_dir(&boot).map_err(FileError::of(FileAction::ListDirectory, &boot))? {
+            let path = entry
+                .map_err(FileError::of(FileAction::ListDirectory, &boot))?
+                .path();
+            remove_tree(&path)?;
+        }
+    }
+    for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        let path = tree.join(link);
+        if fs::symlink_metadata(&path).is_ok() {
+            fs::remove_file(&path).map_err(FileError::of(FileAction::Remove, &path))?;
+        }
+    }
+    Ok(())
+}
+
+fn run_tool(
+    step: &'static str,
+    command: &mut Command,
+    package: &'static str,
+) -> Result<(), StepError> {
+    tool::run(command, package).map_err(|source| StepError::Tool { step, source })
+}
+
+/// The one entry of `dir` (the kernel release under lib/modules).
+fn only_entry(dir: &Path) -> Result<String, StepError> {
+    let names: Vec<String> = fs::read_dir(dir)
+        .map_err(FileError::of(FileAction::ListDirectory, dir))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(StepError::Kernel(format!(
+            "{} is empty: no kernel installed",
+            dir.display()
+        ))),
+        several => Err(StepError::Kernel(format!(
+            "{} holds {} kernels ({}); name one kernel package",
+            dir.display(),
+            several.len(),
+            several.join(", ")
+        ))),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StepError> {
+    fs::rename(from, to)
+        .map_err(|source| FileError::of(FileAction::RenameTo(to.to_owned()), from)(source).into())
+}
+
+fn remove_tree(path: &Path) -> Result<(), StepError> {
+    super::cache::remove_tree_if_present(path).map_err(StepError::from)
+}

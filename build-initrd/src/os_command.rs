@@ -1,0 +1,115 @@
+//! `xorbang-build os PROFILE.toml`: the command line of [`xorbang_build::os`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use xorbang_build::file_error::{FileAction, FileError};
+use xorbang_build::os::profile::{self, ProfileError};
+use xorbang_build::os::{self, Artifact, OsBuild, OsBuildError};
+
+/// The time stamp of every file when SOURCE_DATE_EPOCH is not set: Debian 12's release day
+/// (2023-06-10). A fixed value keeps builds reproducible; a recent one keeps useradd's
+/// "last password change" meaningful (0 would mean "change it at the next login").
+pub const DEFAULT_EPOCH: u32 = 1_686_355_200;
+
+#[derive(Debug, clap::Args)]
+pub struct OsArgs {
+    /// The build profile (see profiles/).
+    #[arg(value_name = "PROFILE.toml")]
+    profile: PathBuf,
+    /// Where the artifacts and build.json go [default: out/<IMAGE_ID>].
+    #[arg(short, long, value_name = "OUTDIR")]
+    output: Option<PathBuf>,
+    /// Only these artifacts, and the steps they need: image, initrd, uki, disk [default: all].
+    #[arg(long, value_name = "a,b", value_delimiter = ',', value_parser = Artifact::parse)]
+    only: Vec<Artifact>,
+    /// The static init for the initramfs [default: xorbang-init beside this program].
+    #[arg(long, value_name = "PATH")]
+    init: Option<PathBuf>,
+    /// The step cache [default: $XDG_CACHE_HOME/xorbang/build, else ~/.cache/xorbang/build].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OsCommandError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    // The profile is named with the parser's line and column, as editors jump to it.
+    #[error("{}:{}", path.display(), error)]
+    Profile { path: PathBuf, error: ProfileError },
+    #[error(
+        "no init given and none beside {0} (build it with cargo build --release, or pass --init)"
+    )]
+    NoInit(PathBuf),
+    #[error("no cache directory given and neither XDG_CACHE_HOME nor HOME is set")]
+    NoCache,
+    #[error("cannot build {}", profile.display())]
+    Build {
+        profile: PathBuf,
+        #[source]
+        source: Box<OsBuildError>,
+    },
+}
+
+pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
+    let text = std::fs::read_to_string(&args.profile)
+        .map_err(FileError::of(FileAction::Read, &args.profile))?;
+    let profile = profile::parse(&text).map_err(|error| OsCommandError::Profile {
+        path: args.profile.clone(),
+        error,
+    })?;
+    let out = args
+        .output
+        .unwrap_or_else(|| Path::new("out").join(&profile.os.id));
+    let only: BTreeSet<Artifact> = match args.only.is_empty() {
+        true => Artifact::ALL.into_iter().collect(),
+        false => args.only.into_iter().collect(),
+    };
+    let init = match args.init {
+        Some(init) => init,
+        None => init_beside_this_program()?,
+    };
+    let spec = OsBuild {
+        profile: &profile,
+        profile_path: &args.profile,
+        init: &init,
+        cache: match args.cache {
+            Some(cache) => cache,
+            None => default_cache()?,
+        },
+        epoch: epoch.unwrap_or(DEFAULT_EPOCH),
+        only,
+    };
+    let record = os::build(&spec, &out).map_err(|source| OsCommandError::Build {
+        profile: args.profile.clone(),
+        source: Box::new(source),
+    })?;
+    for artifact in &record.artifacts {
+        println!("{}", out.join(artifact).display());
+    }
+    println!("{}", out.join("build.json").display());
+    println!("Root hash: {}", record.root_hash);
+    Ok(())
+}
+
+fn init_beside_this_program() -> Result<PathBuf, OsCommandError> {
+    let program = std::env::current_exe().map_err(FileError::of(
+        FileAction::Inspect,
+        Path::new("/proc/self/exe"),
+    ))?;
+    let init = program.with_file_name("xorbang-init");
+    match init.is_file() {
+        true => Ok(init),
+        false => Err(OsCommandError::NoInit(program)),
+    }
+}
+
+fn default_cache() -> Result<PathBuf, OsCommandError> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .ok_or(OsCommandError::NoCache)?;
+    Ok(base.join("xorbang/build"))
+}
