@@ -20,7 +20,8 @@ pub struct OsArgs {
     /// Where the artifacts and build.json go [default: out/<IMAGE_ID>].
     #[arg(short, long, value_name = "OUTDIR")]
     output: Option<PathBuf>,
-    /// Only these artifacts, and the steps they need: image, initrd, uki, disk [default: all].
+    /// Only these artifacts, and the steps they need: image, kernel, initrd, uki, disk [default:
+    /// all]..
     #[arg(long, value_name = "a,b", value_delimiter = ',', value_parser = Artifact::parse)]
     only: Vec<Artifact>,
     /// The static init for the initramfs [default: xorbang-init beside this program].

@@ -21,8 +21,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use context::Context;
+use fixtures::os_build;
 use harness::qemu;
 use scenarios::{Scenario, SCENARIOS};
+use std::path::Path;
 
 enum Action {
     List,
@@ -40,27 +42,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Action::List = action {
-        for scenario in SCENARIOS {
-            println!("{:<14} {}", scenario.name, scenario.about);
-        }
-        return ExitCode::SUCCESS;
-    }
-    let context = match Context::prepare() {
-        Ok(context) => context,
-        Err(error) => {
-            let mut tally = Tally::default();
-            let reason = format!("preparing fixtures failed: {error}");
-            println!("{}", tally.add("prepare", &Outcome::Failed(reason)));
-            println!("{tally}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = match action {
-        Action::List => Ok(()),
-        Action::Run(chosen) => return run_scenarios(&context, chosen),
-        Action::Bench(parts) => bench::bench(&context, &parts),
-        Action::Demo { dev } => demo(&context, dev),
+        Action::List => {
+            for scenario in SCENARIOS {
+                println!("{:<14} {}", scenario.name, scenario.about);
+            }
+            Ok(())
+        }
+        Action::Demo { dev } => demo(dev),
+        Action::Run(chosen) => match Context::prepare() {
+            Ok(context) => return run_scenarios(&context, chosen),
+            Err(error) => {
+                let mut tally = Tally::default();
+                let reason = format!("preparing fixtures failed: {error}");
+                println!("{}", tally.add("prepare", &Outcome::Failed(reason)));
+                println!("{tally}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Action::Bench(parts) => {
+            Context::prepare().and_then(|context| bench::bench(&context, &parts))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,26 +202,41 @@ impl std::fmt::Display for Tally {
     }
 }
 
-/// Boots the systemd image with the console on this terminal (Ctrl-A X quits).
-fn demo(context: &Context, dev: bool) -> Result<(), String> {
-    let mut append = context.production_root();
+/// Builds `profiles/demo.toml` with `xorbang-build os` and boots it with the console on this
+/// terminal (Ctrl-A X quits): the kernel and initramfs straight from QEMU, so `--dev` can add
+/// `xorbang.dev=1` (the UKI's command line is sealed).
+fn demo(dev: bool) -> Result<(), String> {
+    let cache = harness::config::cache_dir()?;
+    let binaries = fixtures::binaries::build_binaries().map_err(|error| error.to_string())?;
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/demo");
+    let built = os_build::build_os(&binaries, &cache, &os_build::profile("demo"), &out)
+        .map_err(|error| error.to_string())?;
+    let kernel = built.file("vmlinuz");
+    let qemu = harness::config::Config::qemu_from_env();
+    let accel = match harness::config::requested_accel()? {
+        Some(accel) => accel,
+        None if qemu::kvm_works(&qemu, &kernel) => harness::config::Accel::Kvm,
+        None => harness::config::Accel::Tcg,
+    };
+    let config = harness::config::Config::from_env(accel)?;
+    let mut append = format!("console=ttyS0 roothash={}", built.root_hash);
     if dev {
         append.push_str(" xorbang.dev=1");
     }
     let vm = qemu::Vm {
         boot: qemu::Boot::Direct {
-            kernel: context.kernel.vmlinuz.clone(),
-            initrd: context.initrd.clone(),
-            append: format!("console=ttyS0 {append}"),
+            kernel,
+            initrd: built.file("initrd.img"),
+            append,
         },
-        disks: vec![context.system.disk.clone()],
+        disks: vec![built.file("disk.img")],
         fw_cfg: Vec::new(),
         memory_mib: 512,
-        timeout: std::time::Duration::ZERO,
+        timeout: Duration::ZERO,
         after_markers: qemu::AfterMarkers::PowerOff,
         writable_disks: false,
     };
-    let mut command = vm.command(&context.config, true);
+    let mut command = vm.command(&config, true);
     eprintln!("demo: {}", qemu::shell_quoted(&command));
     let status = command
         .status()

@@ -21,26 +21,35 @@ use crate::file_error::{FileAction, FileError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Artifact {
     Image,
+    /// The kernel (`vmlinuz`), for booting without firmware (`qemu -kernel`, PXE).
+    Kernel,
     Initrd,
     Uki,
     Disk,
 }
 
 impl Artifact {
-    pub const ALL: [Artifact; 4] = [Self::Image, Self::Initrd, Self::Uki, Self::Disk];
+    pub const ALL: [Artifact; 5] = [
+        Self::Image,
+        Self::Kernel,
+        Self::Initrd,
+        Self::Uki,
+        Self::Disk,
+    ];
 
     pub fn parse(name: &str) -> Result<Self, String> {
         match name {
             "image" => Ok(Self::Image),
+            "kernel" => Ok(Self::Kernel),
             "initrd" => Ok(Self::Initrd),
             "uki" => Ok(Self::Uki),
             "disk" => Ok(Self::Disk),
             "netboot" | "bundle" => Err(format!(
                 "{name}: not built yet (the netboot and update-bundle outputs come with those \
-                 features); choose from image, initrd, uki, disk"
+                 features); choose from image, kernel, initrd, uki, disk"
             )),
             other => Err(format!(
-                "{other}: unknown; choose from image, initrd, uki, disk"
+                "{other}: unknown; choose from image, kernel, initrd, uki, disk"
             )),
         }
     }
@@ -100,11 +109,19 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
             files.push((image.dir.join(&name), name));
         }
     }
-    let wants_boot = [Artifact::Initrd, Artifact::Uki, Artifact::Disk]
-        .iter()
-        .any(|artifact| spec.only.contains(artifact));
+    let wants_boot = [
+        Artifact::Kernel,
+        Artifact::Initrd,
+        Artifact::Uki,
+        Artifact::Disk,
+    ]
+    .iter()
+    .any(|artifact| spec.only.contains(artifact));
     if wants_boot {
         let kernel = steps.kernel(&rootfs)?;
+        if spec.only.contains(&Artifact::Kernel) {
+            files.push((kernel.dir.join(steps::VMLINUZ), steps::VMLINUZ.to_owned()));
+        }
         let initrd = steps.initrd(&kernel)?;
         if spec.only.contains(&Artifact::Initrd) {
             files.push((initrd.dir.join(steps::INITRD), steps::INITRD.to_owned()));

@@ -30,9 +30,11 @@ pub const ROOT_IMAGE: &str = "root.squashfs";
 pub const INITRD: &str = "initrd.img";
 pub const DISK: &str = "disk.img";
 const ROOTFS_TAR: &str = "rootfs.tar";
-const VMLINUZ: &str = "vmlinuz";
+pub const VMLINUZ: &str = "vmlinuz";
 const MODULES: &str = "modules";
 const OS_RELEASE: &str = "os-release";
+/// An OS disk has an ESP: the initramfs can read host config from it.
+const ESP_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -151,9 +153,7 @@ impl<'a> Steps<'a> {
             command
                 .env("SOURCE_DATE_EPOCH", &epoch)
                 .arg(format!("--variant={}", debian.variant))
-                .arg(format!("--include={}", packages.join(",")))
-                // The kernel package's hooks would build an initramfs nobody boots.
-                .arg("--essential-hook=mkdir -p \"$1/etc/initramfs-tools\" && echo update_initramfs=no > \"$1/etc/initramfs-tools/update-initramfs.conf\"");
+                .arg(format!("--include={}", packages.join(",")));
             if let Some(hook) = &hook {
                 command.arg(format!("--customize-hook={}", hook.display()));
             }
@@ -161,11 +161,9 @@ impl<'a> Steps<'a> {
             if let Some(mirror) = &debian.mirror {
                 command.arg(mirror);
             }
-            tool::run_showing_output(&mut command, "mmdebstrap").map_err(|source| {
-                StepError::Tool {
-                    step: "rootfs",
-                    source,
-                }
+            tool::run_showing_output(&mut command, "mmdebstrap").map_err(|source| StepError::Tool {
+                step: "rootfs",
+                source,
             })
         })
     }
@@ -259,6 +257,7 @@ impl<'a> Steps<'a> {
     pub fn initrd(&mut self, kernel: &StepOutput) -> Result<StepOutput, StepError> {
         let mut modules: Vec<String> = DEFAULT_MODULES
             .iter()
+            .chain(ESP_MODULES)
             .map(|name| name.to_string())
             .collect();
         modules.extend(self.recipe.profile.boot.modules.iter().cloned());

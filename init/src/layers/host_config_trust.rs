@@ -51,7 +51,16 @@ impl<'a> PinnedKeys<'a> {
     fn get(&mut self) -> &[PinnedKey] {
         let base = self.base;
         self.loaded.get_or_insert_with(|| match base {
-            Some(base) => pinned_keys(base),
+            Some(base) => {
+                let started = Instant::now();
+                let keys = pinned_keys(base);
+                log::info!(
+                    "{} pinned keys read from the base image in {:.1} ms",
+                    keys.len(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+                keys
+            }
             None => {
                 log::warn!("the base image is not verified: its keys sign no host config");
                 Vec::new()
