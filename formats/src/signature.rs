@@ -105,6 +105,35 @@ pub fn verify<'k>(
     })
 }
 
+/// A known answer: a signature made with minisign over a fixed message by a key whose secret
+/// half was thrown away. [`self_test`] checks that it verifies and that a changed message
+/// does not; a build whose signature code fails it must not trust any signature.
+const SELF_TEST_KEY: &str = include_str!("../testdata/test.pub");
+const SELF_TEST_MESSAGE: &[u8] = include_bytes!("../testdata/msg");
+const SELF_TEST_SIGNATURE: &str = include_str!("../testdata/msg.minisig");
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelfTestError {
+    #[error("the known-answer signature does not verify")]
+    Rejected(#[source] SignatureError),
+    #[error("a signature over a changed message verifies")]
+    Accepted,
+    #[error("the known-answer key does not parse")]
+    Key(#[source] KeyError),
+}
+
+/// Checks the signature code against the known answer.
+pub fn self_test() -> Result<(), SelfTestError> {
+    let keys = [PinnedKey::parse("self-test.pub", SELF_TEST_KEY).map_err(SelfTestError::Key)?];
+    verify(&keys, SELF_TEST_MESSAGE, SELF_TEST_SIGNATURE).map_err(SelfTestError::Rejected)?;
+    let mut changed = SELF_TEST_MESSAGE.to_vec();
+    changed[0] ^= 1;
+    match verify(&keys, &changed, SELF_TEST_SIGNATURE) {
+        Ok(_) => Err(SelfTestError::Accepted),
+        Err(_) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +151,11 @@ mod tests {
             PinnedKey::parse("other.pub", OTHER_KEY).expect("other"),
             PinnedKey::parse("test.pub", KEY).expect("test"),
         ]
+    }
+
+    #[test]
+    fn the_self_test_passes() {
+        assert_eq!(self_test(), Ok(()));
     }
 
     #[test]

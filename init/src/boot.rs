@@ -10,6 +10,7 @@ use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
 use crate::handoff::mounts::{self, MountError, RootSource};
 use crate::handoff::switch_root::{self, SwitchRootError};
 use crate::kernel::module_loader::{KernelView, KmodError, ModuleLoader};
+use crate::layers::host_config_trust::PinnedKeys;
 use crate::layers::{self, LayersError};
 use crate::options::{self, BootOptions, FailurePolicy, OptionError, RootChoice};
 use crate::paths::Paths;
@@ -114,6 +115,8 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         modules.ensure("efivarfs")?;
     }
     clock.finish_stage("modules");
+    // In the background while the init waits for devices (see PinnedKeys).
+    let mut pinned_keys = PinnedKeys::start();
 
     let wait = DeviceWait {
         budget: options.timeout,
@@ -201,7 +204,8 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     };
     // After the root: signatures are checked with the keys the verified base pins, and a
     // config partition or the ESP is looked for once the disks are there.
-    let host = layers::load_host_config(paths, &options, base, &mut modules);
+    pinned_keys.read_keys_of(&base_dir, base.verified);
+    let host = layers::load_host_config(paths, &options, base, &mut modules, pinned_keys);
     clock.finish_stage("host-config");
 
     let layered = layers::merge(paths, &options, base, host, &mut modules)?;

@@ -5,6 +5,7 @@
 //! network. Dev mode accepts everything, saying what production would refuse.
 
 use std::path::Path;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::host_config_source::Candidate;
@@ -12,7 +13,9 @@ use crate::untrusted;
 use xorbang_formats::boot_report::{ConfigTrust, Mode};
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::host_config::{self, HostConfig};
-use xorbang_formats::signature::{self, PinnedKey, KEYS_DIR, MAX_KEY_OR_SIGNATURE_BYTES};
+use xorbang_formats::signature::{
+    self, PinnedKey, SelfTestError, KEYS_DIR, MAX_KEY_OR_SIGNATURE_BYTES,
+};
 
 /// What the command line allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,40 +35,112 @@ pub struct Accepted {
     pub config: HostConfig,
 }
 
-/// The keys the base image pins, read the first time a signature needs them: a boot
-/// without a signed config never reads them.
-pub struct PinnedKeys<'a> {
-    /// The verified base image; `None` for an unverified one, whose keys count for nothing.
-    base: Option<&'a Path>,
-    loaded: Option<Vec<PinnedKey>>,
+/// What checking a signature needs, made ready in the background: the signature code's
+/// known-answer self-test runs while the init waits for devices, and the keys the verified
+/// base pins are read while the host config search goes on. Under emulation the first run of
+/// the check's code costs more than the check itself, and reading the keys waits on the disk;
+/// neither needs to be on the boot's critical path. Whoever needs the keys waits for both;
+/// [`PinnedKeys::finish`] waits for whatever is left, so no thread outlives the stage.
+pub struct PinnedKeys {
+    self_test: Background<Result<(), SelfTestError>>,
+    keys: Background<Vec<PinnedKey>>,
+    /// Whether the keys come from a verified base (only then do they count).
+    verified: bool,
+    ready: Option<Vec<PinnedKey>>,
 }
 
-impl<'a> PinnedKeys<'a> {
-    pub fn of(base: &'a Path, verified: bool) -> Self {
-        Self {
-            base: verified.then_some(base),
-            loaded: None,
+/// Work started on a thread, or to do when it is needed when no thread could be started.
+enum Background<T> {
+    Running(JoinHandle<T>),
+    Later(Box<dyn FnOnce() -> T + Send>),
+}
+
+impl<T: Send + 'static> Background<T> {
+    fn start(name: &str, work: impl FnOnce() -> T + Send + Clone + 'static) -> Self {
+        match std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(work.clone())
+        {
+            Ok(handle) => Self::Running(handle),
+            Err(error) => {
+                log::warn!("cannot start the {name} thread ({error}); doing it when needed");
+                Self::Later(Box::new(work))
+            }
         }
     }
 
+    /// The result; `None` when the thread panicked.
+    fn wait(self) -> Option<T> {
+        match self {
+            Self::Running(handle) => handle.join().ok(),
+            Self::Later(work) => Some(work()),
+        }
+    }
+}
+
+impl PinnedKeys {
+    /// Starts the self-test; the keys come with [`Self::read_keys_of`].
+    pub fn start() -> Self {
+        Self {
+            self_test: Background::start("signature-self-test", signature::self_test),
+            keys: Background::Later(Box::new(Vec::new)),
+            verified: false,
+            ready: None,
+        }
+    }
+
+    /// Starts reading the keys of the base mounted at `base`; an unverified base's keys
+    /// count for nothing.
+    pub fn read_keys_of(&mut self, base: &Path, verified: bool) {
+        self.verified = verified;
+        if !verified {
+            return;
+        }
+        let base = base.to_owned();
+        self.keys = Background::start("pinned-keys", move || pinned_keys(&base));
+    }
+
     fn get(&mut self) -> &[PinnedKey] {
-        let base = self.base;
-        self.loaded.get_or_insert_with(|| match base {
-            Some(base) => {
-                let started = Instant::now();
-                let keys = pinned_keys(base);
-                log::info!(
-                    "{} pinned keys read from the base image in {:.1} ms",
-                    keys.len(),
-                    started.elapsed().as_secs_f64() * 1000.0
+        if self.ready.is_none() {
+            let keys = self.wait_for_both();
+            self.ready = Some(keys);
+        }
+        self.ready.as_deref().unwrap_or_default()
+    }
+
+    fn wait_for_both(&mut self) -> Vec<PinnedKey> {
+        let self_test =
+            std::mem::replace(&mut self.self_test, Background::Later(Box::new(|| Ok(()))));
+        let keys = std::mem::replace(&mut self.keys, Background::Later(Box::new(Vec::new)));
+        let keys = keys.wait().unwrap_or_else(|| {
+            log::error!("reading the pinned keys failed (the thread panicked); no pinned keys");
+            Vec::new()
+        });
+        match self_test.wait() {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                log::error!(
+                    "signature self-test: {}; no signature is trusted",
+                    error_chain(&error)
                 );
-                keys
+                return Vec::new();
             }
             None => {
-                log::warn!("the base image is not verified: its keys sign no host config");
-                Vec::new()
+                log::error!("signature self-test panicked; no signature is trusted");
+                return Vec::new();
             }
-        })
+        }
+        if !self.verified {
+            log::warn!("the base image is not verified: its keys sign no host config");
+        }
+        keys
+    }
+
+    /// Waits for whatever is still running.
+    pub fn finish(mut self) {
+        if self.ready.is_none() {
+            self.wait_for_both();
+        }
     }
 }
 
@@ -199,15 +274,23 @@ mod tests {
         }
     }
 
-    fn keys() -> PinnedKeys<'static> {
-        PinnedKeys {
-            base: None,
-            loaded: Some(vec![PinnedKey::parse("test.pub", KEY).expect("key")]),
-        }
+    /// The test key, as a verified base that pins it gives it.
+    fn keys() -> PinnedKeys {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join(KEYS_DIR);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("test.pub"), KEY).expect("write");
+        let mut keys = PinnedKeys::start();
+        keys.read_keys_of(base.path(), true);
+        keys.get();
+        keys
     }
 
-    fn no_keys() -> PinnedKeys<'static> {
-        PinnedKeys::of(Path::new("/nonexistent"), false)
+    /// An unverified base: whatever it holds signs nothing.
+    fn no_keys() -> PinnedKeys {
+        let mut keys = PinnedKeys::start();
+        keys.read_keys_of(Path::new("/nonexistent"), false);
+        keys
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::kernel::module_loader::{KmodError, ModuleLoader};
 use crate::options::{BootOptions, ExtensionRequest};
 use crate::paths::Paths;
 use extensions::{Activated, Activator, BaseError, Cause, ExtensionError};
-use host_config_trust::Accepted;
+use host_config_trust::{Accepted, PinnedKeys};
 use rustix::mount::MountFlags;
 use state_partition::StatePartition;
 use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
@@ -51,16 +51,16 @@ pub struct HostConfigState {
 }
 
 /// Finds the host config to apply, trying the sources in order of trust until one is
-/// accepted (`base` is the mounted base image, whose pinned keys check signatures only when
-/// it is verified; its device tells which disk's ESP to look at). Never fails the boot:
-/// a bad config is reported and left out.
+/// accepted (`base` is the mounted base image, whose device tells which disk's ESP to look
+/// at; `keys` are the keys it pins, being read). Never fails the boot: a bad config is
+/// reported and left out.
 pub fn load_host_config(
     paths: &Paths,
     options: &BootOptions,
     base: Base,
     modules: &mut ModuleLoader,
+    mut keys: PinnedKeys,
 ) -> HostConfigState {
-    let mut keys = host_config_trust::PinnedKeys::of(base.dir, base.verified);
     let policy = host_config_trust::Policy {
         mode: options.mode,
         minimum: options.config_trust,
@@ -92,6 +92,7 @@ pub fn load_host_config(
             accepted.trust
         );
     }
+    keys.finish();
     HostConfigState { accepted, refused }
 }
 
