@@ -10,9 +10,7 @@ use clap::{Parser, Subcommand};
 use xorbang_build::boot::machine_disk::{self, EspContents, MachineDiskError};
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::file_error::{FileAction, FileError};
-use xorbang_build::image::squashfs::{
-    self, AddedFile, ImageError, SquashfsCompression, MKSQUASHFS,
-};
+use xorbang_build::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
 use xorbang_build::image::verified::{self, VerifiedImageError};
 use xorbang_build::image::verity::{
@@ -22,7 +20,7 @@ use xorbang_build::initrd::assemble::{self as initrd, Addition, InitrdError, Ini
 use xorbang_build::initrd::compress::Compression;
 use xorbang_build::initrd::kernel_modules::DEFAULT_MODULES;
 use xorbang_formats::error_chain::error_chain;
-use xorbang_formats::extension_pins::{ExtensionPins, MANIFEST_PATH};
+use xorbang_formats::extension_pins::ExtensionPins;
 use xorbang_formats::gpt::Guid;
 use xorbang_formats::module_index::ModuleName;
 use xorbang_formats::os_release::ExtensionKind;
@@ -518,7 +516,7 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
         &args.output,
         args.compression,
         mtime,
-        &pin_manifest(&pins),
+        &sysext::pin_manifest(&pins),
     )
     .map_err(|source| CliError::Image {
         path: args.output.clone(),
@@ -551,19 +549,6 @@ fn print_pins(pins: &ExtensionPins) {
             println!("pinned {kind} {name}: {root_hash}");
         }
     }
-}
-
-/// The manifest file for the image, if anything is pinned (an image without pins has none,
-/// as before pinning existed).
-fn pin_manifest(pins: &ExtensionPins) -> Vec<AddedFile> {
-    if pins.sysext.is_empty() && pins.confext.is_empty() {
-        return Vec::new();
-    }
-    vec![AddedFile {
-        path: MANIFEST_PATH.to_owned(),
-        mode: 0o644,
-        contents: pins.to_toml().into_bytes(),
-    }]
 }
 
 fn build_sysext(args: SysextArgs, mtime: u32) -> Result<(), CliError> {
@@ -891,6 +876,6 @@ mod tests {
         };
         assert_eq!(args.pin_sysext, [Path::new("a.raw"), Path::new("b.raw")]);
         assert_eq!(args.pin_confext, [Path::new("c.raw")]);
-        assert!(pin_manifest(&ExtensionPins::default()).is_empty());
+        assert!(sysext::pin_manifest(&ExtensionPins::default()).is_empty());
     }
 }

@@ -205,11 +205,13 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     // After the root: signatures are checked with the keys the verified base pins, and a
     // config partition or the ESP is looked for once the disks are there.
     pinned_keys.read_keys_of(&base_dir, base.verified);
-    let host = layers::load_host_config(paths, &options, base, &mut modules, pinned_keys);
+    let host = layers::load_host_config(paths, &options, base, &mut modules, &mut pinned_keys);
     clock.finish_stage("host-config");
 
     let layered = layers::merge(paths, &options, base, host, &mut modules)?;
     switch_root::check_init(&paths.sysroot(), &options.init)?;
+    // Unneeded keys were read alongside the layers; nothing may run into switch_root.
+    pinned_keys.finish();
     clock.finish_stage("layers");
 
     let report_for = |clock: StageClock| {

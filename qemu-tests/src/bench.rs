@@ -198,6 +198,7 @@ fn host_config_bench(context: &Context) -> Result<String, String> {
         ("size-limit", vec![(FW_CFG_NAME.to_owned(), large)]),
     ];
     let mut stage_us: Vec<Vec<u64>> = vec![Vec::new(); variants.len()];
+    let mut init_us: Vec<Vec<u64>> = vec![Vec::new(); variants.len()];
     let mut check_us = Vec::new();
     for index in 1..=context.config.bench_runs {
         for (variant, (name, fw_cfg)) in variants.iter().enumerate() {
@@ -212,17 +213,26 @@ fn host_config_bench(context: &Context) -> Result<String, String> {
             }
             let run = Run::of(&report, &console);
             println!(
-                "host config run {index} ({name}): host-config stage {:.1} ms, layers {:.1} ms",
+                "host config run {index} ({name}): host-config stage {:.1} ms, layers {:.1} ms, \
+                 init stage {:.1} ms",
                 run.stage_us("host-config") as f64 / 1000.0,
-                run.stage_us("layers") as f64 / 1000.0
+                run.stage_us("layers") as f64 / 1000.0,
+                run.init_us as f64 / 1000.0
             );
             stage_us[variant].push(run.stage_us("host-config"));
+            init_us[variant].push(run.init_us);
             if *name == "signed" {
                 check_us.push(signature_check_us(&console)?);
             }
         }
     }
     let check = median(check_us) as f64 / 1000.0;
+    let [init_unsigned, init_signed] = [0, 1].map(|i| median(init_us[i].clone()) as f64 / 1000.0);
+    println!(
+        "median: init stage {init_unsigned:.1} ms with the unsigned config, {init_signed:.1} ms \
+         with the signed one (+{:.1} ms)",
+        init_signed - init_unsigned
+    );
     let [unsigned, signed, limit] = [0, 1, 2].map(|i| median(stage_us[i].clone()) as f64 / 1000.0);
     println!(
         "median: host-config stage {unsigned:.1} ms unsigned, {signed:.1} ms signed (+{:.1} ms \
@@ -232,7 +242,8 @@ fn host_config_bench(context: &Context) -> Result<String, String> {
     );
     Ok(format!(
         "host_config_unsigned_ms={unsigned:.1} host_config_signed_ms={signed:.1} \
-         signature_check_ms={check:.1} host_config_size_limit_ms={limit:.1}"
+         signature_check_ms={check:.1} host_config_size_limit_ms={limit:.1} \
+         init_unsigned_config_ms={init_unsigned:.1} init_signed_config_ms={init_signed:.1}"
     ))
 }
 

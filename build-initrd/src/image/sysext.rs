@@ -1014,6 +1014,19 @@ fn extract(
     output.flush().map_err(|err| error(write(err)))
 }
 
+/// The manifest file for an image that pins `pins`; none when nothing is pinned (an image
+/// without pins has none, as before pinning existed).
+pub fn pin_manifest(pins: &ExtensionPins) -> Vec<AddedFile> {
+    if pins.sysext.is_empty() && pins.confext.is_empty() {
+        return Vec::new();
+    }
+    vec![AddedFile {
+        path: xorbang_formats::extension_pins::MANIFEST_PATH.to_owned(),
+        mode: 0o644,
+        contents: pins.to_toml().into_bytes(),
+    }]
+}
+
 /// Checks the extension images named `NAME.raw` with [`read_extension`] and that each carries
 /// the release file of its name and kind; returns their root hashes as pins.
 pub fn pin_extensions(

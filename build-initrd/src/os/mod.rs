@@ -4,6 +4,7 @@
 //! with a `build.json` that says what went in and how long each step took.
 
 pub mod cache;
+pub mod difference;
 pub mod profile;
 pub mod steps;
 
@@ -16,6 +17,7 @@ use profile::Profile;
 use steps::{Recipe, StepError, StepRecord, Steps};
 
 use crate::file_error::{FileAction, FileError};
+use xorbang_formats::os_release::ExtensionKind;
 
 /// What `--only` may name: the artifacts published, and (by what they need) the steps run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,13 +102,30 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
     };
     let mut steps = Steps::new(recipe, StepCache::new(spec.cache.clone()));
     let rootfs = steps.rootfs()?;
-    let image = steps.image(&rootfs)?;
+    let mut extensions = Vec::new();
+    for extension in &spec.profile.sysexts {
+        let with = steps.extension_root(extension)?;
+        extensions.push(steps.extension(ExtensionKind::Sysext, extension, &rootfs, Some(&with))?);
+    }
+    for extension in &spec.profile.confexts {
+        extensions.push(steps.extension(ExtensionKind::Confext, extension, &rootfs, None)?);
+    }
+    let image = steps.image(&rootfs, &extensions)?;
     let root_hash = steps::root_hash(&image)?;
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     if spec.only.contains(&Artifact::Image) {
         for extension in ["", ".verity", ".json"] {
             let name = format!("{}{extension}", steps::ROOT_IMAGE);
             files.push((image.dir.join(&name), name));
+        }
+        for kind in [ExtensionKind::Sysext, ExtensionKind::Confext] {
+            for path in steps::extension_images(&extensions, kind)? {
+                let name = format!(
+                    "{kind}/{}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                );
+                files.push((path, name));
+            }
         }
     }
     let wants_boot = [
@@ -127,7 +146,7 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
             files.push((initrd.dir.join(steps::INITRD), steps::INITRD.to_owned()));
         }
         if spec.only.contains(&Artifact::Uki) || spec.only.contains(&Artifact::Disk) {
-            let uki = steps.uki(&kernel, &initrd, &image, &root_hash)?;
+            let uki = steps.uki(&kernel, &initrd, &image, &root_hash, &extensions)?;
             let name = steps::uki_name(spec.profile);
             if spec.only.contains(&Artifact::Uki) {
                 files.push((uki.dir.join(&name), name));
@@ -169,6 +188,10 @@ fn publish(files: &[(PathBuf, String)], record: &BuildRecord, out: &Path) -> Res
     fs::create_dir(&staging).map_err(FileError::of(FileAction::CreateDirectory, &staging))?;
     for (from, name) in files {
         let to = staging.join(name);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)
+                .map_err(FileError::of(FileAction::CreateDirectory, parent))?;
+        }
         if fs::hard_link(from, &to).is_err() {
             fs::copy(from, &to).map_err(FileError::of(FileAction::Read, from))?;
         }

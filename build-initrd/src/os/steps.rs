@@ -9,17 +9,21 @@ use std::process::Command;
 use std::time::Instant;
 
 use super::cache::{Inputs, StepCache, StepOutput};
-use super::profile::{FileContent, Profile};
+use super::difference;
+use super::profile::{ExtensionDef, FileContent, Profile};
 use crate::boot::machine_disk::{self, EspContents, MachineDiskError};
 use crate::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use crate::file_error::{FileAction, FileError};
 use crate::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
+use crate::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
 use crate::image::verified::{self, VerifiedImageError};
 use crate::initrd::assemble::{self as initrd, InitrdError, InitrdSpec};
 use crate::initrd::compress::Compression;
 use crate::initrd::kernel_modules::DEFAULT_MODULES;
 use crate::tool::{self, ToolError};
+use xorbang_formats::extension_pins::ExtensionPins;
 use xorbang_formats::module_index::ModuleName;
+use xorbang_formats::os_release::{self, ExtensionKind};
 
 /// Bumped when a step's recipe changes in a way its inputs do not show, so cached outputs
 /// of the old recipe are not taken for the new one.
@@ -60,6 +64,16 @@ pub enum StepError {
     Uki(#[source] UkiError),
     #[error("step disk")]
     Disk(#[source] MachineDiskError),
+    #[error("step extension")]
+    Extension(#[source] Box<SysextError>),
+    #[error(
+        "extension {name}: its packages change {count} paths an extension cannot carry: {paths}"
+    )]
+    Refused {
+        name: String,
+        count: usize,
+        paths: String,
+    },
 }
 
 /// What one step did, for the progress lines and build.json.
@@ -104,16 +118,28 @@ impl<'a> Steps<'a> {
         inputs: Inputs,
         make: impl FnOnce(&Path) -> Result<(), StepError>,
     ) -> Result<StepOutput, StepError> {
+        self.run_as(name, name, what, inputs, make)
+    }
+
+    /// Runs the step `name` (its cache directory), shown and recorded as `label`.
+    fn run_as(
+        &mut self,
+        name: &str,
+        label: &str,
+        what: &str,
+        inputs: Inputs,
+        make: impl FnOnce(&Path) -> Result<(), StepError>,
+    ) -> Result<StepOutput, StepError> {
         let started = Instant::now();
-        eprintln!("[{name}] {what}");
+        eprintln!("[{label}] {what}");
         let output = self.cache.get_or_make(name, &inputs, make)?;
         let seconds = started.elapsed().as_secs_f64();
         match output.reused {
-            true => eprintln!("[{name}] unchanged, from the cache ({})", output.key.0),
-            false => eprintln!("[{name}] done in {seconds:.1} s"),
+            true => eprintln!("[{label}] unchanged, from the cache ({})", output.key.0),
+            false => eprintln!("[{label}] done in {seconds:.1} s"),
         }
         self.records.push(StepRecord {
-            name: name.to_owned(),
+            name: label.to_owned(),
             key: output.key.0.clone(),
             reused: output.reused,
             seconds,
@@ -128,9 +154,20 @@ impl<'a> Steps<'a> {
 
     /// The Debian root as mmdebstrap makes it, with the kernel package.
     pub fn rootfs(&mut self) -> Result<StepOutput, StepError> {
+        self.debian_root("rootfs", &[])
+    }
+
+    /// The root with an extension's packages installed too: mmdebstrap again, with the same
+    /// suite, mirror and base packages, so the difference is what these packages make.
+    pub fn extension_root(&mut self, extension: &ExtensionDef) -> Result<StepOutput, StepError> {
+        self.debian_root(&format!("rootfs+{}", extension.name), &extension.packages)
+    }
+
+    fn debian_root(&mut self, label: &str, extra: &[String]) -> Result<StepOutput, StepError> {
         let debian = &self.recipe.profile.debian;
         let mut packages = debian.packages.clone();
         packages.push(debian.kernel.clone());
+        packages.extend(extra.iter().cloned());
         let hook = debian.hook.as_ref().map(|hook| self.recipe.dir.join(hook));
         let mut inputs = Inputs::new()
             .text("recipe", RECIPE_VERSION)
@@ -148,7 +185,7 @@ impl<'a> Steps<'a> {
             packages.len()
         );
         let epoch = self.epoch();
-        self.run("rootfs", &what, inputs, |dir| {
+        self.run_as("rootfs", label, &what, inputs, |dir| {
             let mut command = Command::new("mmdebstrap");
             command
                 .env("SOURCE_DATE_EPOCH", &epoch)
@@ -165,6 +202,92 @@ impl<'a> Steps<'a> {
                 step: "rootfs",
                 source,
             })
+        })
+    }
+
+    /// One `[[sysext]]` or `[[confext]]`: the difference its packages make over the base
+    /// (see [`super::difference`]) and its directory, as NAME.raw under `sysext/` and, for
+    /// what a sysext's packages add under /etc, `confext/`. Their release files match the
+    /// base's os-release.
+    pub fn extension(
+        &mut self,
+        kind: ExtensionKind,
+        extension: &ExtensionDef,
+        base: &StepOutput,
+        with: Option<&StepOutput>,
+    ) -> Result<StepOutput, StepError> {
+        let directory = extension
+            .directory
+            .as_ref()
+            .map(|dir| self.recipe.dir.join(dir));
+        let mut inputs = Inputs::new()
+            .text("recipe", RECIPE_VERSION)
+            .text("kind", &kind.to_string())
+            .text("name", &extension.name)
+            .step("base", &base.key)
+            .text("source_date_epoch", &self.epoch());
+        if let Some(with) = with {
+            inputs = inputs.step("with", &with.key);
+        }
+        if let Some(directory) = &directory {
+            inputs = inputs.tree("directory", directory)?;
+        }
+        let epoch = self.recipe.epoch;
+        let label = format!("{kind}:{}", extension.name);
+        let what = format!("the {kind} {}", extension.name);
+        self.run_as("extension", &label, &what, inputs, |dir| {
+            let base_tree = dir.join("base");
+            extract(&base.dir.join(ROOTFS_TAR), &base_tree, "extension")?;
+            let fields = release_fields(&base_tree)?;
+            let (mut sysext, mut confext) = (dir.join("sysext-tree"), dir.join("confext-tree"));
+            if kind == ExtensionKind::Confext {
+                std::mem::swap(&mut sysext, &mut confext);
+            }
+            for tree in [&sysext, &confext] {
+                fs::create_dir_all(tree)
+                    .map_err(FileError::of(FileAction::CreateDirectory, tree))?;
+            }
+            if let Some(with) = with {
+                let with_tree = dir.join("with");
+                extract(&with.dir.join(ROOTFS_TAR), &with_tree, "extension")?;
+                take_difference(&base_tree, &with_tree, &extension.name, &sysext, &confext)?;
+                remove_tree(&with_tree)?;
+            }
+            remove_tree(&base_tree)?;
+            if let Some(directory) = &directory {
+                copy_tree(
+                    directory,
+                    if kind == ExtensionKind::Confext {
+                        &confext
+                    } else {
+                        &sysext
+                    },
+                )?;
+            }
+            for (tree, tree_kind) in [
+                (&sysext, ExtensionKind::Sysext),
+                (&confext, ExtensionKind::Confext),
+            ] {
+                if is_empty_dir(tree)? {
+                    continue;
+                }
+                let out_dir = dir.join(tree_kind.to_string());
+                fs::create_dir_all(&out_dir)
+                    .map_err(FileError::of(FileAction::CreateDirectory, &out_dir))?;
+                let spec = ExtensionSpec {
+                    tree: tree.to_path_buf(),
+                    name: extension.name.clone(),
+                    kind: tree_kind,
+                    fields: fields.clone(),
+                    compression: SquashfsCompression::Zstd,
+                    mtime: epoch,
+                };
+                let image = out_dir.join(format!("{}.raw", extension.name));
+                sysext::build_extension(Path::new(MKSQUASHFS), &spec, &image)
+                    .map_err(|error| StepError::Extension(Box::new(error)))?;
+                remove_tree(tree)?;
+            }
+            Ok(())
         })
     }
 
@@ -200,7 +323,11 @@ impl<'a> Steps<'a> {
     /// The verified root image: the Debian root with the profile's hostname, files, users and
     /// units, an empty machine-id, os-release carrying IMAGE_ID and IMAGE_VERSION, no kernel
     /// under /boot (the UKI carries it), packed as SquashFS with its hash tree and manifest.
-    pub fn image(&mut self, rootfs: &StepOutput) -> Result<StepOutput, StepError> {
+    pub fn image(
+        &mut self,
+        rootfs: &StepOutput,
+        extensions: &[StepOutput],
+    ) -> Result<StepOutput, StepError> {
         let profile = self.recipe.profile;
         let mut inputs = Inputs::new()
             .text("recipe", RECIPE_VERSION)
@@ -220,32 +347,27 @@ impl<'a> Steps<'a> {
                     .file(&file.path, &self.recipe.dir.join(source))?,
             };
         }
+        for extension in extensions {
+            inputs = inputs.step("extension", &extension.key);
+        }
         let tar = rootfs.dir.join(ROOTFS_TAR);
         let (dir_of_profile, epoch) = (self.recipe.dir, self.recipe.epoch);
         self.run("image", "the verified root image", inputs, |dir| {
             let tree = dir.join("tree");
-            fs::create_dir(&tree).map_err(FileError::of(FileAction::CreateDirectory, &tree))?;
-            run_tool(
-                "image",
-                Command::new("tar")
-                    .args(["-x", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
-                    .arg("-f")
-                    .arg(&tar)
-                    .arg("-C")
-                    .arg(&tree),
-                "tar",
-            )?;
+            extract(&tar, &tree, "image")?;
             customize(&tree, profile, dir_of_profile, epoch)?;
+            let pins = install_extensions(&tree, extensions)?;
             let os_release = tree.join("usr/lib/os-release");
             fs::copy(&os_release, dir.join(OS_RELEASE))
                 .map_err(FileError::of(FileAction::Read, &os_release))?;
             let image = dir.join(ROOT_IMAGE);
-            squashfs::build(
+            squashfs::build_with_files(
                 Path::new(MKSQUASHFS),
                 &tree,
                 &image,
                 SquashfsCompression::Zstd,
                 epoch,
+                &sysext::pin_manifest(&pins),
             )
             .map_err(StepError::Image)?;
             verified::add_verity(&image).map_err(|error| StepError::Verity(Box::new(error)))?;
@@ -293,9 +415,10 @@ impl<'a> Steps<'a> {
         initrd: &StepOutput,
         image: &StepOutput,
         root_hash: &str,
+        extensions: &[StepOutput],
     ) -> Result<StepOutput, StepError> {
         let profile = self.recipe.profile;
-        let cmdline = command_line(&profile.boot.cmdline, root_hash);
+        let cmdline = command_line(&profile.boot.cmdline, root_hash, &selection(extensions)?);
         let signing = profile.boot.signing.as_ref().map(|(key, cert)| Signing {
             key: self.recipe.dir.join(key),
             cert: self.recipe.dir.join(cert),
@@ -369,13 +492,189 @@ pub fn uki_name(profile: &Profile) -> String {
     format!("{}_{}.efi", profile.os.id, profile.os.version)
 }
 
-/// The profile's command line with the image's root hash.
-pub fn command_line(profile_cmdline: &str, root_hash: &str) -> String {
-    let root = format!("roothash={root_hash}");
-    match profile_cmdline.trim() {
-        "" => root,
-        cmdline => format!("{cmdline} {root}"),
+/// The profile's command line with the image's root hash and the extensions to merge.
+pub fn command_line(profile_cmdline: &str, root_hash: &str, selection: &Selection) -> String {
+    let mut words: Vec<String> = profile_cmdline
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    words.push(format!("roothash={root_hash}"));
+    for (key, names) in [
+        ("xorbang.sysext", &selection.sysext),
+        ("xorbang.confext", &selection.confext),
+    ] {
+        if !names.is_empty() {
+            words.push(format!("{key}={}", names.join(",")));
+        }
     }
+    words.join(" ")
+}
+
+/// The extension images the build made, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub sysext: Vec<String>,
+    pub confext: Vec<String>,
+}
+
+/// The extension images in the extension steps' outputs.
+pub fn selection(extensions: &[StepOutput]) -> Result<Selection, StepError> {
+    let mut selection = Selection::default();
+    for (kind, names) in [
+        (ExtensionKind::Sysext, &mut selection.sysext),
+        (ExtensionKind::Confext, &mut selection.confext),
+    ] {
+        for image in extension_images(extensions, kind)? {
+            let name = image
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned());
+            names.extend(name);
+        }
+    }
+    Ok(selection)
+}
+
+/// The NAME.raw files of `kind` in the extension steps' outputs.
+pub fn extension_images(
+    extensions: &[StepOutput],
+    kind: ExtensionKind,
+) -> Result<Vec<PathBuf>, StepError> {
+    let mut images = Vec::new();
+    for extension in extensions {
+        let dir = extension.dir.join(kind.to_string());
+        if !dir.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&dir).map_err(FileError::of(FileAction::ListDirectory, &dir))? {
+            let path = entry
+                .map_err(FileError::of(FileAction::ListDirectory, &dir))?
+                .path();
+            if path.extension().is_some_and(|ext| ext == "raw") {
+                images.push(path);
+            }
+        }
+    }
+    images.sort();
+    Ok(images)
+}
+
+/// Copies the extension images into the base (`/usr/lib/extensions`, `/usr/lib/confexts`)
+/// and returns their pins for its manifest.
+fn install_extensions(tree: &Path, extensions: &[StepOutput]) -> Result<ExtensionPins, StepError> {
+    let sysexts = extension_images(extensions, ExtensionKind::Sysext)?;
+    let confexts = extension_images(extensions, ExtensionKind::Confext)?;
+    for (images, dir) in [
+        (&sysexts, "usr/lib/extensions"),
+        (&confexts, "usr/lib/confexts"),
+    ] {
+        let target = tree.join(dir);
+        for image in images.iter() {
+            fs::create_dir_all(&target)
+                .map_err(FileError::of(FileAction::CreateDirectory, &target))?;
+            let name = image.file_name().unwrap_or_default();
+            fs::copy(image, target.join(name)).map_err(FileError::of(FileAction::Read, image))?;
+        }
+    }
+    sysext::pin_extensions(Path::new(UNSQUASHFS), &sysexts, &confexts)
+        .map_err(|error| StepError::Extension(Box::new(error)))
+}
+
+/// The difference `with` makes over `base`, copied into the two trees, with the package
+/// list in the sysext; refused as a whole when anything cannot be carried.
+fn take_difference(
+    base: &Path,
+    with: &Path,
+    name: &str,
+    sysext: &Path,
+    confext: &Path,
+) -> Result<(), StepError> {
+    let found = difference::difference(base, with)?;
+    if !found.refused.is_empty() {
+        let refused_paths = found.refused.iter().map(|refused| refused.path.clone());
+        let owners = difference::owners(with, &refused_paths.collect())?;
+        let listed: Vec<String> = found
+            .refused
+            .iter()
+            .take(20)
+            .map(|refused| match owners.get(&refused.path) {
+                Some(package) => format!("{} ({package}) {}", refused.path, refused.reason),
+                None => format!(
+                    "{} (by a maintainer script) {}",
+                    refused.path, refused.reason
+                ),
+            })
+            .collect();
+        return Err(StepError::Refused {
+            name: name.to_owned(),
+            count: found.refused.len(),
+            paths: listed.join("; "),
+        });
+    }
+    for dir in &found.dropped_dirs {
+        eprintln!("[extension {name}] {dir}: a directory under /var, left for the package to make at runtime");
+    }
+    difference::copy_entries(with, &found.sysext, sysext)?;
+    difference::copy_entries(with, &found.confext, confext)?;
+    if !found.sysext.is_empty() || !found.confext.is_empty() {
+        let packages = difference::added_packages(base, with)?.join("\n") + "\n";
+        write_in_tree(
+            sysext,
+            &format!("/usr/share/xorbang/extensions/{name}.packages"),
+            packages.as_bytes(),
+            0o644,
+        )?;
+    }
+    Ok(())
+}
+
+/// ID and VERSION_ID of the base's os-release, for the extension's release file.
+fn release_fields(base: &Path) -> Result<ReleaseFields, StepError> {
+    let path = base.join("usr/lib/os-release");
+    let text = fs::read_to_string(&path).map_err(FileError::of(FileAction::Read, &path))?;
+    let release = os_release::parse(&text)
+        .map_err(|error| StepError::Tree(format!("{}: {error}", path.display())))?;
+    Ok(ReleaseFields {
+        os_id: release.get_nonempty("ID").map(str::to_owned),
+        version_id: release.get_nonempty("VERSION_ID").map(str::to_owned),
+        level: None,
+        architecture: None,
+    })
+}
+
+/// Unpacks a root tarball with owners, modes and extended attributes.
+fn extract(tar: &Path, tree: &Path, step: &'static str) -> Result<(), StepError> {
+    fs::create_dir_all(tree).map_err(FileError::of(FileAction::CreateDirectory, tree))?;
+    run_tool(
+        step,
+        Command::new("tar")
+            .args(["-x", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
+            .arg("-f")
+            .arg(tar)
+            .arg("-C")
+            .arg(tree),
+        "tar",
+    )
+}
+
+/// Copies a directory next to the profile into a tree, as it is (owned by root).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StepError> {
+    let mut source = from.as_os_str().to_owned();
+    source.push("/.");
+    run_tool(
+        "extension",
+        Command::new("cp")
+            .args(["-R", "--no-dereference", "--preserve=mode,links"])
+            .arg(source)
+            .arg(to),
+        "coreutils",
+    )
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool, StepError> {
+    Ok(fs::read_dir(dir)
+        .map_err(FileError::of(FileAction::ListDirectory, dir))?
+        .next()
+        .is_none())
 }
 
 /// The root hash in an image step's manifest.

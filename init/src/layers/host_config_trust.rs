@@ -40,7 +40,8 @@ pub struct Accepted {
 /// base pins are read while the host config search goes on. Under emulation the first run of
 /// the check's code costs more than the check itself, and reading the keys waits on the disk;
 /// neither needs to be on the boot's critical path. Whoever needs the keys waits for both;
-/// [`PinnedKeys::finish`] waits for whatever is left, so no thread outlives the stage.
+/// [`PinnedKeys::finish`] (or dropping it) waits for whatever is left, which the boot does
+/// after the layers stage, so no thread reaches switch_root.
 pub struct PinnedKeys {
     self_test: Background<Result<(), SelfTestError>>,
     keys: Background<Vec<PinnedKey>>,
@@ -136,10 +137,16 @@ impl PinnedKeys {
         keys
     }
 
-    /// Waits for whatever is still running.
-    pub fn finish(mut self) {
+    /// Waits for whatever is still running: before switch_root, nothing may be left.
+    pub fn finish(self) {
+        drop(self);
+    }
+}
+
+impl Drop for PinnedKeys {
+    fn drop(&mut self) {
         if self.ready.is_none() {
-            self.wait_for_both();
+            self.ready = Some(self.wait_for_both());
         }
     }
 }

@@ -59,7 +59,7 @@ pub fn load_host_config(
     options: &BootOptions,
     base: Base,
     modules: &mut ModuleLoader,
-    mut keys: PinnedKeys,
+    keys: &mut PinnedKeys,
 ) -> HostConfigState {
     let policy = host_config_trust::Policy {
         mode: options.mode,
@@ -69,7 +69,7 @@ pub fn load_host_config(
     let accepted =
         host_config_source::search(paths, &options.config, base.device, modules, |candidate| {
             let (origin, trust) = (candidate.origin.clone(), candidate.trust);
-            match host_config_trust::judge(candidate, &mut keys, policy) {
+            match host_config_trust::judge(candidate, keys, policy) {
                 Ok(accepted) => ControlFlow::Break(accepted),
                 Err(reason) => {
                     log::error!("host config {origin}: {reason}; trying the next source");
@@ -92,7 +92,6 @@ pub fn load_host_config(
             accepted.trust
         );
     }
-    keys.finish();
     HostConfigState { accepted, refused }
 }
 
