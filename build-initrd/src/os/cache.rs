@@ -122,8 +122,15 @@ impl StepCache {
         fs::create_dir_all(&partial)
             .map_err(FileError::of(FileAction::CreateDirectory, &partial))?;
         make(&partial)?;
-        fs::rename(&partial, &dir)
-            .map_err(FileError::of(FileAction::RenameTo(dir.clone()), &partial))?;
+        if let Err(error) = fs::rename(&partial, &dir) {
+            // Another build made the same step meanwhile: its output is as good as ours.
+            if !dir.is_dir() {
+                return Err(
+                    FileError::of(FileAction::RenameTo(dir.clone()), &partial)(error).into(),
+                );
+            }
+            remove_tree_if_present(&partial)?;
+        }
         Ok(StepOutput {
             dir,
             key,

@@ -6,6 +6,7 @@
 mod boot;
 mod extensions;
 mod host_config;
+mod os_profile;
 mod secureboot;
 mod verity;
 
@@ -274,6 +275,24 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "a stick with a copy of the root and a config partition, attached first: the root comes from the disk of the ESP the firmware booted from, the stick's config is never read",
         requires: &[],
         run: host_config::hostconfig_usb_clone,
+    },
+    Scenario {
+        name: "os-profile-boot",
+        about: "profiles/server.toml built by xorbang-build os boots under OVMF: its pinned sysext merged, networkd and ssh started",
+        requires: &[],
+        run: os_profile::os_profile_boot,
+    },
+    Scenario {
+        name: "os-profile-reproducible",
+        about: "profiles/demo.toml built twice (separate caches sharing only the Debian root): same root hash, byte-identical artifacts",
+        requires: &[],
+        run: os_profile::os_profile_reproducible,
+    },
+    Scenario {
+        name: "os-profile-invalid",
+        about: "an unknown profile key is refused with file:line:column; a sysext changing /etc/passwd is refused naming it; no output left",
+        requires: &[],
+        run: os_profile::os_profile_invalid,
     },
 ];
 

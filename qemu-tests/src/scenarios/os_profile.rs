@@ -1,0 +1,165 @@
+//! Whole OS builds from `profiles/`: a built disk boots under OVMF with its extension merged
+//! and its units running, a build is reproducible, and a bad profile is refused at its line.
+
+use std::path::Path;
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use xorbang_formats::boot_report::Trust;
+
+use crate::context::{parse_report, report_line, Context, REPORT_PREFIX};
+use crate::fixtures::os_build::{build_os, profile, BuiltOs};
+use crate::harness::qemu::LineMatch;
+
+/// `profiles/server.toml` built and booted through OVMF from its disk: the UKI's sealed
+/// command line selects the `debug-tools` sysext, which the base pins; the init merges it,
+/// and systemd starts the profile's units.
+pub fn os_profile_boot(context: &Context) -> Result<(), String> {
+    let out = context.work.join("os-server");
+    let built = build(context, "server", &out)?;
+    let (vm, _) = context.firmware_vm("os-profile-boot", false, vec![built.file("disk.img")])?;
+    let started = |unit: &str| LineMatch::Between("[".to_owned(), format!("] Started {unit}"));
+    let expect = [
+        report_line(),
+        started("systemd-networkd.service - Network Configuration."),
+        started("ssh.service - OpenBSD Secure Shell server."),
+    ];
+    let console = context.boot(&vm, "os-profile-boot", &expect)?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    if !report.root.verified
+        || report.verity.map(|verity| verity.root_hash) != Some(built.root_hash.clone())
+    {
+        return Err(format!(
+            "the root is not the built image {}",
+            built.root_hash
+        ));
+    }
+    let merged = report
+        .extensions
+        .iter()
+        .any(|extension| extension.name == "debug-tools" && extension.trust == Trust::BaseManifest);
+    match merged {
+        true => Ok(()),
+        false => Err(format!(
+            "the debug-tools sysext was not merged as pinned by the base: {:?}",
+            report.extensions
+        )),
+    }
+}
+
+/// `profiles/demo.toml` built twice into different directories, the second time with a cache
+/// of its own that shares only the Debian root (mmdebstrap's own reproducibility is
+/// mmdebstrap's): the same root hash and byte-identical artifacts.
+pub fn os_profile_reproducible(context: &Context) -> Result<(), String> {
+    let first = build(context, "demo", &context.work.join("os-demo-a"))?;
+    let cache = context.work.join("os-demo-b-cache");
+    let shared = context.cache.join("build/rootfs");
+    std::fs::create_dir_all(cache.join("build")).map_err(|error| error.to_string())?;
+    let link = cache.join("build/rootfs");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&shared, &link).map_err(|error| error.to_string())?;
+    }
+    let second = build_os(
+        &context.binaries,
+        &cache,
+        &profile("demo"),
+        &context.work.join("os-demo-b"),
+    )
+    .map_err(|error| error.to_string())?;
+    if first.root_hash != second.root_hash {
+        return Err(format!(
+            "root hashes differ: {} and {}",
+            first.root_hash, second.root_hash
+        ));
+    }
+    for artifact in [
+        "root.squashfs",
+        "root.squashfs.verity",
+        "initrd.img",
+        "xorbang-demo_1.efi",
+        "disk.img",
+    ] {
+        let (a, b) = (
+            digest(&first.file(artifact))?,
+            digest(&second.file(artifact))?,
+        );
+        if a != b {
+            return Err(format!("{artifact} differs between the two builds"));
+        }
+    }
+    Ok(())
+}
+
+/// Bad profiles: an unknown key is refused with file, line and column before anything is
+/// built; a sysext whose packages change /etc/passwd (a user made by a maintainer script) is
+/// refused naming the path, and no output directory is left behind.
+pub fn os_profile_invalid(context: &Context) -> Result<(), String> {
+    let dir = context.work.join("os-profile-invalid");
+    std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
+    let demo = std::fs::read_to_string(profile("demo")).map_err(|error| error.to_string())?;
+    let unknown = dir.join("unknown-key.toml");
+    let text = demo.replace("[system]\n", "[system]\nflavour = \"vanilla\"\n");
+    std::fs::write(&unknown, &text).map_err(|error| error.to_string())?;
+    let line = text
+        .lines()
+        .position(|line| line.starts_with("flavour"))
+        .map_or(0, |at| at + 1);
+    expect_refused(
+        context,
+        &unknown,
+        &format!("{}:{line}:1: unknown field `flavour`", unknown.display()),
+    )?;
+    let etc = dir.join("sysext-writes-etc.toml");
+    let text = format!("{demo}\n[[sysext]]\nname = \"sshd\"\npackages = [\"openssh-server\"]\n");
+    std::fs::write(&etc, text).map_err(|error| error.to_string())?;
+    let output = dir.join("out-sysext-writes-etc");
+    let stderr = refused_output(context, &etc, &output)?;
+    let expected = "/etc/passwd (by a maintainer script) changes a file the base has in /etc";
+    if !stderr.contains("extension sshd: its packages change ") || !stderr.contains(expected) {
+        return Err(format!("the refusal does not name /etc/passwd: {stderr}"));
+    }
+    match output.exists() {
+        true => Err(format!("{} was left behind", output.display())),
+        false => Ok(()),
+    }
+}
+
+/// Builds a repository profile into `out` (one build at a time in the runner).
+fn build(context: &Context, name: &str, out: &Path) -> Result<BuiltOs, String> {
+    build_os(&context.binaries, &context.cache, &profile(name), out)
+        .map_err(|error| error.to_string())
+}
+
+fn expect_refused(context: &Context, profile: &Path, expected: &str) -> Result<(), String> {
+    let output = context.work.join("os-profile-invalid/out-unknown-key");
+    let stderr = refused_output(context, profile, &output)?;
+    match stderr.contains(expected) {
+        true => Ok(()),
+        false => Err(format!("expected {expected:?} in: {stderr}")),
+    }
+}
+
+/// What `xorbang-build os` printed when it refused `profile`.
+fn refused_output(context: &Context, profile: &Path, output: &Path) -> Result<String, String> {
+    let run = Command::new(&context.binaries.build)
+        .arg("os")
+        .arg(profile)
+        .arg("-o")
+        .arg(output)
+        .arg("--init")
+        .arg(&context.binaries.init)
+        .arg("--cache")
+        .arg(context.cache.join("build"))
+        .output()
+        .map_err(|error| error.to_string())?;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    match run.status.success() {
+        true => Err(format!("{} was built: {stderr}", profile.display())),
+        false => Ok(stderr),
+    }
+}
+
+fn digest(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(bytes)))
+}
