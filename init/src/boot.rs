@@ -210,7 +210,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
 
     let layered = layers::merge(paths, &options, base, host, &mut modules)?;
     switch_root::check_init(&paths.sysroot(), &options.init)?;
-    // Unneeded keys were read alongside the layers; nothing may run into switch_root.
+    // The self-test is long done by now; nothing may run into switch_root.
     pinned_keys.finish();
     clock.finish_stage("layers");
 

@@ -4,7 +4,7 @@
 //! `platform` configs may use the whole schema, a `local` one only hostname, timezone and
 //! network. Dev mode accepts everything, saying what production would refuse.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,17 +35,17 @@ pub struct Accepted {
     pub config: HostConfig,
 }
 
-/// What checking a signature needs, made ready in the background: the signature code's
-/// known-answer self-test runs while the init waits for devices, and the keys the verified
-/// base pins are read while the host config search goes on. Under emulation the first run of
-/// the check's code costs more than the check itself, and reading the keys waits on the disk;
-/// neither needs to be on the boot's critical path. Whoever needs the keys waits for both;
-/// [`PinnedKeys::finish`] (or dropping it) waits for whatever is left, which the boot does
-/// after the layers stage, so no thread reaches switch_root.
+/// What checking a signature needs: the keys the verified base pins, read when the first
+/// signature needs them (a boot without one never reads them), and the signature code's
+/// known-answer self-test, started in the background while the init waits for devices. Under
+/// emulation most of a first check's cost is running its code for the first time, which the
+/// self-test does off the critical path; a failed self-test trusts no signature.
+/// [`PinnedKeys::finish`] (or dropping it) waits for the self-test, which the boot does after
+/// the layers stage, so no thread reaches switch_root.
 pub struct PinnedKeys {
-    self_test: Background<Result<(), SelfTestError>>,
-    keys: Background<Vec<PinnedKey>>,
-    /// Whether the keys come from a verified base (only then do they count).
+    self_test: Option<Background<Result<(), SelfTestError>>>,
+    /// The verified base's root; `None` before it is mounted, or when it is not verified.
+    base: Option<PathBuf>,
     verified: bool,
     ready: Option<Vec<PinnedKey>>,
 }
@@ -80,64 +80,71 @@ impl<T: Send + 'static> Background<T> {
 }
 
 impl PinnedKeys {
-    /// Starts the self-test; the keys come with [`Self::read_keys_of`].
+    /// Starts the self-test; the keys' place comes with [`Self::read_keys_of`].
     pub fn start() -> Self {
         Self {
-            self_test: Background::start("signature-self-test", signature::self_test),
-            keys: Background::Later(Box::new(Vec::new)),
+            self_test: Some(Background::start(
+                "signature-self-test",
+                signature::self_test,
+            )),
+            base: None,
             verified: false,
             ready: None,
         }
     }
 
-    /// Starts reading the keys of the base mounted at `base`; an unverified base's keys
-    /// count for nothing.
+    /// The base mounted at `base` holds the keys; an unverified base's keys count for
+    /// nothing.
     pub fn read_keys_of(&mut self, base: &Path, verified: bool) {
         self.verified = verified;
-        if !verified {
-            return;
-        }
-        let base = base.to_owned();
-        self.keys = Background::start("pinned-keys", move || pinned_keys(&base));
+        self.base = verified.then(|| base.to_owned());
     }
 
     fn get(&mut self) -> &[PinnedKey] {
         if self.ready.is_none() {
-            let keys = self.wait_for_both();
+            let keys = match self.self_test_passed() {
+                true => self.read_keys(),
+                false => Vec::new(),
+            };
             self.ready = Some(keys);
         }
         self.ready.as_deref().unwrap_or_default()
     }
 
-    fn wait_for_both(&mut self) -> Vec<PinnedKey> {
-        let self_test =
-            std::mem::replace(&mut self.self_test, Background::Later(Box::new(|| Ok(()))));
-        let keys = std::mem::replace(&mut self.keys, Background::Later(Box::new(Vec::new)));
-        let keys = keys.wait().unwrap_or_else(|| {
-            log::error!("reading the pinned keys failed (the thread panicked); no pinned keys");
-            Vec::new()
-        });
+    fn read_keys(&self) -> Vec<PinnedKey> {
+        match &self.base {
+            Some(base) => pinned_keys(base),
+            None => {
+                if !self.verified {
+                    log::warn!("the base image is not verified: its keys sign no host config");
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Waits for the self-test (once); says why no signature is trusted when it failed.
+    fn self_test_passed(&mut self) -> bool {
+        let Some(self_test) = self.self_test.take() else {
+            return true;
+        };
         match self_test.wait() {
-            Some(Ok(())) => {}
+            Some(Ok(())) => true,
             Some(Err(error)) => {
                 log::error!(
                     "signature self-test: {}; no signature is trusted",
                     error_chain(&error)
                 );
-                return Vec::new();
+                false
             }
             None => {
                 log::error!("signature self-test panicked; no signature is trusted");
-                return Vec::new();
+                false
             }
         }
-        if !self.verified {
-            log::warn!("the base image is not verified: its keys sign no host config");
-        }
-        keys
     }
 
-    /// Waits for whatever is still running: before switch_root, nothing may be left.
+    /// Waits for the self-test if it still runs: before switch_root, nothing may be left.
     pub fn finish(self) {
         drop(self);
     }
@@ -145,8 +152,10 @@ impl PinnedKeys {
 
 impl Drop for PinnedKeys {
     fn drop(&mut self) {
-        if self.ready.is_none() {
-            self.ready = Some(self.wait_for_both());
+        if let Some(Background::Running(handle)) = self.self_test.take() {
+            if handle.join().is_err() {
+                log::error!("signature self-test panicked");
+            }
         }
     }
 }
