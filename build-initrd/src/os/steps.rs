@@ -25,9 +25,12 @@ use xorbang_formats::extension_pins::ExtensionPins;
 use xorbang_formats::module_index::ModuleName;
 use xorbang_formats::os_release::{self, ExtensionKind};
 
-/// Bumped when a step's recipe changes in a way its inputs do not show, so cached outputs
-/// of the old recipe are not taken for the new one.
-const RECIPE_VERSION: &str = "os-steps-1";
+/// Bumped when a step's recipe changes in a way its inputs do not show (how mksquashfs is
+/// called, what the image step changes in the tree), so cached outputs of the old recipe are
+/// not taken for the new one. The Debian root has its own, so bumping this one does not
+/// mean minutes of mmdebstrap.
+const RECIPE_VERSION: &str = "os-steps-2";
+const ROOTFS_RECIPE: &str = "rootfs-1";
 
 /// The file names of the artifacts, in a step's directory and in the output directory.
 pub const ROOT_IMAGE: &str = "root.squashfs";
@@ -170,7 +173,7 @@ impl<'a> Steps<'a> {
         packages.extend(extra.iter().cloned());
         let hook = debian.hook.as_ref().map(|hook| self.recipe.dir.join(hook));
         let mut inputs = Inputs::new()
-            .text("recipe", RECIPE_VERSION)
+            .text("recipe", ROOTFS_RECIPE)
             .text("suite", &debian.suite)
             .text("mirror", debian.mirror.as_deref().unwrap_or(""))
             .text("variant", &debian.variant)
