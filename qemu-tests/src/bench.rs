@@ -14,8 +14,9 @@ use crate::context::{
     parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::boot_chain;
-use crate::fixtures::command::run;
+use crate::fixtures::command::{remove_if_present, run};
 use crate::fixtures::host_config::{host_config, sign, FW_CFG_NAME};
+use crate::fixtures::os_build;
 use crate::fixtures::system::TEST_SECRET_KEY;
 use crate::harness::qemu::Console;
 use xorbang_formats::host_config::MAX_ENTRIES;
@@ -74,6 +75,10 @@ const PARTS: &[Part] = &[
     Part {
         name: "custom-kernel",
         run: custom_kernel_bench,
+    },
+    Part {
+        name: "build",
+        run: build_bench,
     },
     Part {
         name: "verity-format",
@@ -315,6 +320,55 @@ fn boot_bench(context: &Context, init_binary: &Path) -> Result<String, String> {
         runs.len(),
         context.config.accel.as_str()
     ))
+}
+
+/// `xorbang-build os` on a cache of its own: `profiles/demo.toml` with one sysext added,
+/// cold; again with nothing changed; with the command line changed; with the sysext's
+/// package list changed. Returns the `key=value` pairs.
+fn build_bench(context: &Context) -> Result<String, String> {
+    // The step cache is `dir/build`, empty at the start.
+    let dir = context.work.join("bench-build");
+    remove_if_present(&dir).map_err(|error| error.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
+    let demo =
+        std::fs::read_to_string(os_build::profile("demo")).map_err(|error| error.to_string())?;
+    let with_sysext =
+        |packages: &str| format!("{demo}\n[[sysext]]\nname = \"tools\"\npackages = [{packages}]\n");
+    let cases = [
+        ("cold", with_sysext("\"strace\"")),
+        ("unchanged", with_sysext("\"strace\"")),
+        (
+            "cmdline",
+            with_sysext("\"strace\"").replace(
+                "cmdline = \"console=ttyS0\"",
+                "cmdline = \"console=ttyS0 quiet\"",
+            ),
+        ),
+        (
+            "sysext",
+            with_sysext("\"strace\", \"less\"").replace(
+                "cmdline = \"console=ttyS0\"",
+                "cmdline = \"console=ttyS0 quiet\"",
+            ),
+        ),
+    ];
+    let mut pairs = Vec::new();
+    for (name, text) in cases {
+        let profile = dir.join(format!("{name}.toml"));
+        std::fs::write(&profile, text).map_err(|error| error.to_string())?;
+        let started = Instant::now();
+        os_build::build_os(
+            &context.binaries,
+            &dir,
+            &profile,
+            &dir.join(format!("out-{name}")),
+        )
+        .map_err(|error| error.to_string())?;
+        let seconds = started.elapsed().as_secs_f64();
+        println!("build ({name}): {seconds:.1} s");
+        pairs.push(format!("build_{name}_s={seconds:.1}"));
+    }
+    Ok(pairs.join(" "))
 }
 
 const VERITY_BENCH_BYTES: u64 = 1 << 30;

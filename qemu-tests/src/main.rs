@@ -3,7 +3,8 @@
 //! ```text
 //! xorbang-qemu-tests [--list] [SCENARIO…]   run scenarios (all when none is named)
 //! xorbang-qemu-tests bench [PART…]          measure (boot, layers, host-config, firmware,
-//!                                           custom-kernel, verity-format; all when none)
+//!                                           custom-kernel, build, verity-format; all when
+//!                                           none)
 //! xorbang-qemu-tests demo [--dev]           boot the demo image with the console attached
 //! ```
 //!
