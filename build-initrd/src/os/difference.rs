@@ -25,6 +25,9 @@ pub struct Difference {
     /// Directories under /var the packages create; left to the package or systemd-tmpfiles at
     /// runtime.
     pub dropped_dirs: Vec<String>,
+    /// Alternatives the base had chosen that the packages would switch: the base's choice
+    /// stays (the extension's program is still there under its own name).
+    pub kept_alternatives: Vec<String>,
     /// What cannot be carried, and why.
     pub refused: Vec<Refused>,
 }
@@ -47,12 +50,17 @@ const PACKAGE_STATE: &[&str] = &[
     "etc/ld.so.cache",
 ];
 
+/// Secrets a package makes at install time that belong to one machine, never to an image:
+/// the image step removes them, and they differ between any two installs.
+pub const MACHINE_SECRETS: &[&str] = &["etc/ssh/ssh_host_"];
+
 /// Compares `with` (the root with the packages) against `base`.
 pub fn difference(base: &Path, with: &Path) -> Result<Difference, FileError> {
     let mut found = Difference {
         sysext: Vec::new(),
         confext: Vec::new(),
         dropped_dirs: Vec::new(),
+        kept_alternatives: Vec::new(),
         refused: Vec::new(),
     };
     walk(base, with, Path::new(""), &mut found)?;
@@ -75,10 +83,13 @@ fn walk(
     for name in names {
         let path = relative.join(&name);
         let text = path.to_string_lossy().into_owned();
-        if PACKAGE_STATE
+        let package_state = PACKAGE_STATE
             .iter()
-            .any(|state| text == *state || text.starts_with(&format!("{state}/")))
-        {
+            .any(|state| text == *state || text.starts_with(&format!("{state}/")));
+        let secret = MACHINE_SECRETS
+            .iter()
+            .any(|secret| text.starts_with(secret));
+        if package_state || secret {
             continue;
         }
         let new = with.join(&path);
@@ -163,6 +174,9 @@ fn classify(path: &str, existed: bool, is_dir: bool, found: &mut Difference) {
         "etc" if !existed => found.confext.push(path.to_owned()),
         // A directory's own metadata (a changed mode) is left as the base has it.
         "etc" if is_dir => {}
+        "etc" if path.starts_with("etc/alternatives/") => {
+            found.kept_alternatives.push(format!("/{path}"))
+        }
         "etc" => refuse(
             found,
             "changes a file the base has in /etc (an extension would replace it whole)",
@@ -293,6 +307,14 @@ mod tests {
         write(with.path(), "opt/tool/run", "run");
         write(with.path(), "etc/strace.conf", "conf");
         write(with.path(), "etc/passwd", "root\nstrace");
+        write(base.path(), "etc/ssh/ssh_host_ed25519_key", "one machine");
+        write(
+            with.path(),
+            "etc/ssh/ssh_host_ed25519_key",
+            "another machine",
+        );
+        write(base.path(), "etc/alternatives/pager", "more");
+        write(with.path(), "etc/alternatives/pager", "less");
         write(with.path(), "var/lib/dpkg/status", "changed");
         write(with.path(), "var/log/apt/history.log", "log");
         fs::create_dir_all(with.path().join("var/lib/tool")).expect("mkdir");
@@ -310,6 +332,7 @@ mod tests {
         );
         assert_eq!(found.confext, ["etc/strace.conf"]);
         assert_eq!(found.dropped_dirs, ["/var/lib/tool"]);
+        assert_eq!(found.kept_alternatives, ["/etc/alternatives/pager"]);
         let refused: Vec<&str> = found.refused.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(refused, ["/etc/passwd", "/srv", "/srv/data"]);
     }

@@ -616,6 +616,10 @@ fn take_difference(
     for dir in &found.dropped_dirs {
         eprintln!("[extension {name}] {dir}: a directory under /var, left for the package to make at runtime");
     }
+    for link in &found.kept_alternatives {
+        eprintln!("[extension {name}] {link}: the base's alternative stays chosen");
+    }
+
     difference::copy_entries(with, &found.sysext, sysext)?;
     difference::copy_entries(with, &found.confext, confext)?;
     if !found.sysext.is_empty() || !found.confext.is_empty() {
@@ -728,7 +732,32 @@ fn customize(
             "systemd",
         )?;
     }
+    remove_machine_secrets(tree)?;
     remove_kernel_files(tree)
+}
+
+/// Keys a package generated at install time (SSH host keys): every machine of the image
+/// would share them. A machine gets its own at boot or through host config.
+fn remove_machine_secrets(tree: &Path) -> Result<(), StepError> {
+    for secret in difference::MACHINE_SECRETS {
+        let (dir, prefix) = secret.rsplit_once('/').unwrap_or(("", secret));
+        let dir = tree.join(dir);
+        if !dir.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&dir).map_err(FileError::of(FileAction::ListDirectory, &dir))? {
+            let path = entry
+                .map_err(FileError::of(FileAction::ListDirectory, &dir))?
+                .path();
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned());
+            if name.is_some_and(|name| name.starts_with(prefix)) {
+                fs::remove_file(&path).map_err(FileError::of(FileAction::Remove, &path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// IMAGE_ID= and IMAGE_VERSION= in /usr/lib/os-release (replacing any the distribution set):
