@@ -278,7 +278,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "os-profile-boot",
-        about: "profiles/server.toml built by xorbang-build os boots under OVMF: its pinned sysext merged, networkd and ssh started",
+        about: "profiles/server.toml built by xorbang-build os boots under OVMF: its pinned sysext merged, networkd and ssh active, strace from the sysext runs",
         requires: &[],
         run: os_profile::os_profile_boot,
     },
