@@ -13,15 +13,22 @@ use crate::fixtures::os_build::{build_os, profile, BuiltOs};
 /// `profiles/server.toml` built and booted through OVMF from its disk: the UKI's sealed
 /// command line selects the `debug-tools` sysext, which the base pins; the init merges it,
 /// and systemd starts the profile's units. The image built here is the profile plus one
-/// check unit (systemd's own console status lines are cut to the terminal's width): after
+/// check unit and `printk.time=0` (systemd's own console status lines are cut to the terminal's width): after
 /// ssh and networkd it prints the agent's PASS line when both are active and the sysext's
 /// strace runs.
 pub fn os_profile_boot(context: &Context) -> Result<(), String> {
     let dir = context.work.join("os-server");
     std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
     let server = std::fs::read_to_string(profile("server")).map_err(|error| error.to_string())?;
-    let checked =
-        server.replacen("enable = [", "enable = [\"xorbang-check.service\", ", 1) + CHECK_UNIT;
+    // Kernel lines without time stamps, so the init's lines start as the runner reads them.
+    let checked = server
+        .replacen("enable = [", "enable = [\"xorbang-check.service\", ", 1)
+        .replacen(
+            "cmdline = \"console=ttyS0",
+            "cmdline = \"console=ttyS0 printk.time=0",
+            1,
+        )
+        + CHECK_UNIT;
     let checked_profile = dir.join("server-checked.toml");
     std::fs::write(&checked_profile, checked).map_err(|error| error.to_string())?;
     let built = build_os(
