@@ -15,7 +15,7 @@ use crate::fixtures::os_build::{build_os, profile, BuiltOs};
 /// and systemd starts the profile's units. The image built here is the profile plus one
 /// check unit and `printk.time=0` (systemd's own console status lines are cut to the terminal's width): after
 /// ssh and networkd it prints the agent's PASS line when both are active and the sysext's
-/// strace runs.
+/// strace runs, and powers the machine off as the agent does.
 pub fn os_profile_boot(context: &Context) -> Result<(), String> {
     let dir = context.work.join("os-server");
     std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
@@ -74,7 +74,7 @@ After=ssh.service systemd-networkd.service
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'for unit in ssh.service systemd-networkd.service; do systemctl is-active --quiet $unit || { echo "XORBANG-TEST: FAIL os-profile-boot: $unit is $(systemctl is-active $unit)" > /dev/console; exit 1; }; done; /usr/bin/strace -V > /dev/null || { echo "XORBANG-TEST: FAIL os-profile-boot: strace from the sysext does not run" > /dev/console; exit 1; }; echo "XORBANG-TEST: PASS os-profile-boot" > /dev/console'
+ExecStart=/bin/sh -c 'for unit in ssh.service systemd-networkd.service; do systemctl is-active --quiet $unit || { echo "XORBANG-TEST: FAIL os-profile-boot: $unit is $(systemctl is-active $unit)" > /dev/console; exit 1; }; done; /usr/bin/strace -V > /dev/null || { echo "XORBANG-TEST: FAIL os-profile-boot: strace from the sysext does not run" > /dev/console; exit 1; }; echo "XORBANG-TEST: PASS os-profile-boot" > /dev/console; systemctl poweroff --no-block'
 
 [Install]
 WantedBy=multi-user.target
