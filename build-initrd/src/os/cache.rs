@@ -165,15 +165,19 @@ fn file_digest(path: &Path) -> Result<String, FileError> {
     }
 }
 
-fn hash_tree(root: &Path, relative: &Path, hasher: &mut Sha256) -> Result<(), FileError> {
-    let dir = root.join(relative);
-    let mut names: Vec<_> = fs::read_dir(&dir)
-        .map_err(FileError::of(FileAction::ListDirectory, &dir))?
+/// The names in `dir`, sorted, so every walk of a tree goes the same way.
+pub fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>, FileError> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(FileError::of(FileAction::ListDirectory, dir))?
         .map(|entry| entry.map(|entry| entry.file_name()))
         .collect::<Result<_, _>>()
-        .map_err(FileError::of(FileAction::ListDirectory, &dir))?;
+        .map_err(FileError::of(FileAction::ListDirectory, dir))?;
     names.sort();
-    for name in names {
+    Ok(names)
+}
+
+fn hash_tree(root: &Path, relative: &Path, hasher: &mut Sha256) -> Result<(), FileError> {
+    for name in sorted_names(&root.join(relative))? {
         let path = relative.join(&name);
         let full = root.join(&path);
         let meta =

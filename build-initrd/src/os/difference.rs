@@ -13,6 +13,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::cache::sorted_names;
 use crate::file_error::{FileAction, FileError};
 
 /// Where a changed path goes.
@@ -73,14 +74,7 @@ fn walk(
     relative: &Path,
     found: &mut Difference,
 ) -> Result<(), FileError> {
-    let dir = with.join(relative);
-    let mut names: Vec<_> = fs::read_dir(&dir)
-        .map_err(FileError::of(FileAction::ListDirectory, &dir))?
-        .map(|entry| entry.map(|entry| entry.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(FileError::of(FileAction::ListDirectory, &dir))?;
-    names.sort();
-    for name in names {
+    for name in sorted_names(&with.join(relative))? {
         let path = relative.join(&name);
         let text = path.to_string_lossy().into_owned();
         let package_state = PACKAGE_STATE

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::cache::{Inputs, StepCache, StepOutput};
+use super::cache::{sorted_names, Inputs, StepCache, StepOutput};
 use super::difference;
 use super::profile::{ExtensionDef, FileContent, Profile};
 use crate::boot::machine_disk::{self, EspContents, MachineDiskError};
@@ -548,10 +548,8 @@ pub fn extension_images(
         if !dir.is_dir() {
             continue;
         }
-        for entry in fs::read_dir(&dir).map_err(FileError::of(FileAction::ListDirectory, &dir))? {
-            let path = entry
-                .map_err(FileError::of(FileAction::ListDirectory, &dir))?
-                .path();
+        for name in sorted_names(&dir)? {
+            let path = dir.join(name);
             if path.extension().is_some_and(|ext| ext == "raw") {
                 images.push(path);
             }
@@ -745,14 +743,9 @@ fn remove_machine_secrets(tree: &Path) -> Result<(), StepError> {
         if !dir.is_dir() {
             continue;
         }
-        for entry in fs::read_dir(&dir).map_err(FileError::of(FileAction::ListDirectory, &dir))? {
-            let path = entry
-                .map_err(FileError::of(FileAction::ListDirectory, &dir))?
-                .path();
-            let name = path
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned());
-            if name.is_some_and(|name| name.starts_with(prefix)) {
+        for name in sorted_names(&dir)? {
+            if name.to_string_lossy().starts_with(prefix) {
+                let path = dir.join(name);
                 fs::remove_file(&path).map_err(FileError::of(FileAction::Remove, &path))?;
             }
         }
