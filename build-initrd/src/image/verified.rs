@@ -204,7 +204,8 @@ fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), VerifiedImageE
     Ok(())
 }
 
-fn file_digest(path: &Path) -> Result<[u8; 32], FileError> {
+/// The SHA-256 of a file's bytes, read in 1 MiB pieces.
+pub fn file_digest(path: &Path) -> Result<[u8; 32], FileError> {
     let mut file = File::open(path).map_err(FileError::of(FileAction::Open, path))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -240,7 +241,8 @@ fn uuid_v4(bytes: [u8; 32]) -> Guid {
     Guid::from_bytes(uuid)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as lower-case hex, as manifests and build records write digests.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

@@ -5,13 +5,14 @@
 //! an interrupted build never leaves something that looks done.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::file_error::{FileAction, FileError};
+use crate::image::verified::{self, hex};
 
 /// What a step depends on: named parts, each hashed, in the order they are added.
 #[derive(Debug, Clone, Default)]
@@ -151,18 +152,7 @@ pub fn remove_tree_if_present(path: &Path) -> Result<(), FileError> {
 }
 
 fn file_digest(path: &Path) -> Result<String, FileError> {
-    let mut file = fs::File::open(path).map_err(FileError::of(FileAction::Open, path))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 20];
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(FileError::of(FileAction::Read, path))?;
-        if read == 0 {
-            return Ok(hex(&hasher.finalize()));
-        }
-        hasher.update(&buffer[..read]);
-    }
+    verified::file_digest(path).map(|digest| hex(&digest))
 }
 
 /// The names in `dir`, sorted, so every walk of a tree goes the same way.
@@ -202,10 +192,6 @@ fn hash_tree(root: &Path, relative: &Path, hasher: &mut Sha256) -> Result<(), Fi
 /// The SHA-256 of `bytes` in hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]
