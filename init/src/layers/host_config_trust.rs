@@ -44,9 +44,9 @@ pub struct Accepted {
 /// the layers stage, so no thread reaches switch_root.
 pub struct PinnedKeys {
     self_test: Option<Background<Result<(), SelfTestError>>>,
-    /// The verified base's root; `None` before it is mounted, or when it is not verified.
+    /// The verified base's root; `None` when it is not verified (its keys count for
+    /// nothing).
     base: Option<PathBuf>,
-    verified: bool,
     ready: Option<Vec<PinnedKey>>,
 }
 
@@ -88,7 +88,6 @@ impl PinnedKeys {
                 signature::self_test,
             )),
             base: None,
-            verified: false,
             ready: None,
         }
     }
@@ -96,7 +95,6 @@ impl PinnedKeys {
     /// The base mounted at `base` holds the keys; an unverified base's keys count for
     /// nothing.
     pub fn read_keys_of(&mut self, base: &Path, verified: bool) {
-        self.verified = verified;
         self.base = verified.then(|| base.to_owned());
     }
 
@@ -115,9 +113,7 @@ impl PinnedKeys {
         match &self.base {
             Some(base) => pinned_keys(base),
             None => {
-                if !self.verified {
-                    log::warn!("the base image is not verified: its keys sign no host config");
-                }
+                log::warn!("the base image is not verified: its keys sign no host config");
                 Vec::new()
             }
         }
