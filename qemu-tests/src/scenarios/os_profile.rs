@@ -74,7 +74,7 @@ After=ssh.service systemd-networkd.service
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'for unit in ssh.service systemd-networkd.service; do systemctl is-active --quiet $unit || { echo "XORBANG-TEST: FAIL os-profile-boot: $unit is $(systemctl is-active $unit)" > /dev/console; exit 1; }; done; /usr/bin/strace -V > /dev/null || { echo "XORBANG-TEST: FAIL os-profile-boot: strace from the sysext does not run" > /dev/console; exit 1; }; echo "XORBANG-TEST: PASS os-profile-boot" > /dev/console; systemctl poweroff --no-block'
+ExecStart=/bin/sh -c 'for unit in ssh.service systemd-networkd.service; do systemctl is-active --quiet $unit || { printf "\\n%%s\\n" "XORBANG-TEST: FAIL os-profile-boot: $unit is $(systemctl is-active $unit)" > /dev/console; exit 1; }; done; /usr/bin/strace -V > /dev/null || { printf "\\n%%s\\n" "XORBANG-TEST: FAIL os-profile-boot: strace from the sysext does not run" > /dev/console; exit 1; }; printf "\\n%%s\\n" "XORBANG-TEST: PASS os-profile-boot" > /dev/console; systemctl poweroff --no-block'
 
 [Install]
 WantedBy=multi-user.target
