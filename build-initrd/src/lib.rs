@@ -16,4 +16,5 @@ pub mod image;
 pub mod initrd;
 pub mod os;
 pub mod output;
+pub mod sorted_dir;
 pub mod tool;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::file_error::{FileAction, FileError};
 use crate::image::verified::{self, hex};
+use crate::sorted_dir::sorted_names;
 
 /// What a step depends on: named parts, each hashed, in the order they are added.
 #[derive(Debug, Clone, Default)]
@@ -153,17 +154,6 @@ pub fn remove_tree_if_present(path: &Path) -> Result<(), FileError> {
 
 fn file_digest(path: &Path) -> Result<String, FileError> {
     verified::file_digest(path).map(|digest| hex(&digest))
-}
-
-/// The names in `dir`, sorted, so every walk of a tree goes the same way.
-pub fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>, FileError> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map_err(FileError::of(FileAction::ListDirectory, dir))?
-        .map(|entry| entry.map(|entry| entry.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(FileError::of(FileAction::ListDirectory, dir))?;
-    names.sort();
-    Ok(names)
 }
 
 fn hash_tree(root: &Path, relative: &Path, hasher: &mut Sha256) -> Result<(), FileError> {

@@ -13,8 +13,8 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::cache::sorted_names;
 use crate::file_error::{FileAction, FileError};
+use crate::sorted_dir::sorted_names;
 
 /// Where a changed path goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

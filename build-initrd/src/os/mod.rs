@@ -104,11 +104,10 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
     let rootfs = steps.rootfs()?;
     let mut extensions = Vec::new();
     for extension in &spec.profile.sysexts {
-        let with = steps.extension_root(extension)?;
-        extensions.push(steps.extension(ExtensionKind::Sysext, extension, &rootfs, Some(&with))?);
+        extensions.push(steps.extension(ExtensionKind::Sysext, extension, &rootfs)?);
     }
     for extension in &spec.profile.confexts {
-        extensions.push(steps.extension(ExtensionKind::Confext, extension, &rootfs, None)?);
+        extensions.push(steps.extension(ExtensionKind::Confext, extension, &rootfs)?);
     }
     let image = steps.image(&rootfs, &extensions)?;
     let root_hash = steps::root_hash(&image)?;

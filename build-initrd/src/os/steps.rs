@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use super::cache::{sorted_names, Inputs, StepCache, StepOutput};
+use super::cache::{Inputs, StepCache, StepOutput};
 use super::difference;
 use super::profile::{ExtensionDef, FileContent, Profile};
 use crate::boot::machine_disk::{self, EspContents, MachineDiskError};
@@ -20,6 +20,7 @@ use crate::image::verified::{self, VerifiedImageError};
 use crate::initrd::assemble::{self as initrd, InitrdError, InitrdSpec};
 use crate::initrd::compress::Compression;
 use crate::initrd::kernel_modules::DEFAULT_MODULES;
+use crate::sorted_dir::sorted_names;
 use crate::tool::{self, ToolError};
 use xorbang_formats::extension_pins::ExtensionPins;
 use xorbang_formats::module_index::ModuleName;
@@ -29,14 +30,15 @@ use xorbang_formats::os_release::{self, ExtensionKind};
 /// called, what the image step changes in the tree), so cached outputs of the old recipe are
 /// not taken for the new one. The Debian root has its own, so bumping this one does not
 /// mean minutes of mmdebstrap.
-const RECIPE_VERSION: &str = "os-steps-2";
-const ROOTFS_RECIPE: &str = "rootfs-1";
+const RECIPE_VERSION: &str = "os-steps-3";
+const ROOTFS_RECIPE: &str = "rootfs-2";
 
 /// The file names of the artifacts, in a step's directory and in the output directory.
 pub const ROOT_IMAGE: &str = "root.squashfs";
 pub const INITRD: &str = "initrd.img";
 pub const DISK: &str = "disk.img";
 const ROOTFS_TAR: &str = "rootfs.tar";
+const PACKAGE_LISTS: &str = "var/lib/apt/lists";
 pub const VMLINUZ: &str = "vmlinuz";
 const MODULES: &str = "modules";
 const OS_RELEASE: &str = "os-release";
@@ -155,22 +157,13 @@ impl<'a> Steps<'a> {
         self.recipe.epoch.to_string()
     }
 
-    /// The Debian root as mmdebstrap makes it, with the kernel package.
+    /// The Debian root as mmdebstrap makes it, with the kernel package and apt's package
+    /// lists (kept so an extension installs against the same index as the base; the image
+    /// step drops them).
     pub fn rootfs(&mut self) -> Result<StepOutput, StepError> {
-        self.debian_root("rootfs", &[])
-    }
-
-    /// The root with an extension's packages installed too: mmdebstrap again, with the same
-    /// suite, mirror and base packages, so the difference is what these packages make.
-    pub fn extension_root(&mut self, extension: &ExtensionDef) -> Result<StepOutput, StepError> {
-        self.debian_root(&format!("rootfs+{}", extension.name), &extension.packages)
-    }
-
-    fn debian_root(&mut self, label: &str, extra: &[String]) -> Result<StepOutput, StepError> {
         let debian = &self.recipe.profile.debian;
         let mut packages = debian.packages.clone();
         packages.push(debian.kernel.clone());
-        packages.extend(extra.iter().cloned());
         let hook = debian.hook.as_ref().map(|hook| self.recipe.dir.join(hook));
         let mut inputs = Inputs::new()
             .text("recipe", ROOTFS_RECIPE)
@@ -188,12 +181,13 @@ impl<'a> Steps<'a> {
             packages.len()
         );
         let epoch = self.epoch();
-        self.run_as("rootfs", label, &what, inputs, |dir| {
+        self.run("rootfs", &what, inputs, |dir| {
             let mut command = Command::new("mmdebstrap");
             command
                 .env("SOURCE_DATE_EPOCH", &epoch)
                 .arg(format!("--variant={}", debian.variant))
-                .arg(format!("--include={}", packages.join(",")));
+                .arg(format!("--include={}", packages.join(",")))
+                .arg("--skip=cleanup/apt/lists");
             if let Some(hook) = &hook {
                 command.arg(format!("--customize-hook={}", hook.display()));
             }
@@ -217,7 +211,6 @@ impl<'a> Steps<'a> {
         kind: ExtensionKind,
         extension: &ExtensionDef,
         base: &StepOutput,
-        with: Option<&StepOutput>,
     ) -> Result<StepOutput, StepError> {
         let directory = extension
             .directory
@@ -229,13 +222,13 @@ impl<'a> Steps<'a> {
             .text("name", &extension.name)
             .step("base", &base.key)
             .text("source_date_epoch", &self.epoch());
-        if let Some(with) = with {
-            inputs = inputs.step("with", &with.key);
+        if !extension.packages.is_empty() {
+            inputs = inputs.text("packages", &extension.packages.join(","));
         }
         if let Some(directory) = &directory {
             inputs = inputs.tree("directory", directory)?;
         }
-        let epoch = self.recipe.epoch;
+        let (epoch, epoch_text) = (self.recipe.epoch, self.epoch());
         let label = format!("{kind}:{}", extension.name);
         let what = format!("the {kind} {}", extension.name);
         self.run_as("extension", &label, &what, inputs, |dir| {
@@ -250,9 +243,10 @@ impl<'a> Steps<'a> {
                 fs::create_dir_all(tree)
                     .map_err(FileError::of(FileAction::CreateDirectory, tree))?;
             }
-            if let Some(with) = with {
+            if !extension.packages.is_empty() {
                 let with_tree = dir.join("with");
-                extract(&with.dir.join(ROOTFS_TAR), &with_tree, "extension")?;
+                extract(&base.dir.join(ROOTFS_TAR), &with_tree, "extension")?;
+                install_packages(&with_tree, &extension.packages, &epoch_text)?;
                 take_difference(&base_tree, &with_tree, &extension.name, &sysext, &confext)?;
                 remove_tree(&with_tree)?;
             }
@@ -580,6 +574,59 @@ fn install_extensions(tree: &Path, extensions: &[StepOutput]) -> Result<Extensio
         .map_err(|error| StepError::Extension(Box::new(error)))
 }
 
+/// Installs `packages` into the unpacked root `tree` with the root's own apt, against the
+/// package lists the rootfs step kept: the same index as the base, so no base package is
+/// upgraded behind its back. It runs chrooted in a mount namespace of its own (proc, a devpts and
+/// the host's resolv.conf are mounted there and vanish with it) with services kept from starting
+/// (policy-rc.d, as mmdebstrap does), so the tree changes only by what the packages do.
+fn install_packages(tree: &Path, packages: &[String], epoch: &str) -> Result<(), StepError> {
+    let resolv_conf = tree.join("etc/resolv.conf");
+    let regular = fs::symlink_metadata(&resolv_conf).is_ok_and(|meta| meta.is_file());
+    if !regular {
+        return Err(StepError::Tree(format!(
+            "{} is not a regular file: the package install mounts the host's over it for name \
+             lookups",
+            resolv_conf.display()
+        )));
+    }
+    eprintln!(
+        "[extension] apt-get install {} into a copy of the base",
+        packages.join(" ")
+    );
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "--fork", "--"])
+        .args(["/bin/sh", "-euc", INSTALL_SCRIPT, "install-packages"])
+        .arg(tree)
+        .args(packages)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C.UTF-8")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
+        .env("SOURCE_DATE_EPOCH", epoch);
+    for proxy in ["http_proxy", "https_proxy", "no_proxy"] {
+        if let Some(value) = std::env::var_os(proxy) {
+            command.env(proxy, value);
+        }
+    }
+    tool::run_showing_output(&mut command, "util-linux").map_err(|source| StepError::Tool {
+        step: "extension",
+        source,
+    })
+}
+
+/// `$1` is the root, the rest are package names (checked by the profile parser).
+const INSTALL_SCRIPT: &str = r#"root=$1; shift
+mount -t proc proc "$root/proc"
+mount -t devpts -o newinstance devpts "$root/dev/pts"
+mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+chmod 755 "$root/usr/sbin/policy-rc.d"
+chroot "$root" apt-get install --yes --no-install-recommends --quiet -- "$@"
+rm "$root/usr/sbin/policy-rc.d"
+"#;
+
 /// The difference `with` makes over `base`, copied into the two trees, with the package
 /// list in the sysext; refused as a whole when anything cannot be carried.
 fn take_difference(
@@ -731,7 +778,24 @@ fn customize(
         )?;
     }
     remove_machine_secrets(tree)?;
+    remove_package_lists(tree)?;
     remove_kernel_files(tree)
+}
+
+/// apt's package lists, which the rootfs step keeps for extensions: an image would carry tens
+/// of megabytes of an index that is stale by its first boot. Its lock and `partial/` stay, as
+/// mmdebstrap leaves them.
+fn remove_package_lists(tree: &Path) -> Result<(), StepError> {
+    let lists = tree.join(PACKAGE_LISTS);
+    for name in sorted_names(&lists)? {
+        let path = lists.join(&name);
+        let meta =
+            fs::symlink_metadata(&path).map_err(FileError::of(FileAction::Inspect, &path))?;
+        if name != "lock" && !meta.is_dir() {
+            fs::remove_file(&path).map_err(FileError::of(FileAction::Remove, &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Keys a package generated at install time (SSH host keys): every machine of the image
