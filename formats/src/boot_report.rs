@@ -106,6 +106,12 @@ pub struct RootReport {
     /// Whether dm-verity checks every block of it (false for `root=` without `roothash=`).
     #[serde(default)]
     pub verified: bool,
+    /// IMAGE_ID= and IMAGE_VERSION= of its os-release: which build booted (absent when the
+    /// root does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
 }
 
 /// The dm-verity mapping under a verified root.
@@ -191,6 +197,8 @@ mod tests {
                 device: "/dev/vda2".into(),
                 fstype: "squashfs".into(),
                 verified: false,
+                image_id: Some("xorbang-demo".into()),
+                image_version: Some("7".into()),
             },
             verity: None,
             modules_loaded: 3,

@@ -10,6 +10,7 @@ use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
 use crate::handoff::mounts::{self, MountError, RootSource};
 use crate::handoff::switch_root::{self, SwitchRootError};
 use crate::kernel::module_loader::{KernelView, KmodError, ModuleLoader};
+use crate::layers::extensions;
 use crate::layers::host_config_trust::PinnedKeys;
 use crate::layers::{self, LayersError};
 use crate::options::{self, BootOptions, FailurePolicy, OptionError, RootChoice};
@@ -22,6 +23,7 @@ use xorbang_formats::devspec::DeviceSpec;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::fs_probe::FsKind;
 use xorbang_formats::gpt::Guid;
+use xorbang_formats::os_release::OsRelease;
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
 const DEVICE_POLL: Duration = Duration::from_millis(10);
@@ -194,13 +196,15 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             Mode::Dev => "read-only under a transient writable overlay (dev mode)",
         }
     );
+    let base_dir = mounts::base_dir(paths, options.mode);
+    let release = root_identity(&base_dir);
     clock.finish_stage("mount-root");
 
-    let base_dir = mounts::base_dir(paths, options.mode);
     let base = layers::Base {
         dir: &base_dir,
         device: &source,
         verified: verity.is_some(),
+        release: release.as_ref(),
     };
     // After the root: signatures are checked with the keys the verified base pins, and a
     // config partition or the ESP is looked for once the disks are there.
@@ -224,6 +228,8 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 device: system_path(paths, &device),
                 fstype: fstype.clone(),
                 verified: verity.is_some(),
+                image_id: image_field(release.as_ref(), "IMAGE_ID"),
+                image_version: image_field(release.as_ref(), "IMAGE_VERSION"),
             },
             verity: verity.clone(),
             modules_loaded: modules.loaded_count(),
@@ -251,6 +257,35 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     publish_report(&Paths::default().xorbang_run(), &report)?;
     log::info!("starting {}", options.init.display());
     Err(switch_root::exec_init(&options.init, &options.init_args).into())
+}
+
+/// The root's os-release, read once it is mounted: the report names the build that booted,
+/// and extensions are matched against it. It is also the boot's first file read from the
+/// root, whatever the boot does next. Without one the boot goes on: only extensions need it.
+fn root_identity(base: &Path) -> Option<OsRelease> {
+    match extensions::base_os_release(base) {
+        Ok(release) => {
+            log::info!(
+                "root image {} {} ({})",
+                release.get_nonempty("IMAGE_ID").unwrap_or("(no IMAGE_ID)"),
+                release
+                    .get_nonempty("IMAGE_VERSION")
+                    .unwrap_or("(no IMAGE_VERSION)"),
+                release
+                    .get_nonempty("PRETTY_NAME")
+                    .unwrap_or("no PRETTY_NAME")
+            );
+            Some(release)
+        }
+        Err(error) => {
+            log::warn!("root image: {}; it cannot be named", error_chain(&error));
+            None
+        }
+    }
+}
+
+fn image_field(release: Option<&OsRelease>, key: &str) -> Option<String> {
+    release?.get_nonempty(key).map(str::to_owned)
 }
 
 fn read_options(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootOptions, BootError> {

@@ -28,7 +28,7 @@ use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
 use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::host_config::{self, EntryKind};
-use xorbang_formats::os_release::ExtensionKind;
+use xorbang_formats::os_release::{ExtensionKind, OsRelease};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayersError {
@@ -129,6 +129,9 @@ pub struct Base<'a> {
     pub device: &'a Path,
     /// Whether dm-verity covers it: only then do its extension pins and keys count.
     pub verified: bool,
+    /// Its os-release as read when it was mounted; `None` when that failed (read again, for
+    /// the precise error, only if an extension needs it).
+    pub release: Option<&'a OsRelease>,
 }
 
 /// Merges the selected extensions and the host config over the base image.
@@ -298,9 +301,17 @@ fn activate_from(
     let Base {
         dir: base,
         verified,
+        release,
         ..
     } = base;
-    let base_release = extensions::base_os_release(base)?;
+    let read_again;
+    let base_release = match release {
+        Some(release) => release,
+        None => {
+            read_again = extensions::base_os_release(base)?;
+            &read_again
+        }
+    };
     let pins = if verified {
         extensions::base_pins(base)?
     } else {
@@ -319,7 +330,7 @@ fn activate_from(
         dev_dir: &dev_dir,
         mount_dir: &mount_dir,
         base,
-        base_release: &base_release,
+        base_release,
         copy_dir: &copy_dir,
     };
     let mut config_refusal = None;

@@ -218,6 +218,8 @@ mod tests {
                 device: "/dev/mapper/root".into(),
                 fstype: "squashfs".into(),
                 verified: true,
+                image_id: None,
+                image_version: None,
             },
             verity: Some(xorbang_formats::boot_report::VerityReport {
                 root_hash: "ab".into(),

@@ -10,9 +10,10 @@ use xorbang_formats::boot_report::Trust;
 use crate::context::{parse_report, pass_line, report_line, Context, REPORT_PREFIX};
 use crate::fixtures::os_build::{build_os, profile, BuiltOs};
 
-/// `profiles/server.toml` built and booted through OVMF from its disk: the UKI's sealed
-/// command line selects the `debug-tools` sysext, which the base pins; the init merges it,
-/// and systemd starts the profile's units. The image built here is the profile plus one
+/// `profiles/server.toml` built and booted through OVMF from its disk: the boot report names
+/// the profile's IMAGE_ID and IMAGE_VERSION, the UKI's sealed command line selects the
+/// `debug-tools` sysext, which the base pins; the init merges it, and systemd starts the
+/// profile's units. The image built here is the profile plus one
 /// check unit and `printk.time=0` (systemd's own console status lines are cut to the terminal's width): after
 /// ssh and networkd it prints the agent's PASS line when both are active and the sysext's
 /// strace runs, and powers the machine off as the agent does.
@@ -48,6 +49,15 @@ pub fn os_profile_boot(context: &Context) -> Result<(), String> {
         return Err(format!(
             "the root is not the built image {}",
             built.root_hash
+        ));
+    }
+    let identity = (
+        report.root.image_id.as_deref(),
+        report.root.image_version.as_deref(),
+    );
+    if identity != (Some("xorbang-server"), Some("1")) {
+        return Err(format!(
+            "the report names the root {identity:?}, not the profile's xorbang-server 1"
         ));
     }
     let merged = report
