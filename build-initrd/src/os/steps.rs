@@ -30,7 +30,7 @@ use xorbang_formats::os_release::{self, ExtensionKind};
 /// called, what the image step changes in the tree), so cached outputs of the old recipe are
 /// not taken for the new one. The Debian root has its own, so bumping this one does not
 /// mean minutes of mmdebstrap.
-const RECIPE_VERSION: &str = "os-steps-3";
+const RECIPE_VERSION: &str = "os-steps-4";
 const ROOTFS_RECIPE: &str = "rootfs-2";
 
 /// The file names of the artifacts, in a step's directory and in the output directory.
