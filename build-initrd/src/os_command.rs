@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use xorbang_build::file_error::{FileAction, FileError};
 use xorbang_build::os::profile::{self, ProfileError};
+use xorbang_build::os::steps::StepError;
 use xorbang_build::os::{self, Artifact, OsBuild, OsBuildError};
 
 /// The time stamp of every file when SOURCE_DATE_EPOCH is not set: Debian 12's release day
@@ -82,16 +83,40 @@ pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
         epoch: epoch.unwrap_or(DEFAULT_EPOCH),
         only,
     };
-    let record = os::build(&spec, &out).map_err(|source| OsCommandError::Build {
-        profile: args.profile.clone(),
-        source: Box::new(source),
-    })?;
+    let record =
+        os::build(&spec, &out).map_err(|error| at_profile_line(&args.profile, &text, error))?;
     for artifact in &record.artifacts {
         println!("{}", out.join(artifact).display());
     }
     println!("{}", out.join("build.json").display());
     println!("Root hash: {}", record.root_hash);
     Ok(())
+}
+
+/// A build that failed on a package or on the mirror, told at the profile's line that names
+/// it (as a bad value would be); any other failure as it is.
+fn at_profile_line(path: &Path, text: &str, error: OsBuildError) -> OsCommandError {
+    let position = match &error {
+        OsBuildError::Step(StepError::UnknownPackages { packages, .. }) => packages
+            .iter()
+            .find_map(|package| profile::package_position(text, package)),
+        OsBuildError::Step(StepError::Unreachable { .. }) => profile::mirror_position(text),
+        _ => None,
+    };
+    match position {
+        Some((line, column)) => OsCommandError::Profile {
+            path: path.to_owned(),
+            error: ProfileError {
+                line,
+                column,
+                message: error.to_string(),
+            },
+        },
+        None => OsCommandError::Build {
+            profile: path.to_owned(),
+            source: Box::new(error),
+        },
+    }
 }
 
 fn init_beside_this_program() -> Result<PathBuf, OsCommandError> {

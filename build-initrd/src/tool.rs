@@ -2,7 +2,7 @@
 //! mkfs.vfat and mtools): one place that turns their failures into errors carrying their
 //! output and the Debian package to install.
 
-use std::io;
+use std::io::{self, BufRead};
 use std::process::{Command, ExitStatus, Stdio};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,20 +51,42 @@ pub fn run(command: &mut Command, package: &'static str) -> Result<(), ToolError
     })
 }
 
-/// Runs a long `command` (mmdebstrap) with its output on the terminal, so the user sees that
-/// it is alive; on failure the error points at that output.
+/// Runs a long `command` (mmdebstrap, apt-get) with its output on the terminal, so the user
+/// sees that it is alive. Its stderr passes through here: on failure the error quotes the
+/// `E: ` lines apt and mmdebstrap print, which say what went wrong.
 pub fn run_showing_output(command: &mut Command, package: &'static str) -> Result<(), ToolError> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let status = command
+    let mut child = command
         .stdin(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|source| spawn_error(&program, package, source))?;
+    let mut errors = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in io::BufReader::new(stderr).lines() {
+            let line = line.map_err(|source| ToolError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+            eprintln!("{line}");
+            if line.starts_with("E: ") {
+                errors.push(line);
+            }
+        }
+    }
+    let status = child.wait().map_err(|source| ToolError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     match status.success() {
         true => Ok(()),
         false => Err(ToolError::Failed {
             program,
             status,
-            output: "its output is above".to_owned(),
+            output: match errors.is_empty() {
+                true => "its output is above".to_owned(),
+                false => errors.join("\n"),
+            },
         }),
     }
 }

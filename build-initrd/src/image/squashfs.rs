@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::file_error::{FileAction, FileError};
 use crate::output::PendingOutput;
-use crate::sorted_dir::sorted_names;
 use crate::tool::{self, ToolError};
-use xorbang_formats::signature::KEYS_DIR;
 
 /// The program run unless the caller names another.
 pub const MKSQUASHFS: &str = "mksquashfs";
@@ -106,11 +104,9 @@ pub fn build_with_files(
         });
     }
     let directories = missing_directories(rootfs, added)?;
-    let keys_first = keys_first(rootfs)?;
-    // The contents reach mksquashfs through `cat`, and the sort file is read by it: they live
-    // here until it has run.
-    let work = match (added, keys_first.is_empty()) {
-        ([], true) => None,
+    // The contents reach mksquashfs through `cat`: they live here until it has run.
+    let work = match added {
+        [] => None,
         _ => Some(WorkDir::new_in(parent_dir(out), "image")?),
     };
     let mut pseudo: Vec<String> = directories
@@ -129,11 +125,6 @@ pub fn build_with_files(
     let mut args = mksquashfs_args(rootfs, pending.temporary(), compression, mtime);
     for definition in pseudo {
         args.extend([OsString::from("-p"), OsString::from(definition)]);
-    }
-    if let Some(work) = work.as_ref().filter(|_| !keys_first.is_empty()) {
-        let sort = work.path().join("sort");
-        fs::write(&sort, keys_first).map_err(FileError::of(FileAction::Write, &sort))?;
-        args.extend([OsString::from("-sort"), sort.into_os_string()]);
     }
     run(mksquashfs, &args)?;
     let size = fs::metadata(pending.temporary())
@@ -169,7 +160,7 @@ fn mksquashfs_args(
             "-xattrs",
             // Each pinned key in a block of its own, not in a shared fragment: checking a
             // host config's signature then reads (and dm-verity hashes) one small block,
-            // not a fragment of many files (and `keys_first` can place it).
+            // not a fragment of many files.
             "-action",
             "no-fragments@pathname(/usr/lib/xorbang/keys/*)",
             "-quiet",
@@ -182,31 +173,6 @@ fn mksquashfs_args(
     }
     args
 }
-
-/// mksquashfs sort-file lines that put the data of the pinned keys first in the image, in
-/// the block the kernel reads with the superblock: the dm-verity hash block that covers it is
-/// then already checked when a signature needs the keys, where a key at its place in the tree
-/// would cost the boot reads of cold hash blocks. Names that need quoting keep their place.
-fn keys_first(rootfs: &Path) -> Result<String, ImageError> {
-    let dir = rootfs.join(KEYS_DIR);
-    if !dir.is_dir() {
-        return Ok(String::new());
-    }
-    let mut lines = String::new();
-    for name in sorted_names(&dir)? {
-        let path = dir.join(&name);
-        let meta =
-            fs::symlink_metadata(&path).map_err(FileError::of(FileAction::Inspect, &path))?;
-        let name = name.to_string_lossy();
-        if meta.is_file() && check_added_path(&name).is_ok() {
-            lines.push_str(&format!("{KEYS_DIR}/{name} {FIRST}\n"));
-        }
-    }
-    Ok(lines)
-}
-
-/// The highest priority a sort file gives.
-const FIRST: i16 = i16::MAX;
 
 /// The directories `added` needs that the tree lacks, parents first; refuses a path the tree
 /// has already, and a parent that is there but not a directory.
@@ -373,37 +339,6 @@ mod tests {
         fs::write(tree.join("usr/bin/tool"), vec![7u8; 300_000]).expect("tool");
         symlink("usr/bin", tree.join("bin")).expect("symlink");
         tree
-    }
-
-    /// A pinned key is the first data, in the superblock's 4 KiB block, even where the tree
-    /// walk reaches it last (stored uncompressed: random bytes do not shrink, so they can be found).
-    #[test]
-    fn pinned_keys_come_first_in_the_image() {
-        if !mksquashfs_installed() {
-            return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tree = sample_tree(dir.path());
-        let keys = tree.join(KEYS_DIR);
-        fs::create_dir_all(&keys).expect("mkdir");
-        let key: Vec<u8> = (0..150u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        fs::write(keys.join("release.pub"), &key).expect("key");
-        let image = dir.path().join("keys.squashfs");
-        build(
-            Path::new(MKSQUASHFS),
-            &tree,
-            &image,
-            SquashfsCompression::Zstd,
-            0,
-        )
-        .expect("build");
-        let bytes = fs::read(&image).expect("reads");
-        let at = bytes.windows(key.len()).position(|window| window == key);
-        // After the superblock and the compressor's options, before the 300 kB tool the
-        // tree walk reaches first.
-        assert!(at.is_some_and(|at| at < 4096), "the key is at {at:?}");
     }
 
     #[test]

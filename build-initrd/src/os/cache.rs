@@ -123,7 +123,16 @@ impl StepCache {
         remove_tree_if_present(&partial)?;
         fs::create_dir_all(&partial)
             .map_err(FileError::of(FileAction::CreateDirectory, &partial))?;
-        make(&partial)?;
+        if let Err(error) = make(&partial) {
+            // A failed step leaves nothing behind: its half-made trees can be gigabytes.
+            if let Err(removal) = remove_tree_if_present(&partial) {
+                eprintln!(
+                    "warning: {}",
+                    xorbang_formats::error_chain::error_chain(&removal)
+                );
+            }
+            return Err(error);
+        }
         if let Err(error) = fs::rename(&partial, &dir) {
             // Another build made the same step meanwhile: its output is as good as ours.
             if !dir.is_dir() {
@@ -208,12 +217,17 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let cache = StepCache::new(root.path().to_owned());
         let inputs = Inputs::new().text("x", "1");
-        let failed: Result<StepOutput, FileError> = cache.get_or_make("step", &inputs, |_| {
+        let failed: Result<StepOutput, FileError> = cache.get_or_make("step", &inputs, |dir| {
+            fs::write(dir.join("half"), "made").expect("write");
             Err(FileError::of(FileAction::Read, Path::new("/x"))(
                 io::Error::other("no"),
             ))
         });
         assert!(failed.is_err());
+        let left: Vec<_> = fs::read_dir(root.path().join("step"))
+            .expect("list")
+            .collect();
+        assert!(left.is_empty(), "a failed step left {left:?}");
         let made = cache
             .get_or_make::<FileError>("step", &inputs, |dir| {
                 fs::write(dir.join("out"), "made").map_err(FileError::of(FileAction::Write, dir))

@@ -3,6 +3,7 @@
 //! and the artifacts published into the output directory only when all of them are built,
 //! with a `build.json` that says what went in and how long each step took.
 
+pub mod apt_messages;
 pub mod cache;
 pub mod difference;
 pub mod profile;

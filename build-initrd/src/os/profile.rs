@@ -140,6 +140,24 @@ pub fn parse(text: &str) -> Result<Profile, ProfileError> {
         .map_err(|(at, message)| locate(text, at, &message))
 }
 
+/// Where the profile names `package` (its base packages, kernel or an extension's), so a
+/// build that failed on it can point there. `None` when the text does not name it.
+pub fn package_position(text: &str, package: &str) -> Option<(usize, usize)> {
+    let raw: RawProfile = toml::from_str(text).ok()?;
+    let debian = std::iter::once(&raw.debian.kernel).chain(&raw.debian.packages);
+    let extensions = raw.sysext.iter().flat_map(|extension| &extension.packages);
+    let named = debian
+        .chain(extensions)
+        .find(|name| name.get_ref() == package)?;
+    Some(line_col(text, named.span().start))
+}
+
+/// Where the profile names its mirror, if it does.
+pub fn mirror_position(text: &str) -> Option<(usize, usize)> {
+    let raw: RawProfile = toml::from_str(text).ok()?;
+    Some(line_col(text, raw.debian.mirror?.span().start))
+}
+
 fn locate(text: &str, at: usize, message: &str) -> ProfileError {
     let (line, column) = line_col(text, at);
     ProfileError {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use super::apt_messages::{self, AptFailure};
 use super::cache::{Inputs, StepCache, StepOutput};
 use super::difference;
 use super::profile::{ExtensionDef, FileContent, Profile};
@@ -30,7 +31,7 @@ use xorbang_formats::os_release::{self, ExtensionKind};
 /// called, what the image step changes in the tree), so cached outputs of the old recipe are
 /// not taken for the new one. The Debian root has its own, so bumping this one does not
 /// mean minutes of mmdebstrap.
-const RECIPE_VERSION: &str = "os-steps-4";
+const RECIPE_VERSION: &str = "os-steps-5";
 const ROOTFS_RECIPE: &str = "rootfs-2";
 
 /// The file names of the artifacts, in a step's directory and in the output directory.
@@ -54,6 +55,17 @@ pub enum StepError {
         step: &'static str,
         #[source]
         source: ToolError,
+    },
+    #[error("step {step}: {} not in the archive's package lists", quoted(packages))]
+    UnknownPackages {
+        step: &'static str,
+        packages: Vec<String>,
+    },
+    #[error("step {step}: the archive cannot be reached: {url}: {reason}")]
+    Unreachable {
+        step: &'static str,
+        url: String,
+        reason: String,
     },
     #[error("step kernel: {0}")]
     Kernel(String),
@@ -195,10 +207,8 @@ impl<'a> Steps<'a> {
             if let Some(mirror) = &debian.mirror {
                 command.arg(mirror);
             }
-            tool::run_showing_output(&mut command, "mmdebstrap").map_err(|source| StepError::Tool {
-                step: "rootfs",
-                source,
-            })
+            tool::run_showing_output(&mut command, "mmdebstrap")
+                .map_err(|source| apt_step_error("rootfs", source))
         })
     }
 
@@ -610,10 +620,33 @@ fn install_packages(tree: &Path, packages: &[String], epoch: &str) -> Result<(),
             command.env(proxy, value);
         }
     }
-    tool::run_showing_output(&mut command, "util-linux").map_err(|source| StepError::Tool {
-        step: "extension",
-        source,
-    })
+    tool::run_showing_output(&mut command, "util-linux")
+        .map_err(|source| apt_step_error("extension", source))
+}
+
+/// A failed mmdebstrap or apt-get, as the package or archive apt named when it did.
+fn apt_step_error(step: &'static str, source: ToolError) -> StepError {
+    let diagnosis = match &source {
+        ToolError::Failed { output, .. } => apt_messages::diagnose(output),
+        _ => None,
+    };
+    match diagnosis {
+        Some(AptFailure::UnknownPackages(packages)) => {
+            StepError::UnknownPackages { step, packages }
+        }
+        Some(AptFailure::Unreachable { url, reason }) => {
+            StepError::Unreachable { step, url, reason }
+        }
+        None => StepError::Tool { step, source },
+    }
+}
+
+fn quoted(packages: &[String]) -> String {
+    let names: Vec<String> = packages.iter().map(|name| format!("{name:?}")).collect();
+    match names.len() {
+        1 => format!("package {} is", names[0]),
+        _ => format!("packages {} are", names.join(", ")),
+    }
 }
 
 /// `$1` is the root, the rest are package names (checked by the profile parser).

@@ -136,7 +136,10 @@ pub fn os_profile_reproducible(context: &Context) -> Result<(), String> {
 
 /// Bad profiles: an unknown key is refused with file, line and column before anything is
 /// built; a sysext whose packages change /etc/passwd (a user made by a maintainer script) is
-/// refused naming the path, and no output directory is left behind.
+/// refused naming the path; a package no archive has and a mirror nothing answers on
+/// (127.0.0.1:9) are named at their profile lines; a disk layout whose root partition is
+/// smaller than the image is refused naming its definition. No output directory is left
+/// behind.
 pub fn os_profile_invalid(context: &Context) -> Result<(), String> {
     let dir = context.work.join("os-profile-invalid");
     std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
@@ -161,6 +164,82 @@ pub fn os_profile_invalid(context: &Context) -> Result<(), String> {
     let expected = "/etc/passwd (by a maintainer script) changes a file the base has in /etc";
     if !stderr.contains("extension sshd: its packages change ") || !stderr.contains(expected) {
         return Err(format!("the refusal does not name /etc/passwd: {stderr}"));
+    }
+    if output.exists() {
+        return Err(format!("{} was left behind", output.display()));
+    }
+    let unknown = dir.join("unknown-package.toml");
+    let text = format!("{demo}\n[[sysext]]\nname = \"tools\"\npackages = [\"strace\", \"xorbang-no-such-package\"]\n");
+    std::fs::write(&unknown, &text).map_err(|error| error.to_string())?;
+    let (line, column) = position_of(&text, "\"xorbang-no-such-package\"");
+    expect_refused_at(
+        context,
+        &unknown,
+        &format!(
+            "{}:{line}:{column}: step extension: package \"xorbang-no-such-package\" is not in the archive's package lists",
+            unknown.display()
+        ),
+    )?;
+    let mirror = dir.join("unreachable-mirror.toml");
+    let text = demo.replace(
+        "[debian]\n",
+        "[debian]\nmirror = \"http://127.0.0.1:9/debian\"\n",
+    );
+    std::fs::write(&mirror, &text).map_err(|error| error.to_string())?;
+    let (line, column) = position_of(&text, "\"http://127.0.0.1:9/debian\"");
+    expect_refused_at(
+        context,
+        &mirror,
+        &format!(
+            "{}:{line}:{column}: step rootfs: the archive cannot be reached: http://127.0.0.1:9/debian/",
+            mirror.display()
+        ),
+    )?;
+    let layout = dir.join("small-root.d");
+    std::fs::create_dir_all(&layout).map_err(|error| error.to_string())?;
+    for (name, body) in [
+        (
+            "10-root.conf",
+            "Type=root\nCopyBlocks=root-image\nSizeMaxBytes=1M\n",
+        ),
+        (
+            "20-root-verity.conf",
+            "Type=root-verity\nCopyBlocks=root-verity\n",
+        ),
+    ] {
+        std::fs::write(layout.join(name), format!("[Partition]\n{body}"))
+            .map_err(|error| error.to_string())?;
+    }
+    let small = dir.join("small-disk.toml");
+    std::fs::write(
+        &small,
+        format!("{demo}\n[disk]\ndefinitions = \"small-root.d\"\n"),
+    )
+    .map_err(|error| error.to_string())?;
+    expect_refused_at(
+        context,
+        &small,
+        &format!(
+            "step disk: cannot lay out the disk from the definitions in {}: {}: CopyBlocks=",
+            layout.display(),
+            layout.join("10-root.conf").display()
+        ),
+    )
+}
+
+/// Line and column (from 1) of the first `needle` in `text`.
+fn position_of(text: &str, needle: &str) -> (usize, usize) {
+    let at = text.find(needle).unwrap_or(0);
+    let line_start = text[..at].rfind('\n').map_or(0, |newline| newline + 1);
+    (text[..at].matches('\n').count() + 1, at - line_start + 1)
+}
+
+/// `profile` is refused with `expected` in what the build printed, and leaves no output.
+fn expect_refused_at(context: &Context, profile: &Path, expected: &str) -> Result<(), String> {
+    let output = profile.with_extension("out");
+    let stderr = refused_output(context, profile, &output)?;
+    if !stderr.contains(expected) {
+        return Err(format!("expected {expected:?} in: {stderr}"));
     }
     match output.exists() {
         true => Err(format!("{} was left behind", output.display())),
