@@ -21,8 +21,8 @@ pub struct OsArgs {
     /// Where the artifacts and build.json go [default: out/<IMAGE_ID>].
     #[arg(short, long, value_name = "OUTDIR")]
     output: Option<PathBuf>,
-    /// Only these artifacts, and the steps they need: image, kernel, initrd, uki, disk [default:
-    /// all]..
+    /// Only these artifacts, and the steps they need: tree (the root as a directory, before
+    /// packing), image, kernel, initrd, uki, disk [default: all but tree]..
     #[arg(long, value_name = "a,b", value_delimiter = ',', value_parser = Artifact::parse)]
     only: Vec<Artifact>,
     /// The static init for the initramfs [default: xorbang-init beside this program].
@@ -89,7 +89,9 @@ pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
         println!("{}", out.join(artifact).display());
     }
     println!("{}", out.join("build.json").display());
-    println!("Root hash: {}", record.root_hash);
+    if let Some(root_hash) = &record.root_hash {
+        println!("Root hash: {root_hash}");
+    }
     Ok(())
 }
 

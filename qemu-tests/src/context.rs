@@ -58,9 +58,7 @@ impl Context {
             accel.as_str(),
             cache.display()
         );
-        let rootfs = system::debian_rootfs(&cache).map_err(|error| error.to_string())?;
-        let system = system::system_image(&cache, &rootfs, &binaries.build)
-            .map_err(|error| error.to_string())?;
+        let system = system::system_image(&cache, &binaries).map_err(|error| error.to_string())?;
         let busybox =
             system::busybox_image(&cache, &binaries.build).map_err(|error| error.to_string())?;
         let work = work_dir()?;

@@ -106,6 +106,7 @@ pub struct StepRecord {
 
 /// Everything the steps read: the profile (relative paths against `dir`), the init binary
 /// and the time stamp every file gets.
+#[derive(Clone, Copy)]
 pub struct Recipe<'a> {
     pub profile: &'a Profile,
     pub dir: &'a Path,
@@ -357,13 +358,11 @@ impl<'a> Steps<'a> {
         for extension in extensions {
             inputs = inputs.step("extension", &extension.key);
         }
-        let tar = rootfs.dir.join(ROOTFS_TAR);
-        let (dir_of_profile, epoch) = (self.recipe.dir, self.recipe.epoch);
+        let recipe = self.recipe;
         self.run("image", "the verified root image", inputs, |dir| {
             let tree = dir.join("tree");
-            extract(&tar, &tree, "image")?;
-            customize(&tree, profile, dir_of_profile, epoch)?;
-            let pins = install_extensions(&tree, extensions)?;
+            let pins = prepare_tree(&recipe, rootfs, extensions, &tree)?;
+            let epoch = recipe.epoch;
             let os_release = tree.join("usr/lib/os-release");
             fs::copy(&os_release, dir.join(OS_RELEASE))
                 .map_err(FileError::of(FileAction::Read, &os_release))?;
@@ -380,6 +379,30 @@ impl<'a> Steps<'a> {
             verified::add_verity(&image).map_err(|error| StepError::Verity(Box::new(error)))?;
             remove_tree(&tree)
         })
+    }
+
+    /// The root as the image step packs it, as a directory at `into` (not cached: it is an
+    /// output): the profile applied and the extensions in place, but not pinned (pins are
+    /// written when an image is packed, e.g. `xorbang-build image --pin-sysext`).
+    pub fn tree(
+        &mut self,
+        rootfs: &StepOutput,
+        extensions: &[StepOutput],
+        into: &Path,
+    ) -> Result<(), StepError> {
+        let started = Instant::now();
+        eprintln!("[tree] the root as a directory");
+        prepare_tree(&self.recipe, rootfs, extensions, into)?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("[tree] done in {seconds:.1} s");
+        self.records.push(StepRecord {
+            name: "tree".to_owned(),
+            key: String::new(),
+            reused: false,
+            seconds,
+            inputs: [("rootfs".to_owned(), rootfs.key.0.clone())].into(),
+        });
+        Ok(())
     }
 
     /// The initramfs: our init and the modules the boot needs from the profile's kernel.
@@ -767,6 +790,19 @@ pub fn root_hash(image: &StepOutput) -> Result<String, StepError> {
     verified::read_manifest(&image.dir.join(ROOT_IMAGE))
         .map(|(_, root_hash, _)| root_hash.to_string())
         .map_err(|error| StepError::Verity(Box::new(error)))
+}
+
+/// The Debian root unpacked into `tree` with the profile applied and the extensions in
+/// place; returns their pins.
+fn prepare_tree(
+    recipe: &Recipe,
+    rootfs: &StepOutput,
+    extensions: &[StepOutput],
+    tree: &Path,
+) -> Result<ExtensionPins, StepError> {
+    extract(&rootfs.dir.join(ROOTFS_TAR), tree, "image")?;
+    customize(tree, recipe.profile, recipe.dir, recipe.epoch)?;
+    install_extensions(tree, extensions)
 }
 
 /// The profile applied to the extracted root `tree`.
