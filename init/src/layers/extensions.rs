@@ -291,9 +291,11 @@ pub fn base_pins(base: &Path) -> Result<ExtensionPins, BaseError> {
 }
 
 /// Reads `relative` inside the tree at `root`, following symlinks as that tree would (an
-/// absolute /etc/os-release link must not reach into the initramfs).
+/// absolute /etc/os-release link must not reach into the initramfs). Only a regular file,
+/// opened without blocking and read up to a bound: an unverified root (dev mode) could hold
+/// a FIFO there, and every boot reads os-release.
 fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, ReadError> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
     let read_error = |source: io::Error| ReadError {
         path: root.join(relative),
         source,
@@ -303,7 +305,7 @@ fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, ReadError
     let fd = match rustix::fs::openat2(
         &dir,
         relative,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT,
     ) {
@@ -311,12 +313,25 @@ fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, ReadError
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(errno) => return Err(read_error(errno.into())),
     };
+    let stat = rustix::fs::fstat(&fd).map_err(|errno| read_error(errno.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(read_error(io::Error::other("not a regular file")));
+    }
     let mut text = String::new();
     File::from(fd)
+        .take(MAX_ROOT_FILE_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(read_error)?;
+    if text.len() as u64 > MAX_ROOT_FILE_BYTES {
+        return Err(read_error(io::Error::other(format!(
+            "more than {MAX_ROOT_FILE_BYTES} bytes"
+        ))));
+    }
     Ok(Some(text))
 }
+
+/// os-release and the pin manifest are a few kilobytes.
+const MAX_ROOT_FILE_BYTES: u64 = 1 << 20;
 
 /// The root hash an extension must have and why it is trusted; `None` means unpinned.
 pub fn pin_for(
@@ -725,6 +740,38 @@ fn compare_numbers(a: &[u8], b: &[u8]) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every boot reads the root's os-release: a FIFO or a huge file there (an unverified
+    /// root) is an error at once, never a wait for a writer.
+    #[test]
+    fn the_roots_os_release_is_a_bounded_regular_file() {
+        use rustix::fs::{FileType, Mode};
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("etc")).expect("mkdir");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.path().join("etc/os-release"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        let fifo = base_os_release(root.path()).expect_err("a FIFO");
+        assert!(
+            error_chain(&fifo).ends_with("not a regular file"),
+            "{}",
+            error_chain(&fifo)
+        );
+        std::fs::remove_file(root.path().join("etc/os-release")).expect("rm");
+        let huge = "ID=x\n".repeat(300_000);
+        std::fs::write(root.path().join("etc/os-release"), huge).expect("write");
+        let huge = base_os_release(root.path()).expect_err("too large");
+        assert!(
+            error_chain(&huge).contains("more than 1048576 bytes"),
+            "{}",
+            error_chain(&huge)
+        );
+    }
 
     #[test]
     fn names_stack_in_version_order() {
