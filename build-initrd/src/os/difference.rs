@@ -40,8 +40,11 @@ pub struct Refused {
 }
 
 /// What belongs to the package manager, not to the system: its databases, caches and logs,
-/// and the linker cache it refreshes (libraries in /usr/lib are found without it).
+/// the linker cache it refreshes (libraries in /usr/lib are found without it), and what its
+/// scripts leave in /run and /tmp (locks such as adduser's; empty file systems at boot).
 const PACKAGE_STATE: &[&str] = &[
+    "run",
+    "tmp",
     "var/lib/dpkg",
     "var/lib/apt",
     "var/lib/systemd/deb-systemd-helper-enabled",
@@ -311,6 +314,8 @@ mod tests {
         write(with.path(), "etc/alternatives/pager", "less");
         write(with.path(), "var/lib/dpkg/status", "changed");
         write(with.path(), "var/log/apt/history.log", "log");
+        write(with.path(), "run/adduser", "");
+        write(with.path(), "tmp/scratch", "");
         fs::create_dir_all(with.path().join("var/lib/tool")).expect("mkdir");
         write(with.path(), "srv/data", "data");
         let found = difference(base.path(), with.path()).expect("difference");
