@@ -277,6 +277,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: host_config::hostconfig_usb_clone,
     },
     Scenario {
+        name: "os-profile-demo",
+        about: "profiles/demo.toml booted as ./tools/demo boots it: the report names the verified root xorbang-demo 1, the demo user is logged in and greeted by the profile's motd",
+        requires: &[],
+        run: os_profile::os_profile_demo,
+    },
+    Scenario {
         name: "os-profile-boot",
         about: "profiles/server.toml built by xorbang-build os boots under OVMF: its pinned sysext merged, networkd and ssh active, strace from the sysext runs",
         requires: &[],

@@ -7,8 +7,11 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 use xorbang_formats::boot_report::Trust;
 
-use crate::context::{parse_report, pass_line, report_line, Context, REPORT_PREFIX};
+use crate::context::{
+    parse_report, pass_line, report_line, Context, MEMORY_MIB, REPORT_PREFIX, SYSTEMD_TIMEOUT,
+};
 use crate::fixtures::os_build::{build_os, profile, BuiltOs};
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
 
 /// `profiles/server.toml` built and booted through OVMF from its disk: the boot report names
 /// the profile's IMAGE_ID and IMAGE_VERSION, the UKI's sealed command line selects the
@@ -90,6 +93,45 @@ ExecStart=/bin/sh -c 'for unit in ssh.service systemd-networkd.service; do syste
 WantedBy=multi-user.target
 '''
 "#;
+
+/// `profiles/demo.toml` booted the way `./tools/demo` boots it (its kernel and initramfs
+/// straight from QEMU, its disk): the report names the verified root `xorbang-demo` 1, and
+/// the demo user is logged in on the serial console, where the profile's motd greets them.
+pub fn os_profile_demo(context: &Context) -> Result<(), String> {
+    let built = build(context, "demo", &context.work.join("os-demo-a"))?;
+    let vm = Vm {
+        boot: Boot::Direct {
+            kernel: built.file("vmlinuz"),
+            initrd: built.file("initrd.img"),
+            append: context.append(&format!("roothash={}", built.root_hash)),
+        },
+        disks: vec![built.file("disk.img")],
+        fw_cfg: Vec::new(),
+        memory_mib: MEMORY_MIB,
+        timeout: SYSTEMD_TIMEOUT,
+        // The demo has no agent to power it off: the run ends at the greeting.
+        after_markers: AfterMarkers::Stop,
+        writable_disks: false,
+    };
+    let expect = [report_line(), LineMatch::Exact(DEMO_GREETING.to_owned())];
+    let console = context.boot(&vm, "os-profile-demo", &expect)?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    let identity = (
+        report.root.verified,
+        report.root.image_id.as_deref(),
+        report.root.image_version.as_deref(),
+    );
+    match identity {
+        (true, Some("xorbang-demo"), Some("1")) => Ok(()),
+        other => Err(format!(
+            "the report's root (verified, IMAGE_ID, IMAGE_VERSION) is {other:?}"
+        )),
+    }
+}
+
+/// The first line of `profiles/demo.toml`'s /etc/motd, which login prints.
+const DEMO_GREETING: &str =
+    "This is xorbang: the root file system is a read-only SquashFS checked by dm-verity.";
 
 /// `profiles/demo.toml` built twice into different directories, the second time with a cache
 /// of its own that shares only the Debian root (mmdebstrap's own reproducibility is
