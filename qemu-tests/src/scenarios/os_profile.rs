@@ -6,6 +6,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 use xorbang_formats::boot_report::Trust;
+use xorbang_formats::text_position::line_col;
 
 use crate::context::{
     parse_report, pass_line, report_line, Context, MEMORY_MIB, REPORT_PREFIX, SYSTEMD_TIMEOUT,
@@ -193,7 +194,7 @@ pub fn os_profile_invalid(context: &Context) -> Result<(), String> {
         .lines()
         .position(|line| line.starts_with("flavour"))
         .map_or(0, |at| at + 1);
-    expect_refused(
+    expect_refused_at(
         context,
         &unknown,
         &format!("{}:{line}:1: unknown field `flavour`", unknown.display()),
@@ -269,11 +270,9 @@ pub fn os_profile_invalid(context: &Context) -> Result<(), String> {
     )
 }
 
-/// Line and column (from 1) of the first `needle` in `text`.
+/// Line and column (from 1) of the first `needle` in `text`, as the build names them.
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
-    let at = text.find(needle).unwrap_or(0);
-    let line_start = text[..at].rfind('\n').map_or(0, |newline| newline + 1);
-    (text[..at].matches('\n').count() + 1, at - line_start + 1)
+    line_col(text, text.find(needle).unwrap_or(0))
 }
 
 /// `profile` is refused with `expected` in what the build printed, and leaves no output.
@@ -293,15 +292,6 @@ fn expect_refused_at(context: &Context, profile: &Path, expected: &str) -> Resul
 fn build(context: &Context, name: &str, out: &Path) -> Result<BuiltOs, String> {
     build_os(&context.binaries, &context.cache, &profile(name), out)
         .map_err(|error| error.to_string())
-}
-
-fn expect_refused(context: &Context, profile: &Path, expected: &str) -> Result<(), String> {
-    let output = context.work.join("os-profile-invalid/out-unknown-key");
-    let stderr = refused_output(context, profile, &output)?;
-    match stderr.contains(expected) {
-        true => Ok(()),
-        false => Err(format!("expected {expected:?} in: {stderr}")),
-    }
 }
 
 /// What `xorbang-build os` printed when it refused `profile`.
