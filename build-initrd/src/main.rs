@@ -7,7 +7,7 @@ use xorbang_formats::boot_report::ConfigTrust;
 mod os_command;
 
 use clap::{Parser, Subcommand};
-use xorbang_build::boot::machine_disk::{self, EspContents, MachineDiskError};
+use xorbang_build::boot::machine_disk::{self, EspContents, Layout, MachineDiskError};
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::file_error::{FileAction, FileError};
 use xorbang_build::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
@@ -275,13 +275,18 @@ struct DiskArgs {
     /// An image made by `xorbang-build image`; its .verity and .json files are beside it.
     #[arg(long, value_name = "IMAGE")]
     image: PathBuf,
-    /// Also an EFI System Partition in front, holding this UKI as EFI/BOOT/BOOTX64.EFI and
-    /// EFI/Linux/NAME.efi, so firmware boots the disk.
+    /// Also an EFI System Partition in front, holding this UKI as EFI/Linux/NAME.efi and, unless
+    /// --boot-loader says otherwise, as EFI/BOOT/BOOTX64.EFI, so firmware boots the disk.
     #[arg(long, value_name = "UKI")]
     uki: Option<PathBuf>,
-    /// The UKI's file name under EFI/Linux/.
+    /// The UKI's file name under EFI/Linux/, without `.efi`: `IMAGE_ID_VERSION+3` starts
+    /// boot counting with three tries.
     #[arg(long, value_name = "NAME", default_value = "xorbang", requires = "uki")]
     uki_name: String,
+    /// A boot loader (systemd-boot's systemd-bootx64.efi, signed for Secure Boot if need be)
+    /// for EFI/BOOT/BOOTX64.EFI, with loader/loader.conf `timeout 0`: the A/B layout.
+    #[arg(long, value_name = "EFI", requires = "uki")]
+    boot_loader: Option<PathBuf>,
     /// A file for the UKI's `.extra.d` directories on the ESP: systemd-stub hands `*.raw`
     /// system extensions to the initramfs as /.extra/sysext/ (repeatable).
     #[arg(long, value_name = "FILE", requires = "uki")]
@@ -526,11 +531,12 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     if args.no_verity {
         return Ok(());
     }
-    let manifest =
-        verified::add_verity(&args.output).map_err(|source| CliError::VerifiedImage {
-            path: args.output.clone(),
-            source: Box::new(source),
-        })?;
+    let verified_image_error = |source| CliError::VerifiedImage {
+        path: args.output.clone(),
+        source: Box::new(source),
+    };
+    let identity = verified::ImageIdentity::of_tree(&args.rootfs).map_err(verified_image_error)?;
+    let manifest = verified::add_verity(&args.output, identity).map_err(verified_image_error)?;
     println!(
         "{}: {} bytes of hash tree",
         verified::companion(&args.output, "verity").display(),
@@ -601,14 +607,14 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
     let esp = args.uki.as_deref().map(|uki| EspContents {
         uki,
         name: &args.uki_name,
+        boot_loader: args.boot_loader.as_deref(),
         extras: &args.uki_extra,
     });
-    let (size, root_hash) = machine_disk::write(
-        &args.image,
-        esp.as_ref(),
-        args.definitions.as_deref(),
-        &args.output,
-    )?;
+    let layout = match &args.definitions {
+        Some(dir) => Layout::Definitions(dir),
+        None => Layout::Single,
+    };
+    let (size, root_hash) = machine_disk::write(&args.image, esp.as_ref(), layout, &args.output)?;
     println!("{}: {size} bytes", args.output.display());
     println!("Root hash: {root_hash}");
     Ok(())

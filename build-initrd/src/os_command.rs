@@ -28,6 +28,9 @@ pub struct OsArgs {
     /// The static init for the initramfs [default: xorbang-init beside this program].
     #[arg(long, value_name = "PATH")]
     init: Option<PathBuf>,
+    /// The static xorbang-update for the image [default: xorbang-update beside this program].
+    #[arg(long, value_name = "PATH")]
+    update: Option<PathBuf>,
     /// The step cache [default: $XDG_CACHE_HOME/xorbang/build, else ~/.cache/xorbang/build].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
@@ -41,9 +44,14 @@ pub enum OsCommandError {
     #[error("{}:{}", path.display(), error)]
     Profile { path: PathBuf, error: ProfileError },
     #[error(
-        "no init given and none beside {0} (build it with cargo build --release, or pass --init)"
+        "no {name} given and none beside {program} (build it with cargo build --release, or \
+         pass --{option})"
     )]
-    NoInit(PathBuf),
+    NoBinary {
+        name: &'static str,
+        option: &'static str,
+        program: PathBuf,
+    },
     #[error("no cache directory given and neither XDG_CACHE_HOME nor HOME is set")]
     NoCache,
     #[error("cannot build {}", profile.display())]
@@ -70,12 +78,17 @@ pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
     };
     let init = match args.init {
         Some(init) => init,
-        None => init_beside_this_program()?,
+        None => beside_this_program("xorbang-init", "init")?,
+    };
+    let update = match args.update {
+        Some(update) => update,
+        None => beside_this_program("xorbang-update", "update")?,
     };
     let spec = OsBuild {
         profile: &profile,
         profile_path: &args.profile,
         init: &init,
+        update: &update,
         cache: match args.cache {
             Some(cache) => cache,
             None => default_cache()?,
@@ -121,15 +134,19 @@ fn at_profile_line(path: &Path, text: &str, error: OsBuildError) -> OsCommandErr
     }
 }
 
-fn init_beside_this_program() -> Result<PathBuf, OsCommandError> {
+fn beside_this_program(name: &'static str, option: &'static str) -> Result<PathBuf, OsCommandError> {
     let program = std::env::current_exe().map_err(FileError::of(
         FileAction::Inspect,
         Path::new("/proc/self/exe"),
     ))?;
-    let init = program.with_file_name("xorbang-init");
-    match init.is_file() {
-        true => Ok(init),
-        false => Err(OsCommandError::NoInit(program)),
+    let binary = program.with_file_name(name);
+    match binary.is_file() {
+        true => Ok(binary),
+        false => Err(OsCommandError::NoBinary {
+            name,
+            option,
+            program,
+        }),
     }
 }
 

@@ -3,7 +3,9 @@
 //! the kernel command line) or writes them; nothing here does I/O or uses unsafe code, so each
 //! parser is fuzzed on its own (seeded loops in each module's tests).
 
+pub mod boot_entry;
 pub mod boot_report;
+pub mod bundle;
 pub mod bytes;
 pub mod cmdline;
 pub mod devspec;
@@ -15,9 +17,11 @@ pub mod gpt;
 pub mod host_config;
 pub mod module_index;
 pub mod os_release;
+pub mod pe;
 pub mod signature;
 pub mod text_position;
 pub mod verity;
+pub mod version;
 
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

@@ -1,6 +1,9 @@
-//! The EFI System Partition for a UKI: a FAT32 image holding the UKI both as the removable
-//! media path `EFI/BOOT/BOOTX64.EFI` (what firmware boots with no boot entries) and as a
-//! Boot Loader Specification type #2 entry `EFI/Linux/<name>.efi` (what systemd-boot lists).
+//! The EFI System Partition for a UKI: a FAT32 image holding the UKI as a Boot Loader
+//! Specification type #2 entry `EFI/Linux/<name>.efi` (what systemd-boot lists), and at the
+//! removable media path `EFI/BOOT/BOOTX64.EFI` (what firmware boots with no boot entries)
+//! either systemd-boot, with `loader/loader.conf` saying `timeout 0` (the A/B layout: the
+//! boot loader picks the newest entry with tries left), or the UKI itself (one slot, no
+//! boot loader).
 //!
 //! Made with mkfs.vfat (`--invariant`, fixed volume id) and mtools, so the same UKI gives the
 //! same bytes.
@@ -39,10 +42,22 @@ pub enum EspError {
     },
 }
 
-/// Writes `out`: a FAT32 ESP with `uki` as `EFI/BOOT/BOOTX64.EFI` and `EFI/Linux/<name>.efi`,
-/// and `extras` in each one's `.extra.d` directory, where systemd-stub picks up `*.raw`
-/// system extensions (passed to the initramfs as /.extra/sysext/) and `*.cred` credentials.
-pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Result<u64, EspError> {
+/// `loader/loader.conf` of the A/B layout: no menu, the default entry boots at once.
+/// No `default` line: systemd-boot then takes the newest entry with tries left, and a
+/// rollback needs nothing written.
+const LOADER_CONF: &str = "timeout 0\n";
+
+/// Writes `out`: a FAT32 ESP with `uki` as `EFI/Linux/<name>.efi` and at
+/// `EFI/BOOT/BOOTX64.EFI` `boot_loader` (systemd-boot) or else the UKI itself, and `extras`
+/// in each UKI copy's `.extra.d` directory, where systemd-stub picks up `*.raw` system
+/// extensions (passed to the initramfs as /.extra/sysext/) and `*.cred` credentials.
+pub fn write_esp(
+    uki: &Path,
+    name: &str,
+    boot_loader: Option<&Path>,
+    extras: &[PathBuf],
+    out: &Path,
+) -> Result<u64, EspError> {
     if name.is_empty() || name.contains(['/', '\\', ':']) {
         return Err(EspError::Name(name.to_owned()));
     }
@@ -71,6 +86,9 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
             .map_err(FileError::of(FileAction::Inspect, path))
     };
     let mut payload = size(uki)?;
+    if let Some(loader) = boot_loader {
+        payload += size(loader)?;
+    }
     for extra in extras {
         payload += size(extra)?;
     }
@@ -103,10 +121,12 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
     for dir in ["::/EFI", "::/EFI/BOOT", "::/EFI/Linux"] {
         run(Command::new("mmd").arg("-i").arg(image).arg(dir))?;
     }
-    for target in [
-        "::/EFI/BOOT/BOOTX64.EFI".to_owned(),
-        format!("::/EFI/Linux/{name}.efi"),
-    ] {
+    let mut uki_targets = vec![format!("::/EFI/Linux/{name}.efi")];
+    match boot_loader {
+        Some(loader) => install_boot_loader(image, loader, &companion_path(out, "loader.conf"))?,
+        None => uki_targets.push("::/EFI/BOOT/BOOTX64.EFI".to_owned()),
+    }
+    for target in uki_targets {
         run(Command::new("mcopy")
             .arg("-i")
             .arg(image)
@@ -127,6 +147,31 @@ pub fn write_esp(uki: &Path, name: &str, extras: &[PathBuf], out: &Path) -> Resu
     }
     pending.commit()?;
     Ok(bytes)
+}
+
+/// systemd-boot as the removable media path and its `loader.conf` (staged at `conf`).
+fn install_boot_loader(image: &Path, loader: &Path, conf: &Path) -> Result<(), EspError> {
+    std::fs::write(conf, LOADER_CONF).map_err(FileError::of(FileAction::Write, conf))?;
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(image)
+        .arg(loader)
+        .arg("::/EFI/BOOT/BOOTX64.EFI"))?;
+    run(Command::new("mmd").arg("-i").arg(image).arg("::/loader"))?;
+    let copied = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(image)
+        .arg(conf)
+        .arg("::/loader/loader.conf"));
+    std::fs::remove_file(conf).map_err(FileError::of(FileAction::Remove, conf))?;
+    copied
+}
+
+fn companion_path(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Runs a tool; mtools stamps files with the time unless SOURCE_DATE_EPOCH says otherwise,
@@ -162,7 +207,7 @@ mod tests {
         let uki = dir.path().join("uki.efi");
         std::fs::write(&uki, vec![0x5a; 300_000]).expect("write");
         let esp = dir.path().join("esp.img");
-        let size = write_esp(&uki, "xorbang", &[], &esp).expect("writes");
+        let size = write_esp(&uki, "xorbang", None, &[], &esp).expect("writes");
         assert_eq!(size, MIN_BYTES);
         for path in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/xorbang.efi"] {
             let copy = dir.path().join("copy.efi");
@@ -182,12 +227,54 @@ mod tests {
             );
         }
         let again = dir.path().join("again.img");
-        write_esp(&uki, "xorbang", &[], &again).expect("writes");
+        write_esp(&uki, "xorbang", None, &[], &again).expect("writes");
         assert_eq!(
             std::fs::read(&again).expect("read"),
             std::fs::read(&esp).expect("read"),
             "reproducible"
         );
+    }
+
+    fn read_from_esp(esp: &Path, path: &str) -> Option<Vec<u8>> {
+        let output = Command::new("mtype")
+            .arg("-i")
+            .arg(esp)
+            .arg(path)
+            .output()
+            .expect("mtype runs");
+        output.status.success().then_some(output.stdout)
+    }
+
+    #[test]
+    fn with_systemd_boot_the_uki_is_only_an_entry() {
+        if !tools_present() {
+            eprintln!("skipped: needs dosfstools and mtools");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uki = dir.path().join("uki.efi");
+        std::fs::write(&uki, b"uki").expect("write");
+        let loader = dir.path().join("systemd-bootx64.efi");
+        std::fs::write(&loader, b"loader").expect("write");
+        let esp = dir.path().join("esp.img");
+        write_esp(&uki, "os_1+3", Some(&loader), &[], &esp).expect("writes");
+        assert_eq!(
+            read_from_esp(&esp, "::/EFI/BOOT/BOOTX64.EFI").as_deref(),
+            Some(&b"loader"[..])
+        );
+        assert_eq!(
+            read_from_esp(&esp, "::/EFI/Linux/os_1+3.efi").as_deref(),
+            Some(&b"uki"[..])
+        );
+        assert_eq!(
+            read_from_esp(&esp, "::/loader/loader.conf").as_deref(),
+            Some(LOADER_CONF.as_bytes())
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(left.len(), 3, "nothing staged is left: {left:?}");
     }
 
     #[test]
@@ -202,7 +289,7 @@ mod tests {
         let extra = dir.path().join("gui.raw");
         std::fs::write(&extra, b"extension").expect("write");
         let esp = dir.path().join("esp.img");
-        write_esp(&uki, "xorbang", &[extra], &esp).expect("writes");
+        write_esp(&uki, "xorbang", None, &[extra], &esp).expect("writes");
         for path in [
             "::/EFI/BOOT/BOOTX64.EFI.extra.d/gui.raw",
             "::/EFI/Linux/xorbang.efi.extra.d/gui.raw",
@@ -217,7 +304,7 @@ mod tests {
         }
         let hidden = dir.path().join(".hidden");
         std::fs::write(&hidden, b"x").expect("write");
-        let error = write_esp(&uki, "xorbang", &[hidden], &dir.path().join("no.img"))
+        let error = write_esp(&uki, "xorbang", None, &[hidden], &dir.path().join("no.img"))
             .expect_err("hidden name");
         assert!(error.to_string().contains(".hidden"), "{error}");
     }
@@ -229,7 +316,7 @@ mod tests {
         let uki = dir.path().join("uki.efi");
         for (a, b) in [("a/gui.raw", "b/gui.raw"), ("a/gui.raw", "b/GUI.raw")] {
             let (a, b) = (dir.path().join(a), dir.path().join(b));
-            let error = write_esp(&uki, "xorbang", &[a.clone(), b.clone()], &out)
+            let error = write_esp(&uki, "xorbang", None, &[a.clone(), b.clone()], &out)
                 .expect_err("same name on FAT");
             let name = b.file_name().and_then(|name| name.to_str()).unwrap_or("");
             assert_eq!(
@@ -249,10 +336,11 @@ mod tests {
     fn refuses_names_with_paths_and_missing_ukis() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("esp.img");
-        let error = write_esp(&dir.path().join("uki.efi"), "a/b", &[], &out).expect_err("name");
-        assert!(error.to_string().contains("\"a/b\""), "{error}");
         let error =
-            write_esp(&dir.path().join("nope.efi"), "xorbang", &[], &out).expect_err("missing");
+            write_esp(&dir.path().join("uki.efi"), "a/b", None, &[], &out).expect_err("name");
+        assert!(error.to_string().contains("\"a/b\""), "{error}");
+        let error = write_esp(&dir.path().join("nope.efi"), "xorbang", None, &[], &out)
+            .expect_err("missing");
         assert!(error.to_string().contains("nope.efi"), "{error}");
         assert!(!out.exists());
     }

@@ -9,15 +9,17 @@ use super::disk::{self, DiskError};
 use super::esp::{self, EspError};
 use super::repart::{self, BuildOutputs, RepartError};
 use crate::file_error::{FileAction, FileError};
-use crate::image::verified::{self, VerifiedImageError};
+use crate::image::verified::{self, ImageIdentity, VerifiedImageError};
 use xorbang_formats::verity::RootHash;
 
 /// The UKI on the disk's ESP.
 #[derive(Debug, Clone)]
 pub struct EspContents<'a> {
     pub uki: &'a Path,
-    /// Its file name under `EFI/Linux/`.
+    /// Its file name under `EFI/Linux/`, without `.efi`.
     pub name: &'a str,
+    /// systemd-boot for `EFI/BOOT/BOOTX64.EFI`; without it the UKI itself goes there.
+    pub boot_loader: Option<&'a Path>,
     /// Files for its `.extra.d` directories.
     pub extras: &'a [PathBuf],
 }
@@ -52,15 +54,26 @@ pub enum MachineDiskError {
     },
 }
 
+/// How the disk is laid out.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout<'a> {
+    /// [ESP +] root + root-verity, nothing else.
+    Single,
+    /// The systemd-repart style definitions in a directory.
+    Definitions(&'a Path),
+    /// The built-in A/B layout (`build-initrd/definitions/`).
+    DefaultAb,
+}
+
 /// Writes the disk `out` for `image` (made by `xorbang-build image`); returns its size and
 /// the image's root hash.
 pub fn write(
     image: &Path,
     esp: Option<&EspContents>,
-    definitions: Option<&Path>,
+    layout: Layout,
     out: &Path,
 ) -> Result<(u64, RootHash), MachineDiskError> {
-    let (_, root_hash, tree) =
+    let (manifest, root_hash, tree) =
         verified::read_manifest(image).map_err(|source| MachineDiskError::Image {
             path: image.to_owned(),
             source: Box::new(source),
@@ -70,21 +83,33 @@ pub fn write(
         move |source| MachineDiskError::Repart { path, source }
     };
     // Read the definitions before making the ESP, so a bad layout fails fast.
-    let definitions = definitions
-        .map(|dir| {
-            repart::read_definitions(dir)
-                .map(|definitions| (dir, definitions))
-                .map_err(repart_error(dir))
-        })
-        .transpose()?;
+    let definitions = match layout {
+        Layout::Single => None,
+        Layout::Definitions(dir) => Some((
+            dir,
+            repart::read_definitions(dir).map_err(repart_error(dir))?,
+        )),
+        Layout::DefaultAb => {
+            let dir = Path::new("definitions");
+            Some((
+                dir,
+                repart::default_ab_definitions().map_err(repart_error(dir))?,
+            ))
+        }
+    };
     let esp_image = verified::companion(out, "esp.tmp");
     if let Some(contents) = esp {
-        esp::write_esp(contents.uki, contents.name, contents.extras, &esp_image).map_err(
-            |source| MachineDiskError::Esp {
-                path: esp_image.clone(),
-                source,
-            },
-        )?;
+        esp::write_esp(
+            contents.uki,
+            contents.name,
+            contents.boot_loader,
+            contents.extras,
+            &esp_image,
+        )
+        .map_err(|source| MachineDiskError::Esp {
+            path: esp_image.clone(),
+            source,
+        })?;
     }
     let disk_error = |source| MachineDiskError::Disk {
         path: out.to_owned(),
@@ -92,8 +117,13 @@ pub fn write(
     };
     let written = match &definitions {
         Some((dir, definitions)) => {
+            let identity = ImageIdentity {
+                image_id: manifest.image_id.clone(),
+                image_version: manifest.image_version.clone(),
+            };
             let outputs = BuildOutputs {
                 root_hash: &root_hash,
+                identity: &identity,
                 image,
                 tree: &tree,
                 esp: esp.map(|_| esp_image.as_path()),

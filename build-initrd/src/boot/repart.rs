@@ -14,13 +14,21 @@
 //!
 //! * `Type=`: `esp`, `root`, `root-verity`, `var` (the x86-64 Discoverable Partitions type
 //!   GUIDs) or `linux-generic`.
-//! * `Label=`: the partition name [default: the type's DPS name, e.g. `root-x86-64`].
+//! * `Label=`: the partition name [default: the type's DPS name, e.g. `root-x86-64`; an empty
+//!   slot's is `_empty`]. As in repart, `%M` stands for the image's `IMAGE_ID=`, `%A` for its
+//!   `IMAGE_VERSION=` and `%%` for `%` (the A/B layout labels a slot `%M_%A` and its hash
+//!   tree `%M_%A_verity`, as systemd-sysupdate does).
 //! * `UUID=`: an explicit PARTUUID. `root` and `root-verity` get the first and last 16 bytes
 //!   of the root hash (so `roothash=` alone finds them): a `UUID=` on them that says otherwise
 //!   is refused. Without it every other partition gets the first 16 bytes of a SHA-256 over
 //!   the root hash and its label, so the disk stays reproducible.
 //!
-//! At most one `root` and one `root-verity` partition: both are found by those PARTUUIDs.
+//! Slots (A/B updates): several `root` and `root-verity` partitions, of which exactly one
+//! of each type holds this build (`CopyBlocks=root-image`, `root-verity`) and the others are
+//! empty slots (no `CopyBlocks=`), as many of one type as of the other. Every slot of a type
+//! is as large as the largest (its content or `SizeMinBytes=`), so any version that fits one
+//! slot fits the other. Empty slots get PARTUUIDs derived like any other partition's; the
+//! updater sets the root-hash-derived ones when it fills a slot.
 //! * `SizeMinBytes=`, `SizeMaxBytes=`: bytes, or with a `K`, `M`, `G` or `T` suffix
 //!   (1024-based, as repart's). The partition is its content rounded up to whole MiB and at
 //!   least `SizeMinBytes=`; content larger than `SizeMaxBytes=` is an error.
@@ -41,6 +49,7 @@ use xorbang_formats::verity::RootHash;
 
 use crate::boot::disk::DiskPartition;
 use crate::file_error::{FileAction, FileError};
+use crate::image::verified::ImageIdentity;
 
 /// The generic Linux data partition type (`linux-generic` in repart).
 pub const LINUX_GENERIC: Guid = Guid::from_bytes([
@@ -80,6 +89,21 @@ impl PartitionType {
             Self::RootVerity => gpt::ROOT_VERITY_X86_64,
             Self::Var => gpt::VAR,
             Self::LinuxGeneric => LINUX_GENERIC,
+        }
+    }
+
+    /// A/B slot types: more than one may be laid out, all as large as the largest.
+    fn is_slot(self) -> bool {
+        matches!(self, Self::Root | Self::RootVerity)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Esp => "esp",
+            Self::Root => "root",
+            Self::RootVerity => "root-verity",
+            Self::Var => "var",
+            Self::LinuxGeneric => "linux-generic",
         }
     }
 
@@ -136,6 +160,8 @@ pub struct Definition {
 #[derive(Debug, Clone, Copy)]
 pub struct BuildOutputs<'a> {
     pub root_hash: &'a RootHash,
+    /// The image's IMAGE_ID and IMAGE_VERSION, for `%M` and `%A` in labels.
+    pub identity: &'a ImageIdentity,
     pub image: &'a Path,
     pub tree: &'a Path,
     /// The ESP made from `--uki`, if there is one.
@@ -193,8 +219,8 @@ pub enum RepartError {
         source: FileError,
     },
     #[error(
-        "{} and {}: two Type={partition_type} partitions; a disk holds one root and its hash \
-         tree, which roothash= finds by PARTUUID",
+        "{} and {}: two Type={partition_type} partitions with CopyBlocks=; a disk holds one \
+         root and its hash tree, which roothash= finds by PARTUUID (other slots stay empty)",
         first.display(),
         second.display()
     )]
@@ -213,6 +239,26 @@ pub enum RepartError {
         partition_type: &'static str,
         given: Guid,
         derived: Guid,
+    },
+    #[error(
+        "{count_root} Type=root and {count_verity} Type=root-verity partitions: each slot is a \
+         root and its hash tree"
+    )]
+    UnpairedSlots {
+        count_root: usize,
+        count_verity: usize,
+    },
+    #[error("{}: Type={partition_type} without CopyBlocks= is an empty slot, but there is no \
+             slot with CopyBlocks= to size it by", file.display())]
+    OnlyEmptySlots {
+        file: PathBuf,
+        partition_type: &'static str,
+    },
+    #[error("{}: Label={label:?}: {problem}", file.display())]
+    Label {
+        file: PathBuf,
+        label: String,
+        problem: String,
     },
     #[error("{}: CopyBlocks={} is {bytes} bytes, more than SizeMaxBytes={max}", file.display(), path.display())]
     TooLarge {
@@ -303,7 +349,10 @@ pub fn parse_definition(file: &Path, text: &str) -> Result<Definition, RepartErr
     }
     definition.partition_type =
         partition_type.ok_or_else(|| RepartError::MissingType(file.to_owned()))?;
-    if definition.copy_blocks.is_none() && definition.size_min_bytes.is_none() {
+    if definition.copy_blocks.is_none()
+        && definition.size_min_bytes.is_none()
+        && !definition.partition_type.is_slot()
+    {
         return Err(RepartError::MissingSize(file.to_owned()));
     }
     if let (Some(min), Some(max)) = (definition.size_min_bytes, definition.size_max_bytes) {
@@ -341,6 +390,14 @@ fn parse_size(key: &'static str, value: &str) -> Result<u64, LineError> {
     number.checked_mul(1 << shift).ok_or_else(bad)
 }
 
+/// The built-in A/B layout, parsed; its files are named as if in `build-initrd/definitions/`.
+pub fn default_ab_definitions() -> Result<Vec<Definition>, RepartError> {
+    DEFAULT_AB_LAYOUT
+        .iter()
+        .map(|(name, text)| parse_definition(&Path::new("definitions").join(name), text))
+        .collect()
+}
+
 /// Reads and parses the `*.conf` files of `dir`, in file-name order.
 pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
     let read_dir = FileError::of(FileAction::ListDirectory, dir);
@@ -365,6 +422,32 @@ pub fn read_definitions(dir: &Path) -> Result<Vec<Definition>, RepartError> {
         .collect()
 }
 
+/// `build-initrd/definitions/`, the A/B layout `xorbang-build os` lays a disk out with when
+/// a profile names no definitions of its own.
+pub const DEFAULT_AB_LAYOUT: &[(&str, &str)] = &[
+    ("00-esp.conf", include_str!("../../definitions/00-esp.conf")),
+    (
+        "10-root.conf",
+        include_str!("../../definitions/10-root.conf"),
+    ),
+    (
+        "11-root-verity.conf",
+        include_str!("../../definitions/11-root-verity.conf"),
+    ),
+    (
+        "20-root-b.conf",
+        include_str!("../../definitions/20-root-b.conf"),
+    ),
+    (
+        "21-root-b-verity.conf",
+        include_str!("../../definitions/21-root-b-verity.conf"),
+    ),
+    ("30-var.conf", include_str!("../../definitions/30-var.conf")),
+];
+
+/// The label an empty slot gets without `Label=`, as systemd-sysupdate marks a free one.
+pub const EMPTY_SLOT_LABEL: &str = "_empty";
+
 /// The partitions the definitions lay out, with `CopyBlocks=` names resolved against this
 /// build's `outputs` and relative paths against `dir`.
 pub fn partitions(
@@ -372,11 +455,13 @@ pub fn partitions(
     definitions: &[Definition],
     outputs: &BuildOutputs<'_>,
 ) -> Result<Vec<DiskPartition>, RepartError> {
-    check_one_root(definitions)?;
-    definitions
+    check_slots(definitions)?;
+    let mut partitions = definitions
         .iter()
         .map(|definition| partition(dir, definition, outputs))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    equalize_slots(definitions, &mut partitions)?;
+    Ok(partitions)
 }
 
 fn partition(
@@ -398,12 +483,7 @@ fn partition(
         Some(CopyBlocks::File(path)) => Some(dir.join(path)),
     };
     if let (Some(path), Some(max)) = (&source, definition.size_max_bytes) {
-        let bytes = std::fs::metadata(path)
-            .map_err(|error| RepartError::Source {
-                file: file.clone(),
-                source: FileError::of(FileAction::Inspect, path)(error),
-            })?
-            .len();
+        let bytes = source_bytes(file, path)?;
         if bytes > max {
             return Err(RepartError::TooLarge {
                 file: file.clone(),
@@ -413,14 +493,16 @@ fn partition(
             });
         }
     }
-    let label = definition
-        .label
-        .clone()
-        .unwrap_or_else(|| definition.partition_type.default_label().to_owned());
+    let empty_slot = definition.partition_type.is_slot() && source.is_none();
+    let label = match &definition.label {
+        Some(label) => expand_label(file, label, outputs.identity)?,
+        None if empty_slot => EMPTY_SLOT_LABEL.to_owned(),
+        None => definition.partition_type.default_label().to_owned(),
+    };
     let (data_uuid, hash_uuid) = outputs.root_hash.partition_uuids();
     let root_uuid = match definition.partition_type {
-        PartitionType::Root => Some(("root", data_uuid)),
-        PartitionType::RootVerity => Some(("root-verity", hash_uuid)),
+        PartitionType::Root if !empty_slot => Some(("root", data_uuid)),
+        PartitionType::RootVerity if !empty_slot => Some(("root-verity", hash_uuid)),
         _ => None,
     };
     let uuid = match (definition.uuid, root_uuid) {
@@ -434,6 +516,10 @@ fn partition(
         }
         (_, Some((_, derived))) => derived,
         (Some(given), None) => given,
+        // Empty slots share a label: their file names tell them apart.
+        (None, None) if empty_slot => {
+            derived_uuid(outputs.root_hash, &format!("{label}/{}", file.display()))
+        }
         (None, None) => derived_uuid(outputs.root_hash, &label),
     };
     Ok(DiskPartition {
@@ -445,23 +531,121 @@ fn partition(
     })
 }
 
-/// At most one `root` and one `root-verity`: the init finds them by the PARTUUIDs derived
-/// from the root hash, which two partitions of a type would have to share.
-fn check_one_root(definitions: &[Definition]) -> Result<(), RepartError> {
-    for (partition_type, name) in [
-        (PartitionType::Root, "root"),
-        (PartitionType::RootVerity, "root-verity"),
-    ] {
-        let mut files = definitions
+fn source_bytes(file: &Path, path: &Path) -> Result<u64, RepartError> {
+    std::fs::metadata(path)
+        .map(|metadata| metadata.len())
+        .map_err(|error| RepartError::Source {
+            file: file.to_owned(),
+            source: FileError::of(FileAction::Inspect, path)(error),
+        })
+}
+
+/// Expands repart's `%M` (IMAGE_ID), `%A` (IMAGE_VERSION) and `%%` in a label.
+fn expand_label(file: &Path, label: &str, identity: &ImageIdentity) -> Result<String, RepartError> {
+    let problem = |problem: String| RepartError::Label {
+        file: file.to_owned(),
+        label: label.to_owned(),
+        problem,
+    };
+    let mut expanded = String::new();
+    let mut chars = label.chars();
+    while let Some(ch) = chars.next() {
+        if ch != '%' {
+            expanded.push(ch);
+            continue;
+        }
+        let (value, key) = match chars.next() {
+            Some('%') => {
+                expanded.push('%');
+                continue;
+            }
+            Some('M') => (&identity.image_id, "IMAGE_ID"),
+            Some('A') => (&identity.image_version, "IMAGE_VERSION"),
+            Some(other) => return Err(problem(format!("%{other} is not one of %M, %A, %%"))),
+            None => return Err(problem("it ends in a lone %".to_owned())),
+        };
+        let value = value
+            .as_deref()
+            .ok_or_else(|| problem(format!("the image's os-release has no {key}=")))?;
+        expanded.push_str(value);
+    }
+    // GPT names are 36 UTF-16 units.
+    if expanded.encode_utf16().count() > 36 {
+        return Err(problem(format!(
+            "{expanded:?} is longer than the 36 characters a GPT name holds"
+        )));
+    }
+    Ok(expanded)
+}
+
+/// Exactly one filled slot of each slot type, as many slots of one type as of the other:
+/// the init finds the filled one by the PARTUUIDs derived from the root hash.
+fn check_slots(definitions: &[Definition]) -> Result<(), RepartError> {
+    let mut counts = [0usize; 2];
+    for (count, partition_type) in counts
+        .iter_mut()
+        .zip([PartitionType::Root, PartitionType::RootVerity])
+    {
+        let slots: Vec<_> = definitions
             .iter()
             .filter(|definition| definition.partition_type == partition_type)
-            .map(|definition| &definition.file);
-        if let (Some(first), Some(second)) = (files.next(), files.next()) {
-            return Err(RepartError::TwoRoots {
-                first: first.clone(),
-                second: second.clone(),
-                partition_type: name,
-            });
+            .collect();
+        *count = slots.len();
+        let mut filled = slots.iter().filter(|slot| slot.copy_blocks.is_some());
+        match (filled.next(), filled.next()) {
+            (Some(first), Some(second)) => {
+                return Err(RepartError::TwoRoots {
+                    first: first.file.clone(),
+                    second: second.file.clone(),
+                    partition_type: partition_type.name(),
+                })
+            }
+            (None, _) if !slots.is_empty() => {
+                return Err(RepartError::OnlyEmptySlots {
+                    file: slots[0].file.clone(),
+                    partition_type: partition_type.name(),
+                })
+            }
+            _ => {}
+        }
+    }
+    if counts[0] != counts[1] && counts[0] > 1 {
+        return Err(RepartError::UnpairedSlots {
+            count_root: counts[0],
+            count_verity: counts[1],
+        });
+    }
+    Ok(())
+}
+
+/// Makes every slot of a type as large as the largest one (content or `SizeMinBytes=`).
+fn equalize_slots(
+    definitions: &[Definition],
+    partitions: &mut [DiskPartition],
+) -> Result<(), RepartError> {
+    for partition_type in [PartitionType::Root, PartitionType::RootVerity] {
+        let slots = definitions
+            .iter()
+            .filter(|definition| definition.partition_type == partition_type)
+            .count();
+        if slots < 2 {
+            continue;
+        }
+        let mut largest = 0;
+        for (definition, partition) in definitions.iter().zip(partitions.iter()) {
+            if definition.partition_type != partition_type {
+                continue;
+            }
+            let content = match &partition.source {
+                Some(path) => source_bytes(&definition.file, path)?,
+                None => 0,
+            };
+            largest = largest.max(content).max(partition.min_bytes);
+        }
+        for (definition, partition) in definitions.iter().zip(partitions.iter_mut()) {
+            if definition.partition_type == partition_type {
+                partition.min_bytes = largest;
+            }
         }
     }
     Ok(())
@@ -534,6 +718,7 @@ mod tests {
             image: &image,
             tree: &tree,
             esp: Some(&esp_image),
+            identity: &NO_IDENTITY,
         };
         let laid_out =
             partitions(dir.path(), &[esp, root, verity, var], &outputs).expect("partitions");
@@ -588,12 +773,133 @@ mod tests {
         assert!(error_chain(&error).contains("10-x.conf:1: unknown section [Install]"));
     }
 
+    static NO_IDENTITY: ImageIdentity = ImageIdentity {
+        image_id: None,
+        image_version: None,
+    };
+
+    fn ab_definitions() -> Vec<Definition> {
+        [
+            (
+                "10-root-a.conf",
+                "Type=root\nLabel=%M_%A\nCopyBlocks=root-image\nSizeMinBytes=4M",
+            ),
+            (
+                "11-verity-a.conf",
+                "Type=root-verity\nLabel=%M_%A_verity\nCopyBlocks=root-verity",
+            ),
+            ("20-root-b.conf", "Type=root"),
+            ("21-verity-b.conf", "Type=root-verity\nSizeMinBytes=2M"),
+        ]
+        .iter()
+        .map(|(file, body)| {
+            parse_definition(Path::new(file), &format!("[Partition]\n{body}\n")).expect(file)
+        })
+        .collect()
+    }
+
+    #[test]
+    fn ab_slots_are_labelled_by_image_and_sized_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("root.img");
+        let tree = dir.path().join("root.verity");
+        std::fs::write(&image, vec![0xaa; 3 << 20]).expect("write");
+        std::fs::write(&tree, vec![0xbb; 4096]).expect("write");
+        let hash = root_hash();
+        let identity = ImageIdentity {
+            image_id: Some("demo".to_owned()),
+            image_version: Some("1.2".to_owned()),
+        };
+        let outputs = BuildOutputs {
+            root_hash: &hash,
+            image: &image,
+            tree: &tree,
+            esp: None,
+            identity: &identity,
+        };
+        let laid_out = partitions(dir.path(), &ab_definitions(), &outputs).expect("partitions");
+        let labels: Vec<_> = laid_out.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(labels, ["demo_1.2", "demo_1.2_verity", "_empty", "_empty"]);
+        let sizes: Vec<_> = laid_out.iter().map(|p| p.min_bytes).collect();
+        assert_eq!(sizes, [4 << 20, 2 << 20, 4 << 20, 2 << 20]);
+        let (data, verity) = hash.partition_uuids();
+        assert_eq!((laid_out[0].uuid, laid_out[1].uuid), (data, verity));
+        let mut uuids: Vec<_> = laid_out.iter().map(|p| p.uuid).collect();
+        uuids.sort();
+        uuids.dedup();
+        assert_eq!(uuids.len(), 4, "every PARTUUID differs");
+
+        let error = partitions(
+            dir.path(),
+            &ab_definitions(),
+            &BuildOutputs {
+                identity: &NO_IDENTITY,
+                ..outputs
+            },
+        )
+        .expect_err("no IMAGE_ID");
+        assert_eq!(
+            error.to_string(),
+            "10-root-a.conf: Label=\"%M_%A\": the image's os-release has no IMAGE_ID="
+        );
+    }
+
+    #[test]
+    fn label_specifiers_are_checked() {
+        let identity = ImageIdentity {
+            image_id: Some("a".repeat(30)),
+            image_version: Some("1".to_owned()),
+        };
+        let file = Path::new("x.conf");
+        assert_eq!(
+            expand_label(file, "100%%_%A", &identity).expect("expands"),
+            "100%_1"
+        );
+        for (label, problem) in [
+            ("%Q", "%Q is not one of %M, %A, %%"),
+            ("x%", "it ends in a lone %"),
+        ] {
+            let error = expand_label(file, label, &identity).expect_err(label);
+            assert_eq!(
+                error.to_string(),
+                format!("x.conf: Label={label:?}: {problem}")
+            );
+        }
+        let error = expand_label(file, "%M_%A_verity", &identity).expect_err("long");
+        assert!(error
+            .to_string()
+            .ends_with("longer than the 36 characters a GPT name holds"));
+    }
+
+    #[test]
+    fn slots_must_pair_and_one_must_be_filled() {
+        let mut definitions = ab_definitions();
+        definitions.remove(3);
+        let hash = root_hash();
+        let error =
+            partitions(Path::new("."), &definitions, &outputs(&hash)).expect_err("unpaired");
+        assert_eq!(
+            error.to_string(),
+            "2 Type=root and 1 Type=root-verity partitions: each slot is a root and its hash tree"
+        );
+        let empty_only = &ab_definitions()[2..];
+        let error =
+            partitions(Path::new("."), empty_only, &outputs(&hash)).expect_err("none filled");
+        assert!(
+            error
+                .to_string()
+                .starts_with("20-root-b.conf: Type=root without CopyBlocks= is an empty slot"),
+            "{error}"
+        );
+    }
+
     fn outputs(hash: &RootHash) -> BuildOutputs<'_> {
         BuildOutputs {
             root_hash: hash,
             image: Path::new("root.img"),
             tree: Path::new("root.verity"),
             esp: None,
+            identity: &NO_IDENTITY,
         }
     }
 
@@ -609,8 +915,9 @@ mod tests {
             assert_eq!(
                 error.to_string(),
                 format!(
-                    "10-a.conf and 20-b.conf: two Type={kind} partitions; a disk holds one root \
-                     and its hash tree, which roothash= finds by PARTUUID"
+                    "10-a.conf and 20-b.conf: two Type={kind} partitions with CopyBlocks=; a \
+                     disk holds one root and its hash tree, which roothash= finds by PARTUUID \
+                     (other slots stay empty)"
                 )
             );
         }
@@ -697,6 +1004,7 @@ mod tests {
             image: Path::new("root.img"),
             tree: Path::new("root.verity"),
             esp: None,
+            identity: &NO_IDENTITY,
         };
         let error = partitions(Path::new("."), &[esp], &outputs).expect_err("no uki");
         assert_eq!(
@@ -718,6 +1026,7 @@ mod tests {
             image: Path::new("root.img"),
             tree: Path::new("root.verity"),
             esp: None,
+            identity: &NO_IDENTITY,
         };
         let error = partitions(dir.path(), &[definition], &outputs).expect_err("too large");
         assert!(
@@ -734,22 +1043,19 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_example_layout_parses() {
+    fn the_shipped_ab_layout_is_the_default_and_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions");
         let definitions = read_definitions(&dir).expect("definitions");
         let names: Vec<_> = definitions
             .iter()
             .map(|d| d.file.file_name().and_then(|n| n.to_str()).unwrap_or(""))
             .collect();
-        assert_eq!(
-            names,
-            [
-                "00-esp.conf",
-                "10-root.conf",
-                "20-root-verity.conf",
-                "30-var.conf"
-            ]
-        );
+        let embedded: Vec<_> = DEFAULT_AB_LAYOUT.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, embedded);
+        for ((name, text), definition) in DEFAULT_AB_LAYOUT.iter().zip(&definitions) {
+            let on_disk = std::fs::read_to_string(&definition.file).expect("read");
+            assert_eq!(&on_disk, text, "{name}");
+        }
         let types: Vec<_> = definitions.iter().map(|d| d.partition_type).collect();
         assert_eq!(
             types,
@@ -757,15 +1063,17 @@ mod tests {
                 PartitionType::Esp,
                 PartitionType::Root,
                 PartitionType::RootVerity,
+                PartitionType::Root,
+                PartitionType::RootVerity,
                 PartitionType::Var
             ]
         );
         assert_eq!(definitions[0].copy_blocks, Some(CopyBlocks::UkiEsp));
-        assert_eq!(definitions[0].size_min_bytes, Some(64 << 20));
         assert_eq!(definitions[1].copy_blocks, Some(CopyBlocks::RootImage));
+        assert_eq!(definitions[1].label.as_deref(), Some("%M_%A"));
         assert_eq!(definitions[2].copy_blocks, Some(CopyBlocks::RootVerity));
         assert_eq!(definitions[3].copy_blocks, None);
-        assert_eq!(definitions[3].size_min_bytes, Some(256 << 20));
-        assert_eq!(definitions[3].label.as_deref(), Some("var"));
+        assert_eq!(definitions[5].size_min_bytes, Some(256 << 20));
+        check_slots(&definitions).expect("one filled slot of each");
     }
 }

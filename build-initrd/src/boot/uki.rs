@@ -20,6 +20,8 @@ use xorbang_formats::bytes::{le_u16, le_u32};
 
 /// Debian's systemd-boot-efi package puts the x86-64 stub here.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// systemd-boot (Debian's systemd-boot-efi), the boot loader of the A/B layout.
+pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub const DEFAULT_OS_RELEASE: &str = "/etc/os-release";
 const SBSIGN: &str = "sbsign";
 const SBVERIFY: &str = "sbverify";
@@ -359,6 +361,16 @@ fn check_readable(what: &'static str, path: &Path) -> Result<(), UkiError> {
             what,
             source: FileError::of(FileAction::Read, path)(source),
         })
+}
+
+/// Signs the EFI program `input` (systemd-boot, for the A/B layout's ESP) into `out` with
+/// `signing`, checked with sbverify like a UKI; returns the signed size.
+pub fn sign_efi(input: &Path, out: &Path, signing: &Signing) -> Result<u64, UkiError> {
+    let image = std::fs::read(input).map_err(|source| UkiError::Input {
+        what: "EFI program to sign",
+        source: FileError::of(FileAction::Read, input)(source),
+    })?;
+    write_signed(&image, out, signing)
 }
 
 /// Signs a copy of the image into `out`'s temporary path and verifies it there; only a

@@ -446,7 +446,7 @@ pub fn build_extension(
         spec.mtime,
         &added,
     )?;
-    let manifest = verified::add_verity(&squashfs)?;
+    let manifest = verified::add_verity(&squashfs, verified::ImageIdentity::default())?;
     let (_, root_hash, tree) = verified::read_manifest(&squashfs)?;
     let partitions = disk::verity_root_partitions(&root_hash, &squashfs, &tree);
     let image_bytes = disk::write_disk(out, &partitions)?;

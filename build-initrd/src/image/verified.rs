@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::Guid;
+use xorbang_formats::os_release;
 use xorbang_formats::verity::{RootHash, RootHashError, Salt, SaltError};
 
 use crate::file_error::{FileAction, FileError};
@@ -37,6 +38,42 @@ pub struct Manifest {
     /// File names, relative to the manifest's directory.
     pub image: String,
     pub verity: String,
+    /// The root's `IMAGE_ID=` and `IMAGE_VERSION=` (extensions have none): what names its
+    /// partitions in the A/B layout (`Label=%M_%A`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+}
+
+/// Which build of which OS an image holds, from its os-release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageIdentity {
+    pub image_id: Option<String>,
+    pub image_version: Option<String>,
+}
+
+impl ImageIdentity {
+    /// `IMAGE_ID=` and `IMAGE_VERSION=` of the root tree `root` (`usr/lib/os-release`, else
+    /// `etc/os-release`); none when it has neither file.
+    pub fn of_tree(root: &Path) -> Result<Self, VerifiedImageError> {
+        let Some(path) = ["usr/lib/os-release", "etc/os-release"]
+            .iter()
+            .map(|candidate| root.join(candidate))
+            .find(|path| path.is_file())
+        else {
+            return Ok(Self::default());
+        };
+        let text =
+            std::fs::read_to_string(&path).map_err(FileError::of(FileAction::Read, &path))?;
+        let release = os_release::parse(&text)
+            .map_err(|source| VerifiedImageError::OsRelease { path, source })?;
+        let value = |key| release.get_nonempty(key).map(str::to_owned);
+        Ok(Self {
+            image_id: value("IMAGE_ID"),
+            image_version: value("IMAGE_VERSION"),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +109,12 @@ pub enum VerifiedImageError {
         found: String,
         recorded: String,
     },
+    #[error("{path} is not a valid os-release file")]
+    OsRelease {
+        path: PathBuf,
+        #[source]
+        source: os_release::OsReleaseError,
+    },
     #[error("hash tree of {image}")]
     Verity {
         image: PathBuf,
@@ -105,7 +148,7 @@ pub fn remove_companions(image: &Path) -> Result<(), FileError> {
 
 /// Formats the hash tree of `image` and then writes the manifest, last, once the image and
 /// tree it describes are complete; returns it.
-pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
+pub fn add_verity(image: &Path, identity: ImageIdentity) -> Result<Manifest, VerifiedImageError> {
     let digest = file_digest(image)?;
     let derive = |purpose: &[u8]| -> [u8; 32] {
         Sha256::new()
@@ -144,6 +187,8 @@ pub fn add_verity(image: &Path) -> Result<Manifest, VerifiedImageError> {
         verity_bytes: file_size(&tree_path)?,
         image: file_name(image),
         verity: file_name(&tree_path),
+        image_id: identity.image_id,
+        image_version: identity.image_version,
     };
     write_manifest(&companion(image, "json"), &manifest)?;
     Ok(manifest)
@@ -258,7 +303,7 @@ mod tests {
         let image = dir.path().join("root.img");
         let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&image, &data).expect("write");
-        let manifest = add_verity(&image).expect("formats");
+        let manifest = add_verity(&image, ImageIdentity::default()).expect("formats");
         assert_eq!(manifest.data_blocks, 64);
         assert_eq!(manifest.image, "root.img");
         let (read, root_hash, tree) = read_manifest(&image).expect("reads");
@@ -272,7 +317,7 @@ mod tests {
         )
         .expect("our verifier accepts it");
         let first = std::fs::read(&tree).expect("read");
-        add_verity(&image).expect("formats again");
+        add_verity(&image, ImageIdentity::default()).expect("formats again");
         assert_eq!(std::fs::read(&tree).expect("read"), first, "reproducible");
     }
 
@@ -283,8 +328,8 @@ mod tests {
         let b = dir.path().join("b.img");
         std::fs::write(&a, vec![1u8; 4096]).expect("write");
         std::fs::write(&b, vec![2u8; 4096]).expect("write");
-        let salt_a = add_verity(&a).expect("a").salt;
-        let salt_b = add_verity(&b).expect("b").salt;
+        let salt_a = add_verity(&a, ImageIdentity::default()).expect("a").salt;
+        let salt_b = add_verity(&b, ImageIdentity::default()).expect("b").salt;
         assert_ne!(salt_a, salt_b);
     }
 
@@ -293,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let image = dir.path().join("root.img");
         std::fs::write(&image, vec![3u8; 8192]).expect("write");
-        let manifest = add_verity(&image).expect("formats");
+        let manifest = add_verity(&image, ImageIdentity::default()).expect("formats");
         assert_eq!(manifest.image_bytes, 8192);
         assert_eq!(manifest.image_sha256, hex(&Sha256::digest(vec![3u8; 8192])));
         std::fs::write(&image, vec![3u8; 4096]).expect("shorter");
@@ -324,7 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let image = dir.path().join("root.img");
         std::fs::write(&image, vec![1u8; 4096]).expect("write");
-        add_verity(&image).expect("formats");
+        add_verity(&image, ImageIdentity::default()).expect("formats");
         remove_companions(&image).expect("removes");
         assert!(!companion(&image, "json").exists() && !companion(&image, "verity").exists());
         assert!(image.exists());

@@ -72,6 +72,8 @@ pub struct OsBuild<'a> {
     /// The profile file, recorded in build.json by path and hash.
     pub profile_path: &'a Path,
     pub init: &'a Path,
+    /// The static `xorbang-update` for the image.
+    pub update: &'a Path,
     pub cache: PathBuf,
     pub epoch: u32,
     pub only: BTreeSet<Artifact>,
@@ -108,6 +110,7 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
         profile: spec.profile,
         dir,
         init: spec.init,
+        update: spec.update,
         epoch: spec.epoch,
     };
     let mut steps = Steps::new(recipe, StepCache::new(spec.cache.clone()));

@@ -12,7 +12,7 @@ use super::apt_messages::{self, AptFailure};
 use super::cache::{Inputs, StepCache, StepOutput};
 use super::difference;
 use super::profile::{ExtensionDef, FileContent, Profile};
-use crate::boot::machine_disk::{self, EspContents, MachineDiskError};
+use crate::boot::machine_disk::{self, EspContents, Layout, MachineDiskError};
 use crate::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use crate::file_error::{FileAction, FileError};
 use crate::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
@@ -31,7 +31,14 @@ use xorbang_formats::os_release::{self, ExtensionKind};
 /// called, what the image step changes in the tree), so cached outputs of the old recipe are
 /// not taken for the new one. The Debian root has its own, so bumping this one does not
 /// mean minutes of mmdebstrap.
-const RECIPE_VERSION: &str = "os-steps-5";
+const RECIPE_VERSION: &str = "os-steps-6";
+/// Packages every root gets: `systemd-boot` brings systemd-bless-boot and its generator
+/// (Automatic Boot Assessment); its maintainer script installs nothing without an ESP.
+const LIFECYCLE_PACKAGES: &[&str] = &["systemd-boot"];
+const HEALTH_CHECK_PATH: &str = "/usr/lib/xorbang/health-check";
+const HEALTH_CHECK: &str = include_str!("../../lifecycle/health-check");
+const HEALTH_CHECK_UNIT_PATH: &str = "/usr/lib/systemd/system/xorbang-health-check.service";
+const HEALTH_CHECK_UNIT: &str = include_str!("../../lifecycle/xorbang-health-check.service");
 const ROOTFS_RECIPE: &str = "rootfs-2";
 
 /// The file names of the artifacts, in a step's directory and in the output directory.
@@ -111,6 +118,8 @@ pub struct Recipe<'a> {
     pub profile: &'a Profile,
     pub dir: &'a Path,
     pub init: &'a Path,
+    /// The static `xorbang-update` every image carries.
+    pub update: &'a Path,
     pub epoch: u32,
 }
 
@@ -177,6 +186,7 @@ impl<'a> Steps<'a> {
         let debian = &self.recipe.profile.debian;
         let mut packages = debian.packages.clone();
         packages.push(debian.kernel.clone());
+        packages.extend(LIFECYCLE_PACKAGES.iter().map(|package| package.to_string()));
         let hook = debian.hook.as_ref().map(|hook| self.recipe.dir.join(hook));
         let mut inputs = Inputs::new()
             .text("recipe", ROOTFS_RECIPE)
@@ -344,6 +354,7 @@ impl<'a> Steps<'a> {
             .text("hostname", profile.hostname.as_deref().unwrap_or(""))
             .text("enable", &profile.enable.join(","))
             .text("users", &format!("{:?}", profile.users))
+            .file("xorbang-update", self.recipe.update)?
             .text("source_date_epoch", &self.epoch());
         for file in &profile.files {
             inputs = match &file.content {
@@ -376,7 +387,9 @@ impl<'a> Steps<'a> {
                 &sysext::pin_manifest(&pins),
             )
             .map_err(StepError::Image)?;
-            verified::add_verity(&image).map_err(|error| StepError::Verity(Box::new(error)))?;
+            let verity_error = |error| StepError::Verity(Box::new(error));
+            let identity = verified::ImageIdentity::of_tree(&tree).map_err(verity_error)?;
+            verified::add_verity(&image, identity).map_err(verity_error)?;
             remove_tree(&tree)
         })
     }
@@ -449,10 +462,7 @@ impl<'a> Steps<'a> {
     ) -> Result<StepOutput, StepError> {
         let profile = self.recipe.profile;
         let cmdline = command_line(&profile.boot.cmdline, root_hash, &selection(extensions)?);
-        let signing = profile.boot.signing.as_ref().map(|(key, cert)| Signing {
-            key: self.recipe.dir.join(key),
-            cert: self.recipe.dir.join(cert),
-        });
+        let signing = self.signing();
         let mut inputs = Inputs::new()
             .text("recipe", RECIPE_VERSION)
             .step("kernel", &kernel.key)
@@ -483,38 +493,89 @@ impl<'a> Steps<'a> {
         })
     }
 
-    /// The disk: the ESP with the UKI, the root and its hash tree, in the profile's layout.
+    /// The disk: the ESP with systemd-boot and the UKI (three tries to boot), the root and
+    /// its hash tree in slot A, in the profile's layout or the built-in A/B one.
     pub fn disk(&mut self, image: &StepOutput, uki: &StepOutput) -> Result<StepOutput, StepError> {
         let profile = self.recipe.profile;
         let definitions = profile
             .disk_definitions
             .as_ref()
             .map(|dir| self.recipe.dir.join(dir));
+        let signing = self.signing();
         let mut inputs = Inputs::new()
             .text("recipe", RECIPE_VERSION)
             .step("image", &image.key)
-            .step("uki", &uki.key);
+            .step("uki", &uki.key)
+            .file("boot_loader", Path::new(uki::SYSTEMD_BOOT))?;
         if let Some(definitions) = &definitions {
             inputs = inputs.tree("definitions", definitions)?;
+        }
+        if let Some(signing) = &signing {
+            inputs = inputs
+                .file("sign_key", &signing.key)?
+                .file("sign_cert", &signing.cert)?;
         }
         let name = uki_name(profile);
         self.run("disk", "the disk image", inputs, |dir| {
             let uki_file = uki.dir.join(&name);
+            let boot_loader = match &signing {
+                Some(signing) => {
+                    let signed = dir.join("systemd-bootx64.efi");
+                    uki::sign_efi(Path::new(uki::SYSTEMD_BOOT), &signed, signing)
+                        .map_err(StepError::Uki)?;
+                    signed
+                }
+                None => PathBuf::from(uki::SYSTEMD_BOOT),
+            };
+            let entry = boot_entry_name(profile, FIRST_BOOT_TRIES);
             let esp = EspContents {
                 uki: &uki_file,
-                name: name.trim_end_matches(".efi"),
+                name: &entry,
+                boot_loader: Some(&boot_loader),
                 extras: &[],
+            };
+            let layout = match &definitions {
+                Some(dir) => Layout::Definitions(dir),
+                None => Layout::DefaultAb,
             };
             machine_disk::write(
                 &image.dir.join(ROOT_IMAGE),
                 Some(&esp),
-                definitions.as_deref(),
+                layout,
                 &dir.join(DISK),
             )
-            .map(|_| ())
-            .map_err(StepError::Disk)
+            .map_err(StepError::Disk)?;
+            if signing.is_some() {
+                fs::remove_file(&boot_loader).map_err(|error| {
+                    StepError::File(FileError::of(FileAction::Remove, &boot_loader)(error))
+                })?;
+            }
+            Ok(())
         })
     }
+
+    /// The profile's Secure Boot key and certificate, if it names them.
+    fn signing(&self) -> Option<Signing> {
+        let recipe = self.recipe;
+        recipe
+            .profile
+            .boot
+            .signing
+            .as_ref()
+            .map(|(key, cert)| Signing {
+                key: recipe.dir.join(key),
+                cert: recipe.dir.join(cert),
+            })
+    }
+}
+
+/// How many boots a freshly installed version gets before systemd-boot gives up on it: the
+/// number kernel-install and systemd's documentation use.
+pub const FIRST_BOOT_TRIES: u32 = 3;
+
+/// The UKI's entry name on the ESP, with boot counting: `<IMAGE_ID>_<IMAGE_VERSION>+<tries>`.
+pub fn boot_entry_name(profile: &Profile, tries: u32) -> String {
+    format!("{}_{}+{tries}", profile.os.id, profile.os.version)
 }
 
 /// `<IMAGE_ID>_<IMAGE_VERSION>.efi`, the Boot Loader Specification's name for a type #2 entry.
@@ -801,8 +862,42 @@ fn prepare_tree(
     tree: &Path,
 ) -> Result<ExtensionPins, StepError> {
     extract(&rootfs.dir.join(ROOTFS_TAR), tree, "image")?;
+    install_lifecycle(tree, recipe.update)?;
     customize(tree, recipe.profile, recipe.dir, recipe.epoch)?;
     install_extensions(tree, extensions)
+}
+
+/// What every image carries for A/B updates, before the profile (which may add health
+/// checks): `xorbang-update`, the health check that boot-complete.target needs, `/efi` where
+/// systemd mounts the ESP (systemd-bless-boot renames the entry there), and
+/// systemd-boot-update masked (the boot loader on the ESP is the one the image was
+/// installed or updated with, signed for Secure Boot; bootctl would put an unsigned copy there).
+fn install_lifecycle(tree: &Path, update: &Path) -> Result<(), StepError> {
+    let binary = fs::read(update).map_err(FileError::of(FileAction::Read, update))?;
+    write_in_tree(tree, "/usr/bin/xorbang-update", &binary, 0o755)?;
+    write_in_tree(tree, HEALTH_CHECK_PATH, HEALTH_CHECK.as_bytes(), 0o755)?;
+    write_in_tree(
+        tree,
+        HEALTH_CHECK_UNIT_PATH,
+        HEALTH_CHECK_UNIT.as_bytes(),
+        0o644,
+    )?;
+    let efi = tree.join("efi");
+    fs::create_dir_all(&efi).map_err(FileError::of(FileAction::CreateDirectory, &efi))?;
+    run_tool(
+        "image",
+        Command::new("systemctl")
+            .arg(format!("--root={}", tree.display()))
+            .args(["enable", "xorbang-health-check.service"]),
+        "systemd",
+    )?;
+    run_tool(
+        "image",
+        Command::new("systemctl")
+            .arg(format!("--root={}", tree.display()))
+            .args(["mask", "systemd-boot-update.service"]),
+        "systemd",
+    )
 }
 
 /// The profile applied to the extracted root `tree`.

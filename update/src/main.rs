@@ -1,0 +1,5 @@
+//! `xorbang-update`: moves a xorbang machine to another version of its image.
+
+mod http;
+
+fn main() {}
