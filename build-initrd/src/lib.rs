@@ -6,11 +6,13 @@
 //! * [`boot`]: what firmware boots: the UKI (PE sections on the systemd stub), the EFI System
 //!   Partition, GPT disk images laid out by hand or from repart definitions;
 //! * [`os`]: all of them from one build profile;
+//! * [`bundle`]: a version as a signed update bundle in a channel;
 //!
 //! and what they all share: [`output`] (atomic outputs), [`file_error`] (a failed file
 //! operation) and [`tool`] (the external programs they run).
 
 pub mod boot;
+pub mod bundle;
 pub mod file_error;
 pub mod image;
 pub mod initrd;

@@ -9,6 +9,7 @@ mod os_command;
 use clap::{Parser, Subcommand};
 use xorbang_build::boot::machine_disk::{self, EspContents, Layout, MachineDiskError};
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
+use xorbang_build::bundle::{self, BundleBuildError, BundleSpec};
 use xorbang_build::file_error::{FileAction, FileError};
 use xorbang_build::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
@@ -59,6 +60,10 @@ enum Command {
     /// verified root image, the initramfs, the UKI and the disk, each step cached by the
     /// hash of its inputs; OUTDIR gets the artifacts and build.json.
     Os(os_command::OsArgs),
+    /// Publish a version as an update bundle in a channel directory: CHANNEL/<IMAGE_ID>_<VERSION>/
+    /// with the image, its hash tree, the UKI and a manifest (sizes, SHA-256, root hash)
+    /// signed with minisign, and the version added to CHANNEL/index.json.
+    Bundle(BundleArgs),
     /// dm-verity hash trees, byte for byte as veritysetup writes them.
     Verity {
         #[command(subcommand)]
@@ -297,6 +302,24 @@ struct DiskArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct BundleArgs {
+    /// An image made by `xorbang-build image` from a root whose os-release names IMAGE_ID
+    /// and IMAGE_VERSION.
+    #[arg(long, value_name = "IMAGE")]
+    image: PathBuf,
+    /// Its UKI: its command line's roothash= must be the image's.
+    #[arg(long, value_name = "UKI")]
+    uki: PathBuf,
+    /// The minisign secret key that signs the manifest (its public half is pinned in the
+    /// images that take the update, in /usr/lib/xorbang/keys/).
+    #[arg(long, value_name = "KEY")]
+    sign_key: Option<PathBuf>,
+    /// The channel directory.
+    #[arg(short, long, value_name = "CHANNEL")]
+    output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("command_line").required(true).args(["cmdline", "cmdline_file"])))]
 struct UkiArgs {
     /// The EFI stub the sections are added to (systemd-boot-efi's).
@@ -337,6 +360,8 @@ enum CliError {
     SourceDateEpoch(String),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("cannot write the bundle")]
+    Bundle(#[from] BundleBuildError),
     // The parser's message (line, column, what is wrong) follows the file's name.
     #[error("{}", path.display())]
     HostConfig {
@@ -418,6 +443,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Sysext(args) => build_sysext(args, source_date_epoch()?),
         Command::Uki(args) => build_uki(args, source_date_epoch()?),
         Command::Os(args) => Ok(os_command::run(args, source_date_epoch_if_set()?)?),
+        Command::Bundle(args) => build_bundle(&args),
         Command::Verity {
             command: VerityCommand::Format(args),
         } => verity_format(args),
@@ -617,6 +643,33 @@ fn build_disk(args: &DiskArgs) -> Result<(), CliError> {
     let (size, root_hash) = machine_disk::write(&args.image, esp.as_ref(), layout, &args.output)?;
     println!("{}: {size} bytes", args.output.display());
     println!("Root hash: {root_hash}");
+    Ok(())
+}
+
+fn build_bundle(args: &BundleArgs) -> Result<(), CliError> {
+    let spec = BundleSpec {
+        image: &args.image,
+        uki: &args.uki,
+        channel: &args.output,
+        sign_key: args.sign_key.as_deref(),
+    };
+    let manifest = bundle::write(&spec)?;
+    let dir = args.output.join(manifest.bundle_dir());
+    println!(
+        "{}: {} {} ({} + {} + {} bytes), root hash {}{}",
+        dir.display(),
+        manifest.image_id,
+        manifest.version,
+        manifest.root.bytes,
+        manifest.verity.bytes,
+        manifest.uki.bytes,
+        manifest.root_hash,
+        if args.sign_key.is_some() {
+            ", signed"
+        } else {
+            ", NOT signed: machines refuse it"
+        }
+    );
     Ok(())
 }
 

@@ -134,7 +134,10 @@ fn at_profile_line(path: &Path, text: &str, error: OsBuildError) -> OsCommandErr
     }
 }
 
-fn beside_this_program(name: &'static str, option: &'static str) -> Result<PathBuf, OsCommandError> {
+fn beside_this_program(
+    name: &'static str,
+    option: &'static str,
+) -> Result<PathBuf, OsCommandError> {
     let program = std::env::current_exe().map_err(FileError::of(
         FileAction::Inspect,
         Path::new("/proc/self/exe"),

@@ -120,6 +120,7 @@ impl Context {
             },
             disks,
             fw_cfg: Vec::new(),
+            user_network: false,
             memory_mib: MEMORY_MIB,
             timeout,
             after_markers: AfterMarkers::PowerOff,
@@ -140,6 +141,7 @@ impl Context {
             boot: Boot::Firmware(firmware.clone()),
             disks,
             fw_cfg: Vec::new(),
+            user_network: false,
             memory_mib: MEMORY_MIB,
             timeout: FIRMWARE_TIMEOUT,
             after_markers: AfterMarkers::PowerOff,
@@ -199,6 +201,17 @@ impl Context {
     /// one leaves them out).
     pub fn vfat_initrd(&self) -> Result<PathBuf, String> {
         self.initrd_with("initrd-vfat.img", &["vfat", "nls_cp437", "nls_ascii"])
+    }
+
+    /// The initramfs of the A/B machines: FAT for the ESP (the init finds the boot loader's
+    /// there), autofs (systemd mounts the ESP at /efi on demand, where systemd-bless-boot
+    /// renames the entry) and virtio_net for the update channel; the test system carries no
+    /// modules of its own.
+    pub fn ab_initrd(&self) -> Result<PathBuf, String> {
+        self.initrd_with(
+            "initrd-ab.img",
+            &["vfat", "nls_cp437", "nls_ascii", "autofs4", "virtio_net"],
+        )
     }
 
     /// The initramfs with ext4 (which asks for crc32c through the crypto API, a soft

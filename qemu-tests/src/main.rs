@@ -232,6 +232,7 @@ fn demo(dev: bool) -> Result<(), String> {
         },
         disks: vec![built.file("disk.img")],
         fw_cfg: Vec::new(),
+        user_network: false,
         memory_mib: 512,
         timeout: Duration::ZERO,
         after_markers: qemu::AfterMarkers::PowerOff,

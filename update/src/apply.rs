@@ -72,6 +72,12 @@ pub enum ApplyError {
         expected: String,
         found: String,
     },
+    #[error("the UKI {what} boots roothash={found}, not the signed manifest's {expected}")]
+    UkiRootHash {
+        what: String,
+        found: String,
+        expected: String,
+    },
     #[error("the UKI {what} is not a UKI")]
     Uki {
         what: String,
@@ -288,10 +294,10 @@ fn checked_uki(channel: &Channel, dir: &str, manifest: &Manifest) -> Result<Vec<
         .unwrap_or("none")
         .to_owned();
     if root_hash != manifest.root_hash {
-        return Err(ApplyError::Mismatch {
-            what: format!("the UKI {what} boots roothash="),
-            expected: manifest.root_hash.clone(),
+        return Err(ApplyError::UkiRootHash {
+            what,
             found: root_hash,
+            expected: manifest.root_hash.clone(),
         });
     }
     let osrel = String::from_utf8_lossy(section(".osrel")?).into_owned();

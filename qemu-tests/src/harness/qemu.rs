@@ -28,6 +28,9 @@ pub struct Vm {
     pub writable_disks: bool,
     /// Files handed to the guest through QEMU's fw_cfg, by name (`opt/…`).
     pub fw_cfg: Vec<(String, PathBuf)>,
+    /// A virtio NIC on QEMU's user-mode network, where the host's 127.0.0.1 is 10.0.2.2 (the
+    /// runner's HTTP server); without it the guest has no network at all.
+    pub user_network: bool,
     pub memory_mib: u32,
     /// Give up after this long without the expected lines.
     pub timeout: Duration,
@@ -183,6 +186,9 @@ impl Vm {
                 command.args(["-append", append]);
             }
             Boot::Firmware(firmware) => add_firmware(&mut command, firmware),
+        }
+        if self.user_network {
+            command.args(["-nic", "user,model=virtio-net-pci"]);
         }
         for (name, file) in &self.fw_cfg {
             command
@@ -506,6 +512,7 @@ mod tests {
             },
             disks: Vec::new(),
             fw_cfg: Vec::new(),
+            user_network: false,
             memory_mib: 64,
             timeout: Duration::from_secs(5),
             after_markers: AfterMarkers::PowerOff,

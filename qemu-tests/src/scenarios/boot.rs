@@ -136,6 +136,7 @@ pub fn custom_kernel_boot(context: &Context) -> Result<(), String> {
         },
         disks: vec![context.system.disk.clone()],
         fw_cfg: Vec::new(),
+        user_network: false,
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,

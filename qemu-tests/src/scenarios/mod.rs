@@ -3,6 +3,7 @@
 //! agent's `XORBANG-TEST: PASS <name>`, or the init's own error and failure-policy lines for
 //! the scenarios where the boot must be refused.
 
+mod ab;
 mod boot;
 mod extensions;
 mod host_config;
@@ -299,6 +300,24 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "an unknown profile key is refused with file:line:column; a sysext changing /etc/passwd is refused naming it; no output left",
         requires: &[],
         run: os_profile::os_profile_invalid,
+    },
+    Scenario {
+        name: "ab-update",
+        about: "OVMF + systemd-boot: v1 installs v2 from the runner's HTTP channel with xorbang-update apply; the next boot is v2, blessed (no counter left) after boot-complete.target",
+        requires: &[],
+        run: ab::ab_update,
+    },
+    Scenario {
+        name: "ab-bad-bundle",
+        about: "bundles signed by an unpinned key, with a wrong UKI hash, or with a UKI for another root: each refused with one line, slot B untouched",
+        requires: &[],
+        run: ab::ab_bad_bundle,
+    },
+    Scenario {
+        name: "ab-rollback-init",
+        about: "v2 installed with one try and its hash tree damaged: the init refuses it, the next boot is v1 by itself and status shows v2 bad",
+        requires: &[],
+        run: ab::ab_rollback_init,
     },
 ];
 

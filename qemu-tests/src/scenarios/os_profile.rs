@@ -108,6 +108,7 @@ pub fn os_profile_demo(context: &Context) -> Result<(), String> {
         },
         disks: vec![built.file("disk.img")],
         fw_cfg: Vec::new(),
+        user_network: false,
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
         // The demo has no agent to power it off: the run ends at the greeting.

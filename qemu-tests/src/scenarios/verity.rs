@@ -96,6 +96,7 @@ pub fn verity_initramfs_file(context: &Context) -> Result<(), String> {
         },
         disks: Vec::new(),
         fw_cfg: Vec::new(),
+        user_network: false,
         memory_mib: MEMORY_MIB,
         timeout: INITRAMFS_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,
