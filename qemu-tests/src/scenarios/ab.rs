@@ -12,9 +12,12 @@ use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::{self, GptHeader, GptPartition};
 
 use crate::context::{pass_line, refused, Context};
-use crate::fixtures::ab::{self, AbFixture, BAD_CHANNELS, GOOD_CHANNEL, IMAGE_ID};
+use crate::fixtures::ab::{
+    self, AbFixture, BAD_CHANNELS, FAILING_CHECK, GOOD_CHANNEL, IMAGE_ID, SECURE_CHANNEL,
+    UNHEALTHY_CHANNEL,
+};
 use crate::harness::http_server::HttpServer;
-use crate::harness::qemu::{LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, LineMatch, Vm};
 
 /// Built once per run, on first use.
 static FIXTURE: OnceLock<Result<AbFixture, String>> = OnceLock::new();
@@ -53,11 +56,15 @@ struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
-    fn new(context: &'a Context, name: &'static str) -> Result<Self, String> {
+    fn new(context: &'a Context, name: &'static str, secure_boot: bool) -> Result<Self, String> {
         let fixture = fixture(context)?;
         let disk = context.work.join(format!("{name}.disk.img"));
-        copy_sparse(&fixture.disk, &disk)?;
-        let (mut vm, _) = context.firmware_vm(name, false, vec![disk.clone()])?;
+        let pristine = match secure_boot {
+            true => &fixture.secure_disk,
+            false => &fixture.disk,
+        };
+        copy_sparse(pristine, &disk)?;
+        let (mut vm, _) = context.firmware_vm(name, secure_boot, vec![disk.clone()])?;
         vm.writable_disks = true;
         vm.user_network = true;
         let server = HttpServer::serve(&fixture.channels)
@@ -83,9 +90,21 @@ impl<'a> Machine<'a> {
         settings: &[(&str, String)],
         expect: &[LineMatch],
     ) -> Result<(), String> {
+        self.boot_then(step, settings, expect, AfterMarkers::PowerOff)
+    }
+
+    /// [`Self::boot`], ending the run as `after` says once the lines are in.
+    fn boot_then(
+        &mut self,
+        step: &str,
+        settings: &[(&str, String)],
+        expect: &[LineMatch],
+        after: AfterMarkers,
+    ) -> Result<(), String> {
         self.boots += 1;
         let label = format!("{}-{}", self.name, self.boots);
         let mut vm = self.vm.clone();
+        vm.after_markers = after;
         let config = self
             .context
             .write_work_file(&format!("{label}.host-config.toml"), NETWORK_CONFIG)?;
@@ -129,7 +148,7 @@ fn installed_line(version: &str) -> LineMatch {
 /// v1 boots and installs v2 from the channel; the next boot runs v2, and once
 /// boot-complete.target is reached its entry has no counter left.
 pub fn ab_update(context: &Context) -> Result<(), String> {
-    let mut machine = Machine::new(context, "ab-update")?;
+    let mut machine = Machine::new(context, "ab-update", false)?;
     let channel = machine.channel(GOOD_CHANNEL);
     machine.boot(
         "ab-apply",
@@ -149,7 +168,7 @@ pub fn ab_update(context: &Context) -> Result<(), String> {
 /// A bundle signed by an unpinned key, one whose UKI does not have the signed hash, and
 /// one whose UKI boots another root: each refused with one line, and slot B is untouched.
 pub fn ab_bad_bundle(context: &Context) -> Result<(), String> {
-    let mut machine = Machine::new(context, "ab-bad-bundle")?;
+    let mut machine = Machine::new(context, "ab-bad-bundle", false)?;
     let before = slot_b_digest(&machine.disk)?;
     let channels: Vec<String> = BAD_CHANNELS
         .iter()
@@ -183,7 +202,7 @@ pub fn ab_bad_bundle(context: &Context) -> Result<(), String> {
 /// v2 is installed with one try, then its hash tree is damaged on the disk: the init
 /// refuses it and reboots, and the boot after that is v1's, with v2 reported bad.
 pub fn ab_rollback_init(context: &Context) -> Result<(), String> {
-    let mut machine = Machine::new(context, "ab-rollback-init")?;
+    let mut machine = Machine::new(context, "ab-rollback-init", false)?;
     let channel = machine.channel(GOOD_CHANNEL);
     machine.boot(
         "ab-apply",
@@ -193,7 +212,7 @@ pub fn ab_rollback_init(context: &Context) -> Result<(), String> {
     damage_slot_b_tree(&machine.disk)?;
     let v2_root_hash = fixture(context)?.v2_root_hash.clone();
     machine.boot(
-        "ab-never",
+        "ab-wait",
         &[],
         &refused(format!(
             "verity: root hash mismatch: roothash={v2_root_hash} but"
@@ -208,6 +227,82 @@ pub fn ab_rollback_init(context: &Context) -> Result<(), String> {
             )),
             pass_line("ab-expect"),
         ],
+    )
+}
+
+/// v3's health check fails: boot-complete.target is never reached, the check's
+/// FailureAction reboots, and with its one try spent the next boot is v1's.
+pub fn ab_rollback_health(context: &Context) -> Result<(), String> {
+    let mut machine = Machine::new(context, "ab-rollback-health", false)?;
+    let channel = machine.channel(UNHEALTHY_CHANNEL);
+    machine.boot(
+        "ab-apply",
+        &[("channel", channel), ("tries", "1".to_owned())],
+        &[installed_line("3"), pass_line("ab-apply")],
+    )?;
+    machine.boot(
+        "ab-wait",
+        &[],
+        &[LineMatch::Exact(format!(
+            "xorbang-health-check: {FAILING_CHECK} failed with status 1"
+        ))],
+    )?;
+    machine.boot(
+        "ab-expect",
+        &[("version", "1".to_owned())],
+        &[
+            LineMatch::Exact(format!(
+                "entry {IMAGE_ID}_3+0-1.efi: version 3, bad (no tries left, 1 failed)"
+            )),
+            pass_line("ab-expect"),
+        ],
+    )
+}
+
+/// ab-update under enforced Secure Boot: signed systemd-boot, signed UKIs (v2's from its
+/// bundle), the firmware verifying each.
+pub fn ab_secureboot(context: &Context) -> Result<(), String> {
+    let mut machine = Machine::new(context, "ab-secureboot", true)?;
+    let channel = machine.channel(SECURE_CHANNEL);
+    let secure = || LineMatch::Exact("secureboot: Secure boot enabled".to_owned());
+    machine.boot(
+        "ab-apply",
+        &[("channel", channel)],
+        &[secure(), installed_line("2"), pass_line("ab-apply")],
+    )?;
+    machine.boot(
+        "ab-expect",
+        &[("version", "2".to_owned())],
+        &[
+            secure(),
+            LineMatch::Exact(format!("entry {IMAGE_ID}_2.efi: version 2, good (blessed)")),
+            pass_line("ab-expect"),
+        ],
+    )
+}
+
+/// QEMU is killed while `apply` writes slot B: the next boot is v1, intact, and a second
+/// `apply` completes; then v2 boots.
+pub fn ab_interrupted(context: &Context) -> Result<(), String> {
+    let mut machine = Machine::new(context, "ab-interrupted", false)?;
+    let channel = machine.channel(GOOD_CHANNEL);
+    machine.boot_then(
+        "ab-apply",
+        &[("channel", channel.clone())],
+        &[LineMatch::Prefix(
+            "xorbang-update: writing root: ".to_owned(),
+        )],
+        AfterMarkers::Stop,
+    )?;
+    machine.boot(
+        "ab-apply",
+        &[("channel", channel), ("running", "1".to_owned())],
+        &[installed_line("2"), pass_line("ab-apply")],
+    )?;
+    machine.boot(
+        "ab-expect",
+        &[("version", "2".to_owned())],
+        &[pass_line("ab-expect")],
     )
 }
 

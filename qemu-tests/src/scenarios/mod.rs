@@ -319,6 +319,24 @@ pub const SCENARIOS: &[Scenario] = &[
         requires: &[],
         run: ab::ab_rollback_init,
     },
+    Scenario {
+        name: "ab-rollback-health",
+        about: "v3's health check fails: FailureAction reboots before boot-complete.target, and with its try spent v1 boots by itself, v3 reported bad",
+        requires: &[],
+        run: ab::ab_rollback_health,
+    },
+    Scenario {
+        name: "ab-secureboot",
+        about: "ab-update under enforced Secure Boot: signed systemd-boot, signed UKIs from the bundle",
+        requires: &[],
+        run: ab::ab_secureboot,
+    },
+    Scenario {
+        name: "ab-interrupted",
+        about: "QEMU killed while apply writes slot B: the next boot is v1, a second apply completes, then v2 boots",
+        requires: &[],
+        run: ab::ab_interrupted,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
