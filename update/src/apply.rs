@@ -32,8 +32,10 @@ const EMPTY: &str = "_empty";
 /// `*.efi`, so systemd-boot never lists it.
 const UKI_TEMPORARY: &str = ".xorbang-update.tmp";
 const COPY_BUFFER: usize = 1 << 20;
-/// Progress lines: one each time this share of a file more is written.
+/// Progress lines: one each time this share of a file more is written, for files of at
+/// least `PROGRESS_MIN_BYTES` (a hash tree is written in a moment).
 const PROGRESS_STEPS: u64 = 10;
+const PROGRESS_MIN_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -524,7 +526,7 @@ fn write_file(
         out.write_all(&buffer[..count])
             .map_err(io_error("write", device))?;
         written += count as u64;
-        if written >= next_report && written < file.bytes {
+        if file.bytes >= PROGRESS_MIN_BYTES && written >= next_report && written < file.bytes {
             say(&format!(
                 "writing {label}: {} of {} MiB ({}%)",
                 written >> 20,
