@@ -33,10 +33,15 @@ impl HttpServer {
                 }
                 let Ok(stream) = stream else { continue };
                 let root = root.clone();
-                std::thread::spawn(move || {
-                    if let Err(error) = answer(stream, &root) {
-                        eprintln!("http server: {error}");
-                    }
+                std::thread::spawn(move || match answer(stream, &root) {
+                    // A guest killed mid-download (ab-interrupted) just goes away.
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        ) => {}
+                    Err(error) => eprintln!("http server: {error}"),
+                    Ok(()) => {}
                 });
             }
         });

@@ -119,10 +119,13 @@ impl<'a> Machine<'a> {
             vm.fw_cfg
                 .push((format!("opt/org.xorbang.test/{name}"), file));
         }
+        let started = std::time::Instant::now();
         self.context
             .boot(&vm, &label, expect)
-            .map(drop)
-            .map_err(|error| format!("boot {} ({step}): {error}", self.boots))
+            .map_err(|error| format!("boot {} ({step}): {error}", self.boots))?;
+        // Each boot's length, for the rollback times the README reports.
+        eprintln!("{label} ({step}): {:.1} s", started.elapsed().as_secs_f64());
+        Ok(())
     }
 }
 
