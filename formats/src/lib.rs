@@ -21,6 +21,7 @@ pub mod pe;
 pub mod signature;
 pub mod text_position;
 pub mod verity;
+pub mod verity_tree;
 pub mod version;
 
 #[cfg(any(test, feature = "fixtures"))]

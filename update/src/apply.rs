@@ -4,8 +4,9 @@
 //! manifest's signature, the UKI's bytes and the UKI's own `roothash=` and identity have
 //! been checked. Then: the evicted version's UKI is deleted first (no boot loader entry ever
 //! points at a slot being overwritten), the slot is relabelled `_empty`, the root and its
-//! hash tree are streamed in and checked against the signed SHA-256 while written and again
-//! read back from the disk, the slot gets the new version's labels and root-hash-derived
+//! hash tree are streamed in and checked against the signed SHA-256 while written, read back
+//! from the disk and checked again, the data block by block against the tree and the tree up
+//! to the root hash (what dm-verity will check at boot), the slot gets the new version's labels and root-hash-derived
 //! PARTUUIDs, and only then is the new UKI written, under a temporary name and renamed to
 //! `<IMAGE_ID>_<version>+<tries>.efi` last. Until that rename systemd-boot sees nothing
 //! new, so the machine boots what it booted; run `apply` again to finish.
@@ -22,6 +23,8 @@ use xorbang_formats::gpt::{self, GptWriteError, Guid, PartitionSpec, SectorSize}
 use xorbang_formats::os_release;
 use xorbang_formats::pe;
 use xorbang_formats::signature::{self, PinnedKey, SignatureError};
+use xorbang_formats::verity::RootHash;
+use xorbang_formats::verity_tree::{TreeCheck, TreeError};
 
 use crate::channel::{Channel, ChannelError};
 use crate::machine::{self, Machine, MachineError};
@@ -99,6 +102,12 @@ pub enum ApplyError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("{device} does not verify")]
+    Tree {
+        device: PathBuf,
+        #[source]
+        source: TreeError,
     },
     #[error("cannot lay out the new partition table of {disk}")]
     Gpt {
@@ -186,13 +195,12 @@ pub fn apply(machine: &Machine, request: &Request) -> Result<Installed, ApplyErr
     let channel = request.channel;
     let mut bytes = write_file(channel, &dir, &manifest.root, &root_device, "root")?;
     bytes += write_file(channel, &dir, &manifest.verity, &verity_device, "hash tree")?;
-    read_back(&manifest.root, &root_device)?;
-    read_back(&manifest.verity, &verity_device)?;
     let root_hash = manifest.root_hash().map_err(|source| ApplyError::Bundle {
         what: dir.clone(),
         channel: channel.to_string(),
         source,
     })?;
+    verify_slot(&manifest, &root_device, &verity_device, &root_hash)?;
     let name = bundle::bundle_dir(&manifest.image_id, &manifest.version);
     relabel(
         machine,
@@ -544,31 +552,84 @@ fn write_file(
     Ok(written)
 }
 
-/// Reads what landed on the partition back and checks it against the signed SHA-256.
-fn read_back(file: &BundleFile, device: &Path) -> Result<(), ApplyError> {
+/// Reads what landed on the partitions back: both must have the signed SHA-256, and the
+/// data must match the hash tree block by block up to the root hash, as dm-verity will
+/// check it at boot.
+fn verify_slot(
+    manifest: &Manifest,
+    root_device: &Path,
+    verity_device: &Path,
+    root_hash: &RootHash,
+) -> Result<(), ApplyError> {
+    let tree = read_back(&manifest.verity, verity_device)?;
+    let tree_error = |source| ApplyError::Tree {
+        device: verity_device.to_owned(),
+        source,
+    };
+    let mut check = TreeCheck::new(&tree).map_err(tree_error)?;
+    let io_error = |source| ApplyError::Io {
+        action: "read back",
+        path: root_device.to_owned(),
+        source,
+    };
+    let block_bytes = usize::try_from(check.data_block_bytes()).unwrap_or(usize::MAX);
+    let verified_blocks = check.data_bytes() / check.data_block_bytes();
+    let mut reader = File::open(root_device)
+        .map_err(io_error)?
+        .take(manifest.root.bytes);
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; block_bytes];
+    let (mut read, mut index) = (0u64, 0u64);
+    while read < manifest.root.bytes {
+        let want = usize::try_from(manifest.root.bytes - read)
+            .map_or(block_bytes, |left| left.min(block_bytes));
+        reader.read_exact(&mut block[..want]).map_err(io_error)?;
+        hasher.update(&block[..want]);
+        if index < verified_blocks && want == block_bytes {
+            check
+                .data_block(&block)
+                .map_err(|source| ApplyError::Tree {
+                    device: root_device.to_owned(),
+                    source,
+                })?;
+        }
+        read += want as u64;
+        index += 1;
+    }
+    check_digest(
+        &format!("{} as read back", root_device.display()),
+        &manifest.root,
+        read,
+        hasher.finalize().into(),
+    )?;
+    check.finish(root_hash).map_err(tree_error)?;
+    say(&format!(
+        "verified {} against root hash {root_hash}: {verified_blocks} blocks",
+        root_device.display()
+    ));
+    Ok(())
+}
+
+/// Reads `file.bytes` back from the partition and checks them against the signed SHA-256.
+fn read_back(file: &BundleFile, device: &Path) -> Result<Vec<u8>, ApplyError> {
     let io_error = |source| ApplyError::Io {
         action: "read back",
         path: device.to_owned(),
         source,
     };
-    let mut reader = File::open(device).map_err(io_error)?.take(file.bytes);
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; COPY_BUFFER];
-    let mut read = 0u64;
-    loop {
-        let count = reader.read(&mut buffer).map_err(io_error)?;
-        if count == 0 {
-            break;
-        }
-        hasher.update(&buffer[..count]);
-        read += count as u64;
-    }
+    let mut bytes = Vec::new();
+    File::open(device)
+        .map_err(io_error)?
+        .take(file.bytes)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
     check_digest(
         &format!("{} as read back", device.display()),
         file,
-        read,
-        hasher.finalize().into(),
-    )
+        bytes.len() as u64,
+        Sha256::digest(&bytes).into(),
+    )?;
+    Ok(bytes)
 }
 
 /// Writes the UKI under a temporary name, syncs it, and renames it to its entry name.

@@ -1161,6 +1161,33 @@ mod tests {
             &verify_params(&case.params),
         )
         .unwrap_or_else(|err| panic!("{}: {err}", case.name));
+        if case.params.superblock && case.params.hash_offset == 0 {
+            full_check_accepts(case, &data, &expected, &result.root_hash);
+        }
+    }
+
+    /// The updater's full check (`xorbang_formats::verity_tree`) accepts veritysetup's tree
+    /// for the data, and refuses it once a data byte changes.
+    fn full_check_accepts(case: &Case, data: &[u8], tree: &[u8], root_hash: &RootHash) {
+        use xorbang_formats::verity_tree::TreeCheck;
+        let covered =
+            usize::try_from(TreeCheck::new(tree).expect("superblock").data_bytes()).expect("size");
+        let check = |data: &[u8]| {
+            let mut check = TreeCheck::new(tree).expect("veritysetup's superblock");
+            let block = usize::try_from(check.data_block_bytes()).expect("size");
+            for chunk in data[..covered].chunks(block) {
+                check.data_block(chunk)?;
+            }
+            check.finish(root_hash)
+        };
+        check(data).unwrap_or_else(|err| panic!("{}: {err}", case.name));
+        let mut changed = data.to_vec();
+        changed[covered / 2] ^= 1;
+        assert!(
+            check(&changed).is_err(),
+            "{}: a changed byte passes",
+            case.name
+        );
     }
 
     fn verify_params(params: &FormatParams) -> VerifyParams {

@@ -7,15 +7,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256, Sha512};
-
 use crate::options::VerityRoot;
 use crate::verity::device_mapper::{self, DeviceMapper, DmError, Sectors, Target};
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::verity::{
-    HashAlgorithm, HashType, RootHash, SuperblockError, TableWord, VerityOption, VeritySuperblock,
-    VerityTable, SUPERBLOCK_SIZE,
+    RootHash, SuperblockError, TableWord, VerityOption, VeritySuperblock, VerityTable,
+    SUPERBLOCK_SIZE,
 };
+use xorbang_formats::verity_tree::{salted_digest, TreeGeometry};
 
 /// The mapping's name: `/dev/mapper/root`, as systemd names its verity root.
 pub const MAPPING: &str = "root";
@@ -270,7 +269,10 @@ fn check_root_hash(
     hash: &Path,
 ) -> Result<(), VerityRootError> {
     let (device, offset, size) = match geometry.top_block() {
-        Some(block) => (hash, block * geometry.hash_block, geometry.hash_block),
+        Some(block) => {
+            let bytes = geometry.hash_block_bytes();
+            (hash, block * bytes, bytes)
+        }
         None => (data, 0, superblock.data_block_size.as_u64()),
     };
     let mut block = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
@@ -295,29 +297,6 @@ fn check_root_hash(
     Ok(())
 }
 
-/// Format 1 hashes the salt first, format 0 (Chrome OS) last.
-fn salted_digest(superblock: &VeritySuperblock, block: &[u8]) -> Vec<u8> {
-    let salt = superblock.salt.as_bytes();
-    let (before, after): (&[u8], &[u8]) = match superblock.hash_type {
-        HashType::Normal => (salt, &[]),
-        HashType::ChromeOs => (&[], salt),
-    };
-    match superblock.algorithm {
-        HashAlgorithm::Sha256 => Sha256::new()
-            .chain_update(before)
-            .chain_update(block)
-            .chain_update(after)
-            .finalize()
-            .to_vec(),
-        HashAlgorithm::Sha512 => Sha512::new()
-            .chain_update(before)
-            .chain_update(block)
-            .chain_update(after)
-            .finalize()
-            .to_vec(),
-    }
-}
-
 fn read_at(device: &Path, offset: u64, buffer: &mut [u8]) -> Result<(), VerityRootError> {
     let read = |source| VerityRootError::Read {
         device: device.to_owned(),
@@ -336,126 +315,4 @@ fn device_size(device: &Path) -> Result<u64, VerityRootError> {
             device: device.to_owned(),
             source,
         })
-}
-
-/// Where the levels of a hash tree lie on the hash device, as veritysetup writes them and
-/// dm-verity reads them: the top level first, right after the superblock's block.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TreeGeometry {
-    hash_block: u64,
-    /// Bytes per digest slot, and log2 of the slots per hash block.
-    slot: u64,
-    per_block_bits: u32,
-    /// Absolute hash-block index of each level's first block, bottom level first.
-    level_starts: Vec<u64>,
-    /// Hash blocks of each level, bottom level first.
-    level_blocks: Vec<u64>,
-}
-
-impl TreeGeometry {
-    pub fn new(superblock: &VeritySuperblock) -> Self {
-        let hash_block = superblock.hash_block_size.as_u64();
-        // Format 1 gives each digest a power-of-two slot; the kernel then rounds the count
-        // per block down to a power of two either way.
-        let digest = superblock.algorithm.digest_size() as u64;
-        let slot = match superblock.hash_type {
-            HashType::Normal => digest.next_power_of_two(),
-            HashType::ChromeOs => digest,
-        };
-        let per_block_bits = (hash_block / slot).ilog2();
-        let data_blocks = superblock.data_blocks;
-        // The kernel's count: levels until one block's worth of hashes covers all data.
-        let mut levels = 0u32;
-        while per_block_bits * levels < 64 && (data_blocks - 1) >> (per_block_bits * levels) != 0 {
-            levels += 1;
-        }
-        let level_blocks: Vec<u64> = (1..=levels)
-            .map(|level| {
-                let shift = per_block_bits * level;
-                if shift >= 64 {
-                    1
-                } else {
-                    (data_blocks - 1) / (1u64 << shift) + 1
-                }
-            })
-            .collect();
-        let mut position =
-            xorbang_formats::verity::hash_start_block(0, superblock.hash_block_size, true);
-        let mut level_starts = vec![0; level_blocks.len()];
-        for level in (0..level_blocks.len()).rev() {
-            level_starts[level] = position;
-            position += level_blocks[level];
-        }
-        Self {
-            hash_block,
-            slot,
-            per_block_bits,
-            level_starts,
-            level_blocks,
-        }
-    }
-
-    /// The byte offset on the hash device of the digest of `data_block` in the bottom
-    /// level, if there is a tree.
-    pub fn data_digest_offset(&self, data_block: u64) -> Option<u64> {
-        let start = self.level_starts.first()?;
-        let per_block = 1u64 << self.per_block_bits;
-        let block = start + data_block / per_block;
-        Some(block * self.hash_block + (data_block % per_block) * self.slot)
-    }
-
-    /// The byte just past the tree: how large the hash device must be.
-    pub fn end_bytes(&self) -> u64 {
-        let end_block = match (self.level_starts.first(), self.level_blocks.first()) {
-            (Some(start), Some(blocks)) => start + blocks,
-            // No tree: only the superblock's block.
-            _ => 1,
-        };
-        end_block * self.hash_block
-    }
-
-    /// The absolute index of the top level's only block, if there is a tree.
-    pub fn top_block(&self) -> Option<u64> {
-        self.level_starts.last().copied()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use xorbang_formats::gpt::Guid;
-    use xorbang_formats::verity::{BlockSize, Salt};
-
-    fn superblock(data_blocks: u64, hash_block: u32) -> VeritySuperblock {
-        VeritySuperblock {
-            hash_type: HashType::Normal,
-            uuid: Guid::from_bytes([1; 16]),
-            algorithm: HashAlgorithm::Sha256,
-            data_block_size: BlockSize::new(4096).expect("size"),
-            hash_block_size: BlockSize::new(hash_block).expect("size"),
-            data_blocks,
-            salt: Salt::new(vec![7; 32]).expect("salt"),
-        }
-    }
-
-    #[test]
-    fn one_block_has_no_tree() {
-        let geometry = TreeGeometry::new(&superblock(1, 4096));
-        assert_eq!(geometry.top_block(), None);
-        assert_eq!(geometry.end_bytes(), 4096);
-    }
-
-    #[test]
-    fn levels_are_stored_top_first_after_the_superblock() {
-        // 4096-byte hash blocks hold 128 sha256 digests: 20000 blocks need 157 + 2 + 1.
-        let geometry = TreeGeometry::new(&superblock(20_000, 4096));
-        assert_eq!(geometry.level_blocks, [157, 2, 1]);
-        assert_eq!(geometry.level_starts, [4, 2, 1]);
-        assert_eq!(geometry.top_block(), Some(1));
-        assert_eq!(geometry.end_bytes(), (4 + 157) * 4096);
-        let exact = TreeGeometry::new(&superblock(128, 4096));
-        assert_eq!(exact.level_blocks, [1]);
-        // Data block 130 is the third digest of the bottom level's second block.
-        assert_eq!(geometry.data_digest_offset(130), Some(5 * 4096 + 2 * 32));
-    }
 }
