@@ -11,6 +11,7 @@
 //! `<IMAGE_ID>_<version>+<tries>.efi` last. Until that rename systemd-boot sees nothing
 //! new, so the machine boots what it booted; run `apply` again to finish.
 
+use std::cmp::Ordering;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use xorbang_formats::pe;
 use xorbang_formats::signature::{self, PinnedKey, SignatureError};
 use xorbang_formats::verity::RootHash;
 use xorbang_formats::verity_tree::{TreeCheck, TreeError};
+use xorbang_formats::version::compare_versions;
 
 use crate::channel::{Channel, ChannelError};
 use crate::machine::{self, Machine, MachineError};
@@ -158,11 +160,26 @@ pub fn newest(machine: &Machine, channel: &Channel) -> Result<String, ApplyError
         })
 }
 
-pub fn apply(machine: &Machine, request: &Request) -> Result<Installed, ApplyError> {
+/// What `apply` did: installed a version, or found nothing newer to install.
+pub enum Outcome {
+    Installed(Installed),
+    UpToDate { newest: String },
+}
+
+pub fn apply(machine: &Machine, request: &Request) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
     let version = match request.version {
         Some(version) => version.to_owned(),
-        None => newest(machine, request.channel)?,
+        // The index is not signed: whatever it says, without a version named by the admin
+        // only a newer one is installed, so a replayed old index cannot downgrade a machine
+        // to an old (validly signed) version.
+        None => {
+            let newest = newest(machine, request.channel)?;
+            if compare_versions(&newest, &machine.version) != Ordering::Greater {
+                return Ok(Outcome::UpToDate { newest });
+            }
+            newest
+        }
     };
     if version == machine.version {
         return Err(ApplyError::Running { version });
@@ -212,13 +229,13 @@ pub fn apply(machine: &Machine, request: &Request) -> Result<Installed, ApplyErr
     let entry = format!("{name}+{}.efi", request.tries);
     write_uki(request.esp, &uki, &entry)?;
     bytes += uki.len() as u64;
-    Ok(Installed {
+    Ok(Outcome::Installed(Installed {
         version: manifest.version,
         slot: target,
         entry,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }))
 }
 
 pub fn slot_name(index: usize) -> char {
@@ -644,7 +661,12 @@ fn write_uki(esp: &Path, uki: &[u8], entry: &str) -> Result<(), ApplyError> {
             source,
         }
     };
-    let mut file = File::create(&temporary).map_err(io_error("create", &temporary))?;
+    // `evict` removed any earlier temporary: this one is new, never a file planted there.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .map_err(io_error("create", &temporary))?;
     file.write_all(uki)
         .and_then(|()| file.sync_all())
         .map_err(io_error("write", &temporary))?;

@@ -145,8 +145,18 @@ fn run(options: &Options) -> Result<(), String> {
                 version: options.version.as_deref(),
                 tries: options.tries.unwrap_or(DEFAULT_TRIES),
             };
-            let installed =
-                apply::apply(&machine, &request).map_err(|error| error_chain(&error))?;
+            let outcome = apply::apply(&machine, &request).map_err(|error| error_chain(&error))?;
+            let installed = match outcome {
+                apply::Outcome::Installed(installed) => installed,
+                apply::Outcome::UpToDate { newest } => {
+                    say(&format!(
+                        "running {} {}, the channel's newest is {newest}: nothing to install \
+                         (name a version to install an older one)",
+                        machine.image_id, machine.version
+                    ));
+                    return Ok(());
+                }
+            };
             say(&format!(
                 "installed {} {} into slot {} as {}: {} bytes in {:.1} s; reboot to boot it",
                 machine.image_id,

@@ -149,7 +149,8 @@ fn installed_line(version: &str) -> LineMatch {
 }
 
 /// v1 boots and installs v2 from the channel; the next boot runs v2, and once
-/// boot-complete.target is reached its entry has no counter left.
+/// boot-complete.target is reached its entry has no counter left; asked again, the updater
+/// finds nothing newer.
 pub fn ab_update(context: &Context) -> Result<(), String> {
     let mut machine = Machine::new(context, "ab-update", false)?;
     let channel = machine.channel(GOOD_CHANNEL);
@@ -158,11 +159,15 @@ pub fn ab_update(context: &Context) -> Result<(), String> {
         &[("channel", channel)],
         &[installed_line("2"), pass_line("ab-apply")],
     )?;
+    let channel = machine.channel(GOOD_CHANNEL);
     machine.boot(
         "ab-expect",
-        &[("version", "2".to_owned())],
+        &[("version", "2".to_owned()), ("channel", channel)],
         &[
             LineMatch::Exact(format!("entry {IMAGE_ID}_2.efi: version 2, good (blessed)")),
+            LineMatch::Prefix(format!(
+                "xorbang-update: running {IMAGE_ID} 2, the channel's newest is 2: nothing to install"
+            )),
             pass_line("ab-expect"),
         ],
     )
