@@ -884,18 +884,20 @@ fn install_lifecycle(tree: &Path, update: &Path) -> Result<(), StepError> {
     )?;
     let efi = tree.join("efi");
     fs::create_dir_all(&efi).map_err(FileError::of(FileAction::CreateDirectory, &efi))?;
+    systemctl_in(tree, &["enable", "xorbang-health-check.service"])?;
+    systemctl_in(tree, &["mask", "systemd-boot-update.service"])
+}
+
+/// `systemctl --root=TREE ARGS`, with the tree's path made absolute and free of `..`
+/// first: systemctl resolves unit links inside the root by that path and fails to find
+/// what it just wrote when the path goes up and down again.
+fn systemctl_in(tree: &Path, args: &[&str]) -> Result<(), StepError> {
+    let root = fs::canonicalize(tree).map_err(FileError::of(FileAction::Inspect, tree))?;
     run_tool(
         "image",
         Command::new("systemctl")
-            .arg(format!("--root={}", tree.display()))
-            .args(["enable", "xorbang-health-check.service"]),
-        "systemd",
-    )?;
-    run_tool(
-        "image",
-        Command::new("systemctl")
-            .arg(format!("--root={}", tree.display()))
-            .args(["mask", "systemd-boot-update.service"]),
+            .arg(format!("--root={}", root.display()))
+            .args(args),
         "systemd",
     )
 }
@@ -932,14 +934,9 @@ fn customize(
         add_user(tree, user, epoch)?;
     }
     if !profile.enable.is_empty() {
-        run_tool(
-            "image",
-            Command::new("systemctl")
-                .arg(format!("--root={}", tree.display()))
-                .arg("enable")
-                .args(&profile.enable),
-            "systemd",
-        )?;
+        let mut args = vec!["enable"];
+        args.extend(profile.enable.iter().map(String::as_str));
+        systemctl_in(tree, &args)?;
     }
     remove_machine_secrets(tree)?;
     remove_package_lists(tree)?;
