@@ -15,7 +15,6 @@ const MAX_VARIABLE_BYTES: u64 = 4096;
 
 pub fn render(machine: &Machine, esp: Option<&Path>, efivars: &Path) -> String {
     let mut out = String::new();
-    let booted = &machine.slots[machine.booted];
     line(
         &mut out,
         format!(
@@ -31,7 +30,7 @@ pub fn render(machine: &Machine, esp: Option<&Path>, efivars: &Path) -> String {
             || "empty".to_owned(),
             |version| format!("version {version}"),
         );
-        let mark = if std::ptr::eq(slot, booted) {
+        let mark = if index == machine.booted {
             " (booted)"
         } else {
             ""
