@@ -22,7 +22,7 @@ pub fn render(machine: &Machine, esp: Option<&Path>, efivars: &Path) -> String {
             machine.image_id,
             machine.version,
             slot_name(machine.booted),
-            machine.report.root.device
+            booted_device(machine)
         ),
     );
     for (index, slot) in machine.slots.iter().enumerate() {
@@ -66,6 +66,15 @@ pub fn render(machine: &Machine, esp: Option<&Path>, efivars: &Path) -> String {
     let selected = loader_entry_selected(efivars).unwrap_or_else(|| "unknown".to_owned());
     line(&mut out, format!("boot loader selected {selected}"));
     out
+}
+
+/// The booted slot's root partition, as the boot report names it (`/dev/mapper/root` is
+/// the mapping on top of it).
+fn booted_device(machine: &Machine) -> &str {
+    match &machine.report.verity {
+        Some(verity) => &verity.data_device,
+        None => &machine.report.root.device,
+    }
 }
 
 fn line(out: &mut String, text: String) {
