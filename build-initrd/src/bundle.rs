@@ -3,19 +3,19 @@
 //! tree, the UKI and `manifest.json` (signed with minisign into `manifest.json.minisig`), and
 //! the channel's `index.json` lists it; any static HTTP server can then serve `CHANNEL`.
 //!
-//! The same checks the updater makes before writing a byte are made here first, so a bundle
-//! that a machine would refuse is never published: the image must be the one its verity
-//! manifest describes, and the UKI must boot exactly that root (`roothash=` on its command
-//! line) and name the same IMAGE_ID and IMAGE_VERSION in its `.osrel`.
+//! The same check the updater makes before writing a byte is made here first
+//! ([`bundle::check_uki`]), so a bundle that a machine would refuse is never published: the
+//! image must be the one its verity manifest describes, and the UKI must boot exactly that
+//! root (`roothash=` on its command line) and name the same IMAGE_ID and IMAGE_VERSION in
+//! its `.osrel`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xorbang_formats::bundle::{self, BundleError, BundleFile, ChannelIndex, Manifest};
-use xorbang_formats::cmdline::Cmdline;
-use xorbang_formats::os_release;
-use xorbang_formats::pe::{self, PeError};
+use xorbang_formats::bundle::{
+    self, BundleError, BundleFile, ChannelIndex, Manifest, UkiCheckError,
+};
 
 use crate::file_error::{FileAction, FileError};
 use crate::image::verified::{self, VerifiedImageError};
@@ -34,14 +34,12 @@ pub enum BundleBuildError {
     },
     #[error("the image {0} records no IMAGE_ID and IMAGE_VERSION (its os-release must name them)")]
     NoIdentity(PathBuf),
-    #[error("{path} is not a UKI")]
+    #[error("the UKI {path}")]
     Uki {
         path: PathBuf,
         #[source]
-        source: PeError,
+        source: UkiCheckError,
     },
-    #[error("the UKI {path} {problem}")]
-    UkiMismatch { path: PathBuf, problem: String },
     #[error("{path}")]
     Format {
         path: PathBuf,
@@ -78,21 +76,41 @@ pub fn write(spec: &BundleSpec) -> Result<Manifest, BundleBuildError> {
     else {
         return Err(BundleBuildError::NoIdentity(spec.image.to_owned()));
     };
-    let uki = fs::read(spec.uki).map_err(FileError::of(FileAction::Read, spec.uki))?;
-    check_uki(spec.uki, &uki, &root_hash.to_string(), &image_id, &version)?;
-
     let name = bundle::bundle_dir(&image_id, &version);
     let dir = spec.channel.join(&name);
-    fs::create_dir_all(&dir).map_err(FileError::of(FileAction::CreateDirectory, &dir))?;
+    let uki_name = format!("{name}.efi");
+    let describe = |path: &Path, name: &str| -> Result<BundleFile, BundleBuildError> {
+        let bytes = fs::metadata(path)
+            .map_err(FileError::of(FileAction::Inspect, path))?
+            .len();
+        Ok(BundleFile {
+            name: name.to_owned(),
+            bytes,
+            sha256: verified::hex(&verified::file_digest(path)?),
+        })
+    };
     let manifest = Manifest {
         format: bundle::FORMAT,
         image_id: image_id.clone(),
         version,
         root_hash: root_hash.to_string(),
-        root: place(spec.image, &dir, "root.squashfs")?,
-        verity: place(&tree, &dir, "root.squashfs.verity")?,
-        uki: place(spec.uki, &dir, &format!("{name}.efi"))?,
+        root: describe(spec.image, "root.squashfs")?,
+        verity: describe(&tree, "root.squashfs.verity")?,
+        uki: describe(spec.uki, &uki_name)?,
     };
+    let uki = fs::read(spec.uki).map_err(FileError::of(FileAction::Read, spec.uki))?;
+    bundle::check_uki(&uki, &manifest).map_err(|source| BundleBuildError::Uki {
+        path: spec.uki.to_owned(),
+        source,
+    })?;
+    fs::create_dir_all(&dir).map_err(FileError::of(FileAction::CreateDirectory, &dir))?;
+    for (source, name) in [
+        (spec.image, "root.squashfs"),
+        (tree.as_path(), "root.squashfs.verity"),
+        (spec.uki, uki_name.as_str()),
+    ] {
+        place(source, &dir, name)?;
+    }
     let manifest_path = dir.join(bundle::MANIFEST);
     // The old signature goes first: it must never sit beside a manifest it does not sign.
     let signature = dir.join(format!("{}.minisig", bundle::MANIFEST));
@@ -114,65 +132,14 @@ pub fn write(spec: &BundleSpec) -> Result<Manifest, BundleBuildError> {
     Ok(manifest)
 }
 
-/// The UKI's `roothash=` and `.osrel` identity must be the image's.
-fn check_uki(
-    path: &Path,
-    uki: &[u8],
-    root_hash: &str,
-    image_id: &str,
-    version: &str,
-) -> Result<(), BundleBuildError> {
-    let section = |name| {
-        pe::section(uki, name).map_err(|source| BundleBuildError::Uki {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let mismatch = |problem: String| BundleBuildError::UkiMismatch {
-        path: path.to_owned(),
-        problem,
-    };
-    let cmdline = String::from_utf8_lossy(section(".cmdline")?).into_owned();
-    let found = Cmdline::parse(cmdline.trim_end_matches('\0'))
-        .last("roothash")
-        .flatten()
-        .map(str::to_owned);
-    if found.as_deref() != Some(root_hash) {
-        return Err(mismatch(format!(
-            "boots roothash={}, not the image's {root_hash}",
-            found.as_deref().unwrap_or("(none)")
-        )));
-    }
-    let osrel = String::from_utf8_lossy(section(".osrel")?).into_owned();
-    let release = os_release::parse(osrel.trim_end_matches('\0')).unwrap_or_default();
-    let found_id = release.get("IMAGE_ID").unwrap_or("");
-    let found_version = release.get("IMAGE_VERSION").unwrap_or("");
-    if (found_id, found_version) != (image_id, version) {
-        return Err(mismatch(format!(
-            "says IMAGE_ID={found_id} IMAGE_VERSION={found_version} in .osrel, the image \
-             {image_id} {version}"
-        )));
-    }
-    Ok(())
-}
-
-/// Puts `source` into the bundle directory as `name` (a hard link when it can, else a
-/// copy) and describes it.
-fn place(source: &Path, dir: &Path, name: &str) -> Result<BundleFile, BundleBuildError> {
+/// Puts `source` into the bundle directory as `name`: a hard link when it can, else a copy.
+fn place(source: &Path, dir: &Path, name: &str) -> Result<(), BundleBuildError> {
     let target = dir.join(name);
     remove_if_present(&target)?;
     if fs::hard_link(source, &target).is_err() {
         fs::copy(source, &target).map_err(FileError::of(FileAction::Read, source))?;
     }
-    let bytes = fs::metadata(&target)
-        .map_err(FileError::of(FileAction::Inspect, &target))?
-        .len();
-    let digest = verified::file_digest(&target)?;
-    Ok(BundleFile {
-        name: name.to_owned(),
-        bytes,
-        sha256: verified::hex(&digest),
-    })
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> Result<(), FileError> {

@@ -10,6 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cmdline::Cmdline;
+use crate::os_release;
+use crate::pe::{self, PeError};
 use crate::verity::{RootHash, RootHashError};
 
 /// The one format of manifests and indexes so far.
@@ -190,6 +193,48 @@ impl ChannelIndex {
     pub fn render(&self) -> String {
         render(self)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UkiCheckError {
+    #[error("is not a UKI")]
+    Pe(#[source] PeError),
+    #[error("boots roothash={found}, not the bundle's {expected}")]
+    RootHash { found: String, expected: String },
+    #[error("names {found} in its .osrel, not the bundle's {expected}")]
+    Identity { found: String, expected: String },
+}
+
+/// A UKI belongs to a bundle when its own command line's `roothash=` is the bundle's root
+/// hash and its `.osrel` names the bundle's IMAGE_ID and IMAGE_VERSION: the build tool
+/// checks it before publishing, the updater before writing anything.
+pub fn check_uki(uki: &[u8], manifest: &Manifest) -> Result<(), UkiCheckError> {
+    let section = |name| pe::section(uki, name).map_err(UkiCheckError::Pe);
+    let cmdline = String::from_utf8_lossy(section(".cmdline")?).into_owned();
+    let found = Cmdline::parse(cmdline.trim_end_matches('\0'))
+        .last("roothash")
+        .flatten()
+        .unwrap_or("(none)")
+        .to_owned();
+    if found != manifest.root_hash {
+        return Err(UkiCheckError::RootHash {
+            found,
+            expected: manifest.root_hash.clone(),
+        });
+    }
+    let osrel = String::from_utf8_lossy(section(".osrel")?).into_owned();
+    let release = os_release::parse(osrel.trim_end_matches('\0')).unwrap_or_default();
+    let found = bundle_dir(
+        release.get("IMAGE_ID").unwrap_or(""),
+        release.get("IMAGE_VERSION").unwrap_or(""),
+    );
+    if found != manifest.bundle_dir() {
+        return Err(UkiCheckError::Identity {
+            found,
+            expected: manifest.bundle_dir(),
+        });
+    }
+    Ok(())
 }
 
 /// `<IMAGE_ID>_<version>`: a bundle's directory, the slot's partition label and the UKI's

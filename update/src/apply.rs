@@ -18,11 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use xorbang_formats::bundle::{self, BundleError, BundleFile, ChannelIndex, Manifest};
-use xorbang_formats::cmdline::Cmdline;
+use xorbang_formats::bundle::{
+    self, BundleError, BundleFile, ChannelIndex, Manifest, UkiCheckError,
+};
 use xorbang_formats::gpt::{self, GptWriteError, Guid, PartitionSpec, SectorSize};
-use xorbang_formats::os_release;
-use xorbang_formats::pe;
 use xorbang_formats::signature::{self, PinnedKey, SignatureError};
 use xorbang_formats::verity::RootHash;
 use xorbang_formats::verity_tree::{TreeCheck, TreeError};
@@ -79,17 +78,11 @@ pub enum ApplyError {
         expected: String,
         found: String,
     },
-    #[error("the UKI {what} boots roothash={found}, not the signed manifest's {expected}")]
-    UkiRootHash {
-        what: String,
-        found: String,
-        expected: String,
-    },
-    #[error("the UKI {what} is not a UKI")]
+    #[error("the UKI {what}")]
     Uki {
         what: String,
         #[source]
-        source: pe::PeError,
+        source: UkiCheckError,
     },
     #[error("{what} ({bytes} bytes) does not fit slot partition {device} ({size} bytes)")]
     TooLarge {
@@ -308,39 +301,7 @@ fn checked_uki(channel: &Channel, dir: &str, manifest: &Manifest) -> Result<Vec<
         uki.len() as u64,
         Sha256::digest(&uki).into(),
     )?;
-    let section = |name| {
-        pe::section(&uki, name).map_err(|source| ApplyError::Uki {
-            what: what.clone(),
-            source,
-        })
-    };
-    let cmdline = String::from_utf8_lossy(section(".cmdline")?).into_owned();
-    let root_hash = Cmdline::parse(cmdline.trim_end_matches('\0'))
-        .last("roothash")
-        .flatten()
-        .unwrap_or("none")
-        .to_owned();
-    if root_hash != manifest.root_hash {
-        return Err(ApplyError::UkiRootHash {
-            what,
-            found: root_hash,
-            expected: manifest.root_hash.clone(),
-        });
-    }
-    let osrel = String::from_utf8_lossy(section(".osrel")?).into_owned();
-    let release = os_release::parse(osrel.trim_end_matches('\0')).unwrap_or_default();
-    let identity = format!(
-        "{}_{}",
-        release.get("IMAGE_ID").unwrap_or(""),
-        release.get("IMAGE_VERSION").unwrap_or("")
-    );
-    if identity != manifest.bundle_dir() {
-        return Err(ApplyError::Mismatch {
-            what: format!("the UKI {what}'s .osrel"),
-            expected: manifest.bundle_dir(),
-            found: identity,
-        });
-    }
+    bundle::check_uki(&uki, manifest).map_err(|source| ApplyError::Uki { what, source })?;
     Ok(uki)
 }
 

@@ -767,6 +767,59 @@ mod tests {
         }
     }
 
+    /// What the bundle command and the updater read back from a UKI we wrote: its
+    /// `roothash=` and `.osrel` identity (through the formats crate's own PE reader).
+    #[test]
+    fn bundles_recognise_the_uki_they_are_given_and_no_other() {
+        use xorbang_formats::bundle::{self, BundleFile, Manifest, UkiCheckError};
+        let hash = "ab".repeat(32);
+        let mut inputs = Inputs::fake();
+        inputs.spec.cmdline = CmdlineSource::Text(format!("console=ttyS0 roothash={hash}"));
+        fs::write(
+            &inputs.spec.os_release,
+            "ID=debian\nIMAGE_ID=demo\nIMAGE_VERSION=2\n",
+        )
+        .expect("write");
+        build(&inputs.spec, &inputs.out(), 0).expect("builds");
+        let uki = fs::read(inputs.out()).expect("read");
+        let file = |name: &str| BundleFile {
+            name: name.to_owned(),
+            bytes: 1,
+            sha256: "00".repeat(32),
+        };
+        let manifest = Manifest {
+            format: bundle::FORMAT,
+            image_id: "demo".to_owned(),
+            version: "2".to_owned(),
+            root_hash: hash.clone(),
+            root: file("root.squashfs"),
+            verity: file("root.squashfs.verity"),
+            uki: file("demo_2.efi"),
+        };
+        bundle::check_uki(&uki, &manifest).expect("its own bundle");
+        let other_root = Manifest {
+            root_hash: "cd".repeat(32),
+            ..manifest.clone()
+        };
+        assert!(matches!(
+            bundle::check_uki(&uki, &other_root),
+            Err(UkiCheckError::RootHash { found, .. }) if found == hash
+        ));
+        let other_version = Manifest {
+            version: "3".to_owned(),
+            ..manifest.clone()
+        };
+        let error = bundle::check_uki(&uki, &other_version).expect_err("version 3");
+        assert_eq!(
+            error.to_string(),
+            "names demo_2 in its .osrel, not the bundle's demo_3"
+        );
+        assert!(matches!(
+            bundle::check_uki(b"MZ but nothing else", &manifest),
+            Err(UkiCheckError::Pe(_))
+        ));
+    }
+
     /// A throwaway key and self-signed certificate, if openssl and sbsigntool are installed.
     fn throwaway_signing(dir: &Path, name: &str) -> Option<Signing> {
         let tools = [SBSIGN, SBVERIFY]

@@ -194,8 +194,8 @@ pub fn ab_bad_bundle(context: &Context) -> Result<(), String> {
             )),
             LineMatch::Prefix(format!("xorbang-update: {uki} SHA-256: ")),
             LineMatch::Between(
-                format!("xorbang-update: the UKI {uki} boots roothash="),
-                format!(", not the signed manifest's {v2_root_hash}"),
+                format!("xorbang-update: the UKI {uki}: boots roothash="),
+                format!(", not the bundle's {v2_root_hash}"),
             ),
             pass_line("ab-refuse"),
         ],
