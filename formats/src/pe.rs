@@ -21,13 +21,14 @@ use crate::bytes::{self, Block};
 /// all PE32+.
 pub const PE32_PLUS_MAGIC: u16 = 0x20b;
 
-const DOS_MAGIC: &[u8; 2] = b"MZ";
+/// The PE layout constants below are shared with the build tool's UKI writer.
+pub const DOS_MAGIC: &[u8; 2] = b"MZ";
 /// Where the DOS header keeps `e_lfanew`, the offset of the PE signature.
-const E_LFANEW_AT: usize = 0x3c;
-const PE_SIGNATURE: &[u8; 4] = b"PE\0\0";
+pub const E_LFANEW_AT: usize = 0x3c;
+pub const PE_SIGNATURE: &[u8; 4] = b"PE\0\0";
 
 // The COFF file header, right after the signature.
-const COFF_HEADER_SIZE: usize = 20;
+pub const COFF_HEADER_SIZE: usize = 20;
 const NUMBER_OF_SECTIONS_AT: usize = 2;
 const SIZE_OF_OPTIONAL_HEADER_AT: usize = 16;
 
@@ -35,7 +36,7 @@ const SIZE_OF_OPTIONAL_HEADER_AT: usize = 16;
 const PE32_PLUS_FIXED_SIZE: u16 = 112;
 
 // A section header: the table's 40-byte entry.
-const SECTION_HEADER_SIZE: usize = 40;
+pub const SECTION_HEADER_SIZE: usize = 40;
 const NAME_LEN: usize = 8;
 const VIRTUAL_SIZE_AT: usize = 8;
 const SIZE_OF_RAW_DATA_AT: usize = 16;

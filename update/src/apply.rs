@@ -446,26 +446,19 @@ fn relabel(
         disk: machine.disk.clone(),
         source,
     })?;
-    let io_error = |action| {
-        let path = machine.disk.clone();
-        move |source| ApplyError::Io {
-            action,
-            path,
-            source,
-        }
-    };
+    let disk_path = machine.disk.as_path();
     let mut disk = OpenOptions::new()
         .write(true)
-        .open(&machine.disk)
-        .map_err(io_error("open for writing"))?;
+        .open(disk_path)
+        .map_err(io_error("open for writing", disk_path))?;
     disk.seek(SeekFrom::Start(image.backup_offset))
         .and_then(|_| disk.write_all(&image.backup))
         .and_then(|()| disk.sync_all())
-        .map_err(io_error("write the backup GPT of"))?;
+        .map_err(io_error("write the backup GPT of", disk_path))?;
     disk.seek(SeekFrom::Start(0))
         .and_then(|_| disk.write_all(&image.primary))
         .and_then(|()| disk.sync_all())
-        .map_err(io_error("write the GPT of"))
+        .map_err(io_error("write the GPT of", disk_path))
 }
 
 /// Streams one bundle file onto a partition, hashing what it writes; returns its size.
@@ -480,14 +473,6 @@ fn write_file(
     let download = channel.open(&what)?;
     check_announced_length(&what, file.bytes, download.length)?;
     let mut reader = download.reader.take(file.bytes + 1);
-    let io_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| ApplyError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let mut out = OpenOptions::new()
         .write(true)
         .open(device)
@@ -614,14 +599,6 @@ fn read_back(file: &BundleFile, device: &Path) -> Result<Vec<u8>, ApplyError> {
 fn write_uki(esp: &Path, uki: &[u8], entry: &str) -> Result<(), ApplyError> {
     let linux = esp.join("EFI/Linux");
     let temporary = linux.join(UKI_TEMPORARY);
-    let io_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| ApplyError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     // `evict` removed any earlier temporary: this one is new, never a file planted there.
     let mut file = OpenOptions::new()
         .write(true)
@@ -644,6 +621,16 @@ fn sync_dir(dir: &Path) -> Result<(), ApplyError> {
             path: dir.to_owned(),
             source,
         })
+}
+
+/// The error of an I/O `action` on `path`, for `map_err`.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ApplyError {
+    let path = path.to_owned();
+    move |source| ApplyError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -11,16 +11,14 @@ use std::fmt;
 
 use xorbang_formats::bytes::{array, le_u16, le_u32};
 
-const DOS_MAGIC: &[u8; 2] = b"MZ";
-const PE_SIGNATURE: &[u8; 4] = b"PE\0\0";
-/// Where the DOS header stores the offset of the PE signature (`e_lfanew`).
-const E_LFANEW: usize = 0x3c;
-const COFF_HEADER_SIZE: usize = 20;
-const SECTION_HEADER_SIZE: usize = 40;
+use xorbang_formats::pe::{
+    COFF_HEADER_SIZE, DOS_MAGIC, E_LFANEW_AT as E_LFANEW, PE32_PLUS_MAGIC, PE_SIGNATURE,
+    SECTION_HEADER_SIZE,
+};
+
 const SYMBOL_SIZE: u64 = 18;
 
 const MACHINE_X86_64: u16 = 0x8664;
-const PE32_PLUS_MAGIC: u16 = 0x20b;
 const SUBSYSTEM_EFI_APPLICATION: u16 = 10;
 const IMAGE_FILE_LOCAL_SYMS_STRIPPED: u16 = 0x0008;
 /// Index of the certificate table (Authenticode signatures) among the data directories.
