@@ -12,8 +12,25 @@ use serde::{Deserialize, Serialize};
 pub enum Mode {
     /// Read-only root, nothing writable survives or leaks in.
     Production,
-    /// OverlayFS with a tmpfs upper over the verified base: writable, gone at reboot.
+    /// OverlayFS over the verified base: writable, with the upper in memory (gone at reboot)
+    /// or on the state partition (`xorbang.dev=persist`); see [`DevReport`].
     Dev,
+}
+
+/// Where a dev-mode boot keeps what is written over the base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevReport {
+    /// On the state partition (`xorbang.dev=persist`), else in memory.
+    pub persistent: bool,
+    /// The directory holding each overlay's `upper/` and `work/` (`root`, `usr`, `opt`,
+    /// `etc`), as the booted system sees it.
+    pub dir: String,
+    /// Whether this boot started with an empty upper, and why.
+    pub fresh: Option<String>,
+    /// Uppers kept on the state partition and not in use (another base's, or set aside by a
+    /// commit).
+    #[serde(default)]
+    pub kept: Vec<String>,
 }
 
 /// How an extension came to be trusted.
@@ -156,6 +173,9 @@ pub struct HostConfigReport {
 pub struct BootReport {
     pub version: u32,
     pub mode: Mode,
+    /// Dev mode's upper; absent in production.
+    #[serde(default)]
+    pub dev: Option<DevReport>,
     pub root: RootReport,
     /// Absent for an unverified root (dev mode, or `xorbang.verity=optional`).
     pub verity: Option<VerityReport>,
@@ -192,6 +212,12 @@ mod tests {
         let report = BootReport {
             version: 1,
             mode: Mode::Dev,
+            dev: Some(DevReport {
+                persistent: true,
+                dir: "/run/xorbang/state/xorbang/dev/ab".into(),
+                fresh: Some("first boot of this base".into()),
+                kept: vec!["/run/xorbang/state/xorbang/dev/cd".into()],
+            }),
             root: RootReport {
                 spec: "PARTLABEL=root".into(),
                 device: "/dev/vda2".into(),

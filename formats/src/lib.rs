@@ -8,6 +8,7 @@ pub mod boot_report;
 pub mod bundle;
 pub mod bytes;
 pub mod cmdline;
+pub mod dev_state;
 pub mod devspec;
 pub mod efi_variable;
 pub mod error_chain;

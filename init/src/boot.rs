@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use crate::discovery::block_devices::{self, BlockError, Lookup};
 use crate::discovery::boot_loader;
 use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
-use crate::handoff::mounts::{self, MountError, RootSource};
+use crate::handoff::mounts::{self, DevDirs, MountError, RootSource, ROOT_OVERLAY};
 use crate::handoff::switch_root::{self, SwitchRootError};
 use crate::kernel::module_loader::{KernelView, KmodError, ModuleLoader};
+use crate::layers::dev_layer::{DevLayer, PersistError};
 use crate::layers::extensions;
 use crate::layers::host_config_trust::PinnedKeys;
 use crate::layers::{self, LayersError};
@@ -88,6 +89,10 @@ pub enum BootError {
     Loop(#[from] LoopError),
     #[error(transparent)]
     Layers(#[from] LayersError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error("the dev overlay came up read-only: the kernel could not use {} as its upper (see the overlayfs lines above)", upper.display())]
+    OverlayReadOnly { upper: PathBuf },
 }
 
 /// Runs the boot. With `switch_root` it only returns on failure; without, it returns the
@@ -175,25 +180,42 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
 
     let fstype = root_fstype(&options, &device)?;
     modules.ensure(&fstype)?;
-    if options.mode == Mode::Dev {
-        modules.ensure("overlay")?;
-    }
+    let dev = match options.mode {
+        Mode::Production => None,
+        Mode::Dev => {
+            modules.ensure("overlay")?;
+            let root_hash = verity.as_ref().map(|verity| verity.root_hash.as_str());
+            let layer =
+                DevLayer::prepare(paths, options.dev_storage, &source, root_hash, &mut modules)?;
+            Some(layer)
+        }
+    };
     let root = RootSource {
         device: &device,
         fstype: &fstype,
         flags: options.rootflags.as_deref(),
     };
-    mounts::execute(&mounts::plan_root(paths, &root, options.mode))?;
-    if options.mode == Mode::Dev {
-        mark_volatile_root(paths, &device)?;
+    mounts::execute(&mounts::plan_root(
+        paths,
+        &root,
+        dev.as_ref().map(DevLayer::dirs),
+    ))?;
+    if let Some(dev) = &dev {
+        ensure_writable(&paths.sysroot(), dev.dirs())?;
+        if dev.dirs().transient {
+            mark_volatile_root(paths, &source)?;
+        }
     }
     log::info!(
         "root {} is {} ({fstype}), mounted {}",
         describe(&options.root),
         system_path(paths, &device),
-        match options.mode {
-            Mode::Production => "read-only",
-            Mode::Dev => "read-only under a transient writable overlay (dev mode)",
+        match &dev {
+            None => "read-only",
+            Some(DevLayer::Transient(_)) =>
+                "read-only under a transient writable overlay (dev mode)",
+            Some(DevLayer::Persistent(_)) =>
+                "read-only under a writable overlay kept on the state partition (dev mode)",
         }
     );
     let base_dir = mounts::base_dir(paths, options.mode);
@@ -212,7 +234,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     let host = layers::load_host_config(paths, &options, base, &mut modules, &mut pinned_keys);
     clock.finish_stage("host-config");
 
-    let layered = layers::merge(paths, &options, base, host, &mut modules)?;
+    let layered = layers::merge(paths, &options, base, host, dev.as_ref(), &mut modules)?;
     switch_root::check_init(&paths.sysroot(), &options.init)?;
     // The self-test is long done by now; nothing may run into switch_root.
     pinned_keys.finish();
@@ -223,6 +245,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
         BootReport {
             version: 1,
             mode: options.mode,
+            dev: dev.as_ref().map(|dev| dev.report(paths)),
             root: RootReport {
                 spec: describe(&options.root),
                 device: system_path(paths, &device),
@@ -487,17 +510,41 @@ fn system_path(paths: &Paths, device: &Path) -> String {
     }
 }
 
+/// A dev overlay that could not create its work directory mounts read-only, with no more
+/// than a kernel warning: a writable layer that is not writable is an error.
+fn ensure_writable(sysroot: &Path, dev: &DevDirs) -> Result<(), BootError> {
+    let read_only = rustix::fs::statvfs(sysroot)
+        .map(|stat| stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+        .unwrap_or(true);
+    match read_only {
+        true => Err(BootError::OverlayReadOnly {
+            upper: dev.upper(ROOT_OVERLAY),
+        }),
+        false => Ok(()),
+    }
+}
+
 /// systemd's convention for "/ is a volatile overlay": /run/systemd/volatile-root links to
-/// the block device under it, so tools like systemd-gpt-auto-generator still find the disk.
-fn mark_volatile_root(paths: &Paths, device: &Path) -> Result<(), BootError> {
+/// the block device under it, so systemd-gpt-auto-generator still finds the root's disk.
+/// It parses only `/dev/block/MAJOR:MINOR`, and wants a partition of the disk (the root
+/// data partition, not the dm-verity mapping over it).
+fn mark_volatile_root(paths: &Paths, partition: &Path) -> Result<(), BootError> {
     let dir = paths.run().join("systemd");
     let link = dir.join("volatile-root");
     let write = |source| BootError::Write {
         path: link.clone(),
         source,
     };
+    let rdev = rustix::fs::stat(partition)
+        .map_err(|errno| write(errno.into()))?
+        .st_rdev;
+    let target = format!(
+        "/dev/block/{}:{}",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    );
     std::fs::create_dir_all(&dir).map_err(write)?;
-    std::os::unix::fs::symlink(system_path(paths, device), &link).map_err(write)
+    std::os::unix::fs::symlink(target, &link).map_err(write)
 }
 
 /// Writes boot.json and prints the same JSON as one console line.

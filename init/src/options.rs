@@ -136,6 +136,8 @@ pub struct BootOptions {
     pub rootfstype: Option<String>,
     pub rootflags: Option<String>,
     pub mode: Mode,
+    /// Where dev mode keeps its upper (meaningless in production).
+    pub dev_storage: DevStorage,
     pub timeout: Duration,
     pub failure: FailurePolicy,
     pub init: PathBuf,
@@ -153,7 +155,7 @@ pub struct BootOptions {
 impl BootOptions {
     /// Reads every option; returns the options and the warnings to log.
     pub fn from_cmdline(cmdline: &Cmdline) -> Result<(Self, Vec<String>), OptionError> {
-        let mode = mode(cmdline)?;
+        let (mode, dev_storage) = mode(cmdline)?;
         let timeout = timeout(cmdline)?;
         let failure = failure_policy(cmdline)?;
         let init = init_path(cmdline)?;
@@ -163,6 +165,7 @@ impl BootOptions {
             rootfstype: value_of(cmdline, "rootfstype")?.map(str::to_owned),
             rootflags: value_of(cmdline, "rootflags")?.map(str::to_owned),
             mode,
+            dev_storage,
             timeout,
             failure,
             init,
@@ -299,20 +302,26 @@ fn bad(key: &'static str, value: &str, expected: &'static str) -> OptionError {
     }
 }
 
-fn mode(cmdline: &Cmdline) -> Result<Mode, OptionError> {
+/// Where dev mode keeps what is written over the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevStorage {
+    /// A tmpfs: gone at the next boot (`xorbang.dev=1`).
+    Transient,
+    /// The state partition, under a directory keyed by the root hash (`xorbang.dev=persist`).
+    Persistent,
+}
+
+fn mode(cmdline: &Cmdline) -> Result<(Mode, DevStorage), OptionError> {
     const KEY: &str = "xorbang.dev";
+    let transient = |mode| Ok((mode, DevStorage::Transient));
     match cmdline.last(KEY) {
-        None => Ok(Mode::Production),
+        None => transient(Mode::Production),
         // A bare `xorbang.dev` reads as "on", like systemd's boolean switches.
-        Some(None) => Ok(Mode::Dev),
-        Some(Some("1" | "yes" | "true" | "on")) => Ok(Mode::Dev),
-        Some(Some("0" | "no" | "false" | "off")) => Ok(Mode::Production),
-        Some(Some(value @ "persist")) => Err(bad(
-            KEY,
-            value,
-            "persistent dev mode needs a state partition, which this build does not support yet",
-        )),
-        Some(Some(value)) => Err(bad(KEY, value, "expected 1 or 0")),
+        Some(None) => transient(Mode::Dev),
+        Some(Some("1" | "yes" | "true" | "on")) => transient(Mode::Dev),
+        Some(Some("0" | "no" | "false" | "off")) => transient(Mode::Production),
+        Some(Some("persist")) => Ok((Mode::Dev, DevStorage::Persistent)),
+        Some(Some(value)) => Err(bad(KEY, value, "expected 1, persist or 0")),
     }
 }
 
@@ -463,10 +472,23 @@ mod tests {
         assert_eq!(options.rootfstype.as_deref(), Some("ext4"));
         assert_eq!(options.rootflags.as_deref(), Some("noatime"));
         assert_eq!(options.mode, Mode::Dev);
+        assert_eq!(options.dev_storage, DevStorage::Transient);
         assert_eq!(options.timeout, Duration::from_millis(2500));
         assert_eq!(options.failure, FailurePolicy::Poweroff);
         assert_eq!(options.init, PathBuf::from("/bin/sh"));
         assert_eq!(options.init_args, ["-x"]);
+    }
+
+    #[test]
+    fn persist_is_dev_mode_on_the_state_partition() {
+        let (options, _) = parse("roothash=954172dfee9aaab2d90a0ab162ee6bc5a6a77ede951fad19f0f94df0d7266a93 xorbang.dev=persist").expect("valid");
+        assert_eq!(
+            (options.mode, options.dev_storage),
+            (Mode::Dev, DevStorage::Persistent)
+        );
+        let (options, _) =
+            parse("root=/dev/vda xorbang.verity=optional xorbang.dev=0").expect("valid");
+        assert_eq!(options.mode, Mode::Production);
     }
 
     #[test]

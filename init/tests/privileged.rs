@@ -162,8 +162,20 @@ fn dev_root_is_writable_and_leaves_the_base_alone() {
         text.contains("sysroot: changed") && text.contains("base: base"),
         "{text}"
     );
-    assert!(text.contains(&format!("{}\n", image.device)), "{text}");
-    assert!(text.contains(r#""mode":"dev""#), "{text}");
+    // systemd-gpt-auto-generator reads only the /dev/block/MAJOR:MINOR form.
+    let rdev = std::os::unix::fs::MetadataExt::rdev(
+        &std::fs::metadata(&image.device).expect("loop device"),
+    );
+    let node = format!(
+        "/dev/block/{}:{}\n",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    );
+    assert!(text.contains(&node), "{text}");
+    assert!(
+        text.contains(r#""mode":"dev","dev":{"persistent":false"#),
+        "{text}"
+    );
 }
 
 #[test]

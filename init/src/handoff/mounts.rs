@@ -56,6 +56,15 @@ impl Mount {
         }
     }
 
+    /// Storage the system writes but runs nothing from directly (the state partition under
+    /// persistent dev mode's overlays): `nosuid,nodev`.
+    pub fn writable_storage(source: &str, target: PathBuf, fstype: &str) -> Self {
+        Self {
+            restricted: true,
+            ..Self::new(source, target, fstype)
+        }
+    }
+
     /// A tmpfs at `target` with the given options (`mode=0755`).
     pub fn new_tmpfs(target: PathBuf, options: &str) -> Self {
         Self {
@@ -152,34 +161,89 @@ pub struct RootSource<'a> {
     pub flags: Option<&'a str>,
 }
 
+/// Where dev mode's overlays keep their upper and work directories: `DIR/NAME/upper` and
+/// `DIR/NAME/work` for each overlay, NAME being [`ROOT_OVERLAY`] or the hierarchy it covers
+/// (`usr`, `opt`, `etc`). Upper and work of one overlay share a file system, as the kernel
+/// requires, and no upper lies inside another, so each overlay owns its upper alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevDirs {
+    pub dir: PathBuf,
+    /// In a tmpfs the plan mounts (`xorbang.dev=1`), rather than on the state partition.
+    pub transient: bool,
+}
+
+/// The name of the overlay at `/` among [`DevDirs`]' overlays.
+pub const ROOT_OVERLAY: &str = "root";
+
+/// Options that keep an upper valid when its lower changes between boots (a new extension
+/// set, offline edits): no redirects, inode index, metacopy or xino, whose records tie an
+/// upper to one exact lower (see "Changes to underlying filesystems" in the kernel's
+/// overlayfs documentation). Spelled out, so module parameters cannot turn them on.
+pub const PORTABLE_UPPER_OPTIONS: &str =
+    "redirect_dir=off,index=off,metacopy=off,xino=off,nfs_export=off";
+
+impl DevDirs {
+    /// The in-memory directories of `xorbang.dev=1`, under /run/xorbang so that the booted
+    /// system can still look at what it changed.
+    pub fn transient(paths: &Paths) -> Self {
+        Self {
+            dir: paths.xorbang_run().join("overlay"),
+            transient: true,
+        }
+    }
+
+    pub fn upper(&self, overlay: &str) -> PathBuf {
+        self.dir.join(overlay).join("upper")
+    }
+
+    pub fn work(&self, overlay: &str) -> PathBuf {
+        self.dir.join(overlay).join("work")
+    }
+
+    /// The overlay options with `lowers` (top first) under this overlay's upper.
+    fn options(&self, overlay: &str, lowers: &[String]) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={},{PORTABLE_UPPER_OPTIONS}",
+            lowers.join(":"),
+            self.upper(overlay).display(),
+            self.work(overlay).display()
+        )
+    }
+
+    fn mkdirs(&self, overlay: &str) -> [MountOp; 2] {
+        [
+            MountOp::Mkdir(self.upper(overlay)),
+            MountOp::Mkdir(self.work(overlay)),
+        ]
+    }
+}
+
 /// The new root at `sysroot`: the image read-only in production; in dev mode the image
-/// read-only under /run/xorbang/base with a tmpfs upper layered over it.
-pub fn plan_root(paths: &Paths, root: &RootSource, mode: Mode) -> Vec<MountOp> {
+/// read-only under /run/xorbang/base with a writable overlay over it, whose upper is in `dev`.
+pub fn plan_root(paths: &Paths, root: &RootSource, dev: Option<&DevDirs>) -> Vec<MountOp> {
     let device = root.device.to_string_lossy();
     let mut image = Mount::new(&device, paths.sysroot(), root.fstype);
     image.read_only = true;
     image.data = root.flags.map(str::to_owned);
-    match mode {
-        Mode::Production => vec![MountOp::Mkdir(paths.sysroot()), MountOp::Mount(image)],
-        Mode::Dev => {
-            let layers = DevLayers::new(paths);
-            image.target = layers.base.clone();
-            let mut tmpfs = Mount::new("tmpfs", layers.overlay.clone(), "tmpfs");
-            tmpfs.data = Some("mode=0755".to_owned());
-            let mut overlay = Mount::new("overlay", paths.sysroot(), "overlay");
-            overlay.data = Some(layers.overlay_options());
-            vec![
-                MountOp::Mkdir(layers.base.clone()),
-                MountOp::Mount(image),
-                MountOp::Mkdir(layers.overlay.clone()),
-                MountOp::Mount(tmpfs),
-                MountOp::Mkdir(layers.upper.clone()),
-                MountOp::Mkdir(layers.work.clone()),
-                MountOp::Mkdir(paths.sysroot()),
-                MountOp::Mount(overlay),
-            ]
-        }
+    let Some(dev) = dev else {
+        return vec![MountOp::Mkdir(paths.sysroot()), MountOp::Mount(image)];
+    };
+    let base = base_dir(paths, Mode::Dev);
+    image.target = base.clone();
+    let mut plan = vec![MountOp::Mkdir(base.clone()), MountOp::Mount(image)];
+    if dev.transient {
+        plan.push(MountOp::Mkdir(dev.dir.clone()));
+        plan.push(MountOp::Mount(Mount::new_tmpfs(
+            dev.dir.clone(),
+            "mode=0755",
+        )));
     }
+    plan.extend(dev.mkdirs(ROOT_OVERLAY));
+    let mut overlay = Mount::new("overlay", paths.sysroot(), "overlay");
+    overlay.data = Some(dev.options(ROOT_OVERLAY, &[base.display().to_string()]));
+    plan.push(MountOp::Mkdir(paths.sysroot()));
+    plan.push(MountOp::Mount(overlay));
+    plan
 }
 
 /// Where the base image is mounted: the new root itself in production, under
@@ -187,38 +251,7 @@ pub fn plan_root(paths: &Paths, root: &RootSource, mode: Mode) -> Vec<MountOp> {
 pub fn base_dir(paths: &Paths, mode: Mode) -> PathBuf {
     match mode {
         Mode::Production => paths.sysroot(),
-        Mode::Dev => DevLayers::new(paths).base,
-    }
-}
-
-/// Directories of the dev-mode overlay, all under /run/xorbang so that the booted system
-/// can still look at the pristine base and at what it changed.
-struct DevLayers {
-    base: PathBuf,
-    overlay: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-}
-
-impl DevLayers {
-    fn new(paths: &Paths) -> Self {
-        let run = paths.xorbang_run();
-        let overlay = run.join("overlay");
-        Self {
-            base: run.join("base"),
-            upper: overlay.join("upper"),
-            work: overlay.join("work"),
-            overlay,
-        }
-    }
-
-    fn overlay_options(&self) -> String {
-        format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.base.display(),
-            self.upper.display(),
-            self.work.display()
-        )
+        Mode::Dev => paths.xorbang_run().join("base"),
     }
 }
 
@@ -232,10 +265,18 @@ pub struct LayerTree {
 
 /// Overlays over the new root's /usr, /opt and /etc: for each directory some layer
 /// carries, the layers that carry it (the last one on top) over the base image's own.
-/// `base` is where the base image is mounted; production's overlays stay read-only, dev
-/// mode gives each its own transient upper in the dev tmpfs.
-pub fn plan_layers(paths: &Paths, base: &Path, mode: Mode, layers: &[LayerTree]) -> Vec<MountOp> {
-    let mut hierarchies: Vec<&'static str> = Vec::new();
+/// `base` is where the base image is mounted; production's overlays stay read-only. Dev mode
+/// mounts every hierarchy of `dev_hierarchies`, layers or not, each over its own upper: what
+/// is written under /usr lands in the same upper whatever extensions a boot merges.
+pub fn plan_layers(
+    paths: &Paths,
+    base: &Path,
+    dev: Option<(&DevDirs, &[&'static str])>,
+    layers: &[LayerTree],
+) -> Vec<MountOp> {
+    let mut hierarchies: Vec<&'static str> = dev
+        .map(|(_, hierarchies)| hierarchies.to_vec())
+        .unwrap_or_default();
     for hierarchy in layers.iter().flat_map(|layer| layer.hierarchies.iter()) {
         if !hierarchies.contains(hierarchy) {
             hierarchies.push(hierarchy);
@@ -250,21 +291,17 @@ pub fn plan_layers(paths: &Paths, base: &Path, mode: Mode, layers: &[LayerTree])
             .map(|layer| layer.root.join(hierarchy).display().to_string())
             .collect();
         lowers.push(base.join(hierarchy).display().to_string());
-        let mut options = format!("lowerdir={}", lowers.join(":"));
-        if mode == Mode::Dev {
-            let dir = DevLayers::new(paths).overlay.join("layers").join(hierarchy);
-            let (upper, work) = (dir.join("upper"), dir.join("work"));
-            options.push_str(&format!(
-                ",upperdir={},workdir={}",
-                upper.display(),
-                work.display()
-            ));
-            plan.push(MountOp::Mkdir(upper));
-            plan.push(MountOp::Mkdir(work));
-        }
         let mut overlay = Mount::new("overlay", paths.sysroot().join(hierarchy), "overlay");
-        overlay.read_only = mode == Mode::Production;
-        overlay.data = Some(options);
+        match dev {
+            Some((dev, _)) => {
+                plan.extend(dev.mkdirs(hierarchy));
+                overlay.data = Some(dev.options(hierarchy, &lowers));
+            }
+            None => {
+                overlay.read_only = true;
+                overlay.data = Some(format!("lowerdir={}", lowers.join(":")));
+            }
+        }
         plan.push(MountOp::Mount(overlay));
     }
     plan
@@ -332,7 +369,7 @@ mod tests {
 
     #[test]
     fn production_mounts_the_image_read_only_as_the_root() {
-        let plan = plan_root(&Paths::default(), &root(), Mode::Production);
+        let plan = plan_root(&Paths::default(), &root(), None);
         assert_eq!(
             mounts(&plan),
             ["mount -t squashfs -o ro /dev/vda2 /sysroot"]
@@ -340,25 +377,39 @@ mod tests {
     }
 
     #[test]
-    fn dev_layers_a_tmpfs_upper_over_the_read_only_image() {
-        let plan = plan_root(&Paths::default(), &root(), Mode::Dev);
+    fn transient_dev_layers_a_tmpfs_upper_over_the_read_only_image() {
+        let dev = DevDirs::transient(&Paths::default());
+        let plan = plan_root(&Paths::default(), &root(), Some(&dev));
         assert_eq!(
             mounts(&plan),
             [
                 "mount -t squashfs -o ro /dev/vda2 /run/xorbang/base",
                 "mount -t tmpfs -o mode=0755 tmpfs /run/xorbang/overlay",
                 "mount -t overlay -o lowerdir=/run/xorbang/base,\
-                 upperdir=/run/xorbang/overlay/upper,workdir=/run/xorbang/overlay/work \
+                 upperdir=/run/xorbang/overlay/root/upper,workdir=/run/xorbang/overlay/root/work,\
+                 redirect_dir=off,index=off,metacopy=off,xino=off,nfs_export=off \
                  overlay /sysroot",
             ]
         );
         let upper = plan
             .iter()
-            .position(|op| *op == MountOp::Mkdir(PathBuf::from("/run/xorbang/overlay/upper")));
+            .position(|op| *op == MountOp::Mkdir(PathBuf::from("/run/xorbang/overlay/root/upper")));
         let tmpfs = plan
             .iter()
             .position(|op| matches!(op, MountOp::Mount(m) if m.fstype == "tmpfs"));
         assert!(upper > tmpfs, "upper must be made inside the tmpfs");
+    }
+
+    #[test]
+    fn persistent_dev_mounts_no_tmpfs() {
+        let dev = DevDirs {
+            dir: PathBuf::from("/run/xorbang/state/xorbang/dev/ab"),
+            transient: false,
+        };
+        let plan = plan_root(&Paths::default(), &root(), Some(&dev));
+        let mounted = mounts(&plan);
+        assert_eq!(mounted.len(), 2, "{mounted:?}");
+        assert!(mounted[1].contains("upperdir=/run/xorbang/state/xorbang/dev/ab/root/upper,"));
     }
 
     #[test]
@@ -367,7 +418,7 @@ mod tests {
             flags: Some("errors=panic"),
             ..root()
         };
-        let plan = plan_root(&Paths::under("/x".into()), &root, Mode::Production);
+        let plan = plan_root(&Paths::under("/x".into()), &root, None);
         assert_eq!(
             mounts(&plan),
             ["mount -t squashfs -o ro,errors=panic /dev/vda2 /x/sysroot"]
@@ -389,12 +440,7 @@ mod tests {
             layer("/run/e/confext/c", &["etc"]),
             layer("/run/host", &["etc"]),
         ];
-        let plan = plan_layers(
-            &Paths::default(),
-            Path::new("/sysroot"),
-            Mode::Production,
-            &layers,
-        );
+        let plan = plan_layers(&Paths::default(), Path::new("/sysroot"), None, &layers);
         assert_eq!(
             mounts(&plan),
             [
@@ -405,22 +451,33 @@ mod tests {
                  overlay /sysroot/etc",
             ]
         );
-        assert!(plan_layers(&Paths::default(), Path::new("/sysroot"), Mode::Dev, &[]).is_empty());
+        assert!(plan_layers(&Paths::default(), Path::new("/sysroot"), None, &[]).is_empty());
     }
 
     #[test]
-    fn dev_layers_get_their_own_transient_upper() {
+    fn dev_mounts_each_hierarchy_over_its_own_upper_layers_or_not() {
         let base = Path::new("/run/xorbang/base");
-        let plan = plan_layers(&Paths::default(), base, Mode::Dev, &[layer("/x", &["usr"])]);
+        let dev = DevDirs::transient(&Paths::default());
+        let plan = plan_layers(
+            &Paths::default(),
+            base,
+            Some((&dev, &["usr", "opt"])),
+            &[layer("/x", &["usr"])],
+        );
         assert_eq!(
             mounts(&plan),
-            ["mount -t overlay -o lowerdir=/x/usr:/run/xorbang/base/usr,\
-              upperdir=/run/xorbang/overlay/layers/usr/upper,\
-              workdir=/run/xorbang/overlay/layers/usr/work overlay /sysroot/usr"]
+            [
+                "mount -t overlay -o lowerdir=/x/usr:/run/xorbang/base/usr,\
+                 upperdir=/run/xorbang/overlay/usr/upper,workdir=/run/xorbang/overlay/usr/work,\
+                 redirect_dir=off,index=off,metacopy=off,xino=off,nfs_export=off overlay /sysroot/usr",
+                "mount -t overlay -o lowerdir=/run/xorbang/base/opt,\
+                 upperdir=/run/xorbang/overlay/opt/upper,workdir=/run/xorbang/overlay/opt/work,\
+                 redirect_dir=off,index=off,metacopy=off,xino=off,nfs_export=off overlay /sysroot/opt",
+            ]
         );
         assert_eq!(
             plan[0],
-            MountOp::Mkdir(PathBuf::from("/run/xorbang/overlay/layers/usr/upper"))
+            MountOp::Mkdir(PathBuf::from("/run/xorbang/overlay/usr/upper"))
         );
     }
 

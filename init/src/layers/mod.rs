@@ -7,6 +7,7 @@
 //! parsed or applied is never applied in part: the boot goes on without it, with one error
 //! line and the reason in the boot report.
 
+pub mod dev_layer;
 pub mod extensions;
 pub mod host_config_layer;
 pub mod host_config_source;
@@ -20,12 +21,14 @@ use crate::handoff::mounts::{self, LayerTree, Mount, MountError, MountOp};
 use crate::kernel::module_loader::{KmodError, ModuleLoader};
 use crate::options::{BootOptions, ExtensionRequest};
 use crate::paths::Paths;
+use dev_layer::DevLayer;
 use extensions::{Activated, Activator, BaseError, Cause, ExtensionError};
 use host_config_trust::{Accepted, PinnedKeys};
 use rustix::mount::MountFlags;
 use state_partition::StatePartition;
 use xorbang_formats::boot_report::{ConfigTrust, Mode, Trust};
 use xorbang_formats::boot_report::{ExtensionReport, HostConfigReport};
+use xorbang_formats::dev_state::CommittedExtensions;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::host_config::{self, EntryKind};
 use xorbang_formats::os_release::{ExtensionKind, OsRelease};
@@ -134,15 +137,17 @@ pub struct Base<'a> {
     pub release: Option<&'a OsRelease>,
 }
 
-/// Merges the selected extensions and the host config over the base image.
+/// Merges the selected extensions and the host config over the base image; in dev mode each
+/// hierarchy gets its writable overlay over `dev`'s upper, layers or not.
 pub fn merge(
     paths: &Paths,
     options: &BootOptions,
     base: Base,
     host: HostConfigState,
+    dev: Option<&DevLayer>,
     modules: &mut ModuleLoader,
 ) -> Result<LayersOutcome, LayersError> {
-    let selected = activate_selected(paths, options, base, host.accepted.as_ref(), modules)?;
+    let selected = activate_selected(paths, options, base, host.accepted.as_ref(), dev, modules)?;
     let (sysexts, confexts) = (selected.sysexts, selected.confexts);
     // The config's extensions are part of the config: one that cannot be merged refuses it.
     let (accepted, refused) = match (host.accepted, selected.config_refusal) {
@@ -175,12 +180,14 @@ pub fn merge(
     if !sysexts.is_empty() || !confexts.is_empty() || accepted.is_some() {
         modules.ensure("overlay")?;
     }
+    let dev_dirs = dev.map(DevLayer::dirs);
     // Sysexts first: the host config's checks look at the merged /usr (a timezone may come
     // from an extension).
+    let system = present_in(base, &["usr", "opt"]);
     mounts::execute(&mounts::plan_layers(
         paths,
         base,
-        options.mode,
+        dev_dirs.map(|dirs| (dirs, system.as_slice())),
         &trees(&sysexts),
     ))?;
     let mut etc_layers = trees(&confexts);
@@ -192,7 +199,13 @@ pub fn merge(
         }
         None => refused,
     };
-    mounts::execute(&mounts::plan_layers(paths, base, options.mode, &etc_layers))?;
+    let config = present_in(base, &["etc"]);
+    mounts::execute(&mounts::plan_layers(
+        paths,
+        base,
+        dev_dirs.map(|dirs| (dirs, config.as_slice())),
+        &etc_layers,
+    ))?;
     let extensions = sysexts
         .iter()
         .chain(&confexts)
@@ -208,6 +221,15 @@ pub fn merge(
         extensions,
         host_config,
     })
+}
+
+/// The hierarchies the base image has (a dev overlay needs a directory to cover).
+fn present_in(base: &Path, hierarchies: &[&'static str]) -> Vec<&'static str> {
+    hierarchies
+        .iter()
+        .copied()
+        .filter(|hierarchy| base.join(hierarchy).is_dir())
+        .collect()
 }
 
 /// The extensions of one kind to merge, and whether the host config (not the command line)
@@ -247,6 +269,25 @@ impl Wanted {
     }
 }
 
+impl Wanted {
+    /// Adds the extensions committed over this base that nothing selected yet: dev mode
+    /// merges what `xorbang-commit-overlay` made (unpinned, with dev mode's warning).
+    fn add_committed(&mut self, committed: &CommittedExtensions) {
+        for name in committed.names(self.kind) {
+            if self.requests.iter().all(|request| request.name != name) {
+                log::info!(
+                    "dev mode: selecting {} {name}, committed over this base",
+                    self.kind
+                );
+                self.requests.push(ExtensionRequest {
+                    name: name.to_owned(),
+                    pin: None,
+                });
+            }
+        }
+    }
+}
+
 /// The extensions merged; and when one the host config selected could not be, why (its
 /// other extensions are then released too).
 #[derive(Default)]
@@ -261,10 +302,11 @@ fn activate_selected(
     options: &BootOptions,
     base: Base,
     host: Option<&Accepted>,
+    dev: Option<&DevLayer>,
     modules: &mut ModuleLoader,
 ) -> Result<Selected, LayersError> {
     let config = host.map(|accepted| &accepted.config);
-    let wanted = [
+    let mut wanted = [
         Wanted::of(
             ExtensionKind::Sysext,
             &options.sysext,
@@ -276,11 +318,20 @@ fn activate_selected(
             config.map(|c| c.confext.as_slice()),
         ),
     ];
+    if let Some(committed) = dev.and_then(DevLayer::committed) {
+        for wanted in &mut wanted {
+            wanted.add_committed(committed);
+        }
+    }
     if wanted.iter().all(|wanted| wanted.requests.is_empty()) {
         return Ok(Selected::default());
     }
     for module in ["loop", "dm_verity", "squashfs"] {
         modules.ensure(module)?;
+    }
+    // Persistent dev mode has the state partition mounted read-write already, for good.
+    if let Some(state) = dev.and_then(DevLayer::state) {
+        return activate_from(paths, options, base, Some(state), wanted);
     }
     let state = state_partition::mount_read_only(paths, base.device, modules);
     let merged = activate_from(paths, options, base, state.as_ref(), wanted);

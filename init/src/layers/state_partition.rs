@@ -2,14 +2,18 @@
 //! which may carry extension images in its `lib/extensions/` and `lib/confexts/` (the
 //! booted system's /var/lib/extensions). It is mounted read-only, as untrusted storage, only
 //! while the extensions are found and copied into memory, and unmounted before the boot goes
-//! on, so the booted system can mount it read-write as /var. It is optional: nothing here
-//! fails the boot.
+//! on, so the booted system can mount it read-write as /var. For that it is optional: a
+//! missing or unreadable one is logged and the boot goes on.
+//!
+//! Persistent dev mode (`xorbang.dev=persist`) needs it: there it is mounted read-write for
+//! the whole boot (the overlays' uppers live on it), extensions are read from that same mount,
+//! and every way it can be missing is an error.
 
 use std::path::{Path, PathBuf};
 
-use crate::discovery::block_devices;
-use crate::handoff::mounts::{self, Mount, MountOp};
-use crate::kernel::module_loader::ModuleLoader;
+use crate::discovery::block_devices::{self, BlockError};
+use crate::handoff::mounts::{self, Mount, MountError, MountOp};
+use crate::kernel::module_loader::{KmodError, ModuleLoader};
 use crate::paths::Paths;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::gpt;
@@ -19,6 +23,77 @@ use xorbang_formats::gpt;
 pub struct StatePartition {
     pub device: PathBuf,
     pub mount: PathBuf,
+}
+
+/// Why persistent dev mode has no state partition to write to.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "no state partition (a /var partition of the Discoverable Partitions Specification) \
+         on the disk of {}", root_device.display()
+    )]
+    Missing { root_device: PathBuf },
+    #[error("looking for the state partition on the disk of {}", root_device.display())]
+    Lookup {
+        root_device: PathBuf,
+        source: BlockError,
+    },
+    #[error("state partition {} holds no file system; format it (mkfs.ext4) first", device.display())]
+    Unformatted { device: PathBuf },
+    #[error("cannot read the state partition {}", device.display())]
+    Probe { device: PathBuf, source: BlockError },
+    #[error("state partition {}", device.display())]
+    Module { device: PathBuf, source: KmodError },
+    #[error("state partition {}", device.display())]
+    Mount { device: PathBuf, source: MountError },
+    #[error("state partition {} was mounted read-only (a read-only device, or a file system that needs repair)", device.display())]
+    ReadOnly { device: PathBuf },
+}
+
+/// Mounts the /var partition next to `root_device` read-write under /run/xorbang/state
+/// (`nosuid,nodev`: what runs from it runs through the overlay, whose own mount decides).
+pub fn mount_read_write(
+    paths: &Paths,
+    root_device: &Path,
+    modules: &mut ModuleLoader,
+) -> Result<StatePartition, StateError> {
+    let lookup = |source| StateError::Lookup {
+        root_device: root_device.to_owned(),
+        source,
+    };
+    let device = block_devices::siblings(root_device, &paths.sys_class_block(), &paths.dev())
+        .and_then(|siblings| siblings.of_type(gpt::VAR))
+        .map_err(lookup)?
+        .ok_or_else(|| StateError::Missing {
+            root_device: root_device.to_owned(),
+        })?;
+    let fstype = match block_devices::probe_device(&device) {
+        Ok(Some(info)) => info.kind.to_string(),
+        Ok(None) => return Err(StateError::Unformatted { device }),
+        Err(source) => return Err(StateError::Probe { device, source }),
+    };
+    if let Err(source) = modules.ensure(&fstype) {
+        return Err(StateError::Module { device, source });
+    }
+    let mount = paths.xorbang_run().join("state");
+    let writable = Mount::writable_storage(&device.to_string_lossy(), mount.clone(), &fstype);
+    if let Err(source) = mounts::execute(&[MountOp::Mkdir(mount.clone()), MountOp::Mount(writable)])
+    {
+        return Err(StateError::Mount { device, source });
+    }
+    // A file system with errors can come up read-only even when asked for read-write.
+    let read_only = rustix::fs::statvfs(&mount)
+        .map(|stat| stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+        .unwrap_or(true);
+    if read_only {
+        return Err(StateError::ReadOnly { device });
+    }
+    log::info!(
+        "state partition {} ({fstype}) mounted read-write at {}",
+        device.display(),
+        mount.display()
+    );
+    Ok(StatePartition { device, mount })
 }
 
 /// Mounts the /var partition next to `root_device` read-only under /run/xorbang/state, if

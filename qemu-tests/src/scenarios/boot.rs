@@ -214,6 +214,7 @@ mod tests {
         BootReport {
             version: 1,
             mode: xorbang_formats::boot_report::Mode::Production,
+            dev: None,
             root: RootReport {
                 spec: "PARTUUID=x".into(),
                 device: "/dev/mapper/root".into(),
