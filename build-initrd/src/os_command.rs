@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use xorbang_build::file_error::{FileAction, FileError};
 use xorbang_build::os::profile::{self, ProfileError};
 use xorbang_build::os::steps::StepError;
-use xorbang_build::os::{self, Artifact, OsBuild, OsBuildError};
+use xorbang_build::os::{self, Artifact, ImageTools, OsBuild, OsBuildError};
 
 /// The time stamp of every file when SOURCE_DATE_EPOCH is not set: Debian 12's release day
 /// (2023-06-10). A fixed value keeps builds reproducible; a recent one keeps useradd's
@@ -31,6 +31,9 @@ pub struct OsArgs {
     /// The static xorbang-update for the image [default: xorbang-update beside this program].
     #[arg(long, value_name = "PATH")]
     update: Option<PathBuf>,
+    /// The static xorbang-commit-overlay for the image [default: beside this program].
+    #[arg(long, value_name = "PATH")]
+    commit_overlay: Option<PathBuf>,
     /// The step cache [default: $XDG_CACHE_HOME/xorbang/build, else ~/.cache/xorbang/build].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
@@ -84,11 +87,18 @@ pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
         Some(update) => update,
         None => beside_this_program("xorbang-update", "update")?,
     };
+    let commit_overlay = match args.commit_overlay {
+        Some(path) => path,
+        None => beside_this_program("xorbang-commit-overlay", "commit-overlay")?,
+    };
     let spec = OsBuild {
         profile: &profile,
         profile_path: &args.profile,
         init: &init,
-        update: &update,
+        tools: ImageTools {
+            update: &update,
+            commit_overlay: &commit_overlay,
+        },
         cache: match args.cache {
             Some(cache) => cache,
             None => default_cache()?,

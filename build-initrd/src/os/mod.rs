@@ -67,13 +67,14 @@ impl Artifact {
 
 /// One OS build: the profile, where its relative paths start, the init to put in the
 /// initramfs, the cache and the time stamp.
+pub use steps::ImageTools;
+
 pub struct OsBuild<'a> {
     pub profile: &'a Profile,
     /// The profile file, recorded in build.json by path and hash.
     pub profile_path: &'a Path,
     pub init: &'a Path,
-    /// The static `xorbang-update` for the image.
-    pub update: &'a Path,
+    pub tools: ImageTools<'a>,
     pub cache: PathBuf,
     pub epoch: u32,
     pub only: BTreeSet<Artifact>,
@@ -110,7 +111,7 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
         profile: spec.profile,
         dir,
         init: spec.init,
-        update: spec.update,
+        tools: spec.tools,
         epoch: spec.epoch,
     };
     let mut steps = Steps::new(recipe, StepCache::new(spec.cache.clone()));

@@ -34,7 +34,8 @@ use xorbang_formats::os_release::{self, ExtensionKind};
 const RECIPE_VERSION: &str = "os-steps-6";
 /// Packages every root gets: `systemd-boot` brings systemd-bless-boot and its generator
 /// (Automatic Boot Assessment); its maintainer script installs nothing without an ESP.
-const LIFECYCLE_PACKAGES: &[&str] = &["systemd-boot"];
+/// `squashfs-tools` is the mksquashfs xorbang-commit-overlay packs extensions with.
+const LIFECYCLE_PACKAGES: &[&str] = &["systemd-boot", "squashfs-tools"];
 const HEALTH_CHECK_PATH: &str = "/usr/lib/xorbang/health-check";
 const HEALTH_CHECK: &str = include_str!("../../lifecycle/health-check");
 const HEALTH_CHECK_UNIT_PATH: &str = "/usr/lib/systemd/system/xorbang-health-check.service";
@@ -118,9 +119,25 @@ pub struct Recipe<'a> {
     pub profile: &'a Profile,
     pub dir: &'a Path,
     pub init: &'a Path,
-    /// The static `xorbang-update` every image carries.
-    pub update: &'a Path,
+    pub tools: ImageTools<'a>,
     pub epoch: u32,
+}
+
+/// The static programs every image carries in /usr/bin.
+#[derive(Clone, Copy)]
+pub struct ImageTools<'a> {
+    pub update: &'a Path,
+    pub commit_overlay: &'a Path,
+}
+
+impl ImageTools<'_> {
+    /// Where each goes in the image, and the file it comes from.
+    fn installed(&self) -> [(&'static str, &Path); 2] {
+        [
+            ("/usr/bin/xorbang-update", self.update),
+            ("/usr/bin/xorbang-commit-overlay", self.commit_overlay),
+        ]
+    }
 }
 
 pub struct Steps<'a> {
@@ -354,7 +371,8 @@ impl<'a> Steps<'a> {
             .text("hostname", profile.hostname.as_deref().unwrap_or(""))
             .text("enable", &profile.enable.join(","))
             .text("users", &format!("{:?}", profile.users))
-            .file("xorbang-update", self.recipe.update)?
+            .file("xorbang-update", self.recipe.tools.update)?
+            .file("xorbang-commit-overlay", self.recipe.tools.commit_overlay)?
             .text("source_date_epoch", &self.epoch());
         for file in &profile.files {
             inputs = match &file.content {
@@ -862,19 +880,21 @@ fn prepare_tree(
     tree: &Path,
 ) -> Result<ExtensionPins, StepError> {
     extract(&rootfs.dir.join(ROOTFS_TAR), tree, "image")?;
-    install_lifecycle(tree, recipe.update)?;
+    install_lifecycle(tree, recipe.tools)?;
     customize(tree, recipe.profile, recipe.dir, recipe.epoch)?;
     install_extensions(tree, extensions)
 }
 
-/// What every image carries for A/B updates, before the profile (which may add health
-/// checks): `xorbang-update`, the health check that boot-complete.target needs, `/efi` where
+/// What every image carries for its life (A/B updates, committing dev changes), before the profile (which may add health
+/// checks): `xorbang-update` and `xorbang-commit-overlay`, the health check that boot-complete.target needs, `/efi` where
 /// systemd mounts the ESP (systemd-bless-boot renames the entry there), and
 /// systemd-boot-update masked (the boot loader on the ESP is the one the image was
 /// installed or updated with, signed for Secure Boot; bootctl would put an unsigned copy there).
-fn install_lifecycle(tree: &Path, update: &Path) -> Result<(), StepError> {
-    let binary = fs::read(update).map_err(FileError::of(FileAction::Read, update))?;
-    write_in_tree(tree, "/usr/bin/xorbang-update", &binary, 0o755)?;
+fn install_lifecycle(tree: &Path, tools: ImageTools) -> Result<(), StepError> {
+    for (path, source) in tools.installed() {
+        let binary = fs::read(source).map_err(FileError::of(FileAction::Read, source))?;
+        write_in_tree(tree, path, &binary, 0o755)?;
+    }
     write_in_tree(tree, HEALTH_CHECK_PATH, HEALTH_CHECK.as_bytes(), 0o755)?;
     write_in_tree(
         tree,
