@@ -111,6 +111,26 @@ pub enum Reason {
     SpecialFile,
     /// Anything under an extension-release.d directory.
     ExtensionRelease,
+    /// A file that identifies this machine or caches its state (see [`MACHINE_STATE`]).
+    MachineState,
+}
+
+/// Files in /etc that belong to one machine, never to a layer others boot: its identity and
+/// host keys, and what tools regenerate (the linker cache, lock files).
+const MACHINE_STATE: &[&str] = &[
+    "etc/machine-id",
+    "etc/ld.so.cache",
+    "etc/.pwd.lock",
+    "etc/ssh/ssh_host_",
+];
+
+fn is_machine_state(rel: &str) -> bool {
+    MACHINE_STATE
+        .iter()
+        .any(|prefix| match prefix.ends_with('_') {
+            true => rel.starts_with(prefix),
+            false => rel == *prefix,
+        })
 }
 
 impl fmt::Display for Reason {
@@ -137,6 +157,9 @@ impl fmt::Display for Reason {
             Reason::ExtensionRelease => {
                 f.write_str("an extension release file; the commit writes its own")
             }
+            Reason::MachineState => f.write_str(
+                "belongs to this machine (its identity, keys or caches), not to a layer",
+            ),
         }
     }
 }
@@ -223,6 +246,12 @@ fn commit_children(
             continue;
         }
         match inspect(&path)? {
+            Kind::File | Kind::Symlink if is_machine_state(&rel) => {
+                not_committed.push(NotCommitted {
+                    path: format!("/{rel}"),
+                    reason: Reason::MachineState,
+                });
+            }
             Kind::File | Kind::Symlink => committed.push(rel),
             Kind::Directory => committed.extend(commit_directory(&path, rel, not_committed)?),
             kind => not_committed.push(NotCommitted {
@@ -538,6 +567,19 @@ pub(crate) mod tests {
         NotCommitted {
             path: path.to_owned(),
             reason,
+        }
+    }
+
+    #[test]
+    fn machine_state_in_etc_is_not_committed() {
+        for (rel, expected) in [
+            ("etc/machine-id", true),
+            ("etc/ssh/ssh_host_ed25519_key", true),
+            ("etc/ld.so.cache", true),
+            ("etc/machine-id.d", false),
+            ("etc/ssh/sshd_config", false),
+        ] {
+            assert_eq!(is_machine_state(rel), expected, "{rel}");
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod ab;
 mod boot;
+mod dev;
 mod extensions;
 mod host_config;
 mod os_profile;
@@ -59,6 +60,36 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "a file written in dev mode is gone after the next boot",
         requires: &[],
         run: boot::dev_discard,
+    },
+    Scenario {
+        name: "dev-persist",
+        about: "xorbang.dev=persist: a file in /etc and a dpkg -i'd package survive a reboot on the state partition; xorbang.dev=1 and production boots of the disk see neither, production's / is read-only",
+        requires: &[],
+        run: dev::dev_persist,
+    },
+    Scenario {
+        name: "dev-persist-new-base",
+        about: "persist with another root hash on the same disk starts with an empty upper and reports the first base's as kept; the first base finds its upper again",
+        requires: &[],
+        run: dev::dev_persist_new_base,
+    },
+    Scenario {
+        name: "dev-persist-no-state",
+        about: "persist on a disk without a state partition: one line naming it, then the failure policy",
+        requires: &[],
+        run: dev::dev_persist_no_state,
+    },
+    Scenario {
+        name: "commit-overlay",
+        about: "dev changes committed as sysext + confext local-tools: a dev boot merges them over an empty upper; production with the printed pins has them read-only, and the deleted file (reported) is back",
+        requires: &[],
+        run: dev::commit_overlay,
+    },
+    Scenario {
+        name: "commit-overlay-dry-run",
+        about: "--dry-run lists every change, committed or not with the reason, and writes nothing",
+        requires: &[],
+        run: dev::commit_overlay_dry_run,
     },
     Scenario {
         name: "missing-root",
