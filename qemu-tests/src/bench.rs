@@ -13,11 +13,11 @@ use xorbang_formats::boot_report::BootReport;
 use crate::context::{
     parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
-use crate::fixtures::boot_chain;
 use crate::fixtures::command::{remove_if_present, run};
 use crate::fixtures::host_config::{host_config, sign, FW_CFG_NAME};
 use crate::fixtures::os_build;
 use crate::fixtures::system::TEST_SECRET_KEY;
+use crate::fixtures::{boot_chain, dev};
 use crate::harness::qemu::Console;
 use xorbang_formats::host_config::MAX_ENTRIES;
 
@@ -67,6 +67,10 @@ const PARTS: &[Part] = &[
     Part {
         name: "host-config",
         run: host_config_bench,
+    },
+    Part {
+        name: "dev",
+        run: dev_bench,
     },
     Part {
         name: "firmware",
@@ -171,6 +175,61 @@ fn layers_bench(context: &Context) -> Result<String, String> {
     println!("median: init stage with 2 sysexts, 1 confext and host config {init_ms:.1} ms, layers stage {layers_ms:.1} ms");
     Ok(format!(
         "layered_init_stage_ms={init_ms:.1} layers_stage_ms={layers_ms:.1}"
+    ))
+}
+
+/// Production and `xorbang.dev=persist` boots of one disk with a state partition (and the
+/// initramfs with ext4 both need for it), interleaved: what keeping the upper on disk costs
+/// the init stage. Returns the `key=value` pairs.
+fn dev_bench(context: &Context) -> Result<String, String> {
+    let dir = context.work.join("bench-dev");
+    let disk = dev::disk_with_state(&context.binaries.build, &context.system, &dir, &[])
+        .map_err(|error| error.to_string())?;
+    let initrd = context.ext4_initrd()?;
+    let modes = [
+        ("production", context.production_root()),
+        (
+            "persist",
+            format!("{} xorbang.dev=persist", context.production_root()),
+        ),
+    ];
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    for index in 1..=context.config.bench_runs {
+        for ((mode, append), runs) in modes.iter().zip(runs.iter_mut()) {
+            let mut vm = context.vm_with_initrd(
+                &initrd,
+                vec![disk.clone()],
+                &format!("{append} xtest.scenario=bench"),
+                SYSTEMD_TIMEOUT,
+            );
+            vm.writable_disks = true;
+            let console = context.boot(&vm, "bench-dev", &[report_line(), pass_line("bench")])?;
+            let run = Run::of(&parse_report(&console, REPORT_PREFIX)?, &console);
+            println!(
+                "dev run {index}, {mode}: init stage {:.1} ms (mount-root {:.1} ms, layers {:.1} ms)",
+                run.init_us as f64 / 1000.0,
+                run.stage_us("mount-root") as f64 / 1000.0,
+                run.stage_us("layers") as f64 / 1000.0
+            );
+            runs.push(run);
+        }
+    }
+    let median_ms = |runs: &[Run], stage: Option<&str>| {
+        let values = runs
+            .iter()
+            .map(|run| stage.map_or(run.init_us, |stage| run.stage_us(stage)))
+            .collect();
+        median(values) as f64 / 1000.0
+    };
+    let [production, persist] = &runs;
+    let (production_ms, persist_ms) = (median_ms(production, None), median_ms(persist, None));
+    let (production_mount_ms, persist_mount_ms) = (
+        median_ms(production, Some("mount-root")),
+        median_ms(persist, Some("mount-root")),
+    );
+    println!("median: init stage production {production_ms:.1} ms (mount-root {production_mount_ms:.1} ms), persist {persist_ms:.1} ms (mount-root {persist_mount_ms:.1} ms)");
+    Ok(format!(
+        "production_init_stage_ms={production_ms:.1} persist_init_stage_ms={persist_ms:.1} production_mount_root_ms={production_mount_ms:.1} persist_mount_root_ms={persist_mount_ms:.1}"
     ))
 }
 
