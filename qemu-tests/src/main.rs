@@ -31,7 +31,7 @@ enum Action {
     List,
     Run(Vec<&'static Scenario>),
     Bench(Vec<String>),
-    Demo { dev: bool },
+    Demo { mode: Option<&'static str> },
 }
 
 fn main() -> ExitCode {
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Action::Demo { dev } => demo(dev),
+        Action::Demo { mode } => demo(mode),
         Action::Run(chosen) => match Context::prepare() {
             Ok(context) => return run_scenarios(&context, chosen),
             Err(error) => {
@@ -84,9 +84,14 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
                 None => Ok(Action::Bench(parts)),
             }
         }
-        Some("demo") => Ok(Action::Demo {
-            dev: args.iter().any(|arg| arg == "--dev"),
-        }),
+        Some("demo") => match args.get(1).map(String::as_str) {
+            None => Ok(Action::Demo { mode: None }),
+            Some("--dev") => Ok(Action::Demo { mode: Some("1") }),
+            Some("--persist") => Ok(Action::Demo {
+                mode: Some("persist"),
+            }),
+            Some(other) => Err(format!("demo takes --dev or --persist, not {other}")),
+        },
         None => Ok(Action::Run(SCENARIOS.iter().collect())),
         Some(_) => args
             .iter()
@@ -205,8 +210,9 @@ impl std::fmt::Display for Tally {
 
 /// Builds `profiles/demo.toml` with `xorbang-build os` and boots it with the console on this
 /// terminal (Ctrl-A X quits): the kernel and initramfs straight from QEMU, so `--dev` can add
-/// `xorbang.dev=1` (the UKI's command line is sealed).
-fn demo(dev: bool) -> Result<(), String> {
+/// `xorbang.dev=1` and `--persist` `xorbang.dev=persist` (the UKI's command line is sealed).
+/// With `--persist` the disk is written, so changes survive QEMU too, until the next build.
+fn demo(dev_mode: Option<&str>) -> Result<(), String> {
     let cache = harness::config::cache_dir()?;
     let binaries = fixtures::binaries::build_binaries().map_err(|error| error.to_string())?;
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/demo");
@@ -221,8 +227,8 @@ fn demo(dev: bool) -> Result<(), String> {
     };
     let config = harness::config::Config::from_env(accel)?;
     let mut append = format!("console=ttyS0 roothash={}", built.root_hash);
-    if dev {
-        append.push_str(" xorbang.dev=1");
+    if let Some(mode) = dev_mode {
+        append.push_str(&format!(" xorbang.dev={mode}"));
     }
     let vm = qemu::Vm {
         boot: qemu::Boot::Direct {
@@ -236,7 +242,7 @@ fn demo(dev: bool) -> Result<(), String> {
         memory_mib: 512,
         timeout: Duration::ZERO,
         after_markers: qemu::AfterMarkers::PowerOff,
-        writable_disks: false,
+        writable_disks: dev_mode == Some("persist"),
     };
     let mut command = vm.command(&config, true);
     eprintln!("demo: {}", qemu::shell_quoted(&command));

@@ -121,16 +121,24 @@ pub fn write(
                 image_id: manifest.image_id.clone(),
                 image_version: manifest.image_version.clone(),
             };
+            // The file systems `Format=` makes, gone once they are copied into the disk.
+            let scratch = verified::companion(out, "fs.tmp");
+            std::fs::create_dir_all(&scratch)
+                .map_err(FileError::of(FileAction::CreateDirectory, &scratch))?;
             let outputs = BuildOutputs {
                 root_hash: &root_hash,
                 identity: &identity,
                 image,
                 tree: &tree,
                 esp: esp.map(|_| esp_image.as_path()),
+                scratch: &scratch,
             };
-            repart::partitions(dir, definitions, &outputs)
+            let written = repart::partitions(dir, definitions, &outputs)
                 .map_err(repart_error(dir))
-                .and_then(|partitions| disk::write_disk(out, &partitions).map_err(disk_error))
+                .and_then(|partitions| disk::write_disk(out, &partitions).map_err(disk_error));
+            std::fs::remove_dir_all(&scratch)
+                .map_err(FileError::of(FileAction::Remove, &scratch))?;
+            written
         }
         None => {
             let mut partitions = disk::verity_root_partitions(&root_hash, image, &tree).to_vec();

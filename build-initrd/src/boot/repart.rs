@@ -37,11 +37,16 @@
 //!   `root-image` (the `--image`), `root-verity` (its `.verity` hash tree) and `uki-esp` (the
 //!   EFI System Partition made from `--uki`).
 //!
-//! A partition without `CopyBlocks=` is left zero-filled and needs `SizeMinBytes=`: e.g. a
-//! `var` partition that systemd-repart / systemd-makefs formats on first boot. `Format=` is not
-//! supported: we never make file systems ourselves.
+//! * `Format=ext4`: an empty ext4 file system of `SizeMinBytes=` (made with mkfs.ext4, its
+//!   UUID and hash seed derived like a PARTUUID and its times from SOURCE_DATE_EPOCH, so the
+//!   disk stays reproducible): the state partition persistent dev mode and extensions use,
+//!   which the init cannot format (no mkfs in an initramfs). Not with `CopyBlocks=`, and not
+//!   on a slot.
+//!
+//! A partition with neither is left zero-filled and needs `SizeMinBytes=`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 use xorbang_formats::gpt::{self, Guid, GuidError};
@@ -50,6 +55,7 @@ use xorbang_formats::verity::RootHash;
 use crate::boot::disk::DiskPartition;
 use crate::file_error::{FileAction, FileError};
 use crate::image::verified::ImageIdentity;
+use crate::tool::{self, ToolError};
 
 /// The generic Linux data partition type (`linux-generic` in repart).
 pub const LINUX_GENERIC: Guid = Guid::from_bytes([
@@ -143,6 +149,12 @@ impl CopyBlocks {
     }
 }
 
+/// `Format=`: the file system a partition gets at build time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ext4,
+}
+
 /// One definition file, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Definition {
@@ -154,6 +166,7 @@ pub struct Definition {
     pub size_min_bytes: Option<u64>,
     pub size_max_bytes: Option<u64>,
     pub copy_blocks: Option<CopyBlocks>,
+    pub format: Option<Format>,
 }
 
 /// The outputs of this build that `CopyBlocks=` names stand for.
@@ -166,6 +179,8 @@ pub struct BuildOutputs<'a> {
     pub tree: &'a Path,
     /// The ESP made from `--uki`, if there is one.
     pub esp: Option<&'a Path>,
+    /// An empty directory for the file systems `Format=` makes.
+    pub scratch: &'a Path,
 }
 
 /// What is wrong with one line of a definition file.
@@ -181,6 +196,8 @@ pub enum LineError {
     Syntax(String),
     #[error("Type={0:?} is not one of esp, root, root-verity, var, linux-generic")]
     Type(String),
+    #[error("Format={0:?}: only ext4 is supported")]
+    Format(String),
     #[error("{key}={value:?} is not a size: bytes, or with a K, M, G or T suffix")]
     Size { key: &'static str, value: String },
     #[error("UUID={value:?} is not a GUID")]
@@ -208,6 +225,14 @@ pub enum RepartError {
     MissingType(PathBuf),
     #[error("{}: a partition without CopyBlocks= needs SizeMinBytes=", .0.display())]
     MissingSize(PathBuf),
+    #[error("{}: Format= makes an empty file system: not with CopyBlocks=, not on a slot", .0.display())]
+    FormatConflict(PathBuf),
+    #[error("{}: Format=ext4", file.display())]
+    MakeFileSystem {
+        file: PathBuf,
+        #[source]
+        source: ToolError,
+    },
     #[error("{}: SizeMinBytes={min} is larger than SizeMaxBytes={max}", file.display())]
     SizeRange { file: PathBuf, min: u64, max: u64 },
     #[error("{}: CopyBlocks=uki-esp needs --uki", .0.display())]
@@ -281,6 +306,7 @@ pub fn parse_definition(file: &Path, text: &str) -> Result<Definition, RepartErr
         size_min_bytes: None,
         size_max_bytes: None,
         copy_blocks: None,
+        format: None,
     };
     for (index, raw) in text.lines().enumerate() {
         let at_line = |source| RepartError::Line {
@@ -344,11 +370,24 @@ pub fn parse_definition(file: &Path, text: &str) -> Result<Definition, RepartErr
                     .transpose()?;
             }
             "CopyBlocks" => definition.copy_blocks = set.map(CopyBlocks::parse),
+            "Format" => {
+                definition.format = set
+                    .map(|value| match value {
+                        "ext4" => Ok(Format::Ext4),
+                        other => Err(at_line(LineError::Format(other.to_owned()))),
+                    })
+                    .transpose()?;
+            }
             _ => return Err(at_line(LineError::UnknownKey(key.to_owned()))),
         }
     }
     definition.partition_type =
         partition_type.ok_or_else(|| RepartError::MissingType(file.to_owned()))?;
+    if definition.format.is_some()
+        && (definition.copy_blocks.is_some() || definition.partition_type.is_slot())
+    {
+        return Err(RepartError::FormatConflict(file.to_owned()));
+    }
     if definition.copy_blocks.is_none()
         && definition.size_min_bytes.is_none()
         && !definition.partition_type.is_slot()
@@ -522,6 +561,10 @@ fn partition(
         }
         (None, None) => derived_uuid(outputs.root_hash, &label),
     };
+    let source = match definition.format {
+        Some(Format::Ext4) => Some(make_ext4(definition, outputs, &label, uuid)?),
+        None => source,
+    };
     Ok(DiskPartition {
         type_guid: definition.partition_type.guid(),
         uuid,
@@ -529,6 +572,41 @@ fn partition(
         source,
         min_bytes: definition.size_min_bytes.unwrap_or(0),
     })
+}
+
+/// An empty ext4 file system of the partition's size in the scratch directory, reproducible:
+/// its UUID and directory hash seed are the PARTUUID (itself derived from the root hash), its
+/// label the partition's (cut to ext4's 16 bytes), its times SOURCE_DATE_EPOCH (else 0).
+fn make_ext4(
+    definition: &Definition,
+    outputs: &BuildOutputs<'_>,
+    label: &str,
+    uuid: Guid,
+) -> Result<PathBuf, RepartError> {
+    let file = &definition.file;
+    let path = outputs.scratch.join(format!("{uuid}.ext4"));
+    let bytes = definition.size_min_bytes.unwrap_or(0);
+    std::fs::File::create(&path)
+        .and_then(|created| created.set_len(bytes))
+        .map_err(|error| RepartError::Source {
+            file: file.clone(),
+            source: FileError::of(FileAction::Write, &path)(error),
+        })?;
+    let fs_label: String = label.chars().take(16).collect();
+    let time = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "0".to_owned());
+    tool::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", &fs_label, "-U", &uuid.to_string(), "-E"])
+            .arg(format!("hash_seed={uuid},root_owner=0:0"))
+            .arg(&path)
+            .env("E2FSPROGS_FAKE_TIME", time),
+        "e2fsprogs",
+    )
+    .map_err(|source| RepartError::MakeFileSystem {
+        file: file.clone(),
+        source,
+    })?;
+    Ok(path)
 }
 
 fn source_bytes(file: &Path, path: &Path) -> Result<u64, RepartError> {
@@ -719,6 +797,7 @@ mod tests {
             tree: &tree,
             esp: Some(&esp_image),
             identity: &NO_IDENTITY,
+            scratch: dir.path(),
         };
         let laid_out =
             partitions(dir.path(), &[esp, root, verity, var], &outputs).expect("partitions");
@@ -754,14 +833,14 @@ mod tests {
 
     #[test]
     fn an_unknown_key_names_file_line_and_key() {
-        let error = parse("[Partition]\nType=root\nFormat=vfat\n").expect_err("unknown");
+        let error = parse("[Partition]\nType=root\nEncrypt=key-file\n").expect_err("unknown");
         assert!(
             matches!(error, RepartError::Line { line: 3, .. }),
             "{error:?}"
         );
         let text = error_chain(&error);
         assert!(
-            text.contains("10-x.conf:3") && text.contains("\"Format\""),
+            text.contains("10-x.conf:3") && text.contains("\"Encrypt\""),
             "{text}"
         );
         let error = parse("[Partition]\ntype=root\n").expect_err("case-sensitive");
@@ -816,6 +895,7 @@ mod tests {
             tree: &tree,
             esp: None,
             identity: &identity,
+            scratch: dir.path(),
         };
         let laid_out = partitions(dir.path(), &ab_definitions(), &outputs).expect("partitions");
         let labels: Vec<_> = laid_out.iter().map(|p| p.label.as_str()).collect();
@@ -900,6 +980,7 @@ mod tests {
             tree: Path::new("root.verity"),
             esp: None,
             identity: &NO_IDENTITY,
+            scratch: Path::new("scratch"),
         }
     }
 
@@ -996,6 +1077,51 @@ mod tests {
     }
 
     #[test]
+    fn format_ext4_makes_the_same_empty_file_system_twice() {
+        let definition = parse("[Partition]\nType=var\nLabel=var\nFormat=ext4\nSizeMinBytes=8M\n")
+            .expect("parse");
+        assert_eq!(definition.format, Some(Format::Ext4));
+        let hash = root_hash();
+        let made: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let outputs = BuildOutputs {
+                    scratch: dir.path(),
+                    ..outputs(&hash)
+                };
+                let laid_out =
+                    partitions(dir.path(), &[definition.clone()], &outputs).expect("formatted");
+                let source = laid_out[0].source.as_ref().expect("a file system");
+                std::fs::read(source).expect("read")
+            })
+            .collect();
+        assert_eq!(made[0].len(), 8 << 20);
+        assert_eq!(made[0], made[1], "the file system is reproducible");
+        let probed = xorbang_formats::fs_probe::probe(&made[0][..64 * 1024]);
+        assert_eq!(
+            probed.map(|info| info.kind.to_string()),
+            Some("ext4".to_owned())
+        );
+    }
+
+    #[test]
+    fn format_is_ext4_only_and_never_with_copy_blocks_or_on_a_slot() {
+        let error =
+            parse("[Partition]\nType=var\nFormat=btrfs\nSizeMinBytes=8M\n").expect_err("btrfs");
+        assert!(
+            error_chain(&error).contains("Format=\"btrfs\": only ext4"),
+            "{error}"
+        );
+        for text in [
+            "[Partition]\nType=var\nFormat=ext4\nCopyBlocks=x\n",
+            "[Partition]\nType=root\nFormat=ext4\nSizeMinBytes=8M\n",
+        ] {
+            let error = parse(text).expect_err(text);
+            assert!(matches!(error, RepartError::FormatConflict(_)), "{error}");
+        }
+    }
+
+    #[test]
     fn uki_esp_without_an_esp_is_an_error() {
         let esp = parse("[Partition]\nType=esp\nCopyBlocks=uki-esp\n").expect("esp");
         let hash = root_hash();
@@ -1005,6 +1131,7 @@ mod tests {
             tree: Path::new("root.verity"),
             esp: None,
             identity: &NO_IDENTITY,
+            scratch: Path::new("scratch"),
         };
         let error = partitions(Path::new("."), &[esp], &outputs).expect_err("no uki");
         assert_eq!(
@@ -1027,6 +1154,7 @@ mod tests {
             tree: Path::new("root.verity"),
             esp: None,
             identity: &NO_IDENTITY,
+            scratch: Path::new("scratch"),
         };
         let error = partitions(dir.path(), &[definition], &outputs).expect_err("too large");
         assert!(
