@@ -1089,8 +1089,8 @@ mod tests {
                     scratch: dir.path(),
                     ..outputs(&hash)
                 };
-                let laid_out =
-                    partitions(dir.path(), &[definition.clone()], &outputs).expect("formatted");
+                let laid_out = partitions(dir.path(), std::slice::from_ref(&definition), &outputs)
+                    .expect("formatted");
                 let source = laid_out[0].source.as_ref().expect("a file system");
                 std::fs::read(source).expect("read")
             })
