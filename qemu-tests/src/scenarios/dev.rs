@@ -201,9 +201,9 @@ pub fn dev_persist_no_state(context: &Context) -> Result<(), String> {
 }
 
 /// In dev mode: install the fixture, add a file to /etc, delete one of the base's; commit as
-/// `local-tools`. A dev boot then merges the committed extensions with an empty upper, and a
-/// production boot with the printed pins has the package and the file, read-only, and the
-/// deleted file back (the commit reported it).
+/// `local-tools`. A dev boot then merges the committed extensions with an empty upper; a
+/// production boot that selects them unpinned is refused; one with the printed pins has the
+/// package and the file, read-only, and the deleted file back (the commit reported it).
 pub fn commit_overlay(context: &Context) -> Result<(), String> {
     let mut machine = Machine::new(context, "commit-overlay", &[])?;
     let persist = machine.persist();
@@ -252,6 +252,15 @@ pub fn commit_overlay(context: &Context) -> Result<(), String> {
             ),
         ],
     )?;
+    let unpinned = format!("{} xorbang.sysext=local-tools", context.production_root());
+    machine.boot_expecting(
+        &unpinned,
+        "commit-overlay-unpinned",
+        &refused(
+            "sysext local-tools (state:/var/lib/extensions/local-tools.raw): not pinned".to_owned(),
+        ),
+        INITRAMFS_TIMEOUT,
+    )?;
     machine.boot(
         &format!("{} {pins}", context.production_root()),
         "commit-overlay-prod",
@@ -263,7 +272,8 @@ pub fn commit_overlay(context: &Context) -> Result<(), String> {
     Ok(())
 }
 
-/// `--dry-run` lists every change (committed or not, with the reason) and writes nothing.
+/// `--dry-run` lists every change (committed or not, with the reason) and writes nothing;
+/// `--discard` then asks for an empty upper, which the next boot starts with.
 pub fn commit_overlay_dry_run(context: &Context) -> Result<(), String> {
     let mut machine = Machine::new(context, "commit-overlay-dry-run", &[])?;
     let persist = machine.persist();
@@ -297,7 +307,21 @@ pub fn commit_overlay_dry_run(context: &Context) -> Result<(), String> {
             ),
             not("/var/lib/dpkg/status", "dpkg's database does not merge across layers; the system extension records its package list instead"),
             LineMatch::Prefix("xorbang-commit-overlay: dry run: ".to_owned()),
+            LineMatch::Exact(format!(
+                "xorbang-commit-overlay: the upper {} is deleted at the next boot, which starts \
+                 with an empty one",
+                system_upper(context)
+            )),
         ],
+    )?;
+    machine.boot(
+        &persist,
+        "commit-overlay-discarded",
+        &[LineMatch::Exact(format!(
+            "xorbang: dev mode: persistent upper {} starts empty (the last upper was \
+             discarded on request)",
+            system_upper(context)
+        ))],
     )?;
     Ok(())
 }

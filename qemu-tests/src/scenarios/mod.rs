@@ -81,13 +81,13 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "commit-overlay",
-        about: "dev changes committed as sysext + confext local-tools: a dev boot merges them over an empty upper; production with the printed pins has them read-only, and the deleted file (reported) is back",
+        about: "dev changes committed as sysext + confext local-tools: a dev boot merges them over an empty upper; production refuses them unpinned, and with the printed pins has them read-only, the deleted file (reported) back",
         requires: &[],
         run: dev::commit_overlay,
     },
     Scenario {
         name: "commit-overlay-dry-run",
-        about: "--dry-run lists every change, committed or not with the reason, and writes nothing",
+        about: "--dry-run lists every change, committed or not with the reason, and writes nothing; --discard empties the upper at the next boot",
         requires: &[],
         run: dev::commit_overlay_dry_run,
     },
