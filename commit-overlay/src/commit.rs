@@ -305,9 +305,11 @@ fn commit(
                 }
             })?;
         say(format!(
-            "{kind} {name}: {}, {} bytes, root hash {} ({} files, {} symlinks, {} directories, {} bytes of data)",
+            "{kind} {name}: {}, {} bytes (SquashFS {}, hash tree {}), root hash {} ({} files, {} symlinks, {} directories, {} bytes of data)",
             image.display(),
             result.image_bytes,
+            result.squashfs_bytes,
+            result.verity_bytes,
             result.root_hash,
             staged.files,
             staged.symlinks,
