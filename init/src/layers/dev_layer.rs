@@ -132,11 +132,14 @@ fn prepare(
         (None, true) => None,
     };
     ensure_dir(&upper)?;
+    let dirs = DevDirs {
+        dir: upper.clone(),
+        transient: false,
+    };
     for overlay in OVERLAYS {
-        let dir = upper.join(overlay);
-        ensure_dir(&dir)?;
-        ensure_dir(&dir.join("upper"))?;
-        ensure_dir(&dir.join("work"))?;
+        ensure_dir(&upper.join(overlay))?;
+        ensure_dir(&dirs.upper(overlay))?;
+        ensure_dir(&dirs.work(overlay))?;
     }
     let kept = kept_uppers(&dev_dir, root_hash)?;
     let shown = |path: &Path| system_view(paths, path);
@@ -161,10 +164,7 @@ fn prepare(
             fresh,
             kept: kept.iter().map(|path| shown(path)).collect(),
         },
-        dirs: DevDirs {
-            dir: upper,
-            transient: false,
-        },
+        dirs,
         state,
         committed,
     })
