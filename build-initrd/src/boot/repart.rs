@@ -576,7 +576,7 @@ fn partition(
 
 /// An empty ext4 file system of the partition's size in the scratch directory, reproducible:
 /// its UUID and directory hash seed are the PARTUUID (itself derived from the root hash), its
-/// label the partition's (cut to ext4's 16 bytes), its times SOURCE_DATE_EPOCH (else 0).
+/// label the partition's (cut to ext4's 16 bytes), its times SOURCE_DATE_EPOCH (else 1).
 fn make_ext4(
     definition: &Definition,
     outputs: &BuildOutputs<'_>,
@@ -593,13 +593,18 @@ fn make_ext4(
             source: FileError::of(FileAction::Write, &path)(error),
         })?;
     let fs_label: String = label.chars().take(16).collect();
-    let time = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "0".to_owned());
+    // mke2fs takes a fake time of 0 for "none" and stamps the clock's: 0 becomes 1.
+    let time = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|epoch| epoch.parse::<u64>().ok())
+        .unwrap_or(0)
+        .max(1);
     tool::run(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", &fs_label, "-U", &uuid.to_string(), "-E"])
             .arg(format!("hash_seed={uuid},root_owner=0:0"))
             .arg(&path)
-            .env("E2FSPROGS_FAKE_TIME", time),
+            .env("E2FSPROGS_FAKE_TIME", time.to_string()),
         "e2fsprogs",
     )
     .map_err(|source| RepartError::MakeFileSystem {
@@ -1083,7 +1088,11 @@ mod tests {
         assert_eq!(definition.format, Some(Format::Ext4));
         let hash = root_hash();
         let made: Vec<Vec<u8>> = (0..2)
-            .map(|_| {
+            .map(|run| {
+                // mke2fs stamps the clock's seconds where it is not told a time.
+                if run == 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(1100));
+                }
                 let dir = tempfile::tempdir().expect("tempdir");
                 let outputs = BuildOutputs {
                     scratch: dir.path(),
