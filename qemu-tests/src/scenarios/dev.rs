@@ -101,7 +101,7 @@ fn system_upper(context: &Context) -> String {
 
 /// A file in /etc and a package installed with `dpkg -i` survive a reboot under `persist`;
 /// `xorbang.dev=1` and production boots of the same disk see neither, and production's / is
-/// read-only.
+/// read-only. The `xorbang.dev=1` boot also commits its tmpfs upper (`-o` only).
 pub fn dev_persist(context: &Context) -> Result<(), String> {
     let mut machine = Machine::new(context, "dev-persist", &[])?;
     let persist = machine.persist();
@@ -124,7 +124,21 @@ pub fn dev_persist(context: &Context) -> Result<(), String> {
         ))],
     )?;
     let transient = format!("{} xorbang.dev=1", context.production_root());
-    machine.boot(&transient, "dev-persist-transient", &[])?;
+    machine.boot(
+        &transient,
+        "dev-persist-transient",
+        &[
+            LineMatch::Exact(
+                "xorbang-commit-overlay: xorbang.dev=1 keeps no state partition mounted: give \
+                 -o DIR"
+                    .to_owned(),
+            ),
+            LineMatch::Prefix(
+                "xorbang-commit-overlay: confext transient: /root/commits/confexts/transient.raw"
+                    .to_owned(),
+            ),
+        ],
+    )?;
     machine.boot(&context.production_root(), "dev-persist-prod", &[])?;
     Ok(())
 }
