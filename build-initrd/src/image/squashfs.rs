@@ -397,18 +397,18 @@ mod tests {
     fn a_failing_mksquashfs_is_reported_with_its_output_and_leaves_no_output() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = sample_tree(dir.path());
-        // A stand-in that fails the way mksquashfs does, with its message on stdout.
+        // A stand-in that fails the way mksquashfs does, with its message on stdout. A child
+        // writes it: a file this process had open for writing could still be open in a child
+        // another test thread forks meanwhile, and exec would fail with ETXTBSY.
         let failing = dir.path().join("mksquashfs");
-        fs::write(
-            &failing,
-            "#!/bin/sh\necho 'FATAL ERROR: Could not create destination file'\nexit 1\n",
-        )
-        .expect("script");
-        fs::set_permissions(
-            &failing,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
+        let written = Command::new("sh")
+            .arg("-c")
+            .arg("printf '#!/bin/sh\\necho \"FATAL ERROR: Could not create destination file\"\\nexit 1\\n' > \"$1\" && chmod 755 \"$1\"")
+            .arg("write-script")
+            .arg(&failing)
+            .status()
+            .expect("sh runs");
+        assert!(written.success(), "the stand-in is written");
         let out = dir.path().join("root.squashfs");
         let err =
             build(&failing, &tree, &out, SquashfsCompression::Xz, 0).expect_err("mksquashfs fails");
