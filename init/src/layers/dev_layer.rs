@@ -30,9 +30,9 @@ pub enum PersistError {
     Unverified,
     #[error("xorbang.dev=persist")]
     State(#[from] StateError),
-    #[error("{} on the state partition is a {found}, not a directory", path.display())]
+    #[error("xorbang.dev=persist: {} on the state partition is a {found}, not a directory; refused", path.display())]
     NotDirectory { path: PathBuf, found: &'static str },
-    #[error("cannot {action} {}", path.display())]
+    #[error("xorbang.dev=persist: cannot {action} {}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,

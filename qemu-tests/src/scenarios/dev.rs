@@ -214,6 +214,42 @@ pub fn dev_persist_no_state(context: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// A state partition whose upper for this base is a symlink (to the base's /etc, as an
+/// attacker with the disk would plant to have the init write elsewhere): refused with one
+/// line naming it, then the failure policy; nothing is mounted from it.
+pub fn dev_persist_hostile_state(context: &Context) -> Result<(), String> {
+    let dir = context.work.join("dev-persist-hostile-state");
+    let tree = dir.join("state-tree");
+    let dev_dir = tree.join("xorbang/dev");
+    std::fs::create_dir_all(&dev_dir).map_err(|error| format!("{}: {error}", dev_dir.display()))?;
+    let upper = dev_dir.join(&context.system.root_hash);
+    if !upper.is_symlink() {
+        std::os::unix::fs::symlink("/run/xorbang/base/etc", &upper)
+            .map_err(|error| format!("{}: {error}", upper.display()))?;
+    }
+    let disk = dev::disk_with_state_holding(
+        &context.binaries.build,
+        &context.system,
+        &dir,
+        Some(&tree),
+        &[],
+    )
+    .map_err(|error| error.to_string())?;
+    let mut vm = context.vm_with_initrd(
+        &context.ext4_initrd()?,
+        vec![disk],
+        &format!("{} xorbang.dev=persist", context.production_root()),
+        INITRAMFS_TIMEOUT,
+    );
+    vm.writable_disks = true;
+    let expect = refused(format!(
+        "xorbang.dev=persist: {} on the state partition is a symlink, not a directory; refused",
+        system_upper(context)
+    ));
+    context.boot(&vm, "dev-persist-hostile-state", &expect)?;
+    Ok(())
+}
+
 /// In dev mode: install the fixture, add a file to /etc, delete one of the base's; commit as
 /// `local-tools`. A dev boot then merges the committed extensions with an empty upper; a
 /// production boot that selects them unpinned is refused; one with the printed pins has the

@@ -80,6 +80,12 @@ pub const SCENARIOS: &[Scenario] = &[
         run: dev::dev_persist_no_state,
     },
     Scenario {
+        name: "dev-persist-hostile-state",
+        about: "persist on a state partition whose upper is a planted symlink: refused with one line, then the failure policy",
+        requires: &[],
+        run: dev::dev_persist_hostile_state,
+    },
+    Scenario {
         name: "commit-overlay",
         about: "dev changes committed as sysext + confext local-tools: a dev boot merges them over an empty upper; production refuses them unpinned, and with the printed pins has them read-only, the deleted file (reported) back",
         requires: &[],
