@@ -3,6 +3,10 @@
 //! binary. Needs root (mounts in a private namespace, trusted xattrs) and squashfs-tools; when
 //! either is missing the test prints `SKIPPED …` on the terminal and returns.
 
+// The skip convention of the init's integration tests.
+#[path = "../../init/tests/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,32 +14,12 @@ const HASH: &str = "ab12";
 /// The options the init mounts dev overlays with.
 const OPTIONS: &str = "redirect_dir=off,index=off,metacopy=off,xino=off,nfs_export=off";
 
-fn skip(test: &str, reason: &str) {
-    use std::io::Write;
-    if writeln!(std::io::stderr(), "SKIPPED {test}: {reason}").is_err() {
-        // The terminal is gone: there is no one left to tell.
-    }
-}
-
 fn can_run(test: &str) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        skip(test, "needs root (overlay mounts, trusted xattrs)");
-        return false;
-    }
-    let missing: Vec<&str> = ["mksquashfs", "unsquashfs", "unshare"]
-        .into_iter()
-        .filter(|tool| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .output()
-                .is_ok_and(|output| output.status.success())
-        })
-        .collect();
-    if !missing.is_empty() {
-        skip(test, &format!("needs {}", missing.join(", ")));
-    }
-    missing.is_empty()
+    support::can_run_privileged(
+        test,
+        "overlay mounts, trusted xattrs",
+        &["mksquashfs", "unsquashfs", "unshare"],
+    )
 }
 
 fn write(path: &Path, text: &str) {

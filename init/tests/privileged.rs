@@ -24,28 +24,11 @@ impl Drop for LoopImage {
 
 /// Whether `test` can run here; if not, it is reported as skipped.
 fn can_run(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let missing: Vec<&str> = ["mksquashfs", "losetup", "unshare"]
-        .into_iter()
-        .filter(|tool| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    match (root, missing.is_empty()) {
-        (true, true) => true,
-        (false, _) => {
-            support::skip(test, "needs root (loop devices and mounts)");
-            false
-        }
-        (true, false) => {
-            support::skip(test, &format!("needs {}", missing.join(", ")));
-            false
-        }
-    }
+    support::can_run_privileged(
+        test,
+        "loop devices and mounts",
+        &["mksquashfs", "losetup", "unshare"],
+    )
 }
 
 /// `dir/root.squashfs`: a root with /etc/hostname, /usr/local and an executable /sbin/init.
