@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::http::{self, HttpError, Url, UrlError};
+use xorbang_http::{self as http, HttpError, Url, UrlError};
 
 /// Per connect, read and write: long enough for a loaded mirror, short enough that a dead
 /// one is reported rather than waited on.

@@ -11,7 +11,6 @@
 
 mod apply;
 mod channel;
-mod http;
 mod machine;
 mod status;
 

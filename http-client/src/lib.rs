@@ -1,9 +1,10 @@
-//! A small blocking HTTP/1.1 client that fetches update manifests and bundles from a static
-//! server: `python3 -m http.server`, nginx, any server of a directory.
+//! A small blocking HTTP/1.1 client that fetches from a static server (`python3 -m http.server`,
+//! nginx, any server of a directory) what is checked elsewhere: update manifests and bundles
+//! (signed), netboot root images (dm-verity against the signed command line).
 //!
 //! Why so little: what it fetches is signed and checked elsewhere, so the transport only has
 //! to move bytes, and it ships inside every image. So: plain `http://` only (no TLS stack in
-//! the updater; `https://` is refused with the reason), one request per connection
+//! the images; `https://` is refused with the reason), one request per connection
 //! (`Connection: close`), no compression (`Accept-Encoding: identity`; a `Content-Encoding`
 //! is refused rather than handed on as the bundle), no redirects (a 3xx is an error showing
 //! its `Location`, so the channel can name the final place). Only 2xx bodies reach callers.
