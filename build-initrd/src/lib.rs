@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod file_error;
 pub mod image;
 pub mod initrd;
+pub mod netboot;
 pub mod os;
 pub mod output;
 pub mod sorted_dir;

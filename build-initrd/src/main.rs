@@ -20,6 +20,7 @@ use xorbang_build::image::verity::{
 use xorbang_build::initrd::assemble::{self as initrd, Addition, InitrdError, InitrdSpec};
 use xorbang_build::initrd::compress::Compression;
 use xorbang_build::initrd::kernel_modules::DEFAULT_MODULES;
+use xorbang_build::netboot::{self, NetbootError, NetbootSpec};
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::extension_pins::ExtensionPins;
 use xorbang_formats::gpt::Guid;
@@ -60,6 +61,11 @@ enum Command {
     /// verified root image, the initramfs, the UKI and the disk, each step cached by the
     /// hash of its inputs; OUTDIR gets the artifacts and build.json.
     Os(os_command::OsArgs),
+    /// Write a netboot tree any static TFTP/HTTP server can serve: the kernel, the shared
+    /// initramfs, the root image as an initramfs part (and loose, for UKIs that fetch it),
+    /// one small part per host of --hosts (keyed by MAC), an iPXE script, a dnsmasq.conf
+    /// and netboot.json; every part padded as the kernel needs.
+    Netboot(NetbootArgs),
     /// Publish a version as an update bundle in a channel directory: CHANNEL/<IMAGE_ID>_<VERSION>/
     /// with the image, its hash tree, the UKI and a manifest (sizes, SHA-256, root hash)
     /// signed with minisign, and the version added to CHANNEL/index.json.
@@ -210,6 +216,46 @@ struct InitrdArgs {
     /// How to compress the archive (zstd: level 19, one frame, window at most 8 MiB).
     #[arg(long, value_enum, default_value_t = Compression::Zstd)]
     compression: Compression,
+    /// A fleet's host configs (DIR/<name>.toml, each matching its machines' NICs by `mac`):
+    /// carried as /etc/xorbang/hosts/<mac>.toml, where the init picks the one for one of
+    /// its NICs, trusted as signed (the UKI's signature covers them).
+    #[arg(long, value_name = "DIR")]
+    hosts: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct NetbootArgs {
+    /// The kernel.
+    #[arg(long, value_name = "VMLINUZ")]
+    kernel: PathBuf,
+    /// The shared initramfs (it should carry the NIC's driver, e.g. virtio_net, for the
+    /// init to read the machine's MAC addresses).
+    #[arg(long, value_name = "INITRD")]
+    initrd: PathBuf,
+    /// The verified root image (`xorbang-build image`): its .verity and .json lie beside it.
+    #[arg(long, value_name = "IMAGE")]
+    image: PathBuf,
+    /// Kernel command line words besides the root's.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    cmdline: String,
+    /// The fleet: DIR/<name>.toml host configs, each matching its machines by `mac`; every
+    /// MAC gets hosts/<mac>.cpio, a part iPXE appends (trusted as local by the init).
+    #[arg(long, value_name = "DIR")]
+    hosts: Option<PathBuf>,
+    /// A signed UKI of the same image, for UEFI machines (Secure Boot): its command line
+    /// must boot the image's root hash.
+    #[arg(long, value_name = "EFI")]
+    uki: Option<PathBuf>,
+    /// Where the tree will be served over HTTP (http://HOST[:PORT]/PATH/), for dnsmasq's
+    /// boot-file URLs; without it dnsmasq names files for TFTP only.
+    #[arg(long, value_name = "URL")]
+    http_url: Option<String>,
+    /// START,END,MASK for dnsmasq to lease; without it dnsmasq.conf is proxy-DHCP.
+    #[arg(long, value_name = "RANGE")]
+    dhcp_range: Option<String>,
+    /// The directory to write.
+    #[arg(value_name = "OUTDIR")]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -402,6 +448,8 @@ enum CliError {
     MachineDisk(#[from] MachineDiskError),
     #[error(transparent)]
     Os(#[from] os_command::OsCommandError),
+    #[error(transparent)]
+    Netboot(#[from] NetbootError),
     #[error("cannot build the UKI {path}")]
     Uki {
         path: PathBuf,
@@ -443,6 +491,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Sysext(args) => build_sysext(args, source_date_epoch()?),
         Command::Uki(args) => build_uki(args, source_date_epoch()?),
         Command::Os(args) => Ok(os_command::run(args, source_date_epoch_if_set()?)?),
+        Command::Netboot(args) => build_netboot(args, source_date_epoch()?),
         Command::Bundle(args) => build_bundle(&args),
         Command::Verity {
             command: VerityCommand::Format(args),
@@ -520,6 +569,10 @@ fn build_initrd(args: InitrdArgs, mtime: u32) -> Result<(), CliError> {
         init: args.init,
         kernel_modules: args.kernel_modules.map(|dir| (dir, wanted)),
         additions: args.additions,
+        generated: match &args.hosts {
+            Some(dir) => netboot::initramfs_host_files(&netboot::read_hosts(dir)?),
+            None => Vec::new(),
+        },
     };
     let summary =
         initrd::build(&spec, &args.output, args.compression, mtime).map_err(|source| {
@@ -529,6 +582,33 @@ fn build_initrd(args: InitrdArgs, mtime: u32) -> Result<(), CliError> {
             }
         })?;
     println!("{}: {summary}", args.output.display());
+    Ok(())
+}
+
+fn build_netboot(args: NetbootArgs, mtime: u32) -> Result<(), CliError> {
+    let spec = NetbootSpec {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        image: args.image,
+        cmdline: args.cmdline,
+        hosts: match &args.hosts {
+            Some(dir) => netboot::read_hosts(dir)?,
+            None => Vec::new(),
+        },
+        uki: args.uki,
+        http_url: args.http_url,
+        dhcp_range: args.dhcp_range,
+        mtime,
+    };
+    let record = netboot::build(&spec, &args.out)?;
+    let bytes: u64 = record.files.iter().map(|file| file.bytes).sum();
+    println!(
+        "{}: root hash {}, {} hosts, {} files, {bytes} bytes",
+        args.out.display(),
+        record.root_hash,
+        record.hosts.len(),
+        record.files.len()
+    );
     Ok(())
 }
 

@@ -21,10 +21,14 @@ pub enum DeviceSpec {
     /// Any other absolute path: an image file inside the initramfs (how a PXE-served
     /// initramfs carries its root), attached to a loop device.
     File(PathBuf),
+    /// `http://…`: an image file a netbooted machine downloads into memory (a UKI under
+    /// Secure Boot cannot be handed its root as another initramfs part), then as [`Self::File`].
+    /// What arrives is trusted only as far as `roothash=` verifies it.
+    Url(String),
 }
 
-const EXPECTED: &str =
-    "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path or the path of an image file";
+const EXPECTED: &str = "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path, the path \
+     of an image file or its http:// URL";
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceSpecError {
@@ -43,6 +47,7 @@ const PARTLABEL: &str = "PARTLABEL=";
 const UUID: &str = "UUID=";
 const LABEL: &str = "LABEL=";
 const DEV: &str = "/dev/";
+const HTTP: &str = "http://";
 
 impl DeviceSpec {
     /// Parses a `root=` value.
@@ -59,6 +64,9 @@ impl DeviceSpec {
             if let Some(name) = value.strip_prefix(prefix) {
                 return non_empty(prefix, name).map(make);
             }
+        }
+        if let Some(rest) = value.strip_prefix(HTTP) {
+            return non_empty(HTTP, rest).map(|_| Self::Url(value.to_owned()));
         }
         match value.strip_prefix(DEV) {
             Some(node) if !node.is_empty() => Ok(Self::Path(PathBuf::from(value))),
@@ -94,6 +102,7 @@ impl fmt::Display for DeviceSpec {
             Self::Uuid(uuid) => write!(f, "{UUID}{uuid}"),
             Self::Label(label) => write!(f, "{LABEL}{label}"),
             Self::Path(path) | Self::File(path) => write!(f, "{}", path.display()),
+            Self::Url(url) => f.write_str(url),
         }
     }
 }
@@ -131,6 +140,10 @@ mod tests {
                 DeviceSpec::Label("xorbang root".into()),
             ),
             ("/dev/vda1", DeviceSpec::Path("/dev/vda1".into())),
+            (
+                "http://10.14.0.1:8080/root.squashfs",
+                DeviceSpec::Url("http://10.14.0.1:8080/root.squashfs".into()),
+            ),
         ];
         for (text, spec) in cases {
             assert_eq!(parse(text), spec, "{text}");
@@ -149,14 +162,9 @@ mod tests {
 
     #[test]
     fn errors_say_what_was_expected() {
-        assert_eq!(
-            error("sda1"),
-            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path or the path of an image file"
-        );
-        assert_eq!(
-            error("/dev/"),
-            "expected PARTUUID=, PARTLABEL=, UUID=, LABEL=, a /dev path or the path of an image file"
-        );
+        assert_eq!(error("sda1"), EXPECTED);
+        assert_eq!(error("/dev/"), EXPECTED);
+        assert_eq!(error("http://"), "http:// needs a value");
         assert_eq!(
             parse("/boot/root.img"),
             DeviceSpec::File("/boot/root.img".into())
@@ -192,6 +200,7 @@ mod tests {
             "/dev/",
             "/",
             "/dev",
+            "http://",
         ]);
         let mut rest = crate::cmdline::tests::random_text(rng, true);
         if prefix == PARTUUID && rng.below(3) != 0 {

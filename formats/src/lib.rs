@@ -17,6 +17,7 @@ pub mod fs_probe;
 pub mod gpt;
 pub mod host_config;
 pub mod module_index;
+pub mod netboot;
 pub mod os_release;
 pub mod pe;
 pub mod signature;

@@ -86,6 +86,9 @@ pub struct InitrdSpec {
     /// A kernel's `lib/modules/<version>` directory, and the modules to take from it.
     pub kernel_modules: Option<(PathBuf, Vec<ModuleName>)>,
     pub additions: Vec<Addition>,
+    /// Files made by the build tool itself, as (path in the archive, contents): the fleet's
+    /// host configs of `--hosts`.
+    pub generated: Vec<(String, Vec<u8>)>,
 }
 
 /// What the one-line report says about a written initramfs.
@@ -145,6 +148,9 @@ pub fn assemble(spec: &InitrdSpec) -> Result<(Archive, usize), InitrdError> {
     };
     for addition in &spec.additions {
         add_host_path(&mut archive, addition)?;
+    }
+    for (path, contents) in &spec.generated {
+        archive.add_file(path, 0o444, contents.clone())?;
     }
     Ok((archive, modules))
 }
@@ -245,6 +251,7 @@ mod tests {
             init,
             kernel_modules: None,
             additions: Vec::new(),
+            generated: Vec::new(),
         }
     }
 

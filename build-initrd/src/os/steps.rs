@@ -461,6 +461,7 @@ impl<'a> Steps<'a> {
                     modules.iter().map(|name| ModuleName::new(name)).collect(),
                 )),
                 additions: Vec::new(),
+                generated: Vec::new(),
             };
             initrd::build(&spec, &dir.join(INITRD), Compression::Zstd, epoch)
                 .map(|_| ())

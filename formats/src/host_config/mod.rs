@@ -94,8 +94,8 @@ use toml::Spanned;
 
 use parse::*;
 pub use parse::{check_local_keys, parse, LOCAL_KEYS, MAX_ENTRIES};
-pub use rules::check_hostname;
 use rules::*;
+pub use rules::{check_hostname, parse_mac};
 pub use schema::*;
 
 /// The only schema version this build reads.

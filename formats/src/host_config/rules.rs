@@ -89,7 +89,7 @@ pub(super) fn check_interface_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let wrong =
         || "expected six ':'-separated pairs of hex digits, like \"52:54:00:12:34:56\"".to_owned();
     let mut mac = [0u8; 6];

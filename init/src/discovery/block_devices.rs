@@ -17,9 +17,10 @@ use xorbang_formats::gpt::{self, GptError, GptHeader, GptPartition, Guid, Lba, S
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    /// Image files are attached to loop devices by the caller, never looked up here.
-    #[error("{path} is an image file, not a block device")]
-    ImageFile { path: PathBuf },
+    /// Image files (in the initramfs or downloaded) are attached to loop devices by the
+    /// caller, never looked up here.
+    #[error("{spec} is an image file, not a block device")]
+    ImageFile { spec: DeviceSpec },
     #[error("cannot list {path}")]
     List { path: PathBuf, source: io::Error },
     #[error("cannot read {path}")]
@@ -61,7 +62,9 @@ pub fn resolve(
     };
     let found = match spec {
         DeviceSpec::Path(path) => return scan.existing_path(path),
-        DeviceSpec::File(path) => return Err(BlockError::ImageFile { path: path.clone() }),
+        DeviceSpec::File(_) | DeviceSpec::Url(_) => {
+            return Err(BlockError::ImageFile { spec: spec.clone() })
+        }
         DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_) => {
             let seen = scan.partitions(None)?;
             present_nodes(seen.iter().filter(|part| names(spec, &part.entry)))?

@@ -1,7 +1,10 @@
 //! Where host config comes from, tried in order of trust: a file in the (signed) initramfs,
-//! QEMU's fw_cfg entry `opt/org.xorbang/host-config`, a config partition on the root's disk
-//! (PARTLABEL `xorbang-config`, `host-config.toml` at its root) and that disk's ESP
-//! (`xorbang/host-config.toml`); `xorbang.config=` names one source instead. Each candidate
+//! then the fleet's file for one of this machine's MAC addresses there
+//! (`/etc/xorbang/hosts/<mac>.toml`), QEMU's fw_cfg entry `opt/org.xorbang/host-config`, the
+//! per-host part a netboot loader appended (`/netboot/host-config.toml`: from the network,
+//! so `local`), a config partition on the root's disk (PARTLABEL `xorbang-config`,
+//! `host-config.toml` at its root) and that disk's ESP (`xorbang/host-config.toml`);
+//! `xorbang.config=` names one source instead. Each candidate
 //! comes with its detached signature (`….minisig`) when there is one. Only reading happens
 //! here, with [`crate::untrusted`]'s rules; deciding what to trust is [`super::host_config_trust`]'s.
 
@@ -18,6 +21,8 @@ use xorbang_formats::boot_report::ConfigTrust;
 use xorbang_formats::devspec::DeviceSpec;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::gpt;
+use xorbang_formats::host_config::parse_mac;
+use xorbang_formats::netboot::{self as fleet, HOSTS_DIR, HOST_PART_FILE};
 use xorbang_formats::signature::{MAX_KEY_OR_SIGNATURE_BYTES, SIGNATURE_SUFFIX};
 
 /// The fw_cfg file name QEMU is given with `-fw_cfg name=opt/org.xorbang/host-config,file=…`.
@@ -124,6 +129,8 @@ enum Place {
     /// A partition beside the root, looked for only when the search gets this far: a config
     /// found in the initramfs or fw_cfg costs no disk read.
     BesideRoot(Beside),
+    /// The fleet's configs in the initramfs, picked by this machine's MAC addresses.
+    HostByMac,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +164,9 @@ fn places(disks: &mut Disks, source: &ConfigSource) -> Vec<Result<Place, ConfigS
             .ok_or(ConfigSourceError::NoEsp)],
         ConfigSource::Search => vec![
             Ok(initramfs(PathBuf::from("/").join(INITRAMFS_FILE), false)),
+            Ok(Place::HostByMac),
             Ok(Place::FwCfg { required: false }),
+            Ok(initramfs(PathBuf::from("/").join(HOST_PART_FILE), false)),
             Ok(Place::BesideRoot(Beside::ConfigPartition)),
             Ok(Place::BesideRoot(Beside::Esp)),
         ],
@@ -184,7 +193,7 @@ impl Disks<'_> {
             Place::Initramfs { file, required } => {
                 let relative = file.strip_prefix("/").unwrap_or(file);
                 let origin = format!("initramfs:{}", file.display());
-                let found = read_pair(self.paths.root(), relative, &origin, ConfigTrust::Signed)?;
+                let found = read_pair(self.paths.root(), relative, &origin, initramfs_trust(file))?;
                 match found {
                     None if *required => Err(ConfigSourceError::Missing(file.clone())),
                     found => Ok(found),
@@ -232,6 +241,7 @@ impl Disks<'_> {
                     found => Ok(found),
                 }
             }
+            Place::HostByMac => self.host_by_mac(),
             Place::BesideRoot(beside) => match self.beside_root(*beside) {
                 Some(device) => {
                     let file = match beside {
@@ -243,6 +253,36 @@ impl Disks<'_> {
                 None => Ok(None),
             },
         }
+    }
+
+    /// The fleet's config for the first NIC (by name) that has one in [`HOSTS_DIR`]; an
+    /// initramfs without the directory costs no look at the NICs.
+    fn host_by_mac(&self) -> Result<Option<Candidate>, ConfigSourceError> {
+        let hosts = self.paths.root().join(HOSTS_DIR);
+        if !hosts.is_dir() {
+            return Ok(None);
+        }
+        let nics = nic_addresses(&self.paths.sys().join("class/net"));
+        for (name, mac) in &nics {
+            let file = Path::new(HOSTS_DIR).join(fleet::host_file_name(mac));
+            let origin = format!("initramfs:/{} ({name})", file.display());
+            if let Some(found) = read_pair(self.paths.root(), &file, &origin, ConfigTrust::Signed)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        let seen: Vec<String> = nics
+            .iter()
+            .map(|(name, mac)| format!("{name} {}", fleet::mac_key(mac)))
+            .collect();
+        log::info!(
+            "host config: /{HOSTS_DIR} has no file for this machine's NICs ({})",
+            match seen.is_empty() {
+                true => "none found: is the NIC's driver in the initramfs?".to_owned(),
+                false => seen.join(", "),
+            }
+        );
+        Ok(None)
     }
 
     /// The partition `spec` names, if it is there (the root's disks have appeared by now).
@@ -360,6 +400,35 @@ fn filesystem_modules(fstype: &str) -> Vec<&str> {
     }
 }
 
+/// A file the initramfs builder wrote is covered by the UKI's signature; the per-host part
+/// a netboot loader appends is not, and lands in its own directory so it cannot pass for one.
+fn initramfs_trust(file: &Path) -> ConfigTrust {
+    let part_dir = Path::new("/").join(HOST_PART_FILE);
+    match part_dir.parent().is_some_and(|dir| file.starts_with(dir)) {
+        true => ConfigTrust::Local,
+        false => ConfigTrust::Signed,
+    }
+}
+
+/// The network interfaces with an Ethernet address, sorted by name: `(name, MAC)`.
+/// Interfaces whose address cannot be read are passed over (a virtual one going away).
+fn nic_addresses(class_net: &Path) -> Vec<(String, [u8; 6])> {
+    let Ok(entries) = std::fs::read_dir(class_net) else {
+        return Vec::new();
+    };
+    let mut nics: Vec<(String, [u8; 6])> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            let text = std::fs::read_to_string(entry.path().join("address")).ok()?;
+            let mac = parse_mac(text.trim()).ok()?;
+            (mac != [0; 6]).then_some((name, mac))
+        })
+        .collect();
+    nics.sort();
+    nics
+}
+
 /// A config file beneath `dir` and its `.minisig`, if the file is there.
 fn read_pair(
     dir: &Path,
@@ -467,6 +536,71 @@ mod tests {
             ]
         );
         assert!(offered(&paths, &ConfigSource::Nothing).is_empty());
+    }
+
+    #[test]
+    fn a_fleet_file_is_picked_by_mac_and_a_netboot_part_is_local() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::under(root.path().to_owned());
+        write(
+            root.path(),
+            "sys/class/net/lo/address",
+            "00:00:00:00:00:00\n",
+        );
+        write(
+            root.path(),
+            "sys/class/net/eth1/address",
+            "52:54:00:14:00:02\n",
+        );
+        write(
+            root.path(),
+            "sys/class/net/eth0/address",
+            "52:54:00:14:00:09\n",
+        );
+        write(root.path(), HOST_PART_FILE, "hostname = \"part\"\n");
+        // No hosts directory: the NICs are not even looked at, the part is offered.
+        let found = offered(&paths, &ConfigSource::Search);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].origin, "initramfs:/netboot/host-config.toml");
+        assert_eq!(found[0].trust, ConfigTrust::Local);
+        write(
+            root.path(),
+            "etc/xorbang/hosts/52-54-00-14-00-01.toml",
+            "hostname = \"one\"\n",
+        );
+        write(
+            root.path(),
+            "etc/xorbang/hosts/52-54-00-14-00-02.toml",
+            "hostname = \"two\"\n",
+        );
+        write(
+            root.path(),
+            "etc/xorbang/hosts/52-54-00-14-00-02.toml.minisig",
+            "sig",
+        );
+        let found = offered(&paths, &ConfigSource::Search);
+        let summary: Vec<(&str, ConfigTrust, &str)> = found
+            .iter()
+            .map(|c| (c.origin.as_str(), c.trust, c.text.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "initramfs:/etc/xorbang/hosts/52-54-00-14-00-02.toml (eth1)",
+                    ConfigTrust::Signed,
+                    "hostname = \"two\"\n"
+                ),
+                (
+                    "initramfs:/netboot/host-config.toml",
+                    ConfigTrust::Local,
+                    "hostname = \"part\"\n"
+                ),
+            ]
+        );
+        assert_eq!(found[0].signature.as_deref(), Some("sig"));
+        let named = ConfigSource::File(Path::new("/").join(HOST_PART_FILE));
+        assert_eq!(offered(&paths, &named)[0].trust, ConfigTrust::Local);
     }
 
     #[test]
