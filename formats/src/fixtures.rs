@@ -2,6 +2,7 @@
 //! images and filesystem superblocks. Built for this crate's tests and, with the `fixtures`
 //! feature, for the other crates' (never for a shipped binary).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::fs_probe::{EXT_LABEL_OFFSET, EXT_MAGIC, EXT_MAGIC_OFFSET, EXT_UUID_OFFSET};
@@ -144,5 +145,141 @@ pub fn text_entry(path: &str, mode: u32, content: &str) -> crate::host_config::E
             mode,
             content: content.to_owned(),
         },
+    }
+}
+
+/// A DHCP client's message as a test server reads it: the fields and the options, parsed
+/// independently of `dhcp`'s parser (which only reads replies), asserting the layout every
+/// message of the client has.
+#[derive(Debug)]
+pub struct DhcpClientMessage {
+    pub xid: u32,
+    pub flags: u16,
+    pub chaddr: [u8; 16],
+    pub options: Vec<(u8, Vec<u8>)>,
+    pub end_offset: usize,
+}
+
+impl DhcpClientMessage {
+    pub fn read(bytes: &[u8]) -> Self {
+        assert!(bytes.len() >= 300, "{} bytes", bytes.len());
+        assert_eq!(&bytes[..4], &[1, 1, 6, 0], "op, htype, hlen, hops");
+        assert_eq!(&bytes[8..10], &[0, 0], "secs");
+        assert!(bytes[12..28].iter().all(|&b| b == 0), "ciaddr..giaddr");
+        assert!(bytes[44..236].iter().all(|&b| b == 0), "sname, file");
+        assert_eq!(&bytes[236..240], &[99, 130, 83, 99], "magic cookie");
+        let mut options = Vec::new();
+        let mut at = 240;
+        while bytes[at] != 255 {
+            let length = usize::from(bytes[at + 1]);
+            options.push((bytes[at], bytes[at + 2..at + 2 + length].to_vec()));
+            at += 2 + length;
+        }
+        assert!(bytes[at + 1..].iter().all(|&b| b == 0), "padding");
+        Self {
+            xid: u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")),
+            flags: u16::from_be_bytes([bytes[10], bytes[11]]),
+            chaddr: bytes[28..44].try_into().expect("16 bytes"),
+            options,
+            end_offset: at,
+        }
+    }
+
+    /// The value of option `code`, which the client sends at most once.
+    pub fn option(&self, code: u8) -> Option<&[u8]> {
+        let mut found = self.options.iter().filter(|(c, _)| *c == code);
+        let value = found.next().map(|(_, value)| value.as_slice());
+        assert!(found.next().is_none(), "option {code} twice");
+        value
+    }
+
+    /// Option 53: 1 DISCOVER, 3 REQUEST.
+    pub fn message_type(&self) -> Option<u8> {
+        self.option(53).and_then(|value| value.first().copied())
+    }
+}
+
+/// A DHCP server's reply, built field by field as a server writes it; tests break it on
+/// purpose through its fields or the bytes.
+#[derive(Debug, Clone)]
+pub struct DhcpServerReply {
+    pub op: u8,
+    pub htype: u8,
+    pub hlen: u8,
+    pub xid: u32,
+    pub yiaddr: Ipv4Addr,
+    pub siaddr: Ipv4Addr,
+    pub chaddr: [u8; 16],
+    pub cookie: [u8; 4],
+    pub options: Vec<(u8, Vec<u8>)>,
+    pub end: bool,
+}
+
+impl DhcpServerReply {
+    /// The answer of `server` to `client`, echoing its xid and chaddr: `kind` 2 (OFFER) or 5
+    /// (ACK) of `offered`/24 for an hour, `server` as router, DNS server and next server; 6
+    /// (NAK) with a message.
+    pub fn answer(
+        client: &DhcpClientMessage,
+        kind: u8,
+        server: Ipv4Addr,
+        offered: Ipv4Addr,
+    ) -> Self {
+        let nak = kind == 6;
+        let mut options = vec![(53, vec![kind]), (54, server.octets().to_vec())];
+        if nak {
+            options.push((56, b"wrong network".to_vec()));
+        } else {
+            options.extend([
+                (51, 3600u32.to_be_bytes().to_vec()),
+                (1, vec![255, 255, 255, 0]),
+                (3, server.octets().to_vec()),
+                (6, server.octets().to_vec()),
+            ]);
+        }
+        Self {
+            op: 2,
+            htype: 1,
+            hlen: 6,
+            xid: client.xid,
+            yiaddr: if nak { Ipv4Addr::UNSPECIFIED } else { offered },
+            siaddr: server,
+            chaddr: client.chaddr,
+            cookie: [99, 130, 83, 99],
+            options,
+            end: true,
+        }
+    }
+
+    /// Option `code` set to `value`, moved after the others.
+    pub fn set(mut self, code: u8, value: &[u8]) -> Self {
+        self.options.retain(|(c, _)| *c != code);
+        self.options.push((code, value.to_vec()));
+        self
+    }
+
+    pub fn without(mut self, code: u8) -> Self {
+        self.options.retain(|(c, _)| *c != code);
+        self
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut bytes = vec![0u8; 240];
+        bytes[..3].copy_from_slice(&[self.op, self.htype, self.hlen]);
+        bytes[4..8].copy_from_slice(&self.xid.to_be_bytes());
+        bytes[16..20].copy_from_slice(&self.yiaddr.octets());
+        bytes[20..24].copy_from_slice(&self.siaddr.octets());
+        bytes[28..44].copy_from_slice(&self.chaddr);
+        bytes[44..50].copy_from_slice(b"server");
+        bytes[236..240].copy_from_slice(&self.cookie);
+        for (code, value) in &self.options {
+            bytes.push(*code);
+            bytes.push(value.len() as u8);
+            bytes.extend_from_slice(value);
+        }
+        if self.end {
+            bytes.push(255);
+        }
+        bytes
     }
 }

@@ -10,6 +10,7 @@ pub mod bytes;
 pub mod cmdline;
 pub mod dev_state;
 pub mod devspec;
+pub mod dhcp;
 pub mod efi_variable;
 pub mod error_chain;
 pub mod extension_pins;

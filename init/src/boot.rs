@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::discovery::block_devices::{self, BlockError, Lookup};
 use crate::discovery::boot_loader;
+use crate::discovery::download::{DownloadError, Downloads};
 use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
 use crate::handoff::mounts::{self, DevDirs, MountError, RootSource, ROOT_OVERLAY};
 use crate::handoff::switch_root::{self, SwitchRootError};
@@ -87,6 +88,8 @@ pub enum BootError {
     Verity(#[from] VerityRootError),
     #[error("loop device")]
     Loop(#[from] LoopError),
+    #[error("netboot")]
+    Download(#[from] DownloadError),
     #[error(transparent)]
     Layers(#[from] LayersError),
     #[error(transparent)]
@@ -132,7 +135,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     };
     // Loop devices of image files: each clears itself once nothing holds it, so they are
     // held until the root's mapping and mount hold them.
-    let mut held = Vec::new();
+    let mut held = ImageFiles::default();
     // `device` is what gets mounted; `source` the block device the image is read from.
     let (device, source, verity) = match &options.root {
         RootChoice::Plain(spec) => {
@@ -415,40 +418,47 @@ fn wait_for_device(
     }
 }
 
+/// The image files of this boot: the loop devices they are attached to, and the downloads
+/// that brought some of them.
+#[derive(Debug, Default)]
+struct ImageFiles {
+    attached: Vec<AttachedLoop>,
+    downloads: Downloads,
+}
+
 /// The device node for `spec`: a block device waited for within the budget, or an image
-/// file of the initramfs attached to a loop device.
+/// file of the initramfs, or downloaded, attached to a loop device.
 fn locate(
     paths: &Paths,
     modules: &mut ModuleLoader,
-    held: &mut Vec<AttachedLoop>,
+    held: &mut ImageFiles,
     what: &'static str,
     spec: &DeviceSpec,
     wait: &DeviceWait,
 ) -> Result<PathBuf, BootError> {
-    match spec {
-        DeviceSpec::File(file) => {
-            let attached = attach_image_file(paths, modules, file)?;
-            let node = attached.node.clone();
-            held.push(attached);
-            Ok(node)
-        }
-        _ => wait_for_device(paths, what, spec, wait),
-    }
+    let file = match spec {
+        DeviceSpec::File(file) => paths.root().join(file.strip_prefix("/").unwrap_or(file)),
+        DeviceSpec::Url(url) => held.downloads.fetch(paths, url, wait.deadline)?,
+        _ => return wait_for_device(paths, what, spec, wait),
+    };
+    let attached = attach_image_file(paths, modules, &file)?;
+    let node = attached.node.clone();
+    held.attached.push(attached);
+    Ok(node)
 }
 
-/// An image file inside the initramfs (a PXE boot's root) on a read-only loop device, held
-/// until the root is mapped and mounted.
+/// An image file (a PXE boot's root) on a read-only loop device, held until the root is
+/// mapped and mounted.
 fn attach_image_file(
     paths: &Paths,
     modules: &mut ModuleLoader,
     file: &Path,
 ) -> Result<AttachedLoop, BootError> {
     modules.ensure("loop")?;
-    let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
-    let device = loop_devices::attach_read_only(&paths.dev(), &inside)?;
+    let device = loop_devices::attach_read_only(&paths.dev(), file)?;
     log::info!(
         "attached {} to {}",
-        file.display(),
+        system_path(paths, file),
         system_path(paths, &device.node)
     );
     Ok(device)
@@ -504,8 +514,8 @@ fn root_fstype(options: &BootOptions, device: &Path) -> Result<String, BootError
 
 /// The path the booted system knows the device by (`/dev/…`, not the test's dev dir).
 fn system_path(paths: &Paths, device: &Path) -> String {
-    match device.strip_prefix(paths.dev()) {
-        Ok(relative) => Path::new("/dev").join(relative).display().to_string(),
+    match device.strip_prefix(paths.root()) {
+        Ok(relative) => Path::new("/").join(relative).display().to_string(),
         Err(_) => device.display().to_string(),
     }
 }

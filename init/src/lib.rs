@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod failure;
 pub mod kmsg;
+pub mod network;
 pub mod options;
 pub mod paths;
 pub mod stage_clock;
@@ -15,10 +16,12 @@ pub mod kernel {
     pub mod module_loader;
 }
 
-/// Finding the devices: block devices and their GPTs, loop devices for image files.
+/// Finding the devices: block devices and their GPTs, loop devices for image files, image
+/// files downloaded by netbooted machines.
 pub mod discovery {
     pub mod block_devices;
     pub mod boot_loader;
+    pub mod download;
     pub mod loop_devices;
 }
 

@@ -1,14 +1,19 @@
-//! The crate's only unsafe code: the device-mapper control ioctl and the two loop-device
-//! ioctls, which rustix does not wrap.
+//! The crate's only unsafe code: the device-mapper control ioctl, the two loop-device
+//! ioctls, and the network calls of a DHCP client (interface flags, address and netmask,
+//! a route, SO_BINDTODEVICE), which rustix does not wrap.
 //!
-//! Everything else here is the C ABI of include/uapi/linux/dm-ioctl.h written down in Rust:
-//! the header layout (checked at compile time), the request numbers and the flags. The header
-//! crosses the boundary as plain bytes, (de)serialized field by field at the C offsets, so no
-//! pointer casts or transmutes are needed; the ioctl call itself is the one unsafe block.
+//! Everything else here is the C ABI written down in Rust: include/uapi/linux/dm-ioctl.h
+//! (the header layout, checked at compile time, the request numbers and the flags), and the
+//! `struct ifreq` and `struct rtentry` of include/uapi/linux/if.h and route.h. Headers cross
+//! the boundary as plain bytes, (de)serialized field by field at the C offsets, so no pointer
+//! casts or transmutes are needed; the one exception is `struct rtentry`, which holds a
+//! pointer (`rt_dev`) and is libc's typed struct, its C offsets checked at compile time. Each
+//! call into the kernel is one unsafe block.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{offset_of, size_of};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// ```c
@@ -362,10 +367,322 @@ pub(crate) fn loop_configure(
     Ok(())
 }
 
+/// ```c
+/// #define IFNAMSIZ 16
+/// ```
+pub(crate) const IFNAMSIZ: usize = 16;
+
+/// An interface name as the kernel takes it: 1 to IFNAMSIZ - 1 bytes without NUL or `/`,
+/// NUL-padded to IFNAMSIZ (so every read of IFNAMSIZ - 1 bytes from it is in bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InterfaceName {
+    bytes: [u8; IFNAMSIZ],
+    length: usize,
+}
+
+impl InterfaceName {
+    pub(crate) fn new(name: &str) -> io::Result<Self> {
+        let length = name.len();
+        if length == 0 || length >= IFNAMSIZ || name.bytes().any(|b| b == 0 || b == b'/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an interface name (1 to 15 bytes, no NUL or '/')",
+            ));
+        }
+        let mut bytes = [0; IFNAMSIZ];
+        bytes[..length].copy_from_slice(name.as_bytes());
+        Ok(Self { bytes, length })
+    }
+}
+
+/// ```c
+/// struct ifreq {
+///     union { char ifrn_name[IFNAMSIZ]; } ifr_ifrn;
+///     union {
+///         struct sockaddr ifru_addr; struct sockaddr ifru_dstaddr;
+///         struct sockaddr ifru_broadaddr; struct sockaddr ifru_netmask;
+///         struct sockaddr ifru_hwaddr; short ifru_flags; int ifru_ivalue; int ifru_mtu;
+///         struct ifmap ifru_map; char ifru_slave[IFNAMSIZ]; char ifru_newname[IFNAMSIZ];
+///         void __user *ifru_data; struct if_settings ifru_settings;
+///     } ifr_ifru;
+/// };                                      /* 40 bytes on 64-bit: struct ifmap is 24 */
+/// struct sockaddr_in {
+///     __kernel_sa_family_t sin_family; __be16 sin_port; struct in_addr sin_addr;
+///     unsigned char __pad[8];
+/// };                                      /* 16 bytes, as struct sockaddr */
+/// ```
+pub(crate) const IFREQ_SIZE: usize = size_of::<libc::ifreq>();
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(IFREQ_SIZE == 40);
+const IFR_IFRU: usize = offset_of!(libc::ifreq, ifr_ifru);
+const _: () = assert!(IFR_IFRU == IFNAMSIZ);
+/// Where `sin_family` and `sin_addr` of a `struct sockaddr_in` are.
+const SIN_FAMILY: usize = offset_of!(libc::sockaddr_in, sin_family);
+const SIN_ADDR: usize = offset_of!(libc::sockaddr_in, sin_addr);
+const _: () = assert!(SIN_FAMILY == 0 && SIN_ADDR == 4);
+const _: () = assert!(size_of::<libc::sockaddr_in>() == size_of::<libc::sockaddr>());
+
+/// A `struct ifreq` naming `name`, its union zero.
+fn ifreq(name: &InterfaceName) -> [u8; IFREQ_SIZE] {
+    let mut request = [0; IFREQ_SIZE];
+    request[..IFNAMSIZ].copy_from_slice(&name.bytes);
+    request
+}
+
+/// The 16 bytes of a `struct sockaddr_in` for `address`, port 0.
+fn sockaddr_in(address: Ipv4Addr) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    let family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default();
+    bytes[SIN_FAMILY..SIN_FAMILY + 2].copy_from_slice(&family.to_ne_bytes());
+    bytes[SIN_ADDR..SIN_ADDR + 4].copy_from_slice(&address.octets());
+    bytes
+}
+
+/// A `struct ifreq` naming `name` with `ifru_addr` (or `ifru_netmask`) set to `address`.
+fn ifreq_with_address(name: &InterfaceName, address: Ipv4Addr) -> [u8; IFREQ_SIZE] {
+    let mut request = ifreq(name);
+    request[IFR_IFRU..IFR_IFRU + 16].copy_from_slice(&sockaddr_in(address));
+    request
+}
+
+/// One of the `struct ifreq` ioctls of an AF_INET socket. Only this module builds them, so
+/// [`ifreq_ioctl`] never sends a request outside this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IfreqCommand(libc::Ioctl);
+
+/// `#define SIOCGIFFLAGS 0x8913 /* get flags */`
+const SIOCGIFFLAGS: IfreqCommand = IfreqCommand(0x8913);
+/// `#define SIOCSIFFLAGS 0x8914 /* set flags */`
+const SIOCSIFFLAGS: IfreqCommand = IfreqCommand(0x8914);
+/// `#define SIOCSIFADDR 0x8916 /* set PA address */`
+const SIOCSIFADDR: IfreqCommand = IfreqCommand(0x8916);
+/// `#define SIOCSIFNETMASK 0x891c /* set network PA mask */`
+const SIOCSIFNETMASK: IfreqCommand = IfreqCommand(0x891c);
+
+/// `ioctl(socket, command, &ifreq)` on an AF_INET socket; the reply is written back into
+/// `request`.
+fn ifreq_ioctl(
+    socket: BorrowedFd<'_>,
+    command: IfreqCommand,
+    request: &mut [u8; IFREQ_SIZE],
+) -> io::Result<()> {
+    // SAFETY: `socket` is a live descriptor for the borrow's duration. Each command above is
+    // handled by dev_ioctl/devinet_ioctl (net/core/dev_ioctl.c, net/ipv4/devinet.c), which
+    // copy exactly sizeof(struct ifreq) = IFREQ_SIZE bytes in from the pointer and, for the
+    // getters, the same size back (copy_from_user/copy_to_user: no alignment needed);
+    // `request` is exactly that long and exclusively borrowed for the call.
+    let result = unsafe { libc::ioctl(socket.as_raw_fd(), command.0, request.as_mut_ptr()) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The interface flags (`IFF_UP`, `IFF_RUNNING`, …) of `name`.
+pub(crate) fn interface_flags(socket: BorrowedFd<'_>, name: &InterfaceName) -> io::Result<u16> {
+    let mut request = ifreq(name);
+    ifreq_ioctl(socket, SIOCGIFFLAGS, &mut request)?;
+    // `short ifru_flags`: the kernel's flags above bit 15 are not reported here.
+    Ok(u16::from_ne_bytes([
+        request[IFR_IFRU],
+        request[IFR_IFRU + 1],
+    ]))
+}
+
+/// Sets the interface flags of `name` (as read by [`interface_flags`], changed).
+pub(crate) fn set_interface_flags(
+    socket: BorrowedFd<'_>,
+    name: &InterfaceName,
+    flags: u16,
+) -> io::Result<()> {
+    let mut request = ifreq(name);
+    request[IFR_IFRU..IFR_IFRU + 2].copy_from_slice(&flags.to_ne_bytes());
+    ifreq_ioctl(socket, SIOCSIFFLAGS, &mut request)
+}
+
+/// Gives `name` the IPv4 address `address` (replacing its first one), with the classful
+/// mask the kernel derives: set the netmask next.
+pub(crate) fn set_interface_address(
+    socket: BorrowedFd<'_>,
+    name: &InterfaceName,
+    address: Ipv4Addr,
+) -> io::Result<()> {
+    ifreq_ioctl(socket, SIOCSIFADDR, &mut ifreq_with_address(name, address))
+}
+
+/// Sets the netmask of `name`'s address; the kernel replaces the prefix route and, if it
+/// was the default one, the broadcast address.
+pub(crate) fn set_interface_netmask(
+    socket: BorrowedFd<'_>,
+    name: &InterfaceName,
+    mask: Ipv4Addr,
+) -> io::Result<()> {
+    ifreq_ioctl(socket, SIOCSIFNETMASK, &mut ifreq_with_address(name, mask))
+}
+
+/// ```c
+/// struct rtentry {
+///     unsigned long rt_pad1;
+///     struct sockaddr rt_dst;         /* target address */
+///     struct sockaddr rt_gateway;     /* gateway addr (RTF_GATEWAY) */
+///     struct sockaddr rt_genmask;     /* target network mask (IP) */
+///     unsigned short rt_flags;
+///     short rt_pad2;
+///     unsigned long rt_pad3;
+///     void *rt_pad4;
+///     short rt_metric;                /* +1 for binary compatibility! */
+///     char __user *rt_dev;            /* forcing the device at add */
+///     unsigned long rt_mtu;           /* per route MTU/Window */
+///     unsigned long rt_window;        /* Window clamping */
+///     unsigned short rt_irtt;         /* Initial RTT */
+/// };                                  /* 120 bytes on 64-bit */
+/// #define RTF_UP 0x0001               /* route usable */
+/// #define RTF_GATEWAY 0x0002          /* destination is a gateway */
+/// #define RTF_HOST 0x0004             /* host entry (net otherwise) */
+/// #define SIOCADDRT 0x890B            /* add routing table entry */
+/// ```
+const SIOCADDRT: libc::Ioctl = 0x890B;
+// glibc's (and libc's) `struct rtentry` splits `rt_pad4` into `rt_tos`, `rt_class` and
+// padding of the same size; the offsets the kernel reads are checked here.
+const _: () = assert!(offset_of!(libc::rtentry, rt_dst) == size_of::<libc::c_ulong>());
+const _: () =
+    assert!(offset_of!(libc::rtentry, rt_gateway) == offset_of!(libc::rtentry, rt_dst) + 16);
+const _: () =
+    assert!(offset_of!(libc::rtentry, rt_genmask) == offset_of!(libc::rtentry, rt_gateway) + 16);
+const _: () =
+    assert!(offset_of!(libc::rtentry, rt_flags) == offset_of!(libc::rtentry, rt_genmask) + 16);
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(
+    offset_of!(libc::rtentry, rt_metric) == 80
+        && offset_of!(libc::rtentry, rt_dev) == 88
+        && size_of::<libc::rtentry>() == 120
+);
+
+/// An IPv4 route for SIOCADDRT: to `destination`/`mask`, through `gateway` if any, out of
+/// `device`. A mask of 255.255.255.255 makes it a host route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub destination: Ipv4Addr,
+    pub mask: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+    pub device: InterfaceName,
+}
+
+/// A `struct sockaddr` holding the `struct sockaddr_in` of `address`.
+fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
+    let bytes = sockaddr_in(address);
+    let mut data = [0 as libc::c_char; 14];
+    for (to, from) in data.iter_mut().zip(&bytes[2..]) {
+        *to = *from as libc::c_char;
+    }
+    libc::sockaddr {
+        sa_family: libc::sa_family_t::from_ne_bytes([bytes[0], bytes[1]]),
+        sa_data: data,
+    }
+}
+
+/// Adds `route` to the main routing table (`ip route add`).
+pub(crate) fn add_route(socket: BorrowedFd<'_>, route: &Route) -> io::Result<()> {
+    let mut flags = libc::RTF_UP;
+    if route.gateway.is_some() {
+        flags |= libc::RTF_GATEWAY;
+    }
+    if route.mask == Ipv4Addr::BROADCAST {
+        flags |= libc::RTF_HOST;
+    }
+    let entry = libc::rtentry {
+        rt_pad1: 0,
+        rt_dst: sockaddr(route.destination),
+        rt_gateway: sockaddr(route.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        rt_genmask: sockaddr(route.mask),
+        rt_flags: flags,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_tos: 0,
+        rt_class: 0,
+        rt_pad4: Default::default(),
+        rt_metric: 0,
+        rt_dev: route.device.bytes.as_ptr().cast_mut().cast(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: `socket` is a live descriptor for the borrow's duration. ip_rt_ioctl
+    // (net/ipv4/fib_frontend.c) copies sizeof(struct rtentry) bytes in from the pointer, a
+    // whole `libc::rtentry` (its layout checked above); it writes nothing back. It then reads
+    // IFNAMSIZ - 1 bytes from `rt_dev`, which points into `route.device`'s IFNAMSIZ-byte,
+    // NUL-padded name, borrowed (so alive) for the call; `rt_dev` is only read.
+    let result = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCADDRT, std::ptr::from_ref(&entry)) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// ```c
+/// #define SOL_SOCKET 1
+/// #define SO_BINDTODEVICE 25
+/// ```
+/// Binds `socket` to the interface `name`: it sends only out of it (whatever the routes
+/// say, and before the interface has an address) and receives only what came in on it.
+pub(crate) fn bind_to_device(socket: BorrowedFd<'_>, name: &InterfaceName) -> io::Result<()> {
+    let length = libc::socklen_t::try_from(name.length).unwrap_or(0);
+    // SAFETY: `socket` is a live descriptor for the borrow's duration. sock_setbindtodevice
+    // (net/core/sock.c) copies min(optlen, IFNAMSIZ - 1) bytes from the pointer; `optlen`
+    // is the name's length, within `name.bytes`, which is borrowed for the call and not
+    // written.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.bytes.as_ptr().cast(),
+            length,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn ifreqs_carry_the_name_and_the_address_at_the_c_offsets() {
+        let name = InterfaceName::new("enp0s31f6").expect("name");
+        let request = ifreq_with_address(&name, Ipv4Addr::new(10, 14, 0, 101));
+        assert_eq!(&request[..9], b"enp0s31f6");
+        assert!(request[9..16].iter().all(|&byte| byte == 0), "NUL-padded");
+        assert_eq!(&request[16..18], &2u16.to_ne_bytes(), "sin_family AF_INET");
+        assert_eq!(&request[18..20], &[0, 0], "sin_port");
+        assert_eq!(
+            &request[20..24],
+            &[10, 14, 0, 101],
+            "sin_addr, network order"
+        );
+        assert!(request[24..].iter().all(|&byte| byte == 0));
+        let address = sockaddr(Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(address.sa_family, 2);
+        let data: Vec<u8> = address.sa_data.iter().map(|&byte| byte as u8).collect();
+        assert_eq!(&data[..6], &[0, 0, 255, 255, 255, 0]);
+        for bad in ["", "sixteen-bytes-xx", "a/b", "nul\0"] {
+            assert!(InterfaceName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn network_request_numbers_match_the_kernel_headers() {
+        assert_eq!(SIOCGIFFLAGS.0, libc::SIOCGIFFLAGS as libc::Ioctl);
+        assert_eq!(SIOCSIFFLAGS.0, libc::SIOCSIFFLAGS as libc::Ioctl);
+        assert_eq!(SIOCSIFADDR.0, libc::SIOCSIFADDR as libc::Ioctl);
+        assert_eq!(SIOCSIFNETMASK.0, libc::SIOCSIFNETMASK as libc::Ioctl);
+        assert_eq!(SIOCADDRT, libc::SIOCADDRT as libc::Ioctl);
+        assert_eq!(libc::SO_BINDTODEVICE, 25);
+    }
 
     #[test]
     fn loop_config_puts_fd_flags_and_name_at_the_c_offsets() {
