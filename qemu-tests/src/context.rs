@@ -12,7 +12,7 @@ use crate::fixtures::boot_chain::{self, BootChain};
 use crate::fixtures::kernel::{self, Kernel};
 use crate::fixtures::system::{self, BusyboxImage, SystemImage};
 use crate::harness::config::{self, Accel, Config};
-use crate::harness::qemu::{self, AfterMarkers, Boot, Console, Firmware, LineMatch, Vm};
+use crate::harness::qemu::{self, AfterMarkers, Boot, Console, Firmware, LineMatch, Network, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
 pub const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -120,7 +120,7 @@ impl Context {
             },
             disks,
             fw_cfg: Vec::new(),
-            user_network: false,
+            network: Network::Isolated,
             memory_mib: MEMORY_MIB,
             timeout,
             after_markers: AfterMarkers::PowerOff,
@@ -141,7 +141,7 @@ impl Context {
             boot: Boot::Firmware(firmware.clone()),
             disks,
             fw_cfg: Vec::new(),
-            user_network: false,
+            network: Network::Isolated,
             memory_mib: MEMORY_MIB,
             timeout: FIRMWARE_TIMEOUT,
             after_markers: AfterMarkers::PowerOff,

@@ -6,6 +6,14 @@
 //!                                           custom-kernel, build, verity-format; all when
 //!                                           none)
 //! xorbang-qemu-tests demo [--dev]           boot the demo image with the console attached
+//! xorbang-qemu-tests rig --tree DIR --dnsmasq-conf FILE [--taps N] [--run-dir DIR]
+//!                                           bring up a netboot network namespace (bridge,
+//!                                           taps, dnsmasq, HTTP) until Ctrl-C, to rerun a
+//!                                           netboot scenario's QEMU command by hand
+//! xorbang-qemu-tests serve --root DIR --listen ADDR:PORT --log FILE
+//!                                           (internal: the rig's HTTP server) serve the
+//!                                           files below DIR, print `listening on ADDR:PORT`,
+//!                                           log `<client ip> <status> <bytes> <path>` per answer
 //! ```
 //!
 //! Prints `PASS name (secs)`, `FAIL name: reason` or `SKIP name: reason` (it cannot run on
@@ -25,13 +33,22 @@ use context::Context;
 use fixtures::os_build;
 use harness::qemu;
 use scenarios::{Scenario, SCENARIOS};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 enum Action {
     List,
     Run(Vec<&'static Scenario>),
     Bench(Vec<String>),
-    Demo { mode: Option<&'static str> },
+    Demo {
+        mode: Option<&'static str>,
+    },
+    Rig(harness::netns::NetSpec),
+    Serve {
+        root: PathBuf,
+        listen: SocketAddr,
+        log: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +68,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Action::Demo { mode } => demo(mode),
+        Action::Rig(spec) => harness::netns::hold(&spec),
+        Action::Serve { root, listen, log } => {
+            harness::http_server::serve_until_killed(listen, &root, &log)
+        }
         Action::Run(chosen) => match Context::prepare() {
             Ok(context) => return run_scenarios(&context, chosen),
             Err(error) => {
@@ -92,6 +113,43 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             }),
             Some(other) => Err(format!("demo takes --dev or --persist, not {other}")),
         },
+        Some("rig") => {
+            let mut options = options(&args[1..], &["--tree", "--dnsmasq-conf"])?;
+            let conf = PathBuf::from(options.remove("--dnsmasq-conf").unwrap_or_default());
+            let dnsmasq_conf = std::fs::read_to_string(&conf)
+                .map_err(|error| format!("{}: {error}", conf.display()))?;
+            let tree = PathBuf::from(options.remove("--tree").unwrap_or_default());
+            let run_dir = options.remove("--run-dir").map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qemu-tests/rig"),
+                PathBuf::from,
+            );
+            let mut spec = harness::netns::NetSpec::new("rig", &tree, &run_dir, dnsmasq_conf)
+                .map_err(|error| format!("cannot find this program: {error}"))?;
+            if let Some(taps) = options.remove("--taps") {
+                spec.taps = taps
+                    .parse()
+                    .map_err(|_| format!("--taps {taps}: expected a number"))?;
+            }
+            match options.into_keys().next() {
+                Some(unknown) => Err(format!("rig takes no {unknown}")),
+                None => Ok(Action::Rig(spec)),
+            }
+        }
+        Some("serve") => {
+            let mut options = options(&args[1..], &["--root", "--listen", "--log"])?;
+            let listen = options.remove("--listen").unwrap_or_default();
+            let action = Action::Serve {
+                root: options.remove("--root").unwrap_or_default().into(),
+                listen: listen
+                    .parse()
+                    .map_err(|_| format!("--listen {listen}: expected ADDR:PORT"))?,
+                log: options.remove("--log").unwrap_or_default().into(),
+            };
+            match options.into_keys().next() {
+                Some(unknown) => Err(format!("serve takes no {unknown}")),
+                None => Ok(action),
+            }
+        }
         None => Ok(Action::Run(SCENARIOS.iter().collect())),
         Some(_) => args
             .iter()
@@ -100,6 +158,30 @@ fn parse_args(args: &[String]) -> Result<Action, String> {
             })
             .collect::<Result<_, _>>()
             .map(Action::Run),
+    }
+}
+
+/// `--name value` pairs, each at most once; every name in `required` must be there.
+fn options<'a>(
+    args: &'a [String],
+    required: &[&str],
+) -> Result<std::collections::BTreeMap<&'a str, &'a str>, String> {
+    let mut options = std::collections::BTreeMap::new();
+    let mut words = args.iter();
+    while let Some(name) = words.next() {
+        if !name.starts_with("--") {
+            return Err(format!("expected an option, not {name}"));
+        }
+        let value = words
+            .next()
+            .ok_or_else(|| format!("{name} needs a value"))?;
+        if options.insert(name.as_str(), value.as_str()).is_some() {
+            return Err(format!("{name} is given twice"));
+        }
+    }
+    match required.iter().find(|name| !options.contains_key(*name)) {
+        Some(missing) => Err(format!("{missing} is required")),
+        None => Ok(options),
     }
 }
 
@@ -238,7 +320,7 @@ fn demo(dev_mode: Option<&str>) -> Result<(), String> {
         },
         disks: vec![built.file("disk.img")],
         fw_cfg: Vec::new(),
-        user_network: false,
+        network: qemu::Network::Isolated,
         memory_mib: 512,
         timeout: Duration::ZERO,
         after_markers: qemu::AfterMarkers::PowerOff,

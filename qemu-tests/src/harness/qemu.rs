@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::harness::config::Config;
@@ -28,14 +28,57 @@ pub struct Vm {
     pub writable_disks: bool,
     /// Files handed to the guest through QEMU's fw_cfg, by name (`opt/…`).
     pub fw_cfg: Vec<(String, PathBuf)>,
-    /// A virtio NIC on QEMU's user-mode network, where the host's 127.0.0.1 is 10.0.2.2 (the
-    /// runner's HTTP server); without it the guest has no network at all.
-    pub user_network: bool,
+    pub network: Network,
     pub memory_mib: u32,
     /// Give up after this long without the expected lines.
     pub timeout: Duration,
     /// What the run waits for once every expected line is in.
     pub after_markers: AfterMarkers,
+}
+
+/// How many VMs run right now: every run takes a slot, and at most `XORBANG_JOBS` (the
+/// worker count) exist, so a scenario that boots machines side by side (the netboot fleet)
+/// waits for a free one rather than putting a third VM on a two-core host.
+static RUNNING_VMS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One VM's share of the host, given back when dropped.
+struct VmSlot;
+
+impl VmSlot {
+    fn take(limit: usize) -> Self {
+        let (count, freed) = &RUNNING_VMS;
+        let mut running = count.lock().unwrap_or_else(PoisonError::into_inner);
+        while *running >= limit.max(1) {
+            running = freed.wait(running).unwrap_or_else(PoisonError::into_inner);
+        }
+        *running += 1;
+        Self
+    }
+}
+
+impl Drop for VmSlot {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING_VMS;
+        let mut running = count.lock().unwrap_or_else(PoisonError::into_inner);
+        *running = running.saturating_sub(1);
+        freed.notify_one();
+    }
+}
+
+/// The guest's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// None at all.
+    Isolated,
+    /// A virtio NIC on QEMU's user-mode network, where the host's 127.0.0.1 is 10.0.2.2 (the
+    /// runner's HTTP server).
+    User,
+    /// A NIC the caller describes (`-netdev … -device …`), with the words QEMU itself must
+    /// run under (`ip netns exec NS`, so that it opens a tap of the runner's namespace).
+    Attached {
+        prefix: Vec<String>,
+        args: Vec<String>,
+    },
 }
 
 /// How a run ends once every expected line has been seen.
@@ -61,6 +104,8 @@ pub enum Boot {
     },
     /// OVMF boots from the disks like a real machine.
     Firmware(Firmware),
+    /// SeaBIOS boots from the network (`-boot n`): the NIC's option ROM (iPXE) does the rest.
+    Network,
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +208,14 @@ impl Vm {
     /// The QEMU command. `interactive` puts the console and QEMU's monitor on the terminal
     /// (Ctrl-A X quits) instead of a pipe the runner reads.
     pub fn command(&self, config: &Config, interactive: bool) -> Command {
-        let mut command = Command::new(&config.qemu);
+        let mut command = match &self.network {
+            Network::Attached { prefix, .. } if !prefix.is_empty() => {
+                let mut command = Command::new(&prefix[0]);
+                command.args(&prefix[1..]).arg(&config.qemu);
+                command
+            }
+            _ => Command::new(&config.qemu),
+        };
         let secure_boot = matches!(&self.boot, Boot::Firmware(firmware) if firmware.secure_boot);
         let machine = if secure_boot { "q35,smm=on" } else { "q35" };
         command.args(["-machine", machine, "-cpu", "max", "-smp", "1"]);
@@ -186,9 +238,18 @@ impl Vm {
                 command.args(["-append", append]);
             }
             Boot::Firmware(firmware) => add_firmware(&mut command, firmware),
+            Boot::Network => {
+                command.args(["-boot", "n"]);
+            }
         }
-        if self.user_network {
-            command.args(["-nic", "user,model=virtio-net-pci"]);
+        match &self.network {
+            Network::Isolated => {}
+            Network::User => {
+                command.args(["-nic", "user,model=virtio-net-pci"]);
+            }
+            Network::Attached { args, .. } => {
+                command.args(args);
+            }
         }
         for (name, file) in &self.fw_cfg {
             command
@@ -218,6 +279,7 @@ impl Vm {
         expect: &[LineMatch],
         log: &Path,
     ) -> Result<Console, RunError> {
+        let _slot = VmSlot::take(config.jobs);
         let mut command = self.command(config, false);
         let printable = shell_quoted(&command);
         command
@@ -512,7 +574,7 @@ mod tests {
             },
             disks: Vec::new(),
             fw_cfg: Vec::new(),
-            user_network: false,
+            network: Network::Isolated,
             memory_mib: 64,
             timeout: Duration::from_secs(5),
             after_markers: AfterMarkers::PowerOff,

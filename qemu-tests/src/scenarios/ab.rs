@@ -17,7 +17,7 @@ use crate::fixtures::ab::{
     UNHEALTHY_CHANNEL,
 };
 use crate::harness::http_server::HttpServer;
-use crate::harness::qemu::{AfterMarkers, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, LineMatch, Network, Vm};
 
 /// Built once per run, on first use.
 static FIXTURE: OnceLock<Result<AbFixture, String>> = OnceLock::new();
@@ -66,7 +66,7 @@ impl<'a> Machine<'a> {
         copy_sparse(pristine, &disk)?;
         let (mut vm, _) = context.firmware_vm(name, secure_boot, vec![disk.clone()])?;
         vm.writable_disks = true;
-        vm.user_network = true;
+        vm.network = Network::User;
         let server = HttpServer::serve(&fixture.channels)
             .map_err(|error| format!("cannot serve {}: {error}", fixture.channels.display()))?;
         Ok(Self {

@@ -11,7 +11,7 @@ use crate::context::{
 };
 use crate::fixtures::boot_chain::uki_cmdline;
 use crate::fixtures::{binaries, command};
-use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Network, Vm};
 
 /// A PARTUUID no disk has.
 const ABSENT_PARTUUID: &str = "00000000-0000-4000-8000-00000000dead";
@@ -136,7 +136,7 @@ pub fn custom_kernel_boot(context: &Context) -> Result<(), String> {
         },
         disks: vec![context.system.disk.clone()],
         fw_cfg: Vec::new(),
-        user_network: false,
+        network: Network::Isolated,
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,

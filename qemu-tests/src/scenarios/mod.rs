@@ -8,6 +8,7 @@ mod boot;
 mod dev;
 mod extensions;
 mod host_config;
+mod netboot;
 mod os_profile;
 mod secureboot;
 mod verity;
@@ -373,6 +374,22 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "QEMU killed while apply writes slot B: the next boot is v1, a second apply completes, then v2 boots",
         requires: &[],
         run: ab::ab_interrupted,
+    },
+    Scenario {
+        name: "pxe-fleet",
+        about: "three machines and an unknown fourth netboot one tree (iPXE, dnsmasq, HTTP in a \
+                private namespace); each becomes the host its MAC names, the fourth keeps the \
+                image's defaults",
+        requires: &[],
+        run: netboot::pxe_fleet,
+    },
+    Scenario {
+        name: "pxe-uefi",
+        about: "OVMF with Secure Boot network-boots the signed UKI, whose init fetches the root \
+                its signed command line names and picks its host by MAC; a swapped root image \
+                in the tree is refused by the root hash",
+        requires: &[],
+        run: netboot::pxe_uefi,
     },
 ];
 

@@ -12,7 +12,7 @@ use crate::context::{
     parse_report, pass_line, report_line, Context, MEMORY_MIB, REPORT_PREFIX, SYSTEMD_TIMEOUT,
 };
 use crate::fixtures::os_build::{build_os, profile, BuiltOs};
-use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Network, Vm};
 
 /// `profiles/server.toml` built and booted through OVMF from its disk: the boot report names
 /// the profile's IMAGE_ID and IMAGE_VERSION, the UKI's sealed command line selects the
@@ -108,7 +108,7 @@ pub fn os_profile_demo(context: &Context) -> Result<(), String> {
         },
         disks: vec![built.file("disk.img")],
         fw_cfg: Vec::new(),
-        user_network: false,
+        network: Network::Isolated,
         memory_mib: MEMORY_MIB,
         timeout: SYSTEMD_TIMEOUT,
         // The demo has no agent to power it off: the run ends at the greeting.

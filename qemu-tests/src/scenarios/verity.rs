@@ -5,7 +5,7 @@ use crate::context::{
     corrupted_block, pass_line, refused, wrong_hash, Context, INITRAMFS_TIMEOUT, MEMORY_MIB,
 };
 use crate::fixtures::system::ROOT_PARTLABEL;
-use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Vm};
+use crate::harness::qemu::{AfterMarkers, Boot, LineMatch, Network, Vm};
 
 /// The root hash with the devices named explicitly, as systemd's keys allow.
 fn explicit_verity(root_hash: &str, hash_device: &str) -> String {
@@ -96,7 +96,7 @@ pub fn verity_initramfs_file(context: &Context) -> Result<(), String> {
         },
         disks: Vec::new(),
         fw_cfg: Vec::new(),
-        user_network: false,
+        network: Network::Isolated,
         memory_mib: MEMORY_MIB,
         timeout: INITRAMFS_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,

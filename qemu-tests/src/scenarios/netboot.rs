@@ -1,0 +1,388 @@
+//! Netboot: machines boot one tree from the runner's private network (dnsmasq for DHCP, our
+//! HTTP server for the files), each becoming the host its MAC address names.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use crate::context::{parse_report, pass_line, report_line, Context, REPORT_PREFIX};
+use crate::fixtures::boot_chain::{self, UKI_CONSOLE};
+use crate::fixtures::netboot::{self, url, Host, TreeSpec, FLEET, UNKNOWN_MAC};
+use crate::harness::netns::{NetSpec, NetbootNet};
+use crate::harness::qemu::{AfterMarkers, Boot, Console, LineMatch, Network, Vm};
+use xorbang_formats::boot_report::ConfigTrust;
+
+/// iPXE's download of the kernel, initramfs and root, then a systemd boot, under TCG.
+const NETBOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(420);
+/// Enough for the root image in memory twice over (the initramfs part, then its tmpfs copy
+/// while unpacking) and systemd; `bench netboot` finds the smallest that still boots.
+pub const NETBOOT_MEMORY_MIB: u32 = 512;
+/// What the agent prints about who the machine became.
+const HOST_LINE: &str = "XORBANG-TEST: HOST ";
+
+/// One machine to netboot: its NIC's MAC, and the host it must become (`None`: an unknown
+/// machine, which keeps the image's defaults).
+#[derive(Debug, Clone)]
+struct Machine {
+    mac: &'static str,
+    host: Option<Host>,
+}
+
+/// The fleet of three and an unknown fourth machine netboot the same tree, two at a time.
+pub fn pxe_fleet(context: &Context) -> Result<(), String> {
+    let dir = context.work.join("pxe-fleet");
+    let tree = fleet_tree(context, &dir, "pxe-fleet")?;
+    let conf = rig_config(&tree, &fixed_addresses())?;
+    let rig = NetbootNet::create(
+        &NetSpec::new("pxe-fleet", &tree, &dir.join("rig"), conf).map_err(|e| e.to_string())?,
+    )
+    .map_err(|error| error.to_string())?;
+    let machines: Vec<Machine> = FLEET
+        .iter()
+        .map(|host| Machine {
+            mac: host.mac,
+            host: Some(host.clone()),
+        })
+        .chain([Machine {
+            mac: UNKNOWN_MAC,
+            host: None,
+        }])
+        .collect();
+    for wave in machines.chunks(2) {
+        let consoles = boot_wave(context, &rig, wave)?;
+        for (machine, console) in wave.iter().zip(&consoles) {
+            check_machine(context, machine, console)?;
+        }
+    }
+    report_bytes(&rig, &tree)
+}
+
+/// The tree of the test system for [`FLEET`], with `check` for the agent.
+fn fleet_tree(context: &Context, dir: &Path, check: &str) -> Result<PathBuf, String> {
+    let hosts = netboot::hosts_dir(&dir.join("hosts"), &FLEET).map_err(|e| e.to_string())?;
+    let cmdline = context.append(&format!("xtest.scenario={check}"));
+    let spec = TreeSpec {
+        kernel: &context.kernel.vmlinuz,
+        initrd: &context.initrd,
+        image: &context.system.image,
+        cmdline: &cmdline,
+        hosts: Some(&hosts),
+        uki: None,
+    };
+    netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| e.to_string())
+}
+
+/// Each machine's address, so the HTTP log says which machine fetched what.
+fn fixed_addresses() -> Vec<(&'static str, String)> {
+    FLEET
+        .iter()
+        .map(|host| host.mac)
+        .chain([UNKNOWN_MAC])
+        .enumerate()
+        .map(|(index, mac)| (mac, format!("10.14.0.{}", 101 + index)))
+        .collect()
+}
+
+/// The tree's dnsmasq.conf as the rig runs it: without the options the rig sets itself,
+/// plus a fixed address per machine.
+fn rig_config(tree: &Path, addresses: &[(&str, String)]) -> Result<String, String> {
+    let path = tree.join("dnsmasq.conf");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with("port="))
+        .map(str::to_owned)
+        .collect();
+    for (mac, address) in addresses {
+        lines.push(format!("dhcp-host={mac},{address}"));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// Boots `wave` side by side, one machine per tap, and returns their consoles in order.
+fn boot_wave(
+    context: &Context,
+    rig: &NetbootNet,
+    wave: &[Machine],
+) -> Result<Vec<Console>, String> {
+    let runs: Vec<(String, Vm)> = wave
+        .iter()
+        .enumerate()
+        .map(|(tap, machine)| {
+            let args = rig
+                .netdev_args(tap, machine.mac)
+                .map_err(|e| e.to_string())?;
+            let vm = Vm {
+                boot: Boot::Network,
+                disks: Vec::new(),
+                writable_disks: false,
+                fw_cfg: Vec::new(),
+                network: Network::Attached {
+                    prefix: rig.qemu_prefix(),
+                    args,
+                },
+                memory_mib: NETBOOT_MEMORY_MIB,
+                timeout: NETBOOT_TIMEOUT,
+                after_markers: AfterMarkers::PowerOff,
+            };
+            Ok((format!("pxe-fleet-{}", machine_name(machine)), vm))
+        })
+        .collect::<Result<_, String>>()?;
+    let expect = [
+        report_line(),
+        LineMatch::Prefix(HOST_LINE.to_owned()),
+        pass_line("pxe-fleet"),
+    ];
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .iter()
+            .map(|(name, vm)| {
+                let expect = &expect;
+                scope.spawn(move || {
+                    context
+                        .boot(vm, name, expect)
+                        .map_err(|error| format!("{name}: {error}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a VM thread panicked".to_owned()))
+            })
+            .collect()
+    })
+}
+
+fn machine_name(machine: &Machine) -> String {
+    match &machine.host {
+        Some(host) => host.name.to_owned(),
+        None => format!("unknown-{}", machine.mac.replace(':', "")),
+    }
+}
+
+/// The machine became its host: the hostname and networkd file of its config, taken from
+/// the per-host part (trusted as local); an unknown machine has the image's hostname and no
+/// host config at all.
+fn check_machine(context: &Context, machine: &Machine, console: &Console) -> Result<(), String> {
+    let name = machine_name(machine);
+    let said = console.find(HOST_LINE).unwrap_or_default();
+    let report = parse_report(console, REPORT_PREFIX).map_err(|e| format!("{name}: {e}"))?;
+    match &machine.host {
+        Some(_) => {
+            check_host(
+                machine,
+                console,
+                "initramfs:/netboot/host-config.toml",
+                ConfigTrust::Local,
+            )?;
+        }
+        None => {
+            let expected = format!("{} none", context.system.hostname);
+            if said != expected {
+                return Err(format!(
+                    "{name}: an unknown machine says {said:?}, not {expected:?}"
+                ));
+            }
+            if let Some(config) = report.host_config {
+                return Err(format!(
+                    "{name}: an unknown machine applied host config {config:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The machine says it became its host (hostname, and the networkd file for its MAC and
+/// address), and the report says the config came from `origin` with `trust`.
+fn check_host(
+    machine: &Machine,
+    console: &Console,
+    origin: &str,
+    trust: ConfigTrust,
+) -> Result<(), String> {
+    let name = machine_name(machine);
+    let Some(host) = &machine.host else {
+        return Err(format!("{name} is not one of the fleet"));
+    };
+    let said = console.find(HOST_LINE).unwrap_or_default();
+    let mac_line = format!("MACAddress={}", host.mac);
+    let address_line = format!("Address={}", host.address);
+    let words: Vec<&str> = said.split_whitespace().collect();
+    if words.first() != Some(&host.name)
+        || !words.contains(&mac_line.as_str())
+        || !words.contains(&address_line.as_str())
+    {
+        return Err(format!(
+            "{name}: the machine says it is {said:?}, not {} with {mac_line} and {address_line}",
+            host.name
+        ));
+    }
+    let report = parse_report(console, REPORT_PREFIX).map_err(|e| format!("{name}: {e}"))?;
+    let config = report
+        .host_config
+        .ok_or_else(|| format!("{name}: the report has no host_config"))?;
+    if config.origin != origin || config.trust != Some(trust) || !config.applied {
+        return Err(format!(
+            "{name}: unexpected host config report {config:?} (expected {origin}, {trust})"
+        ));
+    }
+    Ok(())
+}
+
+/// Prints what the HTTP server sent each machine, for the notes; each must have fetched at
+/// least the root part (it booted from the network, at the address dnsmasq fixed for it).
+fn report_bytes(rig: &NetbootNet, tree: &Path) -> Result<(), String> {
+    let served: BTreeMap<IpAddr, u64> = rig.served_bytes().map_err(|e| e.to_string())?;
+    let root_part = tree.join("root.cpio");
+    let least = std::fs::metadata(&root_part)
+        .map_err(|error| format!("{}: {error}", root_part.display()))?
+        .len();
+    let mut per_machine = Vec::new();
+    for (mac, address) in fixed_addresses() {
+        let bytes = address
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| served.get(&ip))
+            .copied()
+            .unwrap_or(0);
+        if bytes < least {
+            return Err(format!(
+                "{mac} ({address}) was served {bytes} bytes, less than the root part's {least}"
+            ));
+        }
+        per_machine.push(format!("{mac} {bytes} bytes"));
+    }
+    eprintln!("pxe-fleet: served over HTTP: {}", per_machine.join(", "));
+    Ok(())
+}
+
+/// OVMF with Secure Boot enforced network-boots the signed UKI (iPXE from the NIC's ROM
+/// chains it; the firmware checks its signature). The init brings the network up itself,
+/// fetches the root the signed command line names, and takes web-01's config from the fleet
+/// the UKI's initramfs carries (signed). Then the tree's root is swapped for another image:
+/// the root hash on the signed command line refuses it.
+pub fn pxe_uefi(context: &Context) -> Result<(), String> {
+    let dir = context.work.join("pxe-uefi");
+    let fail = |error: &dyn std::fmt::Display| error.to_string();
+    let hosts = netboot::hosts_dir(&dir.join("hosts"), &FLEET).map_err(|e| fail(&e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+    let initrd = netboot::fleet_initrd(
+        &context.binaries,
+        &context.kernel,
+        &hosts,
+        &dir.join("initrd.img"),
+    )
+    .map_err(|e| fail(&e))?;
+    let root_hash = &context.system.root_hash;
+    let cmdline = format!(
+        "{UKI_CONSOLE} roothash={root_hash} systemd.verity_root_data={} \
+         systemd.verity_root_hash={} xtest.scenario=pxe-uefi",
+        url("root.squashfs"),
+        url("root.squashfs.verity")
+    );
+    let key = boot_chain::decrypted_snakeoil_key(&dir).map_err(|e| fail(&e))?;
+    let uki = dir.join("uki.efi");
+    boot_chain::build_uki(
+        &context.binaries,
+        &context.kernel.vmlinuz,
+        &initrd,
+        &cmdline,
+        Some(&key),
+        &uki,
+    )
+    .map_err(|e| fail(&e))?;
+    let spec = TreeSpec {
+        kernel: &context.kernel.vmlinuz,
+        initrd: &initrd,
+        image: &context.system.image,
+        cmdline: &context.append("xtest.scenario=pxe-uefi"),
+        hosts: Some(&hosts),
+        uki: Some(&uki),
+    };
+    let tree =
+        netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| fail(&e))?;
+    let web = &FLEET[0];
+    let conf = rig_config(&tree, &[(web.mac, "10.14.0.101".to_owned())])?;
+    let rig = NetbootNet::create(
+        &NetSpec::new("pxe-uefi", &tree, &dir.join("rig"), conf).map_err(|e| fail(&e))?,
+    )
+    .map_err(|e| fail(&e))?;
+    let machine = Machine {
+        mac: web.mac,
+        host: Some(web.clone()),
+    };
+    let vm = uefi_vm(context, &rig, "pxe-uefi", web.mac)?;
+    let console = context.boot(
+        &vm,
+        "pxe-uefi",
+        &[
+            LineMatch::Exact("secureboot: Secure boot enabled".to_owned()),
+            report_line(),
+            LineMatch::Prefix(HOST_LINE.to_owned()),
+            pass_line("pxe-uefi"),
+        ],
+    )?;
+    check_host(
+        &machine,
+        &console,
+        &format!(
+            "initramfs:/etc/xorbang/hosts/{}.toml (eth0)",
+            web.mac.replace(':', "-")
+        ),
+        ConfigTrust::Signed,
+    )?;
+    swap_root(context, &tree)?;
+    let vm = uefi_vm(context, &rig, "pxe-uefi-swapped", web.mac)?;
+    context.boot(
+        &vm,
+        "pxe-uefi-swapped",
+        &[
+            LineMatch::Between(
+                format!(
+                    "xorbang: verity: root hash mismatch: roothash={root_hash} but the hash \
+                     tree on /dev/loop"
+                ),
+                format!(" gives {}", context.busybox.root_hash),
+            ),
+            LineMatch::Exact("xorbang: failure policy: reboot".to_owned()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A machine with Secure Boot enforced, a fresh variable store, no disk and its NIC on tap 0.
+fn uefi_vm(context: &Context, rig: &NetbootNet, name: &str, mac: &str) -> Result<Vm, String> {
+    let firmware =
+        boot_chain::firmware(&context.work, name, true).map_err(|error| error.to_string())?;
+    Ok(Vm {
+        boot: Boot::Firmware(firmware),
+        disks: Vec::new(),
+        writable_disks: false,
+        fw_cfg: Vec::new(),
+        network: Network::Attached {
+            prefix: rig.qemu_prefix(),
+            args: rig.netdev_args(0, mac).map_err(|error| error.to_string())?,
+        },
+        memory_mib: NETBOOT_MEMORY_MIB,
+        timeout: NETBOOT_TIMEOUT,
+        after_markers: AfterMarkers::PowerOff,
+    })
+}
+
+/// Puts the busybox image and its hash tree where the tree serves the root: a consistent
+/// image, just not the one the signed root hash names.
+fn swap_root(context: &Context, tree: &Path) -> Result<(), String> {
+    for (from, name) in [
+        (&context.busybox.image, "root.squashfs"),
+        (&context.busybox.tree, "root.squashfs.verity"),
+    ] {
+        let to = tree.join(name);
+        std::fs::copy(from, &to).map_err(|error| format!("{}: {error}", to.display()))?;
+    }
+    Ok(())
+}
