@@ -246,8 +246,13 @@ struct NetbootArgs {
     /// must boot the image's root hash.
     #[arg(long, value_name = "EFI")]
     uki: Option<PathBuf>,
+    /// The signed UKI that boots the image from a disk (roothash= alone), which
+    /// xorbang-installer puts on the disks it installs.
+    #[arg(long, value_name = "EFI")]
+    install_uki: Option<PathBuf>,
     /// Where the tree will be served over HTTP (http://HOST[:PORT]/PATH/), for dnsmasq's
-    /// boot-file URLs; without it dnsmasq names files for TFTP only.
+    /// boot-file URLs and xorbang.netboot= on the command line (where xorbang-installer
+    /// finds the tree); without it dnsmasq names files for TFTP only.
     #[arg(long, value_name = "URL")]
     http_url: Option<String>,
     /// START,END,MASK for dnsmasq to lease; without it dnsmasq.conf is proxy-DHCP.
@@ -596,6 +601,7 @@ fn build_netboot(args: NetbootArgs, mtime: u32) -> Result<(), CliError> {
             None => Vec::new(),
         },
         uki: args.uki,
+        install_uki: args.install_uki,
         http_url: args.http_url,
         dhcp_range: args.dhcp_range,
         mtime,

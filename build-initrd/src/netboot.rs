@@ -7,8 +7,10 @@
 //! root.cpio               the root image and its hash tree as an (uncompressed) initramfs part
 //! root.squashfs[.verity]  the same two files loose, for an init that fetches them (UKI boots)
 //! hosts/<mac>.cpio        one small part per host: its host config at netboot/host-config.toml
+//! hosts/<name>.toml       each host's config by name (and .minisig), for xorbang-installer --host
 //! boot.ipxe               the iPXE script: kernel, initramfs, root, the host's part if any
 //! uki.efi                 (--uki) the signed UKI, for UEFI machines and Secure Boot
+//! install.efi             (--install-uki) the signed UKI xorbang-installer puts on disks
 //! dnsmasq.conf            DHCP + TFTP for the tree, boot file by client architecture
 //! netboot.json            what is in it: root hash, command line, hosts, sizes, SHA-256
 //! ```
@@ -43,6 +45,7 @@ pub const ROOT_TREE: &str = "root.squashfs.verity";
 pub const HOSTS: &str = "hosts";
 pub const SCRIPT: &str = "boot.ipxe";
 pub const UKI: &str = "uki.efi";
+pub const INSTALL_UKI: &str = "install.efi";
 pub const DNSMASQ: &str = "dnsmasq.conf";
 pub const MANIFEST: &str = "netboot.json";
 /// What iPXE and the EFI stub pad or must be padded to (iPXE's own initrd alignment).
@@ -200,6 +203,8 @@ pub struct NetbootSpec {
     pub cmdline: String,
     pub hosts: Vec<Host>,
     pub uki: Option<PathBuf>,
+    /// The UKI of the same image that boots it from a disk, for xorbang-installer.
+    pub install_uki: Option<PathBuf>,
     /// Where the tree will be served over HTTP (`http://…/`): the boot-file URLs in
     /// dnsmasq.conf; without it dnsmasq hands out TFTP names only.
     pub http_url: Option<String>,
@@ -236,7 +241,7 @@ pub fn build(spec: &NetbootSpec, out: &Path) -> Result<NetbootRecord, NetbootErr
     }
     let (_, root_hash, tree) = verified::read_manifest(&spec.image)?;
     let hash = root_hash.to_string();
-    if let Some(uki) = &spec.uki {
+    for uki in spec.uki.iter().chain(&spec.install_uki) {
         check_uki(uki, &spec.image, &hash)?;
     }
     fs::create_dir_all(out.join(HOSTS)).map_err(FileError::of(FileAction::CreateDirectory, out))?;
@@ -255,12 +260,23 @@ pub fn build(spec: &NetbootSpec, out: &Path) -> Result<NetbootRecord, NetbootErr
             files.push(write_part(out, &name, host_part(host, spec.mtime)?)?);
             parts.push(name);
         }
+        let by_name = format!("{HOSTS}/{}.toml", host.name);
+        files.push(write_bytes(out, &by_name, host.text.as_bytes())?);
+        if let Some(signature) = &host.signature {
+            files.push(write_bytes(out, &format!("{by_name}{SIGNATURE_SUFFIX}"), signature)?);
+        }
         hosts.insert(host.name.clone(), parts);
     }
     if let Some(uki) = &spec.uki {
         files.push(copy(uki, out, UKI, false)?);
     }
-    let cmdline = root_cmdline(&hash, &spec.cmdline);
+    if let Some(uki) = &spec.install_uki {
+        files.push(copy(uki, out, INSTALL_UKI, false)?);
+    }
+    let mut cmdline = root_cmdline(&hash, &spec.cmdline);
+    if let Some(url) = &spec.http_url {
+        cmdline.push_str(&format!(" {}={url}", contract::TREE_KEY));
+    }
     files.push(write_text(out, SCRIPT, &ipxe_script(&hash, &cmdline))?);
     let dnsmasq = dnsmasq_conf(out, spec);
     files.push(write_text(out, DNSMASQ, &dnsmasq)?);

@@ -5,6 +5,11 @@
 
 use crate::host_config::{HostConfig, InterfaceMatch};
 
+/// The kernel command line key naming the URL of the netboot tree a machine was booted from
+/// (`xorbang.netboot=http://…/`): where xorbang-installer finds the install UKI and the
+/// fleet's host configs by name.
+pub const TREE_KEY: &str = "xorbang.netboot";
+
 /// In the initramfs: one `<mac key>.toml` per host (with its `.minisig` when signed).
 pub const HOSTS_DIR: &str = "etc/xorbang/hosts";
 /// In the per-host part the loader appends. Never written into a signed initramfs, so a

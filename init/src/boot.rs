@@ -170,6 +170,9 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
                 system_path(paths, &active.node),
                 active.status
             );
+            if is_image_file(&request.data) || is_image_file(&request.hash) {
+                mask_root_veritysetup(paths)?;
+            }
             let report = VerityReport {
                 root_hash: request.root_hash.to_string(),
                 data_device: system_path(paths, &data),
@@ -532,6 +535,27 @@ fn ensure_writable(sysroot: &Path, dev: &DevDirs) -> Result<(), BootError> {
         }),
         false => Ok(()),
     }
+}
+
+fn is_image_file(spec: &DeviceSpec) -> bool {
+    matches!(spec, DeviceSpec::File(_) | DeviceSpec::Url(_))
+}
+
+/// The root's mapping is made, but systemd reads the same `systemd.verity_root_*=` keys
+/// after switch_root and would wait for devices named like the image files (or URLs), which
+/// never appear: its unit for the root is masked for this boot, in the runtime directory
+/// that comes before its generators'.
+fn mask_root_veritysetup(paths: &Paths) -> Result<(), BootError> {
+    let dir = paths.run().join("systemd/system");
+    let unit = dir.join("systemd-veritysetup@root.service");
+    let write = |source| BootError::Write {
+        path: unit.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(write)?;
+    std::os::unix::fs::symlink("/dev/null", &unit).map_err(write)?;
+    log::info!("verity: the root's image files are mapped; systemd-veritysetup@root.service is masked for this boot");
+    Ok(())
 }
 
 /// systemd's convention for "/ is a volatile overlay": /run/systemd/volatile-root links to

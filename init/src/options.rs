@@ -21,6 +21,8 @@ const KNOWN_KEYS: &[&str] = &[
     "xorbang.confext",
     "xorbang.config",
     "xorbang.config.trust",
+    // Not the init's: the netboot tree's URL, which xorbang-installer reads.
+    xorbang_formats::netboot::TREE_KEY,
 ];
 
 const DEFAULT_INIT: &str = "/sbin/init";

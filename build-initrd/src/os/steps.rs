@@ -34,8 +34,9 @@ use xorbang_formats::os_release::{self, ExtensionKind};
 const RECIPE_VERSION: &str = "os-steps-6";
 /// Packages every root gets: `systemd-boot` brings systemd-bless-boot and its generator
 /// (Automatic Boot Assessment); its maintainer script installs nothing without an ESP.
-/// `squashfs-tools` is the mksquashfs xorbang-commit-overlay packs extensions with.
-const LIFECYCLE_PACKAGES: &[&str] = &["systemd-boot", "squashfs-tools"];
+/// `squashfs-tools` is the mksquashfs xorbang-commit-overlay packs extensions with;
+/// `dosfstools` and `mtools` make the ESP xorbang-installer writes (as the build tool does).
+const LIFECYCLE_PACKAGES: &[&str] = &["systemd-boot", "squashfs-tools", "dosfstools", "mtools"];
 const HEALTH_CHECK_PATH: &str = "/usr/lib/xorbang/health-check";
 const HEALTH_CHECK: &str = include_str!("../../lifecycle/health-check");
 const HEALTH_CHECK_UNIT_PATH: &str = "/usr/lib/systemd/system/xorbang-health-check.service";
