@@ -77,6 +77,10 @@ const PARTS: &[Part] = &[
         run: firmware_bench,
     },
     Part {
+        name: "netboot",
+        run: crate::scenarios::netboot_bench,
+    },
+    Part {
         name: "custom-kernel",
         run: custom_kernel_bench,
     },

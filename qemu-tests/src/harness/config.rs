@@ -8,6 +8,7 @@
 //! | `XORBANG_TIMEOUT_SCALE` | multiplies every VM timeout (slow machines) | `1` |
 //! | `XORBANG_JOBS` | VMs run at once | `2` |
 //! | `XORBANG_BENCH_RUNS` | boots per benchmark | `3` |
+//! | `XORBANG_NETBOOT` | `rig` (a private network namespace) or `user` (QEMU's user-mode network, the fallback where namespaces cannot be made) | `rig` |
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub timeout_scale: f64,
     pub jobs: usize,
     pub bench_runs: usize,
+    /// Netboot scenarios on QEMU's user-mode network even where a rig could be made.
+    pub netboot_user_mode: bool,
 }
 
 /// The accelerator as asked for; `None` means "probe".
@@ -54,6 +57,11 @@ impl Config {
             timeout_scale: number("XORBANG_TIMEOUT_SCALE", 1.0)?,
             jobs: number("XORBANG_JOBS", 2.0)?.max(1.0) as usize,
             bench_runs: number("XORBANG_BENCH_RUNS", 3.0)?.max(1.0) as usize,
+            netboot_user_mode: match std::env::var("XORBANG_NETBOOT").as_deref() {
+                Err(_) | Ok("rig") => false,
+                Ok("user") => true,
+                Ok(other) => return Err(format!("XORBANG_NETBOOT={other}: expected rig or user")),
+            },
         })
     }
 

@@ -450,16 +450,6 @@ pub fn bytes_served_by_client(log: &Path) -> Result<BTreeMap<IpAddr, u64>, LogEr
     Ok(total)
 }
 
-/// The body bytes sent for each request path, over every answer in `log`.
-#[allow(dead_code)] // For the netboot scenarios, which are being written.
-pub fn bytes_served_by_path(log: &Path) -> Result<BTreeMap<String, u64>, LogError> {
-    let mut total = BTreeMap::new();
-    for served in read_log(log)? {
-        *total.entry(served.path).or_default() += served.bytes;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,14 +611,6 @@ mod tests {
         assert_eq!(
             bytes_served_by_client(&log).expect("log"),
             BTreeMap::from([(localhost, 13)])
-        );
-        assert_eq!(
-            bytes_served_by_path(&log).expect("log"),
-            BTreeMap::from([
-                ("-".to_owned(), 0),
-                ("/boot.efi".into(), 13),
-                ("/nothing".into(), 0)
-            ])
         );
     }
 

@@ -303,21 +303,6 @@ impl NetbootNet {
         http_server::bytes_served_by_client(&self.http_log())
     }
 
-    /// The MAC address dnsmasq leased each address to (from its lease file), to turn
-    /// [`Self::served_bytes`] into bytes per machine.
-    #[allow(dead_code)] // For the netboot scenarios, which are being written.
-    pub fn leases(&self) -> Result<BTreeMap<IpAddr, String>, NetError> {
-        let path = self.run_dir.join("leases");
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(parse_leases(&text)),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(error) => Err(NetError::Io {
-                path: path.display().to_string(),
-                error,
-            }),
-        }
-    }
-
     /// One line per HTTP answer: `<client ip> <status> <bytes sent> <path>`.
     pub fn http_log(&self) -> PathBuf {
         self.run_dir.join("http.log")
@@ -380,7 +365,6 @@ impl Drop for NetbootNet {
 /// `bootfile` (a name below `tree`, which its TFTP serves, or a URL for iPXE) and where the
 /// host's 127.0.0.1 is 10.0.2.2 (so the HTTP server must listen on 127.0.0.1 only, as
 /// [`HttpServer::serve`](crate::harness::http_server::HttpServer::serve) does).
-#[allow(dead_code)] // For the netboot scenarios, which are being written.
 pub fn user_mode_args(tree: &Path, bootfile: &str, mac: &str) -> Vec<String> {
     // QEMU's option syntax escapes a comma by doubling it.
     let escape = |text: &str| text.replace(',', ",,");
@@ -394,19 +378,6 @@ pub fn user_mode_args(tree: &Path, bootfile: &str, mac: &str) -> Vec<String> {
         "-device".into(),
         nic(mac),
     ]
-}
-
-/// dnsmasq's lease lines, `<expiry> <mac> <ip> <hostname> <client id>`; a line that does
-/// not read so (an IPv6 `duid` line) is passed over.
-fn parse_leases(text: &str) -> BTreeMap<IpAddr, String> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            let mac = fields.next()?;
-            let address = fields.next()?.parse().ok()?;
-            Some((address, mac.to_owned()))
-        })
-        .collect()
 }
 
 fn nic(mac: &str) -> String {
@@ -897,28 +868,6 @@ mod tests {
         assert_eq!(
             NetbootNet::url("/boot.ipxe"),
             "http://10.14.0.1:8080/boot.ipxe"
-        );
-    }
-
-    #[test]
-    fn leases_map_addresses_to_macs() {
-        let leases = parse_leases(
-            "1796101953 52:54:00:14:00:02 10.14.0.136 * *\n\
-             1796101825 52:54:00:14:00:01 10.14.0.135 * 01:52:54:00:14:00:01\n\
-             duid 00:01:00:01:2c:1d\n",
-        );
-        assert_eq!(
-            leases,
-            BTreeMap::from([
-                (
-                    IpAddr::from([10, 14, 0, 135]),
-                    "52:54:00:14:00:01".to_owned()
-                ),
-                (
-                    IpAddr::from([10, 14, 0, 136]),
-                    "52:54:00:14:00:02".to_owned()
-                ),
-            ])
         );
     }
 

@@ -591,6 +591,7 @@ mod tests {
             timeout_scale: 1.0,
             jobs: 1,
             bench_runs: 1,
+            netboot_user_mode: false,
         };
         (vm, config, dir)
     }

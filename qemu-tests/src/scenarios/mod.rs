@@ -14,6 +14,7 @@ mod secureboot;
 mod verity;
 
 use crate::context::Context;
+pub use netboot::netboot_bench;
 
 pub struct Scenario {
     pub name: &'static str,

@@ -2,13 +2,14 @@
 //! HTTP server for the files), each becoming the host its MAC address names.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use crate::context::{parse_report, pass_line, report_line, Context, REPORT_PREFIX};
 use crate::fixtures::boot_chain::{self, UKI_CONSOLE};
-use crate::fixtures::netboot::{self, url, Host, TreeSpec, FLEET, UNKNOWN_MAC};
-use crate::harness::netns::{NetSpec, NetbootNet};
+use crate::fixtures::netboot::{self, Host, TreeSpec, FLEET, UNKNOWN_MAC};
+use crate::harness::http_server::HttpServer;
+use crate::harness::netns::{user_mode_args, NetSpec, NetbootNet};
 use crate::harness::qemu::{AfterMarkers, Boot, Console, LineMatch, Network, Vm};
 use xorbang_formats::boot_report::ConfigTrust;
 
@@ -28,15 +29,89 @@ struct Machine {
     host: Option<Host>,
 }
 
+/// Where machines netboot from: the runner's private network (dnsmasq and our HTTP server
+/// in a namespace of their own), or, where this host cannot make namespaces, QEMU's
+/// user-mode network (its own DHCP and TFTP) with our HTTP server on 127.0.0.1.
+enum Served {
+    Rig(NetbootNet),
+    UserMode {
+        _server: HttpServer,
+        tree: PathBuf,
+        /// What slirp's DHCP names as the boot file (served by its TFTP from the tree).
+        bootfile: &'static str,
+    },
+}
+
+impl Served {
+    /// Builds the tree with `build(base_url)` and serves it on the rig, or else in user
+    /// mode (saying so), rebuilding it for the user-mode URL.
+    fn start(
+        context: &Context,
+        tag: &str,
+        dir: &Path,
+        bootfile: &'static str,
+        addresses: &[(&str, String)],
+        build: impl Fn(&str) -> Result<PathBuf, String>,
+    ) -> Result<(Self, PathBuf), String> {
+        let why_not_rig = if context.config.netboot_user_mode {
+            "XORBANG_NETBOOT=user".to_owned()
+        } else {
+            let tree = build(&NetbootNet::url(""))?;
+            let conf = rig_config(&tree, addresses)?;
+            let spec = NetSpec::new(tag, &tree, &dir.join("rig"), conf)
+                .map_err(|error| error.to_string())?;
+            match NetbootNet::create(&spec) {
+                Ok(rig) => return Ok((Self::Rig(rig), tree)),
+                Err(error) if error.cannot_run_here() => error.to_string(),
+                Err(error) => return Err(error.to_string()),
+            }
+        };
+        eprintln!(
+            "{tag}: {why_not_rig}: falling back to QEMU's user-mode network (its DHCP and TFTP) \
+             with the HTTP server on 127.0.0.1 only"
+        );
+        std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+        let tree = dir.join("tree");
+        let log = dir.join("user-mode-http.log");
+        let server = HttpServer::bind((Ipv4Addr::LOCALHOST, 0).into(), &tree, Some(&log))
+            .map_err(|error| format!("HTTP server for {}: {error}", tree.display()))?;
+        let tree = build(&server.guest_url(""))?;
+        let served = Self::UserMode {
+            _server: server,
+            tree: tree.clone(),
+            bootfile,
+        };
+        Ok((served, tree))
+    }
+
+    /// A machine with `mac` on this network (`tap`: which of the rig's taps).
+    fn network(&self, tap: usize, mac: &str) -> Result<Network, String> {
+        match self {
+            Self::Rig(rig) => Ok(Network::Attached {
+                prefix: rig.qemu_prefix(),
+                args: rig
+                    .netdev_args(tap, mac)
+                    .map_err(|error| error.to_string())?,
+            }),
+            Self::UserMode { tree, bootfile, .. } => Ok(Network::Attached {
+                prefix: Vec::new(),
+                args: user_mode_args(tree, bootfile, mac),
+            }),
+        }
+    }
+}
+
 /// The fleet of three and an unknown fourth machine netboot the same tree, two at a time.
 pub fn pxe_fleet(context: &Context) -> Result<(), String> {
     let dir = context.work.join("pxe-fleet");
-    let tree = fleet_tree(context, &dir, "pxe-fleet")?;
-    let conf = rig_config(&tree, &fixed_addresses())?;
-    let rig = NetbootNet::create(
-        &NetSpec::new("pxe-fleet", &tree, &dir.join("rig"), conf).map_err(|e| e.to_string())?,
-    )
-    .map_err(|error| error.to_string())?;
+    let (served, tree) = Served::start(
+        context,
+        "pxe-fleet",
+        &dir,
+        "boot.ipxe",
+        &fixed_addresses(),
+        |url| fleet_tree(context, &dir, "pxe-fleet", url),
+    )?;
     let machines: Vec<Machine> = FLEET
         .iter()
         .map(|host| Machine {
@@ -49,16 +124,28 @@ pub fn pxe_fleet(context: &Context) -> Result<(), String> {
         }])
         .collect();
     for wave in machines.chunks(2) {
-        let consoles = boot_wave(context, &rig, wave)?;
+        let consoles = boot_wave(context, &served, wave)?;
         for (machine, console) in wave.iter().zip(&consoles) {
             check_machine(context, machine, console)?;
         }
     }
-    report_bytes(&rig, &tree)
+    match &served {
+        Served::Rig(rig) => report_bytes(rig, &tree),
+        Served::UserMode { .. } => {
+            eprintln!("pxe-fleet: user-mode TFTP keeps no per-machine byte counts");
+            Ok(())
+        }
+    }
 }
 
-/// The tree of the test system for [`FLEET`], with `check` for the agent.
-fn fleet_tree(context: &Context, dir: &Path, check: &str) -> Result<PathBuf, String> {
+/// The tree of the test system for [`FLEET`] served at `base_url`, with `check` for the
+/// agent.
+fn fleet_tree(
+    context: &Context,
+    dir: &Path,
+    check: &str,
+    base_url: &str,
+) -> Result<PathBuf, String> {
     let hosts = netboot::hosts_dir(&dir.join("hosts"), &FLEET).map_err(|e| e.to_string())?;
     let cmdline = context.append(&format!("xtest.scenario={check}"));
     let spec = TreeSpec {
@@ -68,6 +155,8 @@ fn fleet_tree(context: &Context, dir: &Path, check: &str) -> Result<PathBuf, Str
         cmdline: &cmdline,
         hosts: Some(&hosts),
         uki: None,
+        install_uki: None,
+        base_url,
     };
     netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| e.to_string())
 }
@@ -101,31 +190,12 @@ fn rig_config(tree: &Path, addresses: &[(&str, String)]) -> Result<String, Strin
 }
 
 /// Boots `wave` side by side, one machine per tap, and returns their consoles in order.
-fn boot_wave(
-    context: &Context,
-    rig: &NetbootNet,
-    wave: &[Machine],
-) -> Result<Vec<Console>, String> {
+fn boot_wave(context: &Context, served: &Served, wave: &[Machine]) -> Result<Vec<Console>, String> {
     let runs: Vec<(String, Vm)> = wave
         .iter()
         .enumerate()
         .map(|(tap, machine)| {
-            let args = rig
-                .netdev_args(tap, machine.mac)
-                .map_err(|e| e.to_string())?;
-            let vm = Vm {
-                boot: Boot::Network,
-                disks: Vec::new(),
-                writable_disks: false,
-                fw_cfg: Vec::new(),
-                network: Network::Attached {
-                    prefix: rig.qemu_prefix(),
-                    args,
-                },
-                memory_mib: NETBOOT_MEMORY_MIB,
-                timeout: NETBOOT_TIMEOUT,
-                after_markers: AfterMarkers::PowerOff,
-            };
+            let vm = fleet_vm(served.network(tap, machine.mac)?, NETBOOT_MEMORY_MIB);
             Ok((format!("pxe-fleet-{}", machine_name(machine)), vm))
         })
         .collect::<Result<_, String>>()?;
@@ -155,6 +225,20 @@ fn boot_wave(
             })
             .collect()
     })
+}
+
+/// A BIOS machine that boots from its NIC on `network`.
+fn fleet_vm(network: Network, memory_mib: u32) -> Vm {
+    Vm {
+        boot: Boot::Network,
+        disks: Vec::new(),
+        writable_disks: false,
+        fw_cfg: Vec::new(),
+        network,
+        memory_mib,
+        timeout: NETBOOT_TIMEOUT,
+        after_markers: AfterMarkers::PowerOff,
+    }
 }
 
 fn machine_name(machine: &Machine) -> String {
@@ -270,7 +354,6 @@ pub fn pxe_uefi(context: &Context) -> Result<(), String> {
     let dir = context.work.join("pxe-uefi");
     let fail = |error: &dyn std::fmt::Display| error.to_string();
     let hosts = netboot::hosts_dir(&dir.join("hosts"), &FLEET).map_err(|e| fail(&e))?;
-    std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
     let initrd = netboot::fleet_initrd(
         &context.binaries,
         &context.kernel,
@@ -278,45 +361,44 @@ pub fn pxe_uefi(context: &Context) -> Result<(), String> {
         &dir.join("initrd.img"),
     )
     .map_err(|e| fail(&e))?;
-    let root_hash = &context.system.root_hash;
-    let cmdline = format!(
-        "{UKI_CONSOLE} roothash={root_hash} systemd.verity_root_data={} \
-         systemd.verity_root_hash={} xtest.scenario=pxe-uefi",
-        url("root.squashfs"),
-        url("root.squashfs.verity")
-    );
     let key = boot_chain::decrypted_snakeoil_key(&dir).map_err(|e| fail(&e))?;
-    let uki = dir.join("uki.efi");
-    boot_chain::build_uki(
-        &context.binaries,
-        &context.kernel.vmlinuz,
-        &initrd,
-        &cmdline,
-        Some(&key),
-        &uki,
-    )
-    .map_err(|e| fail(&e))?;
-    let spec = TreeSpec {
-        kernel: &context.kernel.vmlinuz,
-        initrd: &initrd,
-        image: &context.system.image,
-        cmdline: &context.append("xtest.scenario=pxe-uefi"),
-        hosts: Some(&hosts),
-        uki: Some(&uki),
-    };
-    let tree =
-        netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| fail(&e))?;
+    let root_hash = &context.system.root_hash;
     let web = &FLEET[0];
-    let conf = rig_config(&tree, &[(web.mac, "10.14.0.101".to_owned())])?;
-    let rig = NetbootNet::create(
-        &NetSpec::new("pxe-uefi", &tree, &dir.join("rig"), conf).map_err(|e| fail(&e))?,
-    )
-    .map_err(|e| fail(&e))?;
+    let build = |base_url: &str| {
+        // The root comes from the URLs the signed command line names.
+        let cmdline = format!(
+            "{UKI_CONSOLE} roothash={root_hash} systemd.verity_root_data={base_url}root.squashfs \
+             systemd.verity_root_hash={base_url}root.squashfs.verity xtest.scenario=pxe-uefi"
+        );
+        let uki = dir.join("uki.efi");
+        boot_chain::build_uki(
+            &context.binaries,
+            &context.kernel.vmlinuz,
+            &initrd,
+            &cmdline,
+            Some(&key),
+            &uki,
+        )
+        .map_err(|e| fail(&e))?;
+        let spec = TreeSpec {
+            kernel: &context.kernel.vmlinuz,
+            initrd: &initrd,
+            image: &context.system.image,
+            cmdline: &context.append("xtest.scenario=pxe-uefi"),
+            hosts: Some(&hosts),
+            uki: Some(&uki),
+            install_uki: None,
+            base_url,
+        };
+        netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| fail(&e))
+    };
+    let addresses = [(web.mac, "10.14.0.101".to_owned())];
+    let (served, tree) = Served::start(context, "pxe-uefi", &dir, "uki.efi", &addresses, build)?;
     let machine = Machine {
         mac: web.mac,
         host: Some(web.clone()),
     };
-    let vm = uefi_vm(context, &rig, "pxe-uefi", web.mac)?;
+    let vm = uefi_vm(context, &served, "pxe-uefi", web.mac)?;
     let console = context.boot(
         &vm,
         "pxe-uefi",
@@ -327,17 +409,13 @@ pub fn pxe_uefi(context: &Context) -> Result<(), String> {
             pass_line("pxe-uefi"),
         ],
     )?;
-    check_host(
-        &machine,
-        &console,
-        &format!(
-            "initramfs:/etc/xorbang/hosts/{}.toml (eth0)",
-            web.mac.replace(':', "-")
-        ),
-        ConfigTrust::Signed,
-    )?;
+    let origin = format!(
+        "initramfs:/etc/xorbang/hosts/{}.toml (eth0)",
+        web.mac.replace(':', "-")
+    );
+    check_host(&machine, &console, &origin, ConfigTrust::Signed)?;
     swap_root(context, &tree)?;
-    let vm = uefi_vm(context, &rig, "pxe-uefi-swapped", web.mac)?;
+    let vm = uefi_vm(context, &served, "pxe-uefi-swapped", web.mac)?;
     context.boot(
         &vm,
         "pxe-uefi-swapped",
@@ -356,7 +434,7 @@ pub fn pxe_uefi(context: &Context) -> Result<(), String> {
 }
 
 /// A machine with Secure Boot enforced, a fresh variable store, no disk and its NIC on tap 0.
-fn uefi_vm(context: &Context, rig: &NetbootNet, name: &str, mac: &str) -> Result<Vm, String> {
+fn uefi_vm(context: &Context, served: &Served, name: &str, mac: &str) -> Result<Vm, String> {
     let firmware =
         boot_chain::firmware(&context.work, name, true).map_err(|error| error.to_string())?;
     Ok(Vm {
@@ -364,10 +442,7 @@ fn uefi_vm(context: &Context, rig: &NetbootNet, name: &str, mac: &str) -> Result
         disks: Vec::new(),
         writable_disks: false,
         fw_cfg: Vec::new(),
-        network: Network::Attached {
-            prefix: rig.qemu_prefix(),
-            args: rig.netdev_args(0, mac).map_err(|error| error.to_string())?,
-        },
+        network: served.network(0, mac)?,
         memory_mib: NETBOOT_MEMORY_MIB,
         timeout: NETBOOT_TIMEOUT,
         after_markers: AfterMarkers::PowerOff,
@@ -385,4 +460,60 @@ fn swap_root(context: &Context, tree: &Path) -> Result<(), String> {
         std::fs::copy(from, &to).map_err(|error| format!("{}: {error}", to.display()))?;
     }
     Ok(())
+}
+
+/// `bench netboot`: one machine of the fleet netboots (BIOS, iPXE, HTTP) at the scenarios'
+/// memory: the time from QEMU's start to the init's handoff to systemd (its boot report),
+/// and what the server sent it; then smaller and smaller memory until the boot no longer
+/// reaches the agent, for the smallest `-m` that netboots the image.
+pub fn netboot_bench(context: &Context) -> Result<String, String> {
+    let dir = context.work.join("bench-netboot");
+    let tree = fleet_tree(context, &dir, "pxe-fleet", &NetbootNet::url(""))?;
+    let conf = rig_config(&tree, &fixed_addresses())?;
+    let rig = NetbootNet::create(
+        &NetSpec::new("bench-netboot", &tree, &dir.join("rig"), conf)
+            .map_err(|error| error.to_string())?,
+    )
+    .map_err(|error| error.to_string())?;
+    let served = Served::Rig(rig);
+    let host = &FLEET[0];
+    let vm = fleet_vm(served.network(0, host.mac)?, NETBOOT_MEMORY_MIB);
+    let console = context.boot(&vm, "bench-netboot", &[report_line()])?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    let to_systemd_s = console.last_marker.as_secs_f64();
+    let Served::Rig(rig) = &served else {
+        return Err("the netboot bench runs on the rig only".to_owned());
+    };
+    let bytes: u64 = rig
+        .served_bytes()
+        .map_err(|error| error.to_string())?
+        .values()
+        .sum();
+    println!(
+        "netboot of {}: QEMU start to systemd {to_systemd_s:.1} s (init stage {:.1} ms), \
+         {bytes} bytes over HTTP",
+        host.name,
+        report.total().0 as f64 / 1000.0
+    );
+    let mut smallest = None;
+    for memory_mib in [448, 384, 320, 288, 256, 224, 192] {
+        let vm = fleet_vm(served.network(0, host.mac)?, memory_mib);
+        let log = format!("bench-netboot-{memory_mib}m");
+        match context.boot(&vm, &log, &[report_line(), pass_line("pxe-fleet")]) {
+            Ok(_) => {
+                println!("netboot with -m {memory_mib}: reaches the agent");
+                smallest = Some(memory_mib);
+            }
+            Err(error) => {
+                let first = error.lines().next().unwrap_or_default().to_owned();
+                println!("netboot with -m {memory_mib}: fails ({first})");
+                break;
+            }
+        }
+    }
+    let smallest = smallest.map_or("none".to_owned(), |mib| mib.to_string());
+    Ok(format!(
+        "netboot_to_systemd_s={to_systemd_s:.1} netboot_bytes_per_host={bytes} \
+         netboot_min_memory_mib={smallest}"
+    ))
 }
