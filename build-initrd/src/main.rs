@@ -250,6 +250,10 @@ struct NetbootArgs {
     /// xorbang-installer puts on the disks it installs.
     #[arg(long, value_name = "EFI")]
     install_uki: Option<PathBuf>,
+    /// systemd-boot (signed for Secure Boot if need be), which xorbang-installer puts on the
+    /// ESP beside the install UKI.
+    #[arg(long, value_name = "EFI")]
+    boot_loader: Option<PathBuf>,
     /// Where the tree will be served over HTTP (http://HOST[:PORT]/PATH/), for dnsmasq's
     /// boot-file URLs and xorbang.netboot= on the command line (where xorbang-installer
     /// finds the tree); without it dnsmasq names files for TFTP only.
@@ -602,6 +606,7 @@ fn build_netboot(args: NetbootArgs, mtime: u32) -> Result<(), CliError> {
         },
         uki: args.uki,
         install_uki: args.install_uki,
+        boot_loader: args.boot_loader,
         http_url: args.http_url,
         dhcp_range: args.dhcp_range,
         mtime,

@@ -11,6 +11,8 @@
 //! boot.ipxe               the iPXE script: kernel, initramfs, root, the host's part if any
 //! uki.efi                 (--uki) the signed UKI, for UEFI machines and Secure Boot
 //! install.efi             (--install-uki) the signed UKI xorbang-installer puts on disks
+//! systemd-bootx64.efi     (--boot-loader) the boot loader it puts beside it (signed for
+//!                         Secure Boot machines)
 //! dnsmasq.conf            DHCP + TFTP for the tree, boot file by client architecture
 //! netboot.json            what is in it: root hash, command line, hosts, sizes, SHA-256
 //! ```
@@ -46,6 +48,7 @@ pub const HOSTS: &str = "hosts";
 pub const SCRIPT: &str = "boot.ipxe";
 pub const UKI: &str = "uki.efi";
 pub const INSTALL_UKI: &str = "install.efi";
+pub const BOOT_LOADER: &str = "systemd-bootx64.efi";
 pub const DNSMASQ: &str = "dnsmasq.conf";
 pub const MANIFEST: &str = "netboot.json";
 /// What iPXE and the EFI stub pad or must be padded to (iPXE's own initrd alignment).
@@ -205,6 +208,8 @@ pub struct NetbootSpec {
     pub uki: Option<PathBuf>,
     /// The UKI of the same image that boots it from a disk, for xorbang-installer.
     pub install_uki: Option<PathBuf>,
+    /// systemd-boot for the disks xorbang-installer writes (signed where Secure Boot is on).
+    pub boot_loader: Option<PathBuf>,
     /// Where the tree will be served over HTTP (`http://…/`): the boot-file URLs in
     /// dnsmasq.conf; without it dnsmasq hands out TFTP names only.
     pub http_url: Option<String>,
@@ -263,7 +268,11 @@ pub fn build(spec: &NetbootSpec, out: &Path) -> Result<NetbootRecord, NetbootErr
         let by_name = format!("{HOSTS}/{}.toml", host.name);
         files.push(write_bytes(out, &by_name, host.text.as_bytes())?);
         if let Some(signature) = &host.signature {
-            files.push(write_bytes(out, &format!("{by_name}{SIGNATURE_SUFFIX}"), signature)?);
+            files.push(write_bytes(
+                out,
+                &format!("{by_name}{SIGNATURE_SUFFIX}"),
+                signature,
+            )?);
         }
         hosts.insert(host.name.clone(), parts);
     }
@@ -272,6 +281,9 @@ pub fn build(spec: &NetbootSpec, out: &Path) -> Result<NetbootRecord, NetbootErr
     }
     if let Some(uki) = &spec.install_uki {
         files.push(copy(uki, out, INSTALL_UKI, false)?);
+    }
+    if let Some(loader) = &spec.boot_loader {
+        files.push(copy(loader, out, BOOT_LOADER, false)?);
     }
     let mut cmdline = root_cmdline(&hash, &spec.cmdline);
     if let Some(url) = &spec.http_url {

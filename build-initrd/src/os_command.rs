@@ -34,6 +34,9 @@ pub struct OsArgs {
     /// The static xorbang-commit-overlay for the image [default: beside this program].
     #[arg(long, value_name = "PATH")]
     commit_overlay: Option<PathBuf>,
+    /// The static xorbang-installer for the image [default: beside this program].
+    #[arg(long, value_name = "PATH")]
+    installer: Option<PathBuf>,
     /// The step cache [default: $XDG_CACHE_HOME/xorbang/build, else ~/.cache/xorbang/build].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
@@ -91,6 +94,10 @@ pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
         Some(path) => path,
         None => beside_this_program("xorbang-commit-overlay", "commit-overlay")?,
     };
+    let installer = match args.installer {
+        Some(path) => path,
+        None => beside_this_program("xorbang-installer", "installer")?,
+    };
     let spec = OsBuild {
         profile: &profile,
         profile_path: &args.profile,
@@ -98,6 +105,7 @@ pub fn run(args: OsArgs, epoch: Option<u32>) -> Result<(), OsCommandError> {
         tools: ImageTools {
             update: &update,
             commit_overlay: &commit_overlay,
+            installer: &installer,
         },
         cache: match args.cache {
             Some(cache) => cache,

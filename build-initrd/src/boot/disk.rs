@@ -83,9 +83,21 @@ pub fn esp_partition(root_hash: &RootHash, esp: &Path) -> DiskPartition {
     }
 }
 
-/// Writes the disk atomically; returns its size in bytes. The disk GUID is derived from the
-/// partitions' UUIDs, so the same inputs give the same bytes.
-pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskError> {
+/// Where [`write_disk`] puts the partitions (512-byte sectors): their table entries, the disk
+/// GUID, and the smallest disk that holds them. xorbang-installer lays a real disk out with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskLayout {
+    /// Partition `n` of the table is `specs[n-1]`.
+    pub specs: Vec<PartitionSpec>,
+    pub disk_guid: Guid,
+    /// Up to the end of the last partition, and room for the backup GPT behind it.
+    pub disk_bytes: u64,
+}
+
+/// Lays the partitions out one after another from 1 MiB on, each its source's size (or its
+/// minimum, if larger) rounded up to whole MiB. The disk GUID is derived from the
+/// partitions' UUIDs, so the same inputs give the same layout.
+pub fn plan_disk(partitions: &[DiskPartition]) -> Result<DiskLayout, DiskError> {
     let sizes = partitions
         .iter()
         .map(|partition| {
@@ -100,9 +112,23 @@ pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskE
     let end = specs
         .last()
         .map_or(Lba(2048), |spec| Lba(spec.last_lba.0 + 1));
-    // Room for the backup GPT behind the last partition, aligned like the rest.
-    let disk_bytes = SECTOR.offset_of(end) + ALIGNMENT;
-    let image = gpt::write_gpt(disk_bytes, SECTOR, disk_guid(partitions), &specs)?;
+    Ok(DiskLayout {
+        specs,
+        disk_guid: disk_guid(partitions),
+        // Room for the backup GPT behind the last partition, aligned like the rest.
+        disk_bytes: SECTOR.offset_of(end) + ALIGNMENT,
+    })
+}
+
+/// Writes the disk atomically; returns its size in bytes (see [`plan_disk`]): the same
+/// inputs give the same bytes.
+pub fn write_disk(out: &Path, partitions: &[DiskPartition]) -> Result<u64, DiskError> {
+    let DiskLayout {
+        specs,
+        disk_guid,
+        disk_bytes,
+    } = plan_disk(partitions)?;
+    let image = gpt::write_gpt(disk_bytes, SECTOR, disk_guid, &specs)?;
     let pending = PendingOutput::new(out)?;
     let temporary = pending.temporary().to_owned();
     let write = FileError::of(FileAction::Write, &temporary);

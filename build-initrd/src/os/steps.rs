@@ -129,14 +129,16 @@ pub struct Recipe<'a> {
 pub struct ImageTools<'a> {
     pub update: &'a Path,
     pub commit_overlay: &'a Path,
+    pub installer: &'a Path,
 }
 
 impl ImageTools<'_> {
     /// Where each goes in the image, and the file it comes from.
-    fn installed(&self) -> [(&'static str, &Path); 2] {
+    fn installed(&self) -> [(&'static str, &Path); 3] {
         [
             ("/usr/bin/xorbang-update", self.update),
             ("/usr/bin/xorbang-commit-overlay", self.commit_overlay),
+            ("/usr/bin/xorbang-installer", self.installer),
         ]
     }
 }
@@ -374,6 +376,7 @@ impl<'a> Steps<'a> {
             .text("users", &format!("{:?}", profile.users))
             .file("xorbang-update", self.recipe.tools.update)?
             .file("xorbang-commit-overlay", self.recipe.tools.commit_overlay)?
+            .file("xorbang-installer", self.recipe.tools.installer)?
             .text("source_date_epoch", &self.epoch());
         for file in &profile.files {
             inputs = match &file.content {

@@ -392,6 +392,20 @@ pub const SCENARIOS: &[Scenario] = &[
         requires: &[],
         run: netboot::pxe_uefi,
     },
+    Scenario {
+        name: "install-disk",
+        about: "a netbooted machine runs xorbang-installer --disk /dev/vdb --host web-01; the \
+                disk then boots alone under OVMF with Secure Boot and comes up as web-01",
+        requires: &[],
+        run: netboot::install_disk,
+    },
+    Scenario {
+        name: "install-refusals",
+        about: "the boot disk, a partition, a mounted disk, a partitioned disk, a small disk and \
+                another image's UKI are each refused with one line; no target changes",
+        requires: &[],
+        run: netboot::install_refusals,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -123,12 +123,23 @@ pub fn pxe_fleet(context: &Context) -> Result<(), String> {
             host: None,
         }])
         .collect();
+    let started = std::time::Instant::now();
     for wave in machines.chunks(2) {
         let consoles = boot_wave(context, &served, wave)?;
         for (machine, console) in wave.iter().zip(&consoles) {
             check_machine(context, machine, console)?;
+            eprintln!(
+                "pxe-fleet: {} from power-on to the agent's verdict in {:.1} s",
+                machine_name(machine),
+                console.last_marker.as_secs_f64()
+            );
         }
     }
+    eprintln!(
+        "pxe-fleet: {} machines in {:.1} s",
+        machines.len(),
+        started.elapsed().as_secs_f64()
+    );
     match &served {
         Served::Rig(rig) => report_bytes(rig, &tree),
         Served::UserMode { .. } => {
@@ -156,6 +167,7 @@ fn fleet_tree(
         hosts: Some(&hosts),
         uki: None,
         install_uki: None,
+        boot_loader: None,
         base_url,
     };
     netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| e.to_string())
@@ -388,6 +400,7 @@ pub fn pxe_uefi(context: &Context) -> Result<(), String> {
             hosts: Some(&hosts),
             uki: Some(&uki),
             install_uki: None,
+            boot_loader: None,
             base_url,
         };
         netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| fail(&e))
@@ -460,6 +473,180 @@ fn swap_root(context: &Context, tree: &Path) -> Result<(), String> {
         std::fs::copy(from, &to).map_err(|error| format!("{}: {error}", to.display()))?;
     }
     Ok(())
+}
+
+/// A netbooted machine (web-01's MAC, BIOS) runs `xorbang-installer --disk /dev/vdb --host
+/// web-01`, which takes the install UKI and web-01's config from the tree the command line
+/// names; then a second machine boots that disk alone under OVMF with Secure Boot enforced
+/// and comes up as web-01, its config read from the ESP (trusted local).
+pub fn install_disk(context: &Context) -> Result<(), String> {
+    let dir = context.work.join("install-disk");
+    let fail = |error: &dyn std::fmt::Display| error.to_string();
+    std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+    let hosts = netboot::hosts_dir(&dir.join("hosts"), &FLEET).map_err(|e| fail(&e))?;
+    let key = boot_chain::decrypted_snakeoil_key(&dir).map_err(|e| fail(&e))?;
+    let disk_uki = dir.join("install.efi");
+    boot_chain::build_uki(
+        &context.binaries,
+        &context.kernel.vmlinuz,
+        &context.vfat_initrd()?,
+        &format!(
+            "{UKI_CONSOLE} roothash={} xtest.scenario=install-disk-booted",
+            context.system.root_hash
+        ),
+        Some(&key),
+        &disk_uki,
+    )
+    .map_err(|e| fail(&e))?;
+    let loader = boot_chain::signed_boot_loader(&key, &dir.join("systemd-bootx64.efi"))
+        .map_err(|e| fail(&e))?;
+    let build = |base_url: &str| {
+        let spec = TreeSpec {
+            kernel: &context.kernel.vmlinuz,
+            initrd: &context.initrd,
+            image: &context.system.image,
+            cmdline: &context.append("xtest.scenario=install-disk"),
+            hosts: Some(&hosts),
+            uki: None,
+            install_uki: Some(&disk_uki),
+            boot_loader: Some(&loader),
+            base_url,
+        };
+        netboot::netboot_tree(&context.binaries, &spec, &dir.join("tree")).map_err(|e| fail(&e))
+    };
+    let web = &FLEET[0];
+    let addresses = [(web.mac, "10.14.0.101".to_owned())];
+    let (served, _tree) = Served::start(
+        context,
+        "install-disk",
+        &dir,
+        "boot.ipxe",
+        &addresses,
+        build,
+    )?;
+    let scratch = netboot::blank_disk(&dir.join("scratch.img"), 64 << 20).map_err(|e| fail(&e))?;
+    let target = netboot::blank_disk(&dir.join("target.img"), 4 << 30).map_err(|e| fail(&e))?;
+    let mut installer = fleet_vm(served.network(0, web.mac)?, NETBOOT_MEMORY_MIB);
+    installer.disks = vec![scratch, target.clone()];
+    installer.writable_disks = true;
+    let console = context.boot(
+        &installer,
+        "install-disk",
+        &[
+            LineMatch::Prefix(INSTALL_LINE.to_owned()),
+            pass_line("install-disk"),
+        ],
+    )?;
+    let installed = console.find(INSTALL_LINE).unwrap_or_default();
+    eprintln!("install-disk: {installed}");
+    let firmware =
+        boot_chain::firmware(&context.work, "install-disk-booted", true).map_err(|e| fail(&e))?;
+    let installed_machine = Vm {
+        boot: Boot::Firmware(firmware),
+        disks: vec![target],
+        writable_disks: true,
+        fw_cfg: Vec::new(),
+        network: Network::Isolated,
+        memory_mib: NETBOOT_MEMORY_MIB,
+        timeout: NETBOOT_TIMEOUT,
+        after_markers: AfterMarkers::PowerOff,
+    };
+    let console = context.boot(
+        &installed_machine,
+        "install-disk-booted",
+        &[
+            LineMatch::Exact("secureboot: Secure boot enabled".to_owned()),
+            report_line(),
+            LineMatch::Prefix(HOST_LINE.to_owned()),
+            pass_line("install-disk-booted"),
+        ],
+    )?;
+    let machine = Machine {
+        mac: web.mac,
+        host: Some(web.clone()),
+    };
+    check_host(
+        &machine,
+        &console,
+        "/dev/vda1:/xorbang/host-config.toml",
+        ConfigTrust::Local,
+    )
+}
+
+/// What the agent prints of the installer's last line.
+const INSTALL_LINE: &str = "XORBANG-TEST: FILE install ";
+
+/// A production boot of the test system runs xorbang-installer against the boot disk, a
+/// partition node, a mounted disk, a disk with a partition table (no --wipe), a disk too
+/// small, and with a UKI of another image: each is refused with one line (the agent checks
+/// the status and the line), and no disk changed (the runner compares their SHA-256).
+pub fn install_refusals(context: &Context) -> Result<(), String> {
+    let dir = context.work.join("install-refusals");
+    let fail = |error: &dyn std::fmt::Display| error.to_string();
+    std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+    let system = dir.join("system.img");
+    std::fs::copy(&context.system.disk, &system).map_err(|e| fail(&e))?;
+    let targets = [
+        netboot::disk_with_partition(&dir.join("partitioned.img")).map_err(|e| fail(&e))?,
+        netboot::blank_disk(&dir.join("small.img"), 512 << 20).map_err(|e| fail(&e))?,
+        netboot::blank_disk(&dir.join("large.img"), 3 << 30).map_err(|e| fail(&e))?,
+    ];
+    let other_uki = dir.join("other.efi");
+    boot_chain::build_uki(
+        &context.binaries,
+        &context.kernel.vmlinuz,
+        &context.initrd,
+        &format!("{UKI_CONSOLE} roothash={}", context.busybox.root_hash),
+        None,
+        &other_uki,
+    )
+    .map_err(|e| fail(&e))?;
+    let before = digests(&targets)?;
+    let mut vm = context.vm(
+        std::iter::once(system)
+            .chain(targets.iter().cloned())
+            .collect(),
+        &format!(
+            "{} xtest.scenario=install-refusals",
+            context.production_root()
+        ),
+        crate::context::SYSTEMD_TIMEOUT,
+    );
+    vm.writable_disks = true;
+    vm.fw_cfg = vec![
+        (
+            "opt/org.xorbang.test/uki".to_owned(),
+            context.chain.signed_uki.clone(),
+        ),
+        ("opt/org.xorbang.test/uki-other".to_owned(), other_uki),
+    ];
+    let console = context.boot(&vm, "install-refusals", &[pass_line("install-refusals")])?;
+    for line in console
+        .lines
+        .iter()
+        .filter(|line| line.contains("FILE refused "))
+    {
+        eprintln!("install-refusals: {line}");
+    }
+    let after = digests(&targets)?;
+    for ((target, before), after) in targets.iter().zip(&before).zip(&after) {
+        if before != after {
+            return Err(format!("{} changed: {before} → {after}", target.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The SHA-256 of each file.
+fn digests(files: &[PathBuf]) -> Result<Vec<String>, String> {
+    files
+        .iter()
+        .map(|file| {
+            crate::fixtures::command::run(std::process::Command::new("sha256sum").arg(file))
+                .map(|out| out.split_whitespace().next().unwrap_or_default().to_owned())
+                .map_err(|error| error.to_string())
+        })
+        .collect()
 }
 
 /// `bench netboot`: one machine of the fleet netboots (BIOS, iPXE, HTTP) at the scenarios'
