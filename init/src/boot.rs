@@ -90,6 +90,14 @@ pub enum BootError {
     Loop(#[from] LoopError),
     #[error("netboot")]
     Download(#[from] DownloadError),
+    /// The kernel unpacks the initramfs into a tmpfs of half the memory, and when that is
+    /// full it says so once and boots on without the rest.
+    #[error(
+        "{} is not in the initramfs; if the kernel said \"Initramfs unpacking failed: write \
+         error\", the machine has too little memory for the initramfs and the image in it",
+        file.display()
+    )]
+    NotInInitramfs { file: PathBuf },
     #[error(transparent)]
     Layers(#[from] LayersError),
     #[error(transparent)]
@@ -440,7 +448,13 @@ fn locate(
     wait: &DeviceWait,
 ) -> Result<PathBuf, BootError> {
     let file = match spec {
-        DeviceSpec::File(file) => paths.root().join(file.strip_prefix("/").unwrap_or(file)),
+        DeviceSpec::File(file) => {
+            let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
+            if !inside.exists() {
+                return Err(BootError::NotInInitramfs { file: file.clone() });
+            }
+            inside
+        }
         DeviceSpec::Url(url) => held.downloads.fetch(paths, url, wait.deadline)?,
         _ => return wait_for_device(paths, what, spec, wait),
     };
