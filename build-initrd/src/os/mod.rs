@@ -55,8 +55,8 @@ impl Artifact {
             "uki" => Ok(Self::Uki),
             "disk" => Ok(Self::Disk),
             "netboot" | "bundle" => Err(format!(
-                "{name}: not built yet (the netboot and update-bundle outputs come with those \
-                 features); choose from tree, image, kernel, initrd, uki, disk"
+                "{name}: made from this build's outputs by `xorbang-build {name}`; choose \
+                 from tree, image, kernel, initrd, uki, disk"
             )),
             other => Err(format!(
                 "{other}: unknown; choose from tree, image, kernel, initrd, uki, disk"
