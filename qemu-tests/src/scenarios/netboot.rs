@@ -578,8 +578,9 @@ const INSTALL_LINE: &str = "XORBANG-TEST: FILE install ";
 
 /// A production boot of the test system runs xorbang-installer against the boot disk, a
 /// partition node, a mounted disk, a disk with a partition table (no --wipe), a disk too
-/// small, and with a UKI of another image: each is refused with one line (the agent checks
-/// the status and the line), and no disk changed (the runner compares their SHA-256).
+/// small, and with a UKI of another image (both UKIs from the runner's HTTP server): each is
+/// refused with one line (the agent checks the status and the line), and no disk changed
+/// (the runner compares their SHA-256).
 pub fn install_refusals(context: &Context) -> Result<(), String> {
     let dir = context.work.join("install-refusals");
     let fail = |error: &dyn std::fmt::Display| error.to_string();
@@ -591,16 +592,22 @@ pub fn install_refusals(context: &Context) -> Result<(), String> {
         netboot::blank_disk(&dir.join("small.img"), 512 << 20).map_err(|e| fail(&e))?,
         netboot::blank_disk(&dir.join("large.img"), 3 << 30).map_err(|e| fail(&e))?,
     ];
-    let other_uki = dir.join("other.efi");
+    // The UKIs come over HTTP (QEMU's user network): fw_cfg reads a 10 MB file a byte at a
+    // time, minutes under TCG.
+    let served = dir.join("served");
+    std::fs::create_dir_all(&served).map_err(|e| fail(&e))?;
+    std::fs::copy(&context.chain.signed_uki, served.join("good.efi")).map_err(|e| fail(&e))?;
     boot_chain::build_uki(
         &context.binaries,
         &context.kernel.vmlinuz,
         &context.initrd,
         &format!("{UKI_CONSOLE} roothash={}", context.busybox.root_hash),
         None,
-        &other_uki,
+        &served.join("other.efi"),
     )
     .map_err(|e| fail(&e))?;
+    let server = HttpServer::serve(&served).map_err(|e| fail(&e))?;
+    let url = context.write_work_file("install-refusals-url", &server.guest_url(""))?;
     let before = digests(&targets)?;
     let mut vm = context.vm(
         std::iter::once(system)
@@ -613,12 +620,15 @@ pub fn install_refusals(context: &Context) -> Result<(), String> {
         crate::context::SYSTEMD_TIMEOUT,
     );
     vm.writable_disks = true;
+    vm.network = Network::User;
+    // Its network for the UKIs: DHCP on QEMU's user network, from a host config.
+    let config = context.write_work_file(
+        "install-refusals-host.toml",
+        &crate::fixtures::host_config::host_config("xorbang-refusals"),
+    )?;
     vm.fw_cfg = vec![
-        (
-            "opt/org.xorbang.test/uki".to_owned(),
-            context.chain.signed_uki.clone(),
-        ),
-        ("opt/org.xorbang.test/uki-other".to_owned(), other_uki),
+        ("opt/org.xorbang.test/uki-url".to_owned(), url),
+        (crate::fixtures::host_config::FW_CFG_NAME.to_owned(), config),
     ];
     let console = context.boot(&vm, "install-refusals", &[pass_line("install-refusals")])?;
     for line in console
