@@ -500,10 +500,13 @@ pub fn install_disk(context: &Context) -> Result<(), String> {
     .map_err(|e| fail(&e))?;
     let loader = boot_chain::signed_boot_loader(&key, &dir.join("systemd-bootx64.efi"))
         .map_err(|e| fail(&e))?;
+    // The installing machine needs its NIC's driver in the initramfs: the test image carries
+    // no kernel modules.
+    let initrd = context.ab_initrd()?;
     let build = |base_url: &str| {
         let spec = TreeSpec {
             kernel: &context.kernel.vmlinuz,
-            initrd: &context.initrd,
+            initrd: &initrd,
             image: &context.system.image,
             cmdline: &context.append("xtest.scenario=install-disk"),
             hosts: Some(&hosts),
@@ -609,7 +612,8 @@ pub fn install_refusals(context: &Context) -> Result<(), String> {
     let server = HttpServer::serve(&served).map_err(|e| fail(&e))?;
     let url = context.write_work_file("install-refusals-url", &server.guest_url(""))?;
     let before = digests(&targets)?;
-    let mut vm = context.vm(
+    let mut vm = context.vm_with_initrd(
+        &context.ab_initrd()?,
         std::iter::once(system)
             .chain(targets.iter().cloned())
             .collect(),
@@ -621,7 +625,8 @@ pub fn install_refusals(context: &Context) -> Result<(), String> {
     );
     vm.writable_disks = true;
     vm.network = Network::User;
-    // Its network for the UKIs: DHCP on QEMU's user network, from a host config.
+    // Its network for the UKIs: DHCP on QEMU's user network, from a host config (the A/B
+    // initramfs carries the NIC's driver).
     let config = context.write_work_file(
         "install-refusals-host.toml",
         &crate::fixtures::host_config::host_config("xorbang-refusals"),
