@@ -211,7 +211,11 @@ impl std::fmt::Display for Found {
                 partitions: Ok(count),
                 file_systems,
             } => {
-                let noun = if *count == 1 { "partition" } else { "partitions" };
+                let noun = if *count == 1 {
+                    "partition"
+                } else {
+                    "partitions"
+                };
                 write!(f, "a GPT partition table ({count} {noun}")?;
                 let listed: Vec<String> = file_systems
                     .iter()
