@@ -117,16 +117,6 @@ fn scratch_base() -> PathBuf {
         .map_or_else(|| PathBuf::from("/run"), PathBuf::from)
 }
 
-/// A test that cannot run here says so on the terminal (stderr, not captured), so a skip
-/// never looks like a pass.
-#[cfg(test)]
-pub fn say_skipped(test: &str, reason: &str) {
-    use std::io::Write;
-    if writeln!(std::io::stderr(), "SKIPPED {test}: {reason}").is_err() {
-        // The terminal is gone: there is no one left to tell.
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

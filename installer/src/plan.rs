@@ -386,29 +386,23 @@ mod tests {
         path
     }
 
-    fn mkfs_present() -> bool {
-        std::process::Command::new("sh")
-            .args(["-c", "command -v mkfs.ext4"])
-            .output()
-            .is_ok_and(|output| output.status.success())
-    }
-
-    #[test]
-    fn the_ab_layout_is_the_build_s_with_the_running_image_in_slot_a() {
-        if !mkfs_present() {
-            crate::say_skipped("plan::the_ab_layout…", "needs mkfs.ext4 (e2fsprogs)");
-            return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let image = running(dir.path(), 300);
-        let esp = esp_file(dir.path(), 64 << 20);
-        let scratch = dir.path().join("scratch");
+    /// The plan for `image` with an ESP image of `esp_bytes`, scratch files under `dir`.
+    fn plan_with_esp(dir: &Path, image: &RunningImage, esp_bytes: u64) -> Plan {
+        let esp = esp_file(dir, esp_bytes);
+        let scratch = dir.join("scratch");
         std::fs::create_dir(&scratch).expect("scratch");
         let esp = EspFile {
             image: &esp,
             contents: "the ESP".to_owned(),
         };
-        let plan = plan(&image, &esp, &scratch).expect("plan");
+        plan(image, &esp, &scratch).expect("plan")
+    }
+
+    #[test]
+    fn the_ab_layout_is_the_build_s_with_the_running_image_in_slot_a() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = running(dir.path(), 300);
+        let plan = plan_with_esp(dir.path(), &image, 64 << 20);
         let labels: Vec<&str> = plan
             .partitions
             .iter()
@@ -484,22 +478,11 @@ mod tests {
 
     #[test]
     fn an_image_larger_than_the_slot_minimum_grows_both_slots() {
-        if !mkfs_present() {
-            crate::say_skipped("plan::an_image_larger…", "needs mkfs.ext4 (e2fsprogs)");
-            return;
-        }
         let dir = tempfile::tempdir().expect("tempdir");
         let mut image = running(dir.path(), 1);
         // Only the lengths matter to the layout.
         image.image_bytes = (1 << 30) + 5 * MIB + 1;
-        let esp = esp_file(dir.path(), 80 << 20);
-        let scratch = dir.path().join("scratch");
-        std::fs::create_dir(&scratch).expect("scratch");
-        let esp = EspFile {
-            image: &esp,
-            contents: "the ESP".to_owned(),
-        };
-        let plan = plan(&image, &esp, &scratch).expect("plan");
+        let plan = plan_with_esp(dir.path(), &image, 80 << 20);
         let sizes: Vec<u64> = plan.partitions.iter().map(|p| p.bytes() >> 20).collect();
         assert_eq!(sizes, [80, 1030, 16, 1030, 16, 256]);
     }

@@ -170,7 +170,44 @@ struct Fixture {
     host_config: PathBuf,
 }
 
+/// The running image a fixture stands for: its files, root hash, data device and the bytes
+/// of the UKI that boots it.
+struct Running {
+    image: PathBuf,
+    hash: PathBuf,
+    root_hash: RootHash,
+    data_device: String,
+    uki_bytes: Vec<u8>,
+}
+
 impl Fixture {
+    /// A running image on read-only loop devices, its boot report, its UKI and a host config.
+    fn new(loops: &mut Loops) -> (Self, Running) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (image, hash, root_hash) = running_image(dir.path());
+        let data_device = loops.attach(&image, &["--read-only"]);
+        let hash_device = loops.attach(&hash, &["--read-only"]);
+        let report = boot_report(dir.path(), &data_device, &hash_device, &root_hash);
+        let uki = dir.path().join("install.efi");
+        let uki_bytes = make_uki(&uki, &format!("console=ttyS0 roothash={root_hash}"));
+        let host_config = dir.path().join("host.toml");
+        std::fs::write(&host_config, HOST_CONFIG).expect("host config");
+        let fixture = Self {
+            dir,
+            report,
+            uki,
+            host_config,
+        };
+        let running = Running {
+            image,
+            hash,
+            root_hash,
+            data_device,
+            uki_bytes,
+        };
+        (fixture, running)
+    }
+
     fn installer(&self, disk: &str, extra: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xorbang-installer"));
         command
@@ -266,22 +303,15 @@ fn installs_the_running_image_and_refuses_what_it_must() {
     if !can_run("install::installs_the_running_image_and_refuses_what_it_must") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut loops = Loops::default();
-    let (image, hash, root_hash) = running_image(dir.path());
-    let data_device = loops.attach(&image, &["--read-only"]);
-    let hash_device = loops.attach(&hash, &["--read-only"]);
-    let report = boot_report(dir.path(), &data_device, &hash_device, &root_hash);
-    let uki_path = dir.path().join("install.efi");
-    let uki_bytes = make_uki(&uki_path, &format!("console=ttyS0 roothash={root_hash}"));
-    let host_config = dir.path().join("host.toml");
-    std::fs::write(&host_config, HOST_CONFIG).expect("host config");
-    let fixture = Fixture {
-        dir,
-        report,
-        uki: uki_path,
-        host_config,
-    };
+    let (fixture, running) = Fixture::new(&mut loops);
+    let Running {
+        image,
+        hash,
+        root_hash,
+        data_device: _,
+        uki_bytes,
+    } = running;
     let disk_file = fixture.dir.path().join("disk.img");
     sparse_file(&disk_file, 3 * GIB);
     let disk = loops.attach(&disk_file, &["--partscan"]);
@@ -527,22 +557,9 @@ fn a_disk_smaller_than_the_layout_is_refused() {
     if !can_run("install::a_disk_smaller_than_the_layout_is_refused") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut loops = Loops::default();
-    let (image, hash, root_hash) = running_image(dir.path());
-    let data_device = loops.attach(&image, &["--read-only"]);
-    let hash_device = loops.attach(&hash, &["--read-only"]);
-    let report = boot_report(dir.path(), &data_device, &hash_device, &root_hash);
-    let uki_path = dir.path().join("install.efi");
-    make_uki(&uki_path, &format!("roothash={root_hash}"));
-    let host_config = dir.path().join("host.toml");
-    std::fs::write(&host_config, HOST_CONFIG).expect("host config");
-    let fixture = Fixture {
-        dir,
-        report,
-        uki: uki_path,
-        host_config,
-    };
+    let (fixture, running) = Fixture::new(&mut loops);
+    let data_device = running.data_device;
     let disk_file = fixture.dir.path().join("small.img");
     sparse_file(&disk_file, GIB);
     let disk = loops.attach(&disk_file, &[]);
