@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::meminfo::Kib;
+
 /// How the root was mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -191,6 +193,17 @@ pub struct BootReport {
     pub stages: Vec<Stage>,
     pub uptime_start_us: Micros,
     pub uptime_handoff_us: Micros,
+    /// The guest's memory at switch_root; absent when /proc/meminfo could not be read.
+    #[serde(default)]
+    pub memory: Option<MemoryReport>,
+}
+
+/// Memory in use (`MemTotal - MemAvailable`) just before switch_root, the initramfs still
+/// in it: the most the boot needed before the target init took over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    pub total_kib: Kib,
+    pub used_kib: Kib,
 }
 
 impl BootReport {
@@ -250,6 +263,10 @@ mod tests {
             }],
             uptime_start_us: Micros(1_000_000),
             uptime_handoff_us: Micros(1_001_200),
+            memory: Some(MemoryReport {
+                total_kib: Kib(479_640),
+                used_kib: Kib(31_000),
+            }),
         };
         let json = serde_json::to_string(&report).expect("serializes");
         assert!(json.contains(r#""mode":"dev""#), "{json}");

@@ -5,7 +5,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::fs_probe::{EXT_LABEL_OFFSET, EXT_MAGIC, EXT_MAGIC_OFFSET, EXT_UUID_OFFSET};
+use crate::fs_probe::{
+    EROFS_LABEL_OFFSET, EROFS_MAGIC, EROFS_MAGIC_OFFSET, EROFS_UUID_OFFSET, EXT_LABEL_OFFSET,
+    EXT_MAGIC, EXT_MAGIC_OFFSET, EXT_UUID_OFFSET,
+};
 use crate::gpt::{
     GptImage, Guid, Lba, PartitionSpec, ESP, ROOT_VERITY_SIG_X86_64, ROOT_VERITY_X86_64,
     ROOT_X86_64, USR_VERITY_X86_64, USR_X86_64, VAR,
@@ -111,6 +114,15 @@ pub fn squashfs_fixture() -> Vec<u8> {
     let mut bytes = vec![0u8; 4096];
     bytes[..4].copy_from_slice(b"hsqs");
     bytes[28..30].copy_from_slice(&4u16.to_le_bytes());
+    bytes
+}
+
+/// An EROFS superblock (only the fields `probe` reads).
+pub fn erofs_fixture(uuid: [u8; 16], label: &str) -> Vec<u8> {
+    let mut bytes = vec![0u8; 4096];
+    bytes[EROFS_MAGIC_OFFSET..EROFS_MAGIC_OFFSET + 4].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+    bytes[EROFS_UUID_OFFSET..EROFS_UUID_OFFSET + 16].copy_from_slice(&uuid);
+    bytes[EROFS_LABEL_OFFSET..EROFS_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
     bytes
 }
 

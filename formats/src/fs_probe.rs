@@ -7,12 +7,16 @@ use std::fmt;
 
 use crate::bytes::{le_u16, le_u32};
 
-/// How much of a device `probe` looks at; every superblock it knows lies within it.
-pub const PROBE_BYTES: usize = 64 * 1024;
+/// How much of a device `probe` looks at: every superblock it knows lies within the first
+/// 4 KiB, one block. On a dm-verity device each block read is a block hashed, so the probe
+/// reads no more than the mount will.
+pub const PROBE_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsKind {
     Squashfs,
+    /// EROFS, the other read-only image format a root can be built in.
+    Erofs,
     /// ext2, ext3 and ext4: the kernel's ext4 driver mounts all three.
     Ext4,
     /// FAT12, FAT16 and FAT32.
@@ -24,6 +28,7 @@ impl fmt::Display for FsKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Squashfs => "squashfs",
+            Self::Erofs => "erofs",
             Self::Ext4 => "ext4",
             Self::Vfat => "vfat",
         })
@@ -43,6 +48,7 @@ pub struct FsInfo {
 /// buffer too short to tell).
 pub fn probe(bytes: &[u8]) -> Option<FsInfo> {
     probe_squashfs(bytes)
+        .or_else(|| probe_erofs(bytes))
         .or_else(|| probe_ext(bytes))
         .or_else(|| probe_vfat(bytes))
 }
@@ -58,6 +64,29 @@ fn probe_squashfs(bytes: &[u8]) -> Option<FsInfo> {
         kind: FsKind::Squashfs,
         uuid: None,
         label: None,
+    })
+}
+
+/// The EROFS superblock starts at byte 1024: magic, checksum, features, then the UUID at
+/// +48 and the volume name at +64.
+pub(crate) const EROFS_MAGIC_OFFSET: usize = 1024;
+pub(crate) const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
+pub(crate) const EROFS_UUID_OFFSET: usize = EROFS_MAGIC_OFFSET + 48;
+pub(crate) const EROFS_LABEL_OFFSET: usize = EROFS_MAGIC_OFFSET + 64;
+
+fn probe_erofs(bytes: &[u8]) -> Option<FsInfo> {
+    if le_u32(bytes, EROFS_MAGIC_OFFSET)? != EROFS_MAGIC {
+        return None;
+    }
+    let uuid: [u8; 16] = bytes
+        .get(EROFS_UUID_OFFSET..EROFS_UUID_OFFSET + 16)?
+        .try_into()
+        .ok()?;
+    let label = bytes.get(EROFS_LABEL_OFFSET..EROFS_LABEL_OFFSET + 16)?;
+    Some(FsInfo {
+        kind: FsKind::Erofs,
+        uuid: format_uuid(&uuid),
+        label: nul_terminated(label),
     })
 }
 
@@ -210,7 +239,7 @@ fn fat_label(raw: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{ext4_fixture, squashfs_fixture};
+    use crate::fixtures::{erofs_fixture, ext4_fixture, squashfs_fixture};
     use std::path::Path;
     use std::process::Command;
 
@@ -242,6 +271,7 @@ mod tests {
     #[test]
     fn kind_names_are_the_kernel_fs_types() {
         assert_eq!(FsKind::Squashfs.to_string(), "squashfs");
+        assert_eq!(FsKind::Erofs.to_string(), "erofs");
         assert_eq!(FsKind::Ext4.to_string(), "ext4");
         assert_eq!(FsKind::Vfat.to_string(), "vfat");
     }
@@ -254,6 +284,25 @@ mod tests {
         let mut v3 = squashfs_fixture();
         v3[28] = 3;
         assert_eq!(probe(&v3), None);
+    }
+
+    #[test]
+    fn erofs_uuid_and_label() {
+        let uuid = [
+            0x4d, 0x2f, 0x6a, 0x8c, 0x1b, 0x3d, 0x4f, 0x5e, 0x9a, 0x7c, 0x0e, 0x2d, 0x4f, 0x6a,
+            0x8b, 0x1c,
+        ];
+        let info = probe(&erofs_fixture(uuid, "xorbang-root")).expect("erofs");
+        assert_eq!(
+            info,
+            FsInfo {
+                kind: FsKind::Erofs,
+                uuid: Some("4d2f6a8c-1b3d-4f5e-9a7c-0e2d4f6a8b1c".to_owned()),
+                label: Some("xorbang-root".to_owned()),
+            }
+        );
+        let bare = probe(&erofs_fixture([0; 16], "")).expect("erofs");
+        assert_eq!((bare.uuid, bare.label), (None, None));
     }
 
     #[test]
@@ -335,6 +384,7 @@ mod tests {
             ("mkfs.ext4", FsKind::Ext4),
             ("mkfs.vfat", FsKind::Vfat),
             ("mksquashfs", FsKind::Squashfs),
+            ("mkfs.erofs", FsKind::Erofs),
         ] {
             if !crate::fixtures::tool_exists(tool) {
                 eprintln!("{tool} not installed: skipping");
@@ -364,6 +414,17 @@ mod tests {
                     .arg(&source)
                     .arg(image)
                     .args(["-noappend", "-quiet", "-no-progress"]);
+            }
+            "mkfs.erofs" => {
+                let source = scratch.join("erofs-src");
+                std::fs::create_dir_all(&source).expect("mkdir");
+                std::fs::write(source.join("hello"), "hello\n").expect("write");
+                command
+                    .arg("-zlz4hc")
+                    .arg("-U4d2f6a8c-1b3d-4f5e-9a7c-0e2d4f6a8b1c")
+                    .arg("--quiet")
+                    .arg(image)
+                    .arg(&source);
             }
             _ => {
                 let file = std::fs::File::create(image).expect("create");
@@ -402,6 +463,7 @@ mod tests {
             Some("ext2" | "ext3" | "ext4") => FsKind::Ext4,
             Some("vfat") => FsKind::Vfat,
             Some("squashfs") => FsKind::Squashfs,
+            Some("erofs") => FsKind::Erofs,
             other => panic!("blkid TYPE {other:?}"),
         };
         Some(FsInfo {
@@ -514,6 +576,12 @@ mod tests {
                 assert_eq!(&bytes[..4], b"hsqs");
                 assert_eq!((&info.uuid, &info.label), (&None, &None));
             }
+            FsKind::Erofs => {
+                assert_eq!(le_u32(bytes, EROFS_MAGIC_OFFSET), Some(EROFS_MAGIC));
+                if let Some(uuid) = &info.uuid {
+                    assert_eq!(uuid.len(), 36, "{info:?}");
+                }
+            }
             FsKind::Ext4 => {
                 assert_eq!(le_u16(bytes, EXT_MAGIC_OFFSET), Some(EXT_MAGIC));
                 let raw = &bytes[EXT_UUID_OFFSET..EXT_UUID_OFFSET + 16];
@@ -562,6 +630,8 @@ mod tests {
         ];
         let fixtures = [
             squashfs_fixture(),
+            erofs_fixture(uuid, "xorbang-root"),
+            erofs_fixture([0; 16], ""),
             ext4_fixture(uuid, "rootfs"),
             ext4_fixture([0; 16], "sixteen-chars-xx"),
             vfat_fixture(false, 0x1A2B_3C4D, b"EFI SYSTEM "),

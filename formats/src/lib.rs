@@ -17,6 +17,7 @@ pub mod extension_pins;
 pub mod fs_probe;
 pub mod gpt;
 pub mod host_config;
+pub mod meminfo;
 pub mod module_index;
 pub mod netboot;
 pub mod os_release;

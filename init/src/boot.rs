@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::discovery::block_devices::{self, BlockError, Lookup};
+use crate::discovery::block_devices::{self, BlockError, DeviceScan, Lookup};
 use crate::discovery::boot_loader;
 use crate::discovery::download::{DownloadError, Downloads};
 use crate::discovery::loop_devices::{self, AttachedLoop, LoopError};
@@ -17,14 +17,15 @@ use crate::layers::host_config_trust::PinnedKeys;
 use crate::layers::{self, LayersError};
 use crate::options::{self, BootOptions, FailurePolicy, OptionError, RootChoice};
 use crate::paths::Paths;
-use crate::stage_clock::StageClock;
+use crate::stage_clock::{boot_clock, StageClock};
 use crate::verity::activation::{self, VerityRootError};
-use xorbang_formats::boot_report::{BootReport, Mode, RootReport, VerityReport};
+use xorbang_formats::boot_report::{BootReport, MemoryReport, Mode, RootReport, VerityReport};
 use xorbang_formats::cmdline::Cmdline;
 use xorbang_formats::devspec::DeviceSpec;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::fs_probe::FsKind;
 use xorbang_formats::gpt::Guid;
+use xorbang_formats::meminfo::MemInfo;
 use xorbang_formats::os_release::OsRelease;
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
@@ -71,8 +72,8 @@ pub enum BootError {
     },
     #[error("cannot read the root device {device}")]
     Probe { device: PathBuf, source: BlockError },
-    #[error("root device {device} ({spec}) holds no SquashFS filesystem (found {found}); set rootfstype= to mount another filesystem")]
-    NotSquashfs {
+    #[error("root device {device} ({spec}) holds no SquashFS or EROFS image (found {found}); set rootfstype= to mount another filesystem")]
+    NotRootImage {
         spec: String,
         device: PathBuf,
         found: String,
@@ -119,7 +120,14 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     if settings.log_to_kmsg {
         crate::kmsg::log_to_kmsg(paths.kmsg());
     }
-    log::info!("xorbang-init {} starting", env!("CARGO_PKG_VERSION"));
+    // The boot clock beside the record's own kernel timestamp: what puts the kernel's
+    // `Run /init` line on the boot clock of the report (the two clocks drift apart under
+    // emulation, by ±50 ms at this point of a TCG boot).
+    log::info!(
+        "xorbang-init {} starting (boot clock {:.6} s)",
+        env!("CARGO_PKG_VERSION"),
+        boot_clock().as_secs_f64()
+    );
     let options = read_options(settings, policy)?;
     clock.finish_stage("setup");
 
@@ -147,27 +155,22 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     // `device` is what gets mounted; `source` the block device the image is read from.
     let (device, source, verity) = match &options.root {
         RootChoice::Plain(spec) => {
-            let device = locate(paths, &mut modules, &mut held, "root device", spec, &wait)?;
+            let [device] = locate(
+                paths,
+                &mut modules,
+                &mut held,
+                [("root device", spec)],
+                &wait,
+            )?;
             clock.finish_stage("root-device");
             (device.clone(), device, None)
         }
         RootChoice::Verity(request) => {
-            let data = locate(
-                paths,
-                &mut modules,
-                &mut held,
-                "verity data device",
-                &request.data,
-                &wait,
-            )?;
-            let hash = locate(
-                paths,
-                &mut modules,
-                &mut held,
-                "verity hash device",
-                &request.hash,
-                &wait,
-            )?;
+            let wanted = [
+                ("verity data device", &request.data),
+                ("verity hash device", &request.hash),
+            ];
+            let [data, hash] = locate(paths, &mut modules, &mut held, wanted, &wait)?;
             clock.finish_stage("root-device");
             modules.ensure("dm_verity")?;
             let active = activation::activate(&paths.dev(), request, &data, &hash)?;
@@ -254,7 +257,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     pinned_keys.finish();
     clock.finish_stage("layers");
 
-    let report_for = |clock: StageClock| {
+    let report_for = |clock: StageClock, memory: Option<MemoryReport>| {
         let (uptime_start_us, uptime_handoff_us, stages) = clock.into_parts();
         BootReport {
             version: 1,
@@ -276,10 +279,14 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
             stages,
             uptime_start_us,
             uptime_handoff_us,
+            memory,
         }
     };
+    // Freeing the initramfs shows in /proc/meminfo only once the kernel folds its per-CPU
+    // counters (up to a second later): the figure is taken before.
+    let memory = memory_in_use(&paths.proc());
     if !settings.switch_root {
-        let report = report_for(clock);
+        let report = report_for(clock, memory);
         publish_report(&paths.xorbang_run(), &report)?;
         return Ok(report);
     }
@@ -290,7 +297,7 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     }
     switch_root::enter_new_root(paths)?;
     clock.finish_stage("switch-root");
-    let report = report_for(clock);
+    let report = report_for(clock, memory);
     publish_report(&Paths::default().xorbang_run(), &report)?;
     log::info!("starting {}", options.init.display());
     Err(switch_root::exec_init(&options.init, &options.init_args).into())
@@ -361,71 +368,99 @@ struct DeviceWait {
     boot_esp: Option<Guid>,
 }
 
-/// Polls for a device until it appears or the boot's one device budget runs out. On a
-/// machine whose firmware named the ESP it booted from, a partition on that ESP's disk wins
-/// over a clone elsewhere, and a clone is taken only once the budget is spent.
-fn wait_for_device(
+/// Polls for block devices until all have appeared or the boot's one device budget runs
+/// out; each poll reads every disk's partition table once for all of them. On a machine
+/// whose firmware named the ESP it booted from, a partition on that ESP's disk wins over a
+/// clone elsewhere, and a clone is taken only once the budget is spent.
+fn wait_for_devices(
     paths: &Paths,
-    what: &'static str,
-    spec: &DeviceSpec,
+    wanted: &[(&'static str, &DeviceSpec)],
     wait: &DeviceWait,
-) -> Result<PathBuf, BootError> {
+) -> Result<Vec<PathBuf>, BootError> {
     let sys_block = paths.sys_class_block();
     let dev = paths.dev();
-    let lookup_error = |source| BootError::RootLookup {
-        spec: spec.clone(),
-        source,
-    };
+    let mut found: Vec<Option<PathBuf>> = vec![None; wanted.len()];
     loop {
         let past_deadline = Instant::now() >= wait.deadline;
-        match block_devices::resolve_on_boot_disk(spec, wait.boot_esp, &sys_block, &dev) {
-            Ok(Lookup::Found { node, passed_over }) => {
-                for clone in passed_over {
-                    log::warn!(
-                        "{what} {spec}: {} also matches, on a disk the firmware did not boot \
-                         from; passed over",
-                        clone.display()
-                    );
-                }
-                return Ok(node);
+        let mut scan = DeviceScan::new(&sys_block, &dev);
+        for ((what, spec), slot) in wanted.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                *slot = look_for(&mut scan, what, spec, wait.boot_esp, past_deadline)?;
             }
-            Ok(Lookup::BootDiskUnseen { elsewhere }) if past_deadline => {
-                let taken = match <[PathBuf; 1]>::try_from(elsewhere) {
-                    Ok([node]) => node,
-                    Err(nodes) => {
-                        return Err(lookup_error(BlockError::Ambiguous {
-                            spec: spec.clone(),
-                            nodes,
-                        }))
-                    }
-                };
-                log::warn!(
-                    "{what} {spec}: the disk of the ESP the firmware booted from never \
-                     appeared; taking {}",
-                    taken.display()
-                );
-                return Ok(taken);
-            }
-            Ok(Lookup::Missing | Lookup::BootDiskUnseen { .. }) => {}
-            // Two devices claiming the root is an attack or a mistake; waiting changes nothing.
-            Err(source @ BlockError::Ambiguous { .. }) => return Err(lookup_error(source)),
-            // A device still being probed, or one we do not care about, may fail to read for
-            // a moment: only the deadline ends the wait.
-            Err(source) if past_deadline => return Err(lookup_error(source)),
-            Err(source) => log::debug!(
-                "looking for {what} {spec}: {}; still waiting",
-                error_chain(&source)
-            ),
+        }
+        if found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().flatten().collect());
         }
         if past_deadline {
+            let (what, spec) = wanted
+                .iter()
+                .zip(&found)
+                .find_map(|(wanted, slot)| slot.is_none().then_some(wanted))
+                .unwrap_or(&wanted[0]);
             return Err(BootError::RootTimeout {
                 what,
-                spec: spec.clone(),
+                spec: (*spec).clone(),
                 secs: wait.budget.as_secs_f64(),
                 seen: block_devices_seen(&sys_block),
             });
         }
         std::thread::sleep(DEVICE_POLL);
+    }
+}
+
+/// One poll's look for `spec`: the node once it is there, `None` to keep waiting.
+fn look_for(
+    scan: &mut DeviceScan,
+    what: &'static str,
+    spec: &DeviceSpec,
+    boot_esp: Option<Guid>,
+    past_deadline: bool,
+) -> Result<Option<PathBuf>, BootError> {
+    let lookup_error = |source| BootError::RootLookup {
+        spec: spec.clone(),
+        source,
+    };
+    match scan.resolve_on_boot_disk(spec, boot_esp) {
+        Ok(Lookup::Found { node, passed_over }) => {
+            for clone in passed_over {
+                log::warn!(
+                    "{what} {spec}: {} also matches, on a disk the firmware did not boot \
+                     from; passed over",
+                    clone.display()
+                );
+            }
+            Ok(Some(node))
+        }
+        Ok(Lookup::BootDiskUnseen { elsewhere }) if past_deadline => {
+            let taken = match <[PathBuf; 1]>::try_from(elsewhere) {
+                Ok([node]) => node,
+                Err(nodes) => {
+                    return Err(lookup_error(BlockError::Ambiguous {
+                        spec: spec.clone(),
+                        nodes,
+                    }))
+                }
+            };
+            log::warn!(
+                "{what} {spec}: the disk of the ESP the firmware booted from never \
+                 appeared; taking {}",
+                taken.display()
+            );
+            Ok(Some(taken))
+        }
+        Ok(Lookup::Missing | Lookup::BootDiskUnseen { .. }) => Ok(None),
+        // Two devices claiming the root is an attack or a mistake; waiting changes nothing.
+        Err(source @ BlockError::Ambiguous { .. }) => Err(lookup_error(source)),
+        // A device still being probed, or one we do not care about, may fail to read for a
+        // moment: only the deadline ends the wait.
+        Err(source) if past_deadline => Err(lookup_error(source)),
+        Err(source) => {
+            log::debug!(
+                "looking for {what} {spec}: {}; still waiting",
+                error_chain(&source)
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -437,31 +472,46 @@ struct ImageFiles {
     downloads: Downloads,
 }
 
-/// The device node for `spec`: a block device waited for within the budget, or an image
-/// file of the initramfs, or downloaded, attached to a loop device.
-fn locate(
+/// The device nodes for `wanted`: block devices waited for together within the budget, and
+/// image files of the initramfs or downloaded, attached to loop devices.
+fn locate<const N: usize>(
     paths: &Paths,
     modules: &mut ModuleLoader,
     held: &mut ImageFiles,
-    what: &'static str,
-    spec: &DeviceSpec,
+    wanted: [(&'static str, &DeviceSpec); N],
     wait: &DeviceWait,
-) -> Result<PathBuf, BootError> {
-    let file = match spec {
-        DeviceSpec::File(file) => {
-            let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
-            if !inside.exists() {
-                return Err(BootError::NotInInitramfs { file: file.clone() });
+) -> Result<[PathBuf; N], BootError> {
+    let mut nodes: [Option<PathBuf>; N] = std::array::from_fn(|_| None);
+    let mut block_devices = Vec::new();
+    for (index, (what, spec)) in wanted.into_iter().enumerate() {
+        let file = match spec {
+            DeviceSpec::File(file) => {
+                let inside = paths.root().join(file.strip_prefix("/").unwrap_or(file));
+                if !inside.exists() {
+                    return Err(BootError::NotInInitramfs { file: file.clone() });
+                }
+                inside
             }
-            inside
-        }
-        DeviceSpec::Url(url) => held.downloads.fetch(paths, url, wait.deadline)?,
-        _ => return wait_for_device(paths, what, spec, wait),
-    };
-    let attached = attach_image_file(paths, modules, &file)?;
-    let node = attached.node.clone();
-    held.attached.push(attached);
-    Ok(node)
+            DeviceSpec::Url(url) => held.downloads.fetch(paths, url, wait.deadline)?,
+            _ => {
+                block_devices.push((index, (what, spec)));
+                continue;
+            }
+        };
+        let attached = attach_image_file(paths, modules, &file)?;
+        nodes[index] = Some(attached.node.clone());
+        held.attached.push(attached);
+    }
+    let waited: Vec<(&'static str, &DeviceSpec)> =
+        block_devices.iter().map(|(_, wanted)| *wanted).collect();
+    for ((index, _), node) in block_devices
+        .iter()
+        .zip(wait_for_devices(paths, &waited, wait)?)
+    {
+        nodes[*index] = Some(node);
+    }
+    // Every slot is filled: wait_for_devices returns one node per device asked for.
+    Ok(nodes.map(Option::unwrap_or_default))
 }
 
 /// An image file (a PXE boot's root) on a read-only loop device, held until the root is
@@ -507,8 +557,8 @@ fn block_devices_seen(sys_block: &Path) -> String {
     }
 }
 
-/// `rootfstype=` if given; otherwise the device must hold SquashFS, the only root image
-/// format we build.
+/// `rootfstype=` if given; otherwise the device must hold one of the read-only image formats
+/// we build, SquashFS or EROFS.
 fn root_fstype(options: &BootOptions, device: &Path) -> Result<String, BootError> {
     if let Some(fstype) = &options.rootfstype {
         return Ok(fstype.clone());
@@ -518,8 +568,10 @@ fn root_fstype(options: &BootOptions, device: &Path) -> Result<String, BootError
         source,
     })?;
     match probed {
-        Some(info) if info.kind == FsKind::Squashfs => Ok(info.kind.to_string()),
-        found => Err(BootError::NotSquashfs {
+        Some(info) if matches!(info.kind, FsKind::Squashfs | FsKind::Erofs) => {
+            Ok(info.kind.to_string())
+        }
+        found => Err(BootError::NotRootImage {
             spec: describe(&options.root),
             device: device.to_owned(),
             found: found.map_or("no known filesystem".to_owned(), |info| {
@@ -593,6 +645,28 @@ fn mark_volatile_root(paths: &Paths, partition: &Path) -> Result<(), BootError> 
     );
     std::fs::create_dir_all(&dir).map_err(write)?;
     std::os::unix::fs::symlink(target, &link).map_err(write)
+}
+
+/// Total and used memory from `proc`/meminfo, for the report; a warning when it cannot be
+/// read, since nothing else depends on it.
+fn memory_in_use(proc: &Path) -> Option<MemoryReport> {
+    let path = proc.join("meminfo");
+    let counters = std::fs::read_to_string(&path)
+        .map_err(|error| error.to_string())
+        .and_then(|text| {
+            let info = MemInfo::parse(&text).map_err(|error| error.to_string())?;
+            Ok(MemoryReport {
+                total_kib: info.kib("MemTotal").map_err(|error| error.to_string())?,
+                used_kib: info.used().map_err(|error| error.to_string())?,
+            })
+        });
+    match counters {
+        Ok(memory) => Some(memory),
+        Err(error) => {
+            log::warn!("{}: {error}; the report leaves memory out", path.display());
+            None
+        }
+    }
 }
 
 /// Writes boot.json and prints the same JSON as one console line.

@@ -15,7 +15,7 @@ pub struct StageClock {
 
 impl StageClock {
     pub fn start() -> Self {
-        let now = boottime();
+        let now = boot_clock();
         Self {
             start: now,
             last: now,
@@ -25,7 +25,7 @@ impl StageClock {
 
     /// Ends the current stage under `name` and starts the next.
     pub fn finish_stage(&mut self, name: &str) {
-        let now = boottime();
+        let now = boot_clock();
         self.stages.push(Stage {
             name: name.to_owned(),
             us: Micros::from(now.saturating_sub(self.last)),
@@ -39,7 +39,9 @@ impl StageClock {
     }
 }
 
-fn boottime() -> Duration {
+/// Now on the boot clock (CLOCK_BOOTTIME: /proc/uptime's clock, CLOCK_MONOTONIC's while the
+/// machine has not been suspended).
+pub fn boot_clock() -> Duration {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     Duration::new(
         u64::try_from(now.tv_sec).unwrap_or(0),

@@ -182,7 +182,7 @@ fn a_device_without_squashfs_is_refused_by_name() {
     );
     assert!(!ok, "{text}");
     let expected = format!(
-        "({}) holds no SquashFS filesystem (found no known filesystem)",
+        "({}) holds no SquashFS or EROFS image (found no known filesystem)",
         image.device
     );
     assert!(text.contains(&expected), "{text}");

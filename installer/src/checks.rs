@@ -241,9 +241,10 @@ impl std::fmt::Display for Found {
     }
 }
 
-/// How many bytes of the disk's start [`existing_contents`] wants: the probe's 64 KiB, which
-/// holds the MBR, the GPT header and the 16 KiB entry array every tool writes.
-pub const HEAD_BYTES: usize = fs_probe::PROBE_BYTES;
+/// How many bytes of the disk's start [`existing_contents`] wants: 64 KiB, which holds the
+/// MBR, the GPT header and the 16 KiB entry array every tool writes (and every superblock
+/// the probe knows).
+pub const HEAD_BYTES: usize = 64 * 1024;
 const SECTOR: usize = 512;
 const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xaa];
 const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";

@@ -56,29 +56,7 @@ pub fn resolve(
     sys_class_block: &Path,
     dev_dir: &Path,
 ) -> Result<Option<PathBuf>, BlockError> {
-    let scan = Scan {
-        sys: sys_class_block,
-        dev: dev_dir,
-    };
-    let found = match spec {
-        DeviceSpec::Path(path) => return scan.existing_path(path),
-        DeviceSpec::File(_) | DeviceSpec::Url(_) => {
-            return Err(BlockError::ImageFile { spec: spec.clone() })
-        }
-        DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_) => {
-            let seen = scan.partitions(None)?;
-            present_nodes(seen.iter().filter(|part| names(spec, &part.entry)))?
-        }
-        DeviceSpec::Uuid(uuid) => scan.find_filesystems(|fs| {
-            fs.uuid
-                .as_deref()
-                .is_some_and(|found| found.eq_ignore_ascii_case(uuid))
-        })?,
-        DeviceSpec::Label(label) => {
-            scan.find_filesystems(|fs| fs.label.as_deref() == Some(label.as_str()))?
-        }
-    };
-    only_one(spec, found)
+    DeviceScan::new(sys_class_block, dev_dir).resolve(spec)
 }
 
 /// One look for the root's partitions, on a machine whose firmware may say which ESP it
@@ -98,69 +76,126 @@ pub enum Lookup {
     BootDiskUnseen { elsewhere: Vec<PathBuf> },
 }
 
-/// Like [`resolve`], preferring the disk that holds the ESP `boot_esp` (the firmware's
-/// `LoaderDevicePartUUID`) for partition specs: a clone of the root's partitions on another
-/// disk (a USB stick) is passed over, and the wait goes on while the boot disk is unseen.
+/// One look at the machine's block devices: each disk's partition table is read once, however
+/// many specs are resolved against it (a verity root's data and hash partitions).
+pub struct DeviceScan<'a> {
+    scan: Scan<'a>,
+    partitions: Option<Vec<SeenPartition>>,
+}
+
+impl<'a> DeviceScan<'a> {
+    pub fn new(sys_class_block: &'a Path, dev_dir: &'a Path) -> Self {
+        Self {
+            scan: Scan {
+                sys: sys_class_block,
+                dev: dev_dir,
+            },
+            partitions: None,
+        }
+    }
+
+    /// Every partition with a GPT entry, read on first use.
+    fn partitions(&mut self) -> Result<&[SeenPartition], BlockError> {
+        if self.partitions.is_none() {
+            self.partitions = Some(self.scan.partitions(None)?);
+        }
+        Ok(self.partitions.as_deref().unwrap_or_default())
+    }
+
+    /// [`resolve`] on this look.
+    pub fn resolve(&mut self, spec: &DeviceSpec) -> Result<Option<PathBuf>, BlockError> {
+        let found = match spec {
+            DeviceSpec::Path(path) => return self.scan.existing_path(path),
+            DeviceSpec::File(_) | DeviceSpec::Url(_) => {
+                return Err(BlockError::ImageFile { spec: spec.clone() })
+            }
+            DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_) => present_nodes(
+                self.partitions()?
+                    .iter()
+                    .filter(|part| names(spec, &part.entry)),
+            )?,
+            DeviceSpec::Uuid(uuid) => self.scan.find_filesystems(|fs| {
+                fs.uuid
+                    .as_deref()
+                    .is_some_and(|found| found.eq_ignore_ascii_case(uuid))
+            })?,
+            DeviceSpec::Label(label) => self
+                .scan
+                .find_filesystems(|fs| fs.label.as_deref() == Some(label.as_str()))?,
+        };
+        only_one(spec, found)
+    }
+
+    /// Like [`Self::resolve`], preferring the disk that holds the ESP `boot_esp` (the
+    /// firmware's `LoaderDevicePartUUID`) for partition specs: a clone of the root's
+    /// partitions on another disk (a USB stick) is passed over, and the wait goes on while the
+    /// boot disk is unseen.
+    pub fn resolve_on_boot_disk(
+        &mut self,
+        spec: &DeviceSpec,
+        boot_esp: Option<Guid>,
+    ) -> Result<Lookup, BlockError> {
+        let by_partition = matches!(spec, DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_));
+        let Some(esp) = boot_esp.filter(|_| by_partition) else {
+            return Ok(match self.resolve(spec)? {
+                Some(node) => Lookup::Found {
+                    node,
+                    passed_over: Vec::new(),
+                },
+                None => Lookup::Missing,
+            });
+        };
+        let seen = self.partitions()?;
+        let matching: Vec<&SeenPartition> = seen
+            .iter()
+            .filter(|part| names(spec, &part.entry))
+            .collect();
+        let boot_disk = seen
+            .iter()
+            .find(|part| part.entry.unique_guid == esp)
+            .map(|part| part.disk.as_str());
+        let Some(boot_disk) = boot_disk else {
+            let elsewhere = present_nodes(matching.into_iter())?;
+            return Ok(match elsewhere.is_empty() {
+                true => Lookup::Missing,
+                false => Lookup::BootDiskUnseen { elsewhere },
+            });
+        };
+        let (on_boot_disk, elsewhere): (Vec<&SeenPartition>, Vec<&SeenPartition>) = matching
+            .into_iter()
+            .partition(|part| part.disk == boot_disk);
+        let elsewhere = present_nodes(elsewhere.into_iter())?;
+        if on_boot_disk.is_empty() {
+            return Ok(match only_one(spec, elsewhere)? {
+                Some(node) => Lookup::Found {
+                    node,
+                    passed_over: Vec::new(),
+                },
+                None => Lookup::Missing,
+            });
+        }
+        let found = present_nodes(on_boot_disk.iter().copied())?;
+        if found.len() < on_boot_disk.len() {
+            return Ok(Lookup::Missing);
+        }
+        Ok(match only_one(spec, found)? {
+            Some(node) => Lookup::Found {
+                node,
+                passed_over: elsewhere,
+            },
+            None => Lookup::Missing,
+        })
+    }
+}
+
+/// [`DeviceScan::resolve_on_boot_disk`] on a look of its own.
 pub fn resolve_on_boot_disk(
     spec: &DeviceSpec,
     boot_esp: Option<Guid>,
     sys_class_block: &Path,
     dev_dir: &Path,
 ) -> Result<Lookup, BlockError> {
-    let by_partition = matches!(spec, DeviceSpec::PartUuid(_) | DeviceSpec::PartLabel(_));
-    let Some(esp) = boot_esp.filter(|_| by_partition) else {
-        return Ok(match resolve(spec, sys_class_block, dev_dir)? {
-            Some(node) => Lookup::Found {
-                node,
-                passed_over: Vec::new(),
-            },
-            None => Lookup::Missing,
-        });
-    };
-    let scan = Scan {
-        sys: sys_class_block,
-        dev: dev_dir,
-    };
-    let seen = scan.partitions(None)?;
-    let matching: Vec<&SeenPartition> = seen
-        .iter()
-        .filter(|part| names(spec, &part.entry))
-        .collect();
-    let boot_disk = seen
-        .iter()
-        .find(|part| part.entry.unique_guid == esp)
-        .map(|part| part.disk.as_str());
-    let Some(boot_disk) = boot_disk else {
-        let elsewhere = present_nodes(matching.into_iter())?;
-        return Ok(match elsewhere.is_empty() {
-            true => Lookup::Missing,
-            false => Lookup::BootDiskUnseen { elsewhere },
-        });
-    };
-    let (on_boot_disk, elsewhere): (Vec<&SeenPartition>, Vec<&SeenPartition>) = matching
-        .into_iter()
-        .partition(|part| part.disk == boot_disk);
-    let elsewhere = present_nodes(elsewhere.into_iter())?;
-    if on_boot_disk.is_empty() {
-        return Ok(match only_one(spec, elsewhere)? {
-            Some(node) => Lookup::Found {
-                node,
-                passed_over: Vec::new(),
-            },
-            None => Lookup::Missing,
-        });
-    }
-    let found = present_nodes(on_boot_disk.iter().copied())?;
-    if found.len() < on_boot_disk.len() {
-        return Ok(Lookup::Missing);
-    }
-    Ok(match only_one(spec, found)? {
-        Some(node) => Lookup::Found {
-            node,
-            passed_over: elsewhere,
-        },
-        None => Lookup::Missing,
-    })
+    DeviceScan::new(sys_class_block, dev_dir).resolve_on_boot_disk(spec, boot_esp)
 }
 
 /// Whether the GPT entry is the partition a `PARTUUID=`/`PARTLABEL=` spec names.
@@ -480,12 +515,14 @@ pub fn read_gpt_from(node: &Path, sector: SectorSize) -> Result<Vec<GptPartition
     Ok(gpt::parse_entries(&header, &entries)?)
 }
 
-/// The first `PROBE_BYTES` of a device, fewer if it is smaller.
+/// The first `PROBE_BYTES` of a device, fewer if it is smaller. Without read-ahead: on a
+/// verity device the kernel would hash every block it reads ahead, and a SquashFS mount
+/// next wants the tables at the image's end, not the data after its superblock.
 fn read_head(node: &Path) -> io::Result<Vec<u8>> {
+    let file = File::open(node)?;
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random)?;
     let mut head = Vec::with_capacity(PROBE_BYTES);
-    File::open(node)?
-        .take(PROBE_BYTES as u64)
-        .read_to_end(&mut head)?;
+    file.take(PROBE_BYTES as u64).read_to_end(&mut head)?;
     Ok(head)
 }
 

@@ -14,6 +14,7 @@ use xorbang_formats::module_index::{Builtin, DepEntry, ModuleError, ModuleName, 
 /// Modules the init asks for by name at the point of need (see [`ModuleLoader::ensure`]).
 pub const ON_DEMAND: &[&str] = &[
     "squashfs",
+    "erofs",
     "overlay",
     "loop",
     "dm_verity",

@@ -37,9 +37,11 @@ pub struct Accepted {
 
 /// What checking a signature needs: the keys the verified base pins, read when the first
 /// signature needs them (a boot without one never reads them), and the signature code's
-/// known-answer self-test, started in the background while the init waits for devices. Under
-/// emulation most of a first check's cost is running its code for the first time, which the
-/// self-test does off the critical path; a failed self-test trusts no signature.
+/// known-answer self-test, started in the background while the init waits for devices when
+/// the machine has a CPU to spare (on one CPU the thread would only take its time from the
+/// boot, so the test runs before the first signature check instead). Under emulation most
+/// of a first check's cost is running its code for the first time, which the self-test does
+/// off the critical path; a failed self-test trusts no signature.
 /// [`PinnedKeys::finish`] (or dropping it) waits for the self-test, which the boot does after
 /// the layers stage, so no thread reaches switch_root.
 pub struct PinnedKeys {
@@ -57,7 +59,12 @@ enum Background<T> {
 }
 
 impl<T: Send + 'static> Background<T> {
+    /// On a thread when there is more than one CPU; otherwise when it is needed.
     fn start(name: &str, work: impl FnOnce() -> T + Send + Clone + 'static) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus < 2 {
+            return Self::Later(Box::new(work));
+        }
         match std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(work.clone())

@@ -243,6 +243,7 @@ mod tests {
                 .collect(),
             uptime_start_us: Micros(1_000_000),
             uptime_handoff_us: Micros(1_000_000 + total_us),
+            memory: None,
         }
     }
 

@@ -1,14 +1,18 @@
-//! `bench`: boots the production image several times and reports the init stage (kernel
-//! starts /init → exec of systemd, from the boot report, with the verity activation as its
-//! own stage), the time to the agent's marker and the sizes of what the boot loads; then
-//! times `xorbang-build verity format` against `veritysetup format` on the same 1 GiB file.
-//! Its last line is `key=value` pairs.
+//! `bench`: boots the production image, dev mode, a layered boot and the custom kernel
+//! several times each and reports, as medians with min–max: the kernel's `Run /init` → exec
+//! of systemd (the init's time), → systemd's main() (the figure dracut is measured by), the
+//! init's own stages, exec of systemd → its main() and → the agent (the hand-off tail), and
+//! the memory in use at the hand-off; then the sizes of what the boot loads, firmware and
+//! netboot boots, the OS build, and `xorbang-build verity format` against `veritysetup
+//! format` on the same 1 GiB file. Its last line is `key=value` pairs.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use xorbang_formats::boot_report::BootReport;
+mod figures;
+
+use figures::{summarize, Figures, Timing, TIMING_PREFIX};
 
 use crate::context::{
     parse_report, pass_line, report_line, same_contents, Context, REPORT_PREFIX, SYSTEMD_TIMEOUT,
@@ -18,35 +22,9 @@ use crate::fixtures::host_config::{host_config, sign, FW_CFG_NAME};
 use crate::fixtures::os_build;
 use crate::fixtures::system::TEST_SECRET_KEY;
 use crate::fixtures::{boot_chain, dev};
-use crate::harness::qemu::Console;
+use crate::harness::qemu::{Boot, Console, LineMatch, Vm};
+use xorbang_formats::boot_report::BootReport;
 use xorbang_formats::host_config::MAX_ENTRIES;
-
-struct Run {
-    init_us: u64,
-    stages: Vec<(String, u64)>,
-    marker_ms: u64,
-}
-
-impl Run {
-    fn of(report: &BootReport, console: &Console) -> Self {
-        Self {
-            init_us: report.total().0,
-            stages: report
-                .stages
-                .iter()
-                .map(|stage| (stage.name.clone(), stage.us.0))
-                .collect(),
-            marker_ms: u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-
-    fn stage_us(&self, name: &str) -> u64 {
-        self.stages
-            .iter()
-            .find(|(stage, _)| stage == name)
-            .map_or(0, |(_, us)| *us)
-    }
-}
 
 /// One measurement: its name on the command line, and what it runs.
 struct Part {
@@ -112,10 +90,27 @@ pub fn bench(context: &Context, only: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The same firmware boot with the kernel built from kernel-config/ and an initramfs
-/// without modules. Returns the `key=value` pairs.
+/// The production boot with the kernel built from kernel-config/ and an initramfs without
+/// modules (direct kernel boot, like `boot`), then the same through OVMF and its UKI.
+/// Returns the `key=value` pairs.
 fn custom_kernel_bench(context: &Context) -> Result<String, String> {
     let (bzimage, initrd) = context.custom_kernel_parts()?;
+    let mut runs = Vec::new();
+    for index in 1..=context.config.bench_runs {
+        let mut vm = context.vm_with_initrd(
+            &initrd,
+            vec![context.system.disk.clone()],
+            &format!("{} xtest.scenario=bench", context.production_root()),
+            SYSTEMD_TIMEOUT,
+        );
+        if let Boot::Direct { kernel, .. } = &mut vm.boot {
+            kernel.clone_from(&bzimage);
+        }
+        let figures = measured_boot(context, &vm, "bench-custom-kernel")?;
+        println!("custom kernel run {index}: {}", figures.line());
+        runs.push(figures);
+    }
+    let direct = summarize("production, custom kernel", "custom", &runs)?;
     let disk = boot_chain::uki_disk(
         &context.work,
         "uki-custom-kernel",
@@ -125,21 +120,12 @@ fn custom_kernel_bench(context: &Context) -> Result<String, String> {
         &context.system,
     )
     .map_err(|error| error.to_string())?;
-    let mut marker_ms = Vec::new();
-    for index in 1..=context.config.bench_runs {
-        let console = context.boot_uki_disk(&disk)?;
-        let ms = u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX);
-        println!(
-            "custom kernel ovmf run {index}: power-on to marker {:.1} s",
-            ms as f64 / 1000.0
-        );
-        marker_ms.push(ms);
-    }
-    let median_s = median(marker_ms) as f64 / 1000.0;
+    let console = context.boot_uki_disk(&disk)?;
+    let ovmf_s = console.last_marker.as_secs_f64();
     let initrd_bytes = size_of(&initrd)?;
     let kernel_bytes = size_of(&bzimage)?;
-    println!("median: custom kernel OVMF power-on to marker {median_s:.1} s; bzImage {kernel_bytes} bytes, initramfs without modules {initrd_bytes} bytes");
-    Ok(format!("custom_ovmf_marker_s={median_s:.1} custom_bzimage_bytes={kernel_bytes} initramfs_no_modules_bytes={initrd_bytes}"))
+    println!("custom kernel: OVMF power-on to marker {ovmf_s:.1} s; bzImage {kernel_bytes} bytes, initramfs without modules {initrd_bytes} bytes");
+    Ok(format!("{direct} custom_ovmf_marker_s={ovmf_s:.1} custom_bzimage_bytes={kernel_bytes} initramfs_no_modules_bytes={initrd_bytes}"))
 }
 
 /// The production boot with two sysexts, a confext and a host config from fw_cfg: what the
@@ -157,49 +143,43 @@ fn layers_bench(context: &Context) -> Result<String, String> {
             SYSTEMD_TIMEOUT,
         );
         vm.fw_cfg.push((FW_CFG_NAME.to_owned(), config.clone()));
-        let expect = [report_line(), pass_line("bench")];
-        let console = context.boot(&vm, "bench-layers", &expect)?;
-        let report = parse_report(&console, REPORT_PREFIX)?;
+        let (figures, report, _) = measured_boot_with_report(context, &vm, "bench-layers")?;
         if report.extensions.len() != 3
             || !report.host_config.as_ref().is_some_and(|host| host.applied)
         {
             return Err("the layered bench boot did not merge everything".to_owned());
         }
-        let run = Run::of(&report, &console);
-        println!(
-            "layers run {index}: init stage {:.1} ms (layers {:.1} ms, host-config {:.1} ms)",
-            run.init_us as f64 / 1000.0,
-            run.stage_us("layers") as f64 / 1000.0,
-            run.stage_us("host-config") as f64 / 1000.0
-        );
-        runs.push(run);
+        println!("layers run {index}: {}", figures.line());
+        runs.push(figures);
     }
-    let init_ms = median(runs.iter().map(|run| run.init_us).collect()) as f64 / 1000.0;
-    let layers_ms = median(runs.iter().map(|run| run.stage_us("layers")).collect()) as f64 / 1000.0;
-    println!("median: init stage with 2 sysexts, 1 confext and host config {init_ms:.1} ms, layers stage {layers_ms:.1} ms");
-    Ok(format!(
-        "layered_init_stage_ms={init_ms:.1} layers_stage_ms={layers_ms:.1}"
-    ))
+    summarize(
+        "layered: 2 sysexts, 1 confext, host config from fw_cfg",
+        "layered",
+        &runs,
+    )
 }
 
-/// Production and `xorbang.dev=persist` boots of one disk with a state partition (and the
-/// initramfs with ext4 both need for it), interleaved: what keeping the upper on disk costs
-/// the init stage. Returns the `key=value` pairs.
+/// Production, `xorbang.dev=1` and `xorbang.dev=persist` boots of one disk with a state
+/// partition (and the initramfs with ext4 that persist needs), interleaved: what each dev
+/// mode costs. Returns the `key=value` pairs.
 fn dev_bench(context: &Context) -> Result<String, String> {
     let dir = context.work.join("bench-dev");
     let disk = dev::disk_with_state(&context.binaries.build, &context.system, &dir, &[])
         .map_err(|error| error.to_string())?;
     let initrd = context.ext4_initrd()?;
+    let root = context.production_root();
     let modes = [
-        ("production", context.production_root()),
+        ("production", "dev_production", root.clone()),
+        ("dev", "dev_transient", format!("{root} xorbang.dev=1")),
         (
             "persist",
-            format!("{} xorbang.dev=persist", context.production_root()),
+            "dev_persist",
+            format!("{root} xorbang.dev=persist"),
         ),
     ];
-    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); modes.len()];
     for index in 1..=context.config.bench_runs {
-        for ((mode, append), runs) in modes.iter().zip(runs.iter_mut()) {
+        for ((mode, _, append), runs) in modes.iter().zip(runs.iter_mut()) {
             let mut vm = context.vm_with_initrd(
                 &initrd,
                 vec![disk.clone()],
@@ -207,34 +187,20 @@ fn dev_bench(context: &Context) -> Result<String, String> {
                 SYSTEMD_TIMEOUT,
             );
             vm.writable_disks = true;
-            let console = context.boot(&vm, "bench-dev", &[report_line(), pass_line("bench")])?;
-            let run = Run::of(&parse_report(&console, REPORT_PREFIX)?, &console);
-            println!(
-                "dev run {index}, {mode}: init stage {:.1} ms (mount-root {:.1} ms, layers {:.1} ms)",
-                run.init_us as f64 / 1000.0,
-                run.stage_us("mount-root") as f64 / 1000.0,
-                run.stage_us("layers") as f64 / 1000.0
-            );
-            runs.push(run);
+            let figures = measured_boot(context, &vm, "bench-dev")?;
+            println!("dev run {index}, {mode}: {}", figures.line());
+            runs.push(figures);
         }
     }
-    let median_ms = |runs: &[Run], stage: Option<&str>| {
-        let values = runs
-            .iter()
-            .map(|run| stage.map_or(run.init_us, |stage| run.stage_us(stage)))
-            .collect();
-        median(values) as f64 / 1000.0
-    };
-    let [production, persist] = &runs;
-    let (production_ms, persist_ms) = (median_ms(production, None), median_ms(persist, None));
-    let (production_mount_ms, persist_mount_ms) = (
-        median_ms(production, Some("mount-root")),
-        median_ms(persist, Some("mount-root")),
-    );
-    println!("median: init stage production {production_ms:.1} ms (mount-root {production_mount_ms:.1} ms), persist {persist_ms:.1} ms (mount-root {persist_mount_ms:.1} ms)");
-    Ok(format!(
-        "production_init_stage_ms={production_ms:.1} persist_init_stage_ms={persist_ms:.1} production_mount_root_ms={production_mount_ms:.1} persist_mount_root_ms={persist_mount_ms:.1}"
-    ))
+    let mut pairs = Vec::new();
+    for ((mode, prefix, _), runs) in modes.iter().zip(&runs) {
+        pairs.push(summarize(
+            &format!("{mode} (disk with a state partition, ext4 initramfs)"),
+            prefix,
+            runs,
+        )?);
+    }
+    Ok(pairs.join(" "))
 }
 
 /// The host-config stage for the same config through fw_cfg: unsigned (`platform`), with a
@@ -273,22 +239,20 @@ fn host_config_bench(context: &Context) -> Result<String, String> {
             let append = format!("{} xtest.scenario=bench", context.production_root());
             let mut vm = context.vm(vec![context.system.disk.clone()], &append, SYSTEMD_TIMEOUT);
             vm.fw_cfg = fw_cfg.clone();
-            let expect = [report_line(), pass_line("bench")];
-            let console = context.boot(&vm, &format!("bench-host-config-{name}"), &expect)?;
-            let report = parse_report(&console, REPORT_PREFIX)?;
+            let log_name = format!("bench-host-config-{name}");
+            let (figures, report, console) = measured_boot_with_report(context, &vm, &log_name)?;
             if !report.host_config.as_ref().is_some_and(|host| host.applied) {
                 return Err(format!("the {name} host config was not applied"));
             }
-            let run = Run::of(&report, &console);
             println!(
                 "host config run {index} ({name}): host-config stage {:.1} ms, layers {:.1} ms, \
                  init stage {:.1} ms",
-                run.stage_us("host-config") as f64 / 1000.0,
-                run.stage_us("layers") as f64 / 1000.0,
-                run.init_us as f64 / 1000.0
+                figures.stage("host-config") as f64 / 1000.0,
+                figures.stage("layers") as f64 / 1000.0,
+                figures.init_stage as f64 / 1000.0
             );
-            stage_us[variant].push(run.stage_us("host-config"));
-            init_us[variant].push(run.init_us);
+            stage_us[variant].push(figures.stage("host-config"));
+            init_us[variant].push(figures.init_stage);
             if *name == "signed" {
                 check_us.push(signature_check_us(&console)?);
             }
@@ -348,41 +312,60 @@ fn firmware_bench(context: &Context) -> Result<String, String> {
     Ok(format!("ovmf_marker_s={median_s:.1} uki_bytes={uki_bytes}"))
 }
 
-/// Returns the `key=value` pairs of the boot figures.
+/// The production boot with Debian's kernel, and the sizes of what it loads. Returns the
+/// `key=value` pairs.
 fn boot_bench(context: &Context, init_binary: &Path) -> Result<String, String> {
     let mut runs = Vec::new();
     for index in 1..=context.config.bench_runs {
-        let console = context.boot_system("bench", &context.production_root(), &[report_line()])?;
-        let report = parse_report(&console, REPORT_PREFIX)?;
-        let run = Run::of(&report, &console);
-        let stages: Vec<String> = run
-            .stages
-            .iter()
-            .map(|(name, us)| format!("{name} {:.1} ms", *us as f64 / 1000.0))
-            .collect();
-        println!(
-            "run {index}: init stage {:.1} ms ({}); QEMU start to marker {:.1} s",
-            run.init_us as f64 / 1000.0,
-            stages.join(", "),
-            run.marker_ms as f64 / 1000.0
+        let vm = context.vm(
+            vec![context.system.disk.clone()],
+            &format!("{} xtest.scenario=bench", context.production_root()),
+            SYSTEMD_TIMEOUT,
         );
-        runs.push(run);
+        let figures = measured_boot(context, &vm, "bench")?;
+        println!("run {index}: {}", figures.line());
+        runs.push(figures);
     }
-    let init_ms = median(runs.iter().map(|run| run.init_us).collect()) as f64 / 1000.0;
-    let verity_ms = median(runs.iter().map(|run| run.stage_us("verity")).collect()) as f64 / 1000.0;
-    let marker_s = median(runs.iter().map(|run| run.marker_ms).collect()) as f64 / 1000.0;
+    let figures = summarize("production, Debian kernel", "production", &runs)?;
     let initrd_bytes = size_of(&context.initrd)?;
     let init_bytes = size_of(init_binary)?;
     println!(
-        "median of {}: init stage {init_ms:.1} ms, QEMU start to marker {marker_s:.1} s; initramfs {initrd_bytes} bytes, init binary {init_bytes} bytes ({})",
-        runs.len(),
+        "initramfs {initrd_bytes} bytes, init binary {init_bytes} bytes ({})",
         context.config.accel.as_str()
     );
     Ok(format!(
-        "runs={} accel={} init_stage_ms={init_ms:.1} verity_stage_ms={verity_ms:.1} marker_s={marker_s:.1} initramfs_bytes={initrd_bytes} init_binary_bytes={init_bytes}",
+        "runs={} accel={} {figures} initramfs_bytes={initrd_bytes} init_binary_bytes={init_bytes}",
         runs.len(),
         context.config.accel.as_str()
     ))
+}
+
+/// Boots a bench VM (the agent's `bench` check) and takes its figures.
+fn measured_boot(context: &Context, vm: &Vm, log_name: &str) -> Result<Figures, String> {
+    measured_boot_with_report(context, vm, log_name).map(|(figures, _, _)| figures)
+}
+
+fn measured_boot_with_report(
+    context: &Context,
+    vm: &Vm,
+    log_name: &str,
+) -> Result<(Figures, BootReport, Console), String> {
+    let expect = [
+        report_line(),
+        LineMatch::Prefix(TIMING_PREFIX.to_owned()),
+        pass_line("bench"),
+    ];
+    let console = context.boot(vm, log_name, &expect)?;
+    let report = parse_report(&console, REPORT_PREFIX)?;
+    let timing = console
+        .lines
+        .iter()
+        .find(|line| line.starts_with(TIMING_PREFIX))
+        .ok_or("no timing line")
+        .map_err(str::to_owned)
+        .and_then(|line| Timing::parse(line))?;
+    let marker_ms = u64::try_from(console.last_marker.as_millis()).unwrap_or(u64::MAX);
+    Ok((Figures::of(&report, &timing, marker_ms), report, console))
 }
 
 /// `xorbang-build os` on a cache of its own: `profiles/demo.toml` with one sysext added,
