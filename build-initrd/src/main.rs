@@ -11,6 +11,7 @@ use xorbang_build::boot::machine_disk::{self, EspContents, Layout, MachineDiskEr
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::bundle::{self, BundleBuildError, BundleSpec};
 use xorbang_build::file_error::{FileAction, FileError};
+use xorbang_build::image::erofs::{self, ErofsCompression, MKFS_EROFS};
 use xorbang_build::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
 use xorbang_build::image::verified::{self, VerifiedImageError};
@@ -272,12 +273,16 @@ struct ImageArgs {
     /// The root file system tree to pack.
     #[arg(value_name = "ROOTFS_DIR")]
     rootfs: PathBuf,
-    /// Where to write the SquashFS image.
+    /// Where to write the image.
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
-    /// The SquashFS compressor.
-    #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
-    compression: SquashfsCompression,
+    /// The image's file system; the init mounts either.
+    #[arg(long, value_enum, default_value_t = ImageFormat::Squashfs)]
+    format: ImageFormat,
+    /// The compressor: zstd, gzip, xz or lz4 for SquashFS, lz4 or lz4hc for EROFS [default:
+    /// zstd for SquashFS, lz4hc for EROFS].
+    #[arg(long, value_enum)]
+    compression: Option<RootCompression>,
     /// Skip the hash tree and manifest (for roots booted with xorbang.verity=optional).
     #[arg(long)]
     no_verity: bool,
@@ -288,6 +293,21 @@ struct ImageArgs {
     /// Trust this configuration extension image, as --pin-sysext (repeatable).
     #[arg(long, value_name = "NAME.raw")]
     pin_confext: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ImageFormat {
+    Squashfs,
+    Erofs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RootCompression {
+    Zstd,
+    Gzip,
+    Xz,
+    Lz4,
+    Lz4hc,
 }
 
 /// The release file options are checked by `sysext` itself: which are allowed depends on
@@ -411,6 +431,8 @@ struct UkiArgs {
 
 #[derive(Debug, thiserror::Error)]
 enum CliError {
+    #[error("{0}")]
+    Usage(String),
     #[error("SOURCE_DATE_EPOCH={0:?} is not a whole number of seconds that fits in 32 bits")]
     SourceDateEpoch(String),
     #[error(transparent)]
@@ -623,7 +645,48 @@ fn build_netboot(args: NetbootArgs, mtime: u32) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The format and compressor an image is packed with.
+enum Packer {
+    Squashfs(SquashfsCompression),
+    Erofs(ErofsCompression),
+}
+
+/// The packer for `--format` and `--compression`, or why the two do not go together.
+fn packer(format: ImageFormat, compression: Option<RootCompression>) -> Result<Packer, CliError> {
+    let mismatch = |format: &str, takes: &str| {
+        let name = compression.map_or(String::new(), |c| format!("{c:?}").to_lowercase());
+        Err(CliError::Usage(format!(
+            "--compression {name} does not go with --format {format}, which takes {takes}"
+        )))
+    };
+    match (format, compression) {
+        (ImageFormat::Squashfs, None | Some(RootCompression::Zstd)) => {
+            Ok(Packer::Squashfs(SquashfsCompression::Zstd))
+        }
+        (ImageFormat::Squashfs, Some(RootCompression::Gzip)) => {
+            Ok(Packer::Squashfs(SquashfsCompression::Gzip))
+        }
+        (ImageFormat::Squashfs, Some(RootCompression::Xz)) => {
+            Ok(Packer::Squashfs(SquashfsCompression::Xz))
+        }
+        (ImageFormat::Squashfs, Some(RootCompression::Lz4)) => {
+            Ok(Packer::Squashfs(SquashfsCompression::Lz4))
+        }
+        (ImageFormat::Squashfs, Some(RootCompression::Lz4hc)) => {
+            mismatch("squashfs", "zstd, gzip, xz or lz4")
+        }
+        (ImageFormat::Erofs, None | Some(RootCompression::Lz4hc)) => {
+            Ok(Packer::Erofs(ErofsCompression::Lz4hc))
+        }
+        (ImageFormat::Erofs, Some(RootCompression::Lz4)) => {
+            Ok(Packer::Erofs(ErofsCompression::Lz4))
+        }
+        (ImageFormat::Erofs, Some(_)) => mismatch("erofs", "lz4 or lz4hc"),
+    }
+}
+
 fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
+    let packer = packer(args.format, args.compression)?;
     let pins = sysext::pin_extensions(Path::new(UNSQUASHFS), &args.pin_sysext, &args.pin_confext)
         .map_err(|source| CliError::Pin {
         source: Box::new(source),
@@ -632,14 +695,25 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     // The old image's hash tree and manifest go first: whatever happens next, no manifest
     // is left describing an image that is no longer there, and --no-verity leaves none.
     verified::remove_companions(&args.output)?;
-    let size = squashfs::build_with_files(
-        Path::new(MKSQUASHFS),
-        &args.rootfs,
-        &args.output,
-        args.compression,
-        mtime,
-        &sysext::pin_manifest(&pins),
-    )
+    let added = sysext::pin_manifest(&pins);
+    let size = match packer {
+        Packer::Squashfs(compression) => squashfs::build_with_files(
+            Path::new(MKSQUASHFS),
+            &args.rootfs,
+            &args.output,
+            compression,
+            mtime,
+            &added,
+        ),
+        Packer::Erofs(compression) => erofs::build_with_files(
+            Path::new(MKFS_EROFS),
+            &args.rootfs,
+            &args.output,
+            compression,
+            mtime,
+            &added,
+        ),
+    }
     .map_err(|source| CliError::Image {
         path: args.output.clone(),
         source,

@@ -186,6 +186,42 @@ fn image_reports_its_size_or_a_missing_tree() {
     );
 }
 
+/// A compressor the format does not take is refused before anything is written.
+#[test]
+fn image_refuses_a_compressor_of_the_other_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("rootfs");
+    fs::create_dir_all(&tree).expect("mkdir");
+    for (format, compression, takes) in [
+        ("erofs", "zstd", "lz4 or lz4hc"),
+        ("squashfs", "lz4hc", "zstd, gzip, xz or lz4"),
+    ] {
+        let out = dir.path().join(format!("root.{format}"));
+        let run = xorbang_build(
+            &[
+                "image",
+                path_str(&tree),
+                "-o",
+                path_str(&out),
+                "--format",
+                format,
+                "--compression",
+                compression,
+            ],
+            None,
+        );
+        assert!(!run.status.success());
+        assert!(
+            text(&run.stderr).contains(&format!(
+                "--compression {compression} does not go with --format {format}, which takes {takes}"
+            )),
+            "{}",
+            text(&run.stderr)
+        );
+        assert!(!out.exists());
+    }
+}
+
 /// Where a tool is: in PATH or in an sbin directory a user's PATH may lack.
 fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

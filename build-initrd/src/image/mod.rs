@@ -2,6 +2,7 @@
 //! ([`verity`]), the two with the manifest `disk` reads them by ([`verified`]), and extension
 //! images (DDIs) for systemd-sysext and the init ([`sysext`]).
 
+pub mod erofs;
 pub mod squashfs;
 pub mod sysext;
 pub mod verified;

@@ -33,6 +33,7 @@ pub enum SquashfsCompression {
     Zstd,
     Gzip,
     Xz,
+    Lz4,
 }
 
 impl SquashfsCompression {
@@ -41,6 +42,7 @@ impl SquashfsCompression {
             Self::Zstd => "zstd",
             Self::Gzip => "gzip",
             Self::Xz => "xz",
+            Self::Lz4 => "lz4",
         }
     }
 }
@@ -176,7 +178,10 @@ fn mksquashfs_args(
 
 /// The directories `added` needs that the tree lacks, parents first; refuses a path the tree
 /// has already, and a parent that is there but not a directory.
-fn missing_directories(rootfs: &Path, added: &[AddedFile]) -> Result<BTreeSet<String>, ImageError> {
+pub(super) fn missing_directories(
+    rootfs: &Path,
+    added: &[AddedFile],
+) -> Result<BTreeSet<String>, ImageError> {
     let mut missing = BTreeSet::new();
     for file in added {
         check_added_path(&file.path)?;
