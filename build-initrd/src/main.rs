@@ -283,6 +283,9 @@ struct ImageArgs {
     /// zstd for SquashFS, lz4hc for EROFS].
     #[arg(long, value_enum)]
     compression: Option<RootCompression>,
+    /// SquashFS only: the data block size in bytes, a power of two from 4096 to 1048576.
+    #[arg(long, value_name = "BYTES", default_value_t = squashfs::BLOCK_SIZE)]
+    block_size: u32,
     /// Skip the hash tree and manifest (for roots booted with xorbang.verity=optional).
     #[arg(long)]
     no_verity: bool,
@@ -687,6 +690,11 @@ fn packer(format: ImageFormat, compression: Option<RootCompression>) -> Result<P
 
 fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     let packer = packer(args.format, args.compression)?;
+    if matches!(packer, Packer::Erofs(_)) && args.block_size != squashfs::BLOCK_SIZE {
+        return Err(CliError::Usage(
+            "--block-size is for --format squashfs; EROFS packs 4 KiB blocks".into(),
+        ));
+    }
     let pins = sysext::pin_extensions(Path::new(UNSQUASHFS), &args.pin_sysext, &args.pin_confext)
         .map_err(|source| CliError::Pin {
         source: Box::new(source),
@@ -697,11 +705,11 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     verified::remove_companions(&args.output)?;
     let added = sysext::pin_manifest(&pins);
     let size = match packer {
-        Packer::Squashfs(compression) => squashfs::build_with_files(
+        Packer::Squashfs(compression) => squashfs::build_in_blocks(
             Path::new(MKSQUASHFS),
             &args.rootfs,
             &args.output,
-            compression,
+            (compression, args.block_size),
             mtime,
             &added,
         ),

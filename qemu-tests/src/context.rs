@@ -220,6 +220,12 @@ impl Context {
         self.initrd_with("initrd-ext4.img", &["ext4", "crc32c_generic"])
     }
 
+    /// The initramfs with EROFS besides SquashFS: the bench boots roots of either format with
+    /// it.
+    pub fn erofs_initrd(&self) -> Result<PathBuf, String> {
+        self.initrd_with("initrd-erofs.img", &["erofs"])
+    }
+
     /// The kernel built from kernel-config/ (everything built in) and an initramfs that
     /// carries no modules: the custom-kernel boot of the scenario and of the bench.
     pub fn custom_kernel_parts(&self) -> Result<(PathBuf, PathBuf), String> {

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod figures;
+mod formats;
 
 use figures::{summarize, Figures, Timing, TIMING_PREFIX};
 
@@ -49,6 +50,14 @@ const PARTS: &[Part] = &[
     Part {
         name: "dev",
         run: dev_bench,
+    },
+    Part {
+        name: "formats",
+        run: formats::formats_bench,
+    },
+    Part {
+        name: "delta",
+        run: formats::delta_bench,
     },
     Part {
         name: "firmware",
