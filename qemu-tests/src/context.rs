@@ -11,7 +11,7 @@ use crate::fixtures::binaries::{self, Binaries};
 use crate::fixtures::boot_chain::{self, BootChain};
 use crate::fixtures::kernel::{self, Kernel};
 use crate::fixtures::system::{self, BusyboxImage, SystemImage};
-use crate::harness::config::{self, Accel, Config};
+use crate::harness::config::{self, Accel, Config, KernelChoice};
 use crate::harness::qemu::{self, AfterMarkers, Boot, Console, Firmware, LineMatch, Network, Vm};
 
 /// A systemd boot under TCG takes 30-45 s on a quiet machine; leave room for a noisy one.
@@ -46,7 +46,11 @@ impl Context {
     pub fn prepare() -> Result<Self, String> {
         let cache = config::cache_dir()?;
         let binaries = binaries::build_binaries().map_err(|error| error.to_string())?;
-        let kernel = kernel::debian_kernel(&cache).map_err(|error| error.to_string())?;
+        let kernel = match config::requested_kernel()? {
+            KernelChoice::Debian => kernel::debian_kernel(&cache),
+            KernelChoice::Custom => kernel::custom_kernel_for_all(&cache),
+        }
+        .map_err(|error| error.to_string())?;
         let accel = match config::requested_accel()? {
             Some(accel) => accel,
             None if qemu::kvm_works(&Config::qemu_from_env(), &kernel.vmlinuz) => Accel::Kvm,
@@ -54,8 +58,9 @@ impl Context {
         };
         let config = Config::from_env(accel)?;
         eprintln!(
-            "qemu-tests: accelerator {}, cache {}",
+            "qemu-tests: accelerator {}, kernel {}, cache {}",
             accel.as_str(),
+            kernel.vmlinuz.display(),
             cache.display()
         );
         let system = system::system_image(&cache, &binaries).map_err(|error| error.to_string())?;

@@ -427,10 +427,11 @@ impl Scan<'_> {
         parse_attribute(&path, &text, "a partition number").map(Some)
     }
 
-    /// A partition's sysfs directory sits inside its disk's (`.../block/vda/vda1`).
+    /// A partition's sysfs directory sits inside its disk's (`.../block/vda/vda1`): the
+    /// link's own target names it, no need to resolve every component.
     fn parent_disk(&self, name: &str) -> Result<String, BlockError> {
         let link = self.sys.join(name);
-        let target = std::fs::canonicalize(&link).map_err(|source| BlockError::Link {
+        let target = std::fs::read_link(&link).map_err(|source| BlockError::Link {
             path: link.clone(),
             source,
         })?;
@@ -444,10 +445,16 @@ impl Scan<'_> {
     /// The disk's GPT partitions; `None` when the disk cannot be read or holds no valid GPT
     /// (an MBR disk, an empty drive): that is a disk to pass over, not a failed boot.
     fn read_gpt(&self, disk: &str) -> Result<Option<Vec<GptPartition>>, BlockError> {
-        let sector = self.logical_block_size(disk)?;
         let node = self.node(disk);
+        if let Some(table) = known_table(&node) {
+            return Ok(Some(table));
+        }
+        let sector = self.logical_block_size(disk)?;
         match read_gpt_from(&node, sector) {
-            Ok(table) => Ok(Some(table)),
+            Ok(table) => {
+                remember_table(&node, &table);
+                Ok(Some(table))
+            }
             Err(reason) => {
                 log::debug!(
                     "no GPT read from {}: {}",
@@ -506,13 +513,66 @@ pub enum GptReadError {
 /// The used partitions of the GPT on `node` (a disk or an image file).
 pub fn read_gpt_from(node: &Path, sector: SectorSize) -> Result<Vec<GptPartition>, GptReadError> {
     let file = File::open(node)?;
-    let mut block = vec![0u8; sector.bytes() as usize];
-    file.read_exact_at(&mut block, sector.offset_of(Lba(1)))?;
-    let header = GptHeader::parse(&block)?;
+    // One read for the header and, where every tool puts them, the entries right after it
+    // (LBA 2, 16 KiB): each read of a disk is an I/O round trip to the device.
+    let sector_bytes = sector.bytes() as usize;
+    let mut head = vec![0u8; sector_bytes * 2 + USUAL_ENTRIES_BYTES];
+    let read = read_at_most(&file, &mut head, sector.offset_of(Lba(1)))?;
+    head.truncate(read);
+    let header = GptHeader::parse(head.get(..sector_bytes).unwrap_or(&head))?;
+    let entries_bytes = usize::try_from(header.entries_bytes()).unwrap_or(0);
+    let in_head = sector
+        .offset_of(header.entries_lba)
+        .checked_sub(sector.offset_of(Lba(1)))
+        .and_then(|start| usize::try_from(start).ok())
+        .and_then(|start| head.get(start..start.checked_add(entries_bytes)?));
+    if let Some(entries) = in_head {
+        return Ok(gpt::parse_entries(&header, entries)?);
+    }
     // The header bounds the array to 1 MiB, so this allocation is small.
-    let mut entries = vec![0u8; usize::try_from(header.entries_bytes()).unwrap_or(0)];
+    let mut entries = vec![0u8; entries_bytes];
     file.read_exact_at(&mut entries, sector.offset_of(header.entries_lba))?;
     Ok(gpt::parse_entries(&header, &entries)?)
+}
+
+/// Partition tables read in this boot, by disk node: the root's lookup and the host config's
+/// both look at the boot disk, and its table does not change while the init runs. Only
+/// tables read whole are kept; a disk still being probed is read again.
+static TABLES: std::sync::Mutex<Vec<(PathBuf, Vec<GptPartition>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn known_table(node: &Path) -> Option<Vec<GptPartition>> {
+    let tables = TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tables
+        .iter()
+        .find(|(known, _)| known == node)
+        .map(|(_, table)| table.clone())
+}
+
+fn remember_table(node: &Path, table: &[GptPartition]) {
+    let mut tables = TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tables.push((node.to_owned(), table.to_vec()));
+}
+
+/// The entry array's usual size: 128 entries of 128 bytes.
+const USUAL_ENTRIES_BYTES: usize = 128 * 128;
+
+/// Reads up to `buffer.len()` bytes at `offset`; fewer only at the device's end.
+fn read_at_most(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
 }
 
 /// The first `PROBE_BYTES` of a device, fewer if it is smaller. Without read-ahead: on a

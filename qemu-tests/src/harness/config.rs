@@ -9,6 +9,7 @@
 //! | `XORBANG_JOBS` | VMs run at once | `2` |
 //! | `XORBANG_BENCH_RUNS` | boots per benchmark | `3` |
 //! | `XORBANG_NETBOOT` | `rig` (a private network namespace) or `user` (QEMU's user-mode network, the fallback where namespaces cannot be made) | `rig` |
+//! | `XORBANG_KERNEL` | the kernel every scenario boots: `debian` (Debian's, with its modules in the initramfs) or `custom` (the one kernel-config/ builds, everything built in) | `debian` |
 
 use std::path::PathBuf;
 
@@ -36,6 +37,22 @@ pub struct Config {
     pub bench_runs: usize,
     /// Netboot scenarios on QEMU's user-mode network even where a rig could be made.
     pub netboot_user_mode: bool,
+}
+
+/// Which kernel the scenarios boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelChoice {
+    Debian,
+    Custom,
+}
+
+/// `XORBANG_KERNEL`.
+pub fn requested_kernel() -> Result<KernelChoice, String> {
+    match std::env::var("XORBANG_KERNEL").as_deref() {
+        Err(_) | Ok("" | "debian") => Ok(KernelChoice::Debian),
+        Ok("custom") => Ok(KernelChoice::Custom),
+        Ok(other) => Err(format!("XORBANG_KERNEL={other}: expected debian or custom")),
+    }
 }
 
 /// The accelerator as asked for; `None` means "probe".

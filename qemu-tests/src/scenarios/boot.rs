@@ -87,12 +87,13 @@ pub fn boot_report(context: &Context) -> Result<(), String> {
             "boot.json differs from the boot-report line:\n  file: {stored:?}\n  line: {printed:?}"
         ));
     }
-    check_report(&stored)
+    check_report(&stored, context.kernel.modules.is_some())
 }
 
 /// The stages are consecutive, so they add up to the time between start and hand-off (each
-/// rounded down to whole microseconds on its own).
-fn check_report(report: &BootReport) -> Result<(), String> {
+/// rounded down to whole microseconds on its own); modules were loaded exactly when the
+/// kernel has them as modules, and the memory in use is recorded.
+fn check_report(report: &BootReport, modular_kernel: bool) -> Result<(), String> {
     let names: Vec<&str> = report
         .stages
         .iter()
@@ -113,12 +114,19 @@ fn check_report(report: &BootReport) -> Result<(), String> {
         .verity
         .as_ref()
         .is_some_and(|verity| verity.status == "V" && verity.data_device == "/dev/vda1");
+    let memory = report
+        .memory
+        .as_ref()
+        .is_some_and(|memory| memory.used_kib.0 > 0 && memory.used_kib < memory.total_kib);
     if report.root.device != "/dev/mapper/root"
         || report.root.fstype != "squashfs"
-        || report.modules_loaded == 0
+        || (report.modules_loaded > 0) != modular_kernel
         || !verified
+        || !memory
     {
-        return Err(format!("unexpected root, verity or modules in {report:?}"));
+        return Err(format!(
+            "unexpected root, verity, modules or memory in {report:?}"
+        ));
     }
     Ok(())
 }
@@ -207,7 +215,8 @@ pub fn reproducible_build(context: &Context) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xorbang_formats::boot_report::{Micros, RootReport, Stage};
+    use xorbang_formats::boot_report::{MemoryReport, Micros, RootReport, Stage};
+    use xorbang_formats::meminfo::Kib;
 
     fn report(stage_us: &[u64], total_us: u64) -> BootReport {
         let names = xorbang_formats::boot_report::STAGES;
@@ -243,21 +252,36 @@ mod tests {
                 .collect(),
             uptime_start_us: Micros(1_000_000),
             uptime_handoff_us: Micros(1_000_000 + total_us),
-            memory: None,
+            memory: Some(MemoryReport {
+                total_kib: Kib(480_000),
+                used_kib: Kib(20_000),
+            }),
         }
     }
 
     #[test]
     fn reports_whose_stages_add_up_pass() {
-        check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 150)).expect("adds up");
-        check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 153)).expect("rounding");
+        check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 150), true).expect("adds up");
+        check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 153), true).expect("rounding");
+    }
+
+    #[test]
+    fn modules_must_match_the_kernel_and_memory_must_be_recorded() {
+        let report = report(&[10, 20, 5, 30, 0, 40, 0, 45], 150);
+        let built_in = check_report(&report, false).expect_err("modules on a built-in kernel");
+        assert!(built_in.contains("modules"), "{built_in}");
+        let mut no_memory = report.clone();
+        no_memory.memory = None;
+        assert!(check_report(&no_memory, true).is_err());
     }
 
     #[test]
     fn reports_with_gaps_or_missing_stages_fail() {
-        let gap = check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 400)).expect_err("gap");
+        let gap =
+            check_report(&report(&[10, 20, 5, 30, 0, 40, 0, 45], 400), true).expect_err("gap");
         assert!(gap.contains("add up to 150"), "{gap}");
-        let missing = check_report(&report(&[10, 20, 30, 40, 0], 100)).expect_err("missing stage");
+        let missing =
+            check_report(&report(&[10, 20, 30, 40, 0], 100), true).expect_err("missing stage");
         assert!(missing.contains("stages"), "{missing}");
     }
 }
