@@ -61,7 +61,9 @@ enum Background<T> {
 impl<T: Send + 'static> Background<T> {
     /// On a thread when there is more than one CPU; otherwise when it is needed.
     fn start(name: &str, work: impl FnOnce() -> T + Send + Clone + 'static) -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        // The CPUs this process may run on; std's available_parallelism would also parse
+        // the cgroup files for a quota, which PID 1 of an initramfs has none of.
+        let cpus = rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count());
         if cpus < 2 {
             return Self::Later(Box::new(work));
         }
