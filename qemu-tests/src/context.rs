@@ -226,9 +226,10 @@ impl Context {
     }
 
     /// The initramfs with EROFS besides SquashFS: the bench boots roots of either format with
-    /// it.
+    /// it. EROFS's libcrc32c asks for crc32c through the crypto API, a soft dependency
+    /// modules.dep omits.
     pub fn erofs_initrd(&self) -> Result<PathBuf, String> {
-        self.initrd_with("initrd-erofs.img", &["erofs"])
+        self.initrd_with("initrd-erofs.img", &["erofs", "crc32c_generic"])
     }
 
     /// The kernel built from kernel-config/ (everything built in) and an initramfs that

@@ -183,10 +183,23 @@ impl ModuleLoader {
             // device wait or the mount names what is missing; this line tells why.
             match load_one(&path) {
                 Ok(()) => log::debug!("loaded {} in {:?}", entry.path, started.elapsed()),
-                Err(error) => log::warn!(
-                    "cannot load module {}: {}",
+                Err(LoadError::Open(error)) => log::warn!(
+                    "cannot open module {}: {}",
                     path.display(),
                     error_chain(&error)
+                ),
+                // The file was there: ENOENT from the kernel means a symbol it needs is not.
+                Err(LoadError::Kernel(rustix::io::Errno::NOENT)) => log::warn!(
+                    "the kernel refused module {}: a symbol it needs is missing (named in the \
+                     kernel's line above), most likely a soft dependency modules.dep does not \
+                     list, such as crc32c_generic for crc32c; add it with xorbang-build initrd \
+                     --modules",
+                    path.display()
+                ),
+                Err(LoadError::Kernel(errno)) => log::warn!(
+                    "the kernel refused module {}: {}",
+                    path.display(),
+                    std::io::Error::from(errno)
                 ),
             }
             self.loaded.insert(name);
@@ -200,12 +213,18 @@ fn entry_name(entry: &DepEntry) -> ModuleName {
 }
 
 /// Loads one module; one the kernel already has counts as loaded.
-fn load_one(path: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::open(path)?;
+fn load_one(path: &Path) -> Result<(), LoadError> {
+    let file = std::fs::File::open(path).map_err(LoadError::Open)?;
     match rustix::system::finit_module(&file, c"", 0) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
-        Err(errno) => Err(errno.into()),
+        Err(errno) => Err(LoadError::Kernel(errno)),
     }
+}
+
+/// Why one module did not load: its file, or the kernel's answer to it.
+enum LoadError {
+    Open(std::io::Error),
+    Kernel(rustix::io::Errno),
 }
 
 #[cfg(test)]
