@@ -11,7 +11,7 @@ use xorbang_build::boot::machine_disk::{self, EspContents, Layout, MachineDiskEr
 use xorbang_build::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use xorbang_build::bundle::{self, BundleBuildError, BundleSpec};
 use xorbang_build::file_error::{FileAction, FileError};
-use xorbang_build::image::erofs::{self, ErofsCompression, MKFS_EROFS};
+use xorbang_build::image::root_format::RootFormat;
 use xorbang_build::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use xorbang_build::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
 use xorbang_build::image::verified::{self, VerifiedImageError};
@@ -648,49 +648,22 @@ fn build_netboot(args: NetbootArgs, mtime: u32) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The format and compressor an image is packed with.
-enum Packer {
-    Squashfs(SquashfsCompression),
-    Erofs(ErofsCompression),
+/// The format `--format` and `--compression` name, or why the two do not go together.
+fn root_format(args: &ImageArgs) -> Result<RootFormat, CliError> {
+    let compression = args.compression.map(value_name);
+    RootFormat::parse(&value_name(args.format), compression.as_deref()).map_err(CliError::Usage)
 }
 
-/// The packer for `--format` and `--compression`, or why the two do not go together.
-fn packer(format: ImageFormat, compression: Option<RootCompression>) -> Result<Packer, CliError> {
-    let mismatch = |format: &str, takes: &str| {
-        let name = compression.map_or(String::new(), |c| format!("{c:?}").to_lowercase());
-        Err(CliError::Usage(format!(
-            "--compression {name} does not go with --format {format}, which takes {takes}"
-        )))
-    };
-    match (format, compression) {
-        (ImageFormat::Squashfs, None | Some(RootCompression::Zstd)) => {
-            Ok(Packer::Squashfs(SquashfsCompression::Zstd))
-        }
-        (ImageFormat::Squashfs, Some(RootCompression::Gzip)) => {
-            Ok(Packer::Squashfs(SquashfsCompression::Gzip))
-        }
-        (ImageFormat::Squashfs, Some(RootCompression::Xz)) => {
-            Ok(Packer::Squashfs(SquashfsCompression::Xz))
-        }
-        (ImageFormat::Squashfs, Some(RootCompression::Lz4)) => {
-            Ok(Packer::Squashfs(SquashfsCompression::Lz4))
-        }
-        (ImageFormat::Squashfs, Some(RootCompression::Lz4hc)) => {
-            mismatch("squashfs", "zstd, gzip, xz or lz4")
-        }
-        (ImageFormat::Erofs, None | Some(RootCompression::Lz4hc)) => {
-            Ok(Packer::Erofs(ErofsCompression::Lz4hc))
-        }
-        (ImageFormat::Erofs, Some(RootCompression::Lz4)) => {
-            Ok(Packer::Erofs(ErofsCompression::Lz4))
-        }
-        (ImageFormat::Erofs, Some(_)) => mismatch("erofs", "lz4 or lz4hc"),
-    }
+/// The name clap shows for `value`, which is the one the library parses.
+fn value_name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map_or(String::new(), |value| value.get_name().to_owned())
 }
 
 fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
-    let packer = packer(args.format, args.compression)?;
-    if matches!(packer, Packer::Erofs(_)) && args.block_size != squashfs::BLOCK_SIZE {
+    let format = root_format(args)?;
+    if matches!(format, RootFormat::Erofs(_)) && args.block_size != squashfs::BLOCK_SIZE {
         return Err(CliError::Usage(
             "--block-size is for --format squashfs; EROFS packs 4 KiB blocks".into(),
         ));
@@ -704,24 +677,8 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     // is left describing an image that is no longer there, and --no-verity leaves none.
     verified::remove_companions(&args.output)?;
     let added = sysext::pin_manifest(&pins);
-    let size = match packer {
-        Packer::Squashfs(compression) => squashfs::build_in_blocks(
-            Path::new(MKSQUASHFS),
-            &args.rootfs,
-            &args.output,
-            (compression, args.block_size),
-            mtime,
-            &added,
-        ),
-        Packer::Erofs(compression) => erofs::build_with_files(
-            Path::new(MKFS_EROFS),
-            &args.rootfs,
-            &args.output,
-            compression,
-            mtime,
-            &added,
-        ),
-    }
+    let size = format
+        .pack(&args.rootfs, &args.output, args.block_size, mtime, &added)
     .map_err(|source| CliError::Image {
         path: args.output.clone(),
         source,

@@ -213,7 +213,7 @@ fn image_refuses_a_compressor_of_the_other_format() {
         assert!(!run.status.success());
         assert!(
             text(&run.stderr).contains(&format!(
-                "--compression {compression} does not go with --format {format}, which takes {takes}"
+                "compression \"{compression}\" does not go with {format}, which takes {takes}"
             )),
             "{}",
             text(&run.stderr)

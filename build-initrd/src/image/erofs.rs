@@ -32,6 +32,14 @@ pub enum ErofsCompression {
 }
 
 impl ErofsCompression {
+    /// The name `--compression` and profiles use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lz4 => "lz4",
+            Self::Lz4hc => "lz4hc",
+        }
+    }
+
     fn mkfs_option(self) -> &'static str {
         match self {
             Self::Lz4 => "-zlz4",

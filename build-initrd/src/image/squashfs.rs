@@ -37,7 +37,8 @@ pub enum SquashfsCompression {
 }
 
 impl SquashfsCompression {
-    fn mksquashfs_name(self) -> &'static str {
+    /// The name mksquashfs's `-comp` takes, and the one `--compression` and profiles use.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Zstd => "zstd",
             Self::Gzip => "gzip",
@@ -185,7 +186,7 @@ fn mksquashfs_args(
             "-all-time",
             &mtime,
             "-comp",
-            compression.mksquashfs_name(),
+            compression.name(),
             "-b",
             &block_size,
             "-xattrs",

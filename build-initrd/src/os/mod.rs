@@ -134,7 +134,7 @@ pub fn build(spec: &OsBuild, out: &Path) -> Result<BuildRecord, OsBuildError> {
     let wants_image = spec.only.iter().any(|artifact| *artifact != Artifact::Tree);
     if wants_image {
         let image = steps.image(&rootfs, &extensions)?;
-        let hash = steps::root_hash(&image)?;
+        let hash = steps::root_hash(&image, spec.profile.image)?;
         add_images(
             spec,
             &mut steps,
@@ -254,7 +254,7 @@ fn add_images(
 ) -> Result<(), OsBuildError> {
     if spec.only.contains(&Artifact::Image) {
         for extension in ["", ".verity", ".json"] {
-            let name = format!("{}{extension}", steps::ROOT_IMAGE);
+            let name = format!("{}{extension}", spec.profile.image.file_name());
             files.push((image.dir.join(&name), name));
         }
         for kind in [ExtensionKind::Sysext, ExtensionKind::Confext] {

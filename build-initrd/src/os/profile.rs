@@ -22,6 +22,10 @@
 //! path = "/etc/motd"
 //! content = "hello\n"
 //!
+//! [image]
+//! format = "erofs"            # or "squashfs" (default: erofs)
+//! compression = "lz4hc"       # erofs: lz4hc, lz4; squashfs: zstd, gzip, xz, lz4
+//!
 //! [boot]
 //! cmdline = "console=ttyS0"   # roothash= is added by the build
 //!
@@ -35,6 +39,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::image::root_format::{self, RootFormat};
 use xorbang_formats::host_config::check_hostname;
 use xorbang_formats::text_position::{line_col, one_line};
 
@@ -48,6 +54,8 @@ pub struct Profile {
     pub enable: Vec<String>,
     pub files: Vec<ProfileFile>,
     pub users: Vec<ProfileUser>,
+    /// What the root image is packed as.
+    pub image: RootFormat,
     pub boot: BootSettings,
     pub sysexts: Vec<ExtensionDef>,
     pub confexts: Vec<ExtensionDef>,
@@ -184,6 +192,8 @@ struct RawProfile {
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
+    image: RawImage,
+    #[serde(default)]
     boot: RawBoot,
     #[serde(default)]
     sysext: Vec<RawExtension>,
@@ -238,6 +248,13 @@ struct RawUser {
     shell: Option<Spanned<String>>,
     #[serde(default)]
     ssh_authorized_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    format: Option<Spanned<String>>,
+    compression: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,6 +339,7 @@ impl RawProfile {
                 .iter()
                 .map(RawUser::check)
                 .collect::<Result<_, _>>()?,
+            image: self.image.check()?,
             boot: self.boot.check()?,
             sysexts,
             confexts,
@@ -413,6 +431,30 @@ impl RawUser {
                 .map(|shell| checked(shell, check_image_path))
                 .transpose()?,
             ssh_authorized_keys: each(&self.ssh_authorized_keys, check_ssh_key)?,
+        })
+    }
+}
+
+impl RawImage {
+    /// The format named (the default's when none is) with the compressor named (the
+    /// format's default when none is). A known format with its default compressor always
+    /// parses, so any other refusal is the compressor's.
+    fn check(&self) -> Result<RootFormat, Refusal> {
+        let format = match &self.format {
+            Some(format) => checked(format, |name| {
+                match root_format::FORMAT_NAMES.contains(&name) {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "one of {} is expected",
+                        root_format::FORMAT_NAMES.join(", ")
+                    )),
+                }
+            })?,
+            None => root_format::DEFAULT.format_name().to_owned(),
+        };
+        let compression = self.compression.as_ref();
+        RootFormat::parse(&format, compression.map(|c| c.get_ref().as_str())).map_err(|reason| {
+            (compression.map_or(0, |c| c.span().start), reason)
         })
     }
 }
@@ -651,6 +693,7 @@ mod tests {
         assert_eq!(profile.debian.mirror, None);
         assert!(profile.sysexts.is_empty() && profile.files.is_empty());
         assert_eq!(profile.boot.cmdline, "");
+        assert_eq!(profile.image, root_format::DEFAULT);
     }
 
     #[test]
@@ -661,6 +704,7 @@ mod tests {
              [[files]]\npath = \"/etc/motd\"\ncontent = \"hi\\n\"\nmode = 0o600\n\
              [[files]]\npath = \"/etc/issue\"\nsource = \"files/issue\"\n\
              [[users]]\nname = \"admin\"\ngroups = [\"sudo\"]\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3 admin@host\"]\n\
+             [image]\nformat = \"squashfs\"\ncompression = \"xz\"\n\
              [boot]\ncmdline = \"console=ttyS0 quiet\"\nmodules = [\"e1000\"]\nsign_key = \"keys/db.key\"\nsign_cert = \"keys/db.crt\"\n\
              [[sysext]]\nname = \"debug\"\npackages = [\"strace\"]\n\
              [[confext]]\nname = \"site\"\ndirectory = \"confext/site\"\n\
@@ -676,6 +720,7 @@ mod tests {
             FileContent::Source("files/issue".into())
         );
         assert_eq!(profile.users[0].groups, ["sudo"]);
+        assert_eq!(profile.image.to_string(), "squashfs/xz");
         assert_eq!(
             profile.boot.signing,
             Some(("keys/db.key".into(), "keys/db.crt".into()))
@@ -692,6 +737,9 @@ mod tests {
             (&format!("{MINIMAL}packages = [\"ok\", \"Bad_Name\"]\n"), 8, 19, "\"Bad_Name\": 'B' is not allowed in a Debian package name"),
             (&MINIMAL.replace("\"demo\"", "\"my_os\""), 2, 6, "\"my_os\": '_' is not allowed"),
             (&format!("{MINIMAL}[boot]\ncmdline = \"roothash=abc\"\n"), 9, 11, "roothash= is the build's to add"),
+            (&format!("{MINIMAL}[image]\nformat = \"ext4\"\n"), 9, 10, "\"ext4\": one of squashfs, erofs is expected"),
+            (&format!("{MINIMAL}[image]\ncompression = \"zstd\"\n"), 9, 15, "does not go with erofs, which takes lz4 or lz4hc"),
+            (&format!("{MINIMAL}[image]\nformat = \"squashfs\"\ncompression = \"lz4hc\"\n"), 10, 15, "does not go with squashfs"),
             (&format!("{MINIMAL}[[files]]\npath = \"/etc/../x\"\ncontent = \"\"\n"), 9, 8, "'.' and '..' components are not allowed"),
             (&format!("{MINIMAL}[[files]]\npath = \"/etc/x\"\n"), 9, 8, "exactly one of content"),
             (&format!("{MINIMAL}[[files]]\npath = \"/etc/x\"\ncontent = \"\"\nmode = 0o4755\n"), 11, 8, "permission bits"),

@@ -15,6 +15,7 @@ use super::profile::{ExtensionDef, FileContent, Profile};
 use crate::boot::machine_disk::{self, EspContents, Layout, MachineDiskError};
 use crate::boot::uki::{self, CmdlineSource, Signing, UkiError, UkiSpec};
 use crate::file_error::{FileAction, FileError};
+use crate::image::root_format::RootFormat;
 use crate::image::squashfs::{self, ImageError, SquashfsCompression, MKSQUASHFS};
 use crate::image::sysext::{self, ExtensionSpec, ReleaseFields, SysextError, UNSQUASHFS};
 use crate::image::verified::{self, VerifiedImageError};
@@ -43,8 +44,8 @@ const HEALTH_CHECK_UNIT_PATH: &str = "/usr/lib/systemd/system/xorbang-health-che
 const HEALTH_CHECK_UNIT: &str = include_str!("../../lifecycle/xorbang-health-check.service");
 const ROOTFS_RECIPE: &str = "rootfs-2";
 
-/// The file names of the artifacts, in a step's directory and in the output directory.
-pub const ROOT_IMAGE: &str = "root.squashfs";
+/// The file names of the artifacts, in a step's directory and in the output directory (the
+/// root image's is its format's, [`RootFormat::file_name`]).
 pub const INITRD: &str = "initrd.img";
 pub const DISK: &str = "disk.img";
 const ROOTFS_TAR: &str = "rootfs.tar";
@@ -360,7 +361,8 @@ impl<'a> Steps<'a> {
 
     /// The verified root image: the Debian root with the profile's hostname, files, users and
     /// units, an empty machine-id, os-release carrying IMAGE_ID and IMAGE_VERSION, no kernel
-    /// under /boot (the UKI carries it), packed as SquashFS with its hash tree and manifest.
+    /// under /boot (the UKI carries it), packed as the profile's `[image]` says (EROFS lz4hc
+    /// unless it says otherwise) with its hash tree and manifest.
     pub fn image(
         &mut self,
         rootfs: &StepOutput,
@@ -371,6 +373,7 @@ impl<'a> Steps<'a> {
             .text("recipe", RECIPE_VERSION)
             .step("rootfs", &rootfs.key)
             .text("os", &format!("{}\0{}", profile.os.id, profile.os.version))
+            .text("format", &profile.image.to_string())
             .text("hostname", profile.hostname.as_deref().unwrap_or(""))
             .text("enable", &profile.enable.join(","))
             .text("users", &format!("{:?}", profile.users))
@@ -399,16 +402,18 @@ impl<'a> Steps<'a> {
             let os_release = tree.join("usr/lib/os-release");
             fs::copy(&os_release, dir.join(OS_RELEASE))
                 .map_err(FileError::of(FileAction::Read, &os_release))?;
-            let image = dir.join(ROOT_IMAGE);
-            squashfs::build_with_files(
-                Path::new(MKSQUASHFS),
-                &tree,
-                &image,
-                SquashfsCompression::Zstd,
-                epoch,
-                &sysext::pin_manifest(&pins),
-            )
-            .map_err(StepError::Image)?;
+            let image = dir.join(recipe.profile.image.file_name());
+            recipe
+                .profile
+                .image
+                .pack(
+                    &tree,
+                    &image,
+                    squashfs::BLOCK_SIZE,
+                    epoch,
+                    &sysext::pin_manifest(&pins),
+                )
+                .map_err(StepError::Image)?;
             let verity_error = |error| StepError::Verity(Box::new(error));
             let identity = verified::ImageIdentity::of_tree(&tree).map_err(verity_error)?;
             verified::add_verity(&image, identity).map_err(verity_error)?;
@@ -447,6 +452,14 @@ impl<'a> Steps<'a> {
             .chain(ESP_MODULES)
             .map(|name| name.to_string())
             .collect();
+        modules.extend(
+            self.recipe
+                .profile
+                .image
+                .initrd_modules()
+                .iter()
+                .map(|name| name.to_string()),
+        );
         modules.extend(self.recipe.profile.boot.modules.iter().cloned());
         let inputs = Inputs::new()
             .text("recipe", RECIPE_VERSION)
@@ -562,7 +575,7 @@ impl<'a> Steps<'a> {
                 None => Layout::DefaultAb,
             };
             machine_disk::write(
-                &image.dir.join(ROOT_IMAGE),
+                &image.dir.join(profile.image.file_name()),
                 Some(&esp),
                 layout,
                 &dir.join(DISK),
@@ -869,9 +882,9 @@ fn is_empty_dir(dir: &Path) -> Result<bool, StepError> {
         .is_none())
 }
 
-/// The root hash in an image step's manifest.
-pub fn root_hash(image: &StepOutput) -> Result<String, StepError> {
-    verified::read_manifest(&image.dir.join(ROOT_IMAGE))
+/// The root hash in the manifest of an image step that packed `format`.
+pub fn root_hash(image: &StepOutput, format: RootFormat) -> Result<String, StepError> {
+    verified::read_manifest(&image.dir.join(format.file_name()))
         .map(|(_, root_hash, _)| root_hash.to_string())
         .map_err(|error| StepError::Verity(Box::new(error)))
 }

@@ -96,7 +96,7 @@ WantedBy=multi-user.target
 "#;
 
 /// `profiles/demo.toml` booted the way `./tools/demo` boots it (its kernel and initramfs
-/// straight from QEMU, its disk): the report names the verified root `xorbang-demo` 1, and
+/// straight from QEMU, its disk): the report names the verified EROFS root `xorbang-demo` 1, and
 /// the demo user is logged in on the serial console, where the profile's motd greets them.
 pub fn os_profile_demo(context: &Context) -> Result<(), String> {
     let built = build(context, "demo", &context.work.join("os-demo-a"))?;
@@ -120,20 +120,22 @@ pub fn os_profile_demo(context: &Context) -> Result<(), String> {
     let report = parse_report(&console, REPORT_PREFIX)?;
     let identity = (
         report.root.verified,
+        report.root.fstype.as_str(),
         report.root.image_id.as_deref(),
         report.root.image_version.as_deref(),
     );
+    // The demo takes the default format: EROFS, through Debian's erofs module.
     match identity {
-        (true, Some("xorbang-demo"), Some("1")) => Ok(()),
+        (true, "erofs", Some("xorbang-demo"), Some("1")) => Ok(()),
         other => Err(format!(
-            "the report's root (verified, IMAGE_ID, IMAGE_VERSION) is {other:?}"
+            "the report's root (verified, fstype, IMAGE_ID, IMAGE_VERSION) is {other:?}"
         )),
     }
 }
 
 /// The first line of `profiles/demo.toml`'s /etc/motd, which login prints.
 const DEMO_GREETING: &str =
-    "This is xorbang: the root file system is a read-only SquashFS checked by dm-verity.";
+    "This is xorbang: the root file system is a read-only EROFS image checked by dm-verity.";
 
 /// `profiles/demo.toml` built twice into different directories, the second time with a cache
 /// of its own that shares only the Debian root (mmdebstrap's own reproducibility is
@@ -160,9 +162,10 @@ pub fn os_profile_reproducible(context: &Context) -> Result<(), String> {
             first.root_hash, second.root_hash
         ));
     }
+    // The demo takes the default format, EROFS: its image is root.erofs.
     for artifact in [
-        "root.squashfs",
-        "root.squashfs.verity",
+        "root.erofs",
+        "root.erofs.verity",
         "initrd.img",
         "xorbang-demo_1.efi",
         "disk.img",
