@@ -17,42 +17,42 @@ use crate::context::{Context, SYSTEMD_TIMEOUT};
 use crate::fixtures::command::{remove_if_present, run};
 use crate::fixtures::os_build;
 
-/// One way to pack a root: its name and the `xorbang-build image` flags.
-struct RootFormat {
+/// One way to pack a root in the comparison: its name and the `xorbang-build image` flags.
+struct FormatCase {
     name: &'static str,
     args: &'static [&'static str],
 }
 
-const FORMATS: &[RootFormat] = &[
-    RootFormat {
+const FORMATS: &[FormatCase] = &[
+    FormatCase {
         name: "squashfs-zstd-128k",
         args: &["--compression", "zstd"],
     },
-    RootFormat {
+    FormatCase {
         name: "squashfs-zstd-32k",
         args: &["--compression", "zstd", "--block-size", "32768"],
     },
-    RootFormat {
+    FormatCase {
         name: "squashfs-zstd-1m",
         args: &["--compression", "zstd", "--block-size", "1048576"],
     },
-    RootFormat {
+    FormatCase {
         name: "squashfs-lz4-128k",
         args: &["--compression", "lz4"],
     },
-    RootFormat {
+    FormatCase {
         name: "squashfs-gzip-128k",
         args: &["--compression", "gzip"],
     },
-    RootFormat {
+    FormatCase {
         name: "squashfs-xz-128k",
         args: &["--compression", "xz"],
     },
-    RootFormat {
+    FormatCase {
         name: "erofs-lz4",
         args: &["--format", "erofs", "--compression", "lz4"],
     },
-    RootFormat {
+    FormatCase {
         name: "erofs-lz4hc",
         args: &["--format", "erofs", "--compression", "lz4hc"],
     },
@@ -267,7 +267,7 @@ fn pack(
     context: &Context,
     tree: &Path,
     out: &Path,
-    format: &RootFormat,
+    format: &FormatCase,
 ) -> Result<(PathBuf, String), String> {
     std::fs::create_dir_all(out).map_err(|error| error.to_string())?;
     let image = out.join("root.img");
