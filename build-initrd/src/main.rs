@@ -279,8 +279,8 @@ struct ImageArgs {
     /// The image's file system; the init mounts either.
     #[arg(long, value_enum, default_value_t = ImageFormat::Squashfs)]
     format: ImageFormat,
-    /// The compressor: zstd, gzip, xz or lz4 for SquashFS, lz4 or lz4hc for EROFS [default:
-    /// zstd for SquashFS, lz4hc for EROFS].
+    /// The compressor: zstd, gzip, xz or lz4 for SquashFS, lz4, lz4hc or none for EROFS
+    /// [default: zstd for SquashFS, lz4hc for EROFS].
     #[arg(long, value_enum)]
     compression: Option<RootCompression>,
     /// SquashFS only: the data block size in bytes, a power of two from 4096 to 1048576.
@@ -311,6 +311,7 @@ enum RootCompression {
     Xz,
     Lz4,
     Lz4hc,
+    None,
 }
 
 /// The release file options are checked by `sysext` itself: which are allowed depends on

@@ -24,11 +24,13 @@ pub const MKFS_EROFS: &str = "mkfs.erofs";
 const UUID: &str = "00000000-0000-0000-0000-000000000000";
 
 /// EROFS compressors (the Debian and xorbang kernels read both; lz4hc packs tighter and
-/// decompresses with the same lz4 code).
+/// decompresses with the same lz4 code), or none: the file data stored as is, which shows
+/// what decompression costs at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErofsCompression {
     Lz4,
     Lz4hc,
+    Uncompressed,
 }
 
 impl ErofsCompression {
@@ -37,13 +39,15 @@ impl ErofsCompression {
         match self {
             Self::Lz4 => "lz4",
             Self::Lz4hc => "lz4hc",
+            Self::Uncompressed => "none",
         }
     }
 
-    fn mkfs_option(self) -> &'static str {
+    fn mkfs_options(self) -> &'static [&'static str] {
         match self {
-            Self::Lz4 => "-zlz4",
-            Self::Lz4hc => "-zlz4hc,12",
+            Self::Lz4 => &["-zlz4"],
+            Self::Lz4hc => &["-zlz4hc,12"],
+            Self::Uncompressed => &[],
         }
     }
 }
@@ -73,7 +77,6 @@ pub fn build_with_files(
         .map_or(rootfs.to_owned(), |work| work.path().join("tree"));
     let pending = PendingOutput::new(out)?;
     let args: Vec<OsString> = vec![
-        compression.mkfs_option().into(),
         format!("-T{mtime}").into(),
         format!("-U{UUID}").into(),
         "--quiet".into(),
@@ -82,7 +85,10 @@ pub fn build_with_files(
     ];
     let mut command = Command::new(mkfs);
     // -T already pins the times; the environment must not change them.
-    command.args(&args).env_remove("SOURCE_DATE_EPOCH");
+    command
+        .args(compression.mkfs_options())
+        .args(&args)
+        .env_remove("SOURCE_DATE_EPOCH");
     tool::run(&mut command, "erofs-utils")?;
     let size = fs::metadata(pending.temporary())
         .map_err(FileError::of(FileAction::Inspect, pending.temporary()))?

@@ -43,8 +43,10 @@ impl RootFormat {
             "erofs" => match compression.unwrap_or("lz4hc") {
                 "lz4hc" => Ok(Self::Erofs(ErofsCompression::Lz4hc)),
                 "lz4" => Ok(Self::Erofs(ErofsCompression::Lz4)),
+                "none" => Ok(Self::Erofs(ErofsCompression::Uncompressed)),
                 other => Err(format!(
-                    "compression {other:?} does not go with erofs, which takes lz4 or lz4hc"
+                    "compression {other:?} does not go with erofs, which takes lz4, lz4hc or \
+                     none"
                 )),
             },
             other => Err(format!(
@@ -136,7 +138,7 @@ mod tests {
     fn every_pair_parses_and_prints_back() {
         for (format, compressions) in [
             ("squashfs", &["zstd", "gzip", "xz", "lz4"][..]),
-            ("erofs", &["lz4", "lz4hc"][..]),
+            ("erofs", &["lz4", "lz4hc", "none"][..]),
         ] {
             for compression in compressions {
                 let parsed = RootFormat::parse(format, Some(compression)).unwrap();
@@ -158,7 +160,7 @@ mod tests {
     fn mismatches_name_what_the_format_takes() {
         for (format, compression, expected) in [
             ("squashfs", "lz4hc", "squashfs, which takes zstd, gzip, xz or lz4"),
-            ("erofs", "zstd", "erofs, which takes lz4 or lz4hc"),
+            ("erofs", "zstd", "erofs, which takes lz4, lz4hc or none"),
             ("ext4", "lz4", "format \"ext4\" is not one of squashfs, erofs"),
         ] {
             let error = RootFormat::parse(format, Some(compression)).unwrap_err();

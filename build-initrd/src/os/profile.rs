@@ -24,7 +24,7 @@
 //!
 //! [image]
 //! format = "erofs"            # or "squashfs" (default: erofs)
-//! compression = "lz4hc"       # erofs: lz4hc, lz4; squashfs: zstd, gzip, xz, lz4
+//! compression = "lz4hc"       # erofs: lz4hc, lz4, none; squashfs: zstd, gzip, xz, lz4
 //!
 //! [boot]
 //! cmdline = "console=ttyS0"   # roothash= is added by the build
@@ -738,7 +738,7 @@ mod tests {
             (&MINIMAL.replace("\"demo\"", "\"my_os\""), 2, 6, "\"my_os\": '_' is not allowed"),
             (&format!("{MINIMAL}[boot]\ncmdline = \"roothash=abc\"\n"), 9, 11, "roothash= is the build's to add"),
             (&format!("{MINIMAL}[image]\nformat = \"ext4\"\n"), 9, 10, "\"ext4\": one of squashfs, erofs is expected"),
-            (&format!("{MINIMAL}[image]\ncompression = \"zstd\"\n"), 9, 15, "does not go with erofs, which takes lz4 or lz4hc"),
+            (&format!("{MINIMAL}[image]\ncompression = \"zstd\"\n"), 9, 15, "does not go with erofs, which takes lz4, lz4hc or none"),
             (&format!("{MINIMAL}[image]\nformat = \"squashfs\"\ncompression = \"lz4hc\"\n"), 10, 15, "does not go with squashfs"),
             (&format!("{MINIMAL}[[files]]\npath = \"/etc/../x\"\ncontent = \"\"\n"), 9, 8, "'.' and '..' components are not allowed"),
             (&format!("{MINIMAL}[[files]]\npath = \"/etc/x\"\n"), 9, 8, "exactly one of content"),

@@ -56,6 +56,11 @@ const FORMATS: &[FormatCase] = &[
         name: "erofs-lz4hc",
         args: &["--format", "erofs", "--compression", "lz4hc"],
     },
+    // The floor: what the tail costs when nothing is decompressed.
+    FormatCase {
+        name: "erofs-none",
+        args: &["--format", "erofs", "--compression", "none"],
+    },
 ];
 
 /// The block size of the delta's index: dm-verity's and EROFS's block.
