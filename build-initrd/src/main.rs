@@ -680,10 +680,10 @@ fn build_image(args: &ImageArgs, mtime: u32) -> Result<(), CliError> {
     let added = sysext::pin_manifest(&pins);
     let size = format
         .pack(&args.rootfs, &args.output, args.block_size, mtime, &added)
-    .map_err(|source| CliError::Image {
-        path: args.output.clone(),
-        source,
-    })?;
+        .map_err(|source| CliError::Image {
+            path: args.output.clone(),
+            source,
+        })?;
     println!("{}: {size} bytes", args.output.display());
     if args.no_verity {
         return Ok(());

@@ -42,10 +42,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds or finds every shared fixture and picks the accelerator.
-    pub fn prepare() -> Result<Self, String> {
+    /// Builds or finds every shared fixture and picks the accelerator. With
+    /// `custom_kernel_too` the custom kernel is built meanwhile, for the scenarios that boot
+    /// it.
+    pub fn prepare(custom_kernel_too: bool) -> Result<Self, String> {
         let cache = config::cache_dir()?;
         let binaries = binaries::build_binaries().map_err(|error| error.to_string())?;
+        let custom_kernel = custom_kernel_too.then(|| kernel::custom_kernel_in_background(&cache));
         let kernel = match config::requested_kernel()? {
             KernelChoice::Debian => kernel::debian_kernel(&cache),
             KernelChoice::Custom => kernel::custom_kernel_for_all(&cache),
@@ -84,6 +87,9 @@ impl Context {
             &image_files,
         )
         .map_err(|error| error.to_string())?;
+        if let Some(build) = custom_kernel {
+            kernel::wait_for_background_build(build);
+        }
         Ok(Self {
             config,
             kernel,

@@ -72,7 +72,9 @@ fn main() -> ExitCode {
         Action::Serve { root, listen, log } => {
             harness::http_server::serve_until_killed(listen, &root, &log)
         }
-        Action::Run(chosen) => match Context::prepare() {
+        Action::Run(chosen) => match Context::prepare(chosen.iter().any(|scenario| {
+            scenario.boots_custom_kernel() && scenario.missing_requirement().is_none()
+        })) {
             Ok(context) => return run_scenarios(&context, chosen),
             Err(error) => {
                 let mut tally = Tally::default();
@@ -83,7 +85,7 @@ fn main() -> ExitCode {
             }
         },
         Action::Bench(parts) => {
-            Context::prepare().and_then(|context| bench::bench(&context, &parts))
+            Context::prepare(false).and_then(|context| bench::bench(&context, &parts))
         }
     };
     match result {

@@ -159,9 +159,17 @@ mod tests {
     #[test]
     fn mismatches_name_what_the_format_takes() {
         for (format, compression, expected) in [
-            ("squashfs", "lz4hc", "squashfs, which takes zstd, gzip, xz or lz4"),
+            (
+                "squashfs",
+                "lz4hc",
+                "squashfs, which takes zstd, gzip, xz or lz4",
+            ),
             ("erofs", "zstd", "erofs, which takes lz4, lz4hc or none"),
-            ("ext4", "lz4", "format \"ext4\" is not one of squashfs, erofs"),
+            (
+                "ext4",
+                "lz4",
+                "format \"ext4\" is not one of squashfs, erofs",
+            ),
         ] {
             let error = RootFormat::parse(format, Some(compression)).unwrap_err();
             assert!(error.contains(expected), "{error}");

@@ -453,9 +453,8 @@ impl RawImage {
             None => root_format::DEFAULT.format_name().to_owned(),
         };
         let compression = self.compression.as_ref();
-        RootFormat::parse(&format, compression.map(|c| c.get_ref().as_str())).map_err(|reason| {
-            (compression.map_or(0, |c| c.span().start), reason)
-        })
+        RootFormat::parse(&format, compression.map(|c| c.get_ref().as_str()))
+            .map_err(|reason| (compression.map_or(0, |c| c.span().start), reason))
     }
 }
 

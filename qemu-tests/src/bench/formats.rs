@@ -16,6 +16,7 @@ use super::measured_boot;
 use crate::context::{Context, SYSTEMD_TIMEOUT};
 use crate::fixtures::command::{remove_if_present, run};
 use crate::fixtures::os_build;
+use crate::fixtures::system::ROOT_PARTLABEL;
 
 /// One way to pack a root in the comparison: its name and the `xorbang-build image` flags.
 struct FormatCase {
@@ -63,6 +64,66 @@ const FORMATS: &[FormatCase] = &[
     },
 ];
 
+/// How a boot of the comparison finds and checks its root.
+enum RootCheck {
+    /// `roothash=`, the production boot.
+    Verified,
+    /// `roothash=` with these `systemd.verity_root_options=`.
+    VerifiedWith(&'static str),
+    /// The data partition mounted as it is (`xorbang.verity=optional`): what the tail costs
+    /// when dm-verity hashes nothing.
+    Unverified,
+}
+
+/// One boot of the comparison: a format and how its root is checked.
+struct BootCase {
+    name: &'static str,
+    format: &'static FormatCase,
+    check: RootCheck,
+}
+
+/// Every format verified as in production, then the two floors of the tail: dm-verity
+/// verifying in softirq context instead of its workqueue, and no verification at all.
+fn boot_cases() -> Vec<BootCase> {
+    let mut cases: Vec<BootCase> = FORMATS
+        .iter()
+        .map(|format| BootCase {
+            name: format.name,
+            format,
+            check: RootCheck::Verified,
+        })
+        .collect();
+    let named = |name: &str| FORMATS.iter().find(|format| format.name == name);
+    if let (Some(lz4hc), Some(none)) = (named("erofs-lz4hc"), named("erofs-none")) {
+        cases.push(BootCase {
+            name: "erofs-lz4hc-tasklet",
+            format: lz4hc,
+            check: RootCheck::VerifiedWith("try_verify_in_tasklet"),
+        });
+        cases.push(BootCase {
+            name: "erofs-none-unverified",
+            format: none,
+            check: RootCheck::Unverified,
+        });
+    }
+    cases
+}
+
+impl BootCase {
+    fn cmdline(&self, root_hash: &str) -> String {
+        let root = match self.check {
+            RootCheck::Verified => format!("roothash={root_hash}"),
+            RootCheck::VerifiedWith(options) => {
+                format!("roothash={root_hash} systemd.verity_root_options={options}")
+            }
+            RootCheck::Unverified => {
+                format!("root=PARTLABEL={ROOT_PARTLABEL} xorbang.verity=optional")
+            }
+        };
+        format!("{root} xtest.scenario=bench")
+    }
+}
+
 /// The block size of the delta's index: dm-verity's and EROFS's block.
 const DELTA_BLOCK: usize = 4096;
 
@@ -74,6 +135,7 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
     let initrd = context.erofs_initrd()?;
     let mut disks = Vec::new();
     for format in FORMATS {
+        // Booted with roothash= or without it: one disk serves every case of the format.
         let out = dir.join(format.name);
         let (image, root_hash) = pack(context, &tree, &out, format)?;
         let disk = out.join("disk.img");
@@ -83,19 +145,21 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
             .arg("-o")
             .arg(&disk))
         .map_err(|error| error.to_string())?;
-        disks.push((format, size_of(&image)?, disk, root_hash));
+        disks.push((format.name, (size_of(&image)?, disk, root_hash)));
     }
-    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); FORMATS.len()];
+    let cases = boot_cases();
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
     for index in 1..=context.config.bench_runs {
-        for ((format, _, disk, root_hash), runs) in disks.iter().zip(runs.iter_mut()) {
+        for (case, runs) in cases.iter().zip(runs.iter_mut()) {
+            let (_, disk, root_hash) = disk_of(&disks, case)?;
             let vm = context.vm_with_initrd(
                 &initrd,
                 vec![disk.clone()],
-                &format!("roothash={root_hash} xtest.scenario=bench"),
+                &case.cmdline(root_hash),
                 SYSTEMD_TIMEOUT,
             );
-            let figures = measured_boot(context, &vm, &format!("bench-format-{}", format.name))?;
-            println!("{} run {index}: {}", format.name, figures.line());
+            let figures = measured_boot(context, &vm, &format!("bench-format-{}", case.name))?;
+            println!("{} run {index}: {}", case.name, figures.line());
             runs.push(figures);
         }
     }
@@ -104,7 +168,8 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
         context.config.bench_runs
     );
     let mut pairs = Vec::new();
-    for ((format, bytes, _, _), runs) in disks.iter().zip(&runs) {
+    for (case, runs) in cases.iter().zip(&runs) {
+        let (bytes, _, _) = disk_of(&disks, case)?;
         let spread = |pick: fn(&Figures) -> u64| Spread::of(runs.iter().map(pick).collect());
         let (Some(main), Some(agent), Some(total), Some(init)) = (
             spread(|f| f.exec_to_systemd_main),
@@ -112,17 +177,17 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
             spread(|f| f.run_init_to_systemd),
             spread(|f| f.run_init_to_exec),
         ) else {
-            return Err(format!("{}: no runs", format.name));
+            return Err(format!("{}: no runs", case.name));
         };
         println!(
-            "  {:<20} {bytes:>10} bytes; exec → systemd main {}, → agent {}; Run /init → exec {}, → systemd main {}",
-            format.name,
+            "  {:<22} {bytes:>10} bytes; exec → systemd main {}, → agent {}; Run /init → exec {}, → systemd main {}",
+            case.name,
             SpreadMs(main),
             SpreadMs(agent),
             SpreadMs(init),
             SpreadMs(total)
         );
-        let key = format.name.replace('-', "_");
+        let key = case.name.replace('-', "_");
         pairs.push(format!(
             "{key}_bytes={bytes} {key}_tail_main_ms={:.1} {key}_tail_agent_ms={:.1} {key}_to_systemd_ms={:.1}",
             main.median as f64 / 1000.0,
@@ -131,6 +196,18 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
         ));
     }
     Ok(pairs.join(" "))
+}
+
+/// The packed image of `case`'s format: its size, its disk and its root hash.
+fn disk_of<'a>(
+    disks: &'a [(&str, (u64, PathBuf, String))],
+    case: &BootCase,
+) -> Result<&'a (u64, PathBuf, String), String> {
+    disks
+        .iter()
+        .find(|(name, _)| *name == case.format.name)
+        .map(|(_, packed)| packed)
+        .ok_or_else(|| format!("{}: format {} was not packed", case.name, case.format.name))
 }
 
 /// The demo OS and the same with `less` added (the demo's own version 2), each packed in

@@ -33,6 +33,11 @@ impl Scenario {
             .copied()
             .find(|path| !std::path::Path::new(path).exists())
     }
+
+    /// Whether the scenario boots the kernel `kernel-config/` builds.
+    pub fn boots_custom_kernel(&self) -> bool {
+        self.requires.contains(&LINUX_SOURCE)
+    }
 }
 
 /// The source tree `kernel-config/build-kernel` builds the custom kernel from.
