@@ -68,8 +68,6 @@ const FORMATS: &[FormatCase] = &[
 enum RootCheck {
     /// `roothash=`, the production boot.
     Verified,
-    /// `roothash=` with these `systemd.verity_root_options=`.
-    VerifiedWith(&'static str),
     /// The data partition mounted as it is (`xorbang.verity=optional`): what the tail costs
     /// when dm-verity hashes nothing.
     Unverified,
@@ -82,8 +80,8 @@ struct BootCase {
     check: RootCheck,
 }
 
-/// Every format verified as in production, then the two floors of the tail: dm-verity
-/// verifying in softirq context instead of its workqueue, and no verification at all.
+/// Every format verified as in production, then the tail's floor: nothing decompressed and
+/// nothing hashed.
 fn boot_cases() -> Vec<BootCase> {
     let mut cases: Vec<BootCase> = FORMATS
         .iter()
@@ -93,13 +91,7 @@ fn boot_cases() -> Vec<BootCase> {
             check: RootCheck::Verified,
         })
         .collect();
-    let named = |name: &str| FORMATS.iter().find(|format| format.name == name);
-    if let (Some(lz4hc), Some(none)) = (named("erofs-lz4hc"), named("erofs-none")) {
-        cases.push(BootCase {
-            name: "erofs-lz4hc-tasklet",
-            format: lz4hc,
-            check: RootCheck::VerifiedWith("try_verify_in_tasklet"),
-        });
+    if let Some(none) = FORMATS.iter().find(|format| format.name == "erofs-none") {
         cases.push(BootCase {
             name: "erofs-none-unverified",
             format: none,
@@ -113,9 +105,6 @@ impl BootCase {
     fn cmdline(&self, root_hash: &str) -> String {
         let root = match self.check {
             RootCheck::Verified => format!("roothash={root_hash}"),
-            RootCheck::VerifiedWith(options) => {
-                format!("roothash={root_hash} systemd.verity_root_options={options}")
-            }
             RootCheck::Unverified => {
                 format!("root=PARTLABEL={ROOT_PARTLABEL} xorbang.verity=optional")
             }
