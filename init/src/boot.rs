@@ -25,7 +25,7 @@ use xorbang_formats::devspec::DeviceSpec;
 use xorbang_formats::error_chain::error_chain;
 use xorbang_formats::fs_probe::FsKind;
 use xorbang_formats::gpt::Guid;
-use xorbang_formats::meminfo::MemInfo;
+use xorbang_formats::meminfo::{Kib, MemInfo};
 use xorbang_formats::os_release::OsRelease;
 
 /// How often the device wait looks again; well below human notice, well above busy-looping.
@@ -195,6 +195,9 @@ pub fn boot(settings: &Settings, policy: &mut FailurePolicy) -> Result<BootRepor
     };
     clock.finish_stage("verity");
 
+    if let Some(readahead) = options.root_readahead {
+        set_readahead(paths, &device, readahead)?;
+    }
     let fstype = root_fstype(&options, &device)?;
     modules.ensure(&fstype)?;
     let dev = match options.mode {
@@ -587,6 +590,33 @@ fn system_path(paths: &Paths, device: &Path) -> String {
         Ok(relative) => Path::new("/").join(relative).display().to_string(),
         Err(_) => device.display().to_string(),
     }
+}
+
+/// Sets the read-ahead of the block device the root is mounted from, before the mount (files
+/// opened later take it from there). Whatever is read ahead through dm-verity is hashed,
+/// needed or not.
+fn set_readahead(paths: &Paths, device: &Path, readahead: Kib) -> Result<(), BootError> {
+    let rdev = rustix::fs::stat(device)
+        .map_err(|errno| BootError::Write {
+            path: device.to_owned(),
+            source: errno.into(),
+        })?
+        .st_rdev;
+    let knob = paths.sys().join(format!(
+        "dev/block/{}:{}/queue/read_ahead_kb",
+        rustix::fs::major(rdev),
+        rustix::fs::minor(rdev)
+    ));
+    std::fs::write(&knob, readahead.0.to_string()).map_err(|source| BootError::Write {
+        path: knob.clone(),
+        source,
+    })?;
+    log::info!(
+        "root device {}: read-ahead {} KiB",
+        system_path(paths, device),
+        readahead.0
+    );
+    Ok(())
 }
 
 /// A dev overlay that could not create its work directory mounts read-only, with no more

@@ -8,6 +8,7 @@ use xorbang_formats::boot_report::{ConfigTrust, Mode};
 use xorbang_formats::cmdline::Cmdline;
 use xorbang_formats::devspec::{DeviceSpec, DeviceSpecError};
 use xorbang_formats::error_chain::error_chain;
+use xorbang_formats::meminfo::Kib;
 use xorbang_formats::verity::{RootHash, RootHashError, VerityOption};
 
 /// Keys of our own namespace this build understands; any other `xorbang.*` key is warned
@@ -21,6 +22,7 @@ const KNOWN_KEYS: &[&str] = &[
     "xorbang.confext",
     "xorbang.config",
     "xorbang.config.trust",
+    "xorbang.root_readahead_kb",
     // Not the init's: the netboot tree's URL, which xorbang-installer reads.
     xorbang_formats::netboot::TREE_KEY,
 ];
@@ -152,6 +154,9 @@ pub struct BootOptions {
     pub config: ConfigSource,
     /// `xorbang.config.trust=`: the least-trusted host-config source production accepts.
     pub config_trust: ConfigTrust,
+    /// `xorbang.root_readahead_kb=`: the read-ahead of the device the root is mounted from;
+    /// `None` keeps the kernel's.
+    pub root_readahead: Option<Kib>,
 }
 
 impl BootOptions {
@@ -161,6 +166,7 @@ impl BootOptions {
         let timeout = timeout(cmdline)?;
         let failure = failure_policy(cmdline)?;
         let init = init_path(cmdline)?;
+        let root_readahead = root_readahead(cmdline)?;
         let mut warnings = unknown_key_warnings(cmdline);
         let options = Self {
             root: root_choice(cmdline, mode, &mut warnings)?,
@@ -177,6 +183,7 @@ impl BootOptions {
             confext: extension_requests(cmdline, "xorbang.confext")?,
             config: config_source(cmdline)?,
             config_trust: config_trust(cmdline)?,
+            root_readahead,
         };
         Ok((options, warnings))
     }
@@ -339,6 +346,18 @@ fn timeout(cmdline: &Cmdline) -> Result<Duration, OptionError> {
         .ok_or_else(|| bad(KEY, value, "expected a number of seconds, like 30 or 2.5"))
 }
 
+fn root_readahead(cmdline: &Cmdline) -> Result<Option<Kib>, OptionError> {
+    const KEY: &str = "xorbang.root_readahead_kb";
+    value_of(cmdline, KEY)?
+        .map(|value| {
+            value
+                .parse()
+                .map(Kib)
+                .map_err(|_| bad(KEY, value, "expected a number of KiB, like 0 or 128"))
+        })
+        .transpose()
+}
+
 fn failure_policy(cmdline: &Cmdline) -> Result<FailurePolicy, OptionError> {
     const KEY: &str = "xorbang.failure";
     match value_of(cmdline, KEY)? {
@@ -454,6 +473,7 @@ mod tests {
         assert_eq!(options.mode, Mode::Production);
         assert_eq!(options.failure, FailurePolicy::Reboot);
         assert_eq!(options.timeout, Duration::from_secs(30));
+        assert_eq!(options.root_readahead, None);
         assert_eq!(options.init, PathBuf::from("/sbin/init"));
         assert_eq!(
             warnings,
@@ -468,9 +488,11 @@ mod tests {
     fn reads_every_key() {
         let (options, _) = parse(
             "root=LABEL=x rootfstype=ext4 rootflags=noatime xorbang.dev=1 \
-             xorbang.timeout=2.5 xorbang.failure=poweroff init=/bin/sh -- -x",
+             xorbang.timeout=2.5 xorbang.failure=poweroff xorbang.root_readahead_kb=16 \
+             init=/bin/sh -- -x",
         )
         .expect("valid");
+        assert_eq!(options.root_readahead, Some(Kib(16)));
         assert_eq!(options.rootfstype.as_deref(), Some("ext4"));
         assert_eq!(options.rootflags.as_deref(), Some("noatime"));
         assert_eq!(options.mode, Mode::Dev);
@@ -512,6 +534,10 @@ mod tests {
             ("root=/dev/vda xorbang.timeout=soon", "xorbang.timeout=soon"),
             ("root=/dev/vda xorbang.timeout=-1", "xorbang.timeout=-1"),
             ("root=/dev/vda xorbang.dev=maybe", "xorbang.dev=maybe"),
+            (
+                "root=/dev/vda xorbang.root_readahead_kb=-4",
+                "xorbang.root_readahead_kb=-4",
+            ),
             (
                 "root=/dev/vda xorbang.failure=explode",
                 "xorbang.failure=explode",

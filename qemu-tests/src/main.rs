@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! xorbang-qemu-tests [--list] [SCENARIO…]   run scenarios (all when none is named)
-//! xorbang-qemu-tests bench [PART…]          measure (boot, layers, host-config, dev, firmware,
-//!                                           netboot, custom-kernel, build, verity-format; all when
-//!                                           none)
+//! xorbang-qemu-tests bench [PART…]          measure (boot, layers, host-config, dev, formats,
+//!                                           readahead, delta, firmware, netboot, custom-kernel,
+//!                                           build, verity-format; all when none)
 //! xorbang-qemu-tests demo [--dev]           boot the demo image with the console attached
 //! xorbang-qemu-tests rig --tree DIR --dnsmasq-conf FILE [--taps N] [--run-dir DIR]
 //!                                           bring up a netboot network namespace (bridge,

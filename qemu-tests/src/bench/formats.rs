@@ -68,6 +68,8 @@ const FORMATS: &[FormatCase] = &[
 enum RootCheck {
     /// `roothash=`, the production boot.
     Verified,
+    /// `roothash=` with the root device's read-ahead set to this many KiB.
+    VerifiedReadahead(u32),
     /// The data partition mounted as it is (`xorbang.verity=optional`): what the tail costs
     /// when dm-verity hashes nothing.
     Unverified,
@@ -82,7 +84,7 @@ struct BootCase {
 
 /// Every format verified as in production, then the tail's floor: nothing decompressed and
 /// nothing hashed.
-fn boot_cases() -> Vec<BootCase> {
+fn format_cases() -> Vec<BootCase> {
     let mut cases: Vec<BootCase> = FORMATS
         .iter()
         .map(|format| BootCase {
@@ -105,6 +107,9 @@ impl BootCase {
     fn cmdline(&self, root_hash: &str) -> String {
         let root = match self.check {
             RootCheck::Verified => format!("roothash={root_hash}"),
+            RootCheck::VerifiedReadahead(kib) => {
+                format!("roothash={root_hash} xorbang.root_readahead_kb={kib}")
+            }
             RootCheck::Unverified => {
                 format!("root=PARTLABEL={ROOT_PARTLABEL} xorbang.verity=optional")
             }
@@ -116,14 +121,17 @@ impl BootCase {
 /// The block size of the delta's index: dm-verity's and EROFS's block.
 const DELTA_BLOCK: usize = 4096;
 
-/// Boots the test system packed in each format (interleaved, so the machine's noise spreads
-/// over all of them). Returns the `key=value` pairs.
-pub fn formats_bench(context: &Context) -> Result<String, String> {
+/// Boots each case, interleaved so the machine's noise spreads over all of them, and prints
+/// their figures under `title`. Returns the `key=value` pairs.
+fn compare_boots(context: &Context, title: &str, cases: &[BootCase]) -> Result<String, String> {
     let dir = context.work.join("bench-formats");
     let tree = unpacked_test_tree(context, &dir)?;
     let initrd = context.erofs_initrd()?;
     let mut disks = Vec::new();
-    for format in FORMATS {
+    let packed = FORMATS
+        .iter()
+        .filter(|format| cases.iter().any(|case| case.format.name == format.name));
+    for format in packed {
         // Booted with roothash= or without it: one disk serves every case of the format.
         let out = dir.join(format.name);
         let (image, root_hash) = pack(context, &tree, &out, format)?;
@@ -136,7 +144,6 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
         .map_err(|error| error.to_string())?;
         disks.push((format.name, (size_of(&image)?, disk, root_hash)));
     }
-    let cases = boot_cases();
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
     for index in 1..=context.config.bench_runs {
         for (case, runs) in cases.iter().zip(runs.iter_mut()) {
@@ -153,7 +160,7 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
         }
     }
     println!(
-        "root formats, the test system ({} runs each, medians (min–max), ms):",
+        "{title}, the test system ({} runs each, medians (min–max), ms):",
         context.config.bench_runs
     );
     let mut pairs = Vec::new();
@@ -185,6 +192,39 @@ pub fn formats_bench(context: &Context) -> Result<String, String> {
         ));
     }
     Ok(pairs.join(" "))
+}
+
+/// The read-ahead of the verified root device: the kernel's 128 KiB against less, where
+/// less reads (and hashes) fewer blocks no one asked for.
+fn readahead_cases() -> Vec<BootCase> {
+    const LEVELS: [(&str, RootCheck); 3] = [
+        ("erofs-lz4hc-ra128", RootCheck::Verified),
+        ("erofs-lz4hc-ra32", RootCheck::VerifiedReadahead(32)),
+        ("erofs-lz4hc-ra8", RootCheck::VerifiedReadahead(8)),
+    ];
+    let Some(lz4hc) = FORMATS.iter().find(|format| format.name == "erofs-lz4hc") else {
+        return Vec::new();
+    };
+    LEVELS
+        .into_iter()
+        .map(|(name, check)| BootCase {
+            name,
+            format: lz4hc,
+            check,
+        })
+        .collect()
+}
+
+/// Boots the test system packed in each format (interleaved, so the machine's noise spreads
+/// over all of them). Returns the `key=value` pairs.
+pub fn formats_bench(context: &Context) -> Result<String, String> {
+    compare_boots(context, "root formats", &format_cases())
+}
+
+/// Boots the test system's EROFS root with several read-aheads. Returns the `key=value`
+/// pairs.
+pub fn readahead_bench(context: &Context) -> Result<String, String> {
+    compare_boots(context, "root read-ahead", &readahead_cases())
 }
 
 /// The packed image of `case`'s format: its size, its disk and its root hash.

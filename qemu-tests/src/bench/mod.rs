@@ -56,6 +56,10 @@ const PARTS: &[Part] = &[
         run: formats::formats_bench,
     },
     Part {
+        name: "readahead",
+        run: formats::readahead_bench,
+    },
+    Part {
         name: "delta",
         run: formats::delta_bench,
     },
