@@ -141,7 +141,8 @@ mod tests {
             ("erofs", &["lz4", "lz4hc", "none"][..]),
         ] {
             for compression in compressions {
-                let parsed = RootFormat::parse(format, Some(compression)).unwrap();
+                let parsed = RootFormat::parse(format, Some(compression))
+                    .unwrap_or_else(|error| panic!("{format}/{compression}: {error}"));
                 assert_eq!(parsed.to_string(), format!("{format}/{compression}"));
             }
         }
@@ -171,7 +172,8 @@ mod tests {
                 "format \"ext4\" is not one of squashfs, erofs",
             ),
         ] {
-            let error = RootFormat::parse(format, Some(compression)).unwrap_err();
+            let error = RootFormat::parse(format, Some(compression))
+                .expect_err("a compressor the format does not take");
             assert!(error.contains(expected), "{error}");
         }
     }
