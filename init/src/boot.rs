@@ -78,6 +78,11 @@ pub enum BootError {
         device: PathBuf,
         found: String,
     },
+    #[error("cannot read the device number of {device} to set its read-ahead")]
+    RootDeviceNumber {
+        device: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -597,8 +602,8 @@ fn system_path(paths: &Paths, device: &Path) -> String {
 /// needed or not.
 fn set_readahead(paths: &Paths, device: &Path, readahead: Kib) -> Result<(), BootError> {
     let rdev = rustix::fs::stat(device)
-        .map_err(|errno| BootError::Write {
-            path: device.to_owned(),
+        .map_err(|errno| BootError::RootDeviceNumber {
+            device: device.to_owned(),
             source: errno.into(),
         })?
         .st_rdev;

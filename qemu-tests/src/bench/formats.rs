@@ -53,16 +53,21 @@ const FORMATS: &[FormatCase] = &[
         name: "erofs-lz4",
         args: &["--format", "erofs", "--compression", "lz4"],
     },
-    FormatCase {
-        name: "erofs-lz4hc",
-        args: &["--format", "erofs", "--compression", "lz4hc"],
-    },
-    // The floor: what the tail costs when nothing is decompressed.
-    FormatCase {
-        name: "erofs-none",
-        args: &["--format", "erofs", "--compression", "none"],
-    },
+    EROFS_LZ4HC,
+    EROFS_NONE,
 ];
+
+/// The profiles' default format, which the read-ahead comparison boots.
+const EROFS_LZ4HC: FormatCase = FormatCase {
+    name: "erofs-lz4hc",
+    args: &["--format", "erofs", "--compression", "lz4hc"],
+};
+
+/// The floor: what the tail costs when nothing is decompressed.
+const EROFS_NONE: FormatCase = FormatCase {
+    name: "erofs-none",
+    args: &["--format", "erofs", "--compression", "none"],
+};
 
 /// How a boot of the comparison finds and checks its root.
 enum RootCheck {
@@ -85,22 +90,17 @@ struct BootCase {
 /// Every format verified as in production, then the tail's floor: nothing decompressed and
 /// nothing hashed.
 fn format_cases() -> Vec<BootCase> {
-    let mut cases: Vec<BootCase> = FORMATS
-        .iter()
-        .map(|format| BootCase {
-            name: format.name,
-            format,
-            check: RootCheck::Verified,
-        })
-        .collect();
-    if let Some(none) = FORMATS.iter().find(|format| format.name == "erofs-none") {
-        cases.push(BootCase {
-            name: "erofs-none-unverified",
-            format: none,
-            check: RootCheck::Unverified,
-        });
-    }
-    cases
+    let verified = FORMATS.iter().map(|format| BootCase {
+        name: format.name,
+        format,
+        check: RootCheck::Verified,
+    });
+    let floor = BootCase {
+        name: "erofs-none-unverified",
+        format: &EROFS_NONE,
+        check: RootCheck::Unverified,
+    };
+    verified.chain([floor]).collect()
 }
 
 impl BootCase {
@@ -197,22 +197,18 @@ fn compare_boots(context: &Context, title: &str, cases: &[BootCase]) -> Result<S
 /// The read-ahead of the verified root device: the kernel's 128 KiB against less, where
 /// less reads (and hashes) fewer blocks no one asked for.
 fn readahead_cases() -> Vec<BootCase> {
-    const LEVELS: [(&str, RootCheck); 3] = [
+    [
         ("erofs-lz4hc-ra128", RootCheck::Verified),
         ("erofs-lz4hc-ra32", RootCheck::VerifiedReadahead(32)),
         ("erofs-lz4hc-ra8", RootCheck::VerifiedReadahead(8)),
-    ];
-    let Some(lz4hc) = FORMATS.iter().find(|format| format.name == "erofs-lz4hc") else {
-        return Vec::new();
-    };
-    LEVELS
-        .into_iter()
-        .map(|(name, check)| BootCase {
-            name,
-            format: lz4hc,
-            check,
-        })
-        .collect()
+    ]
+    .into_iter()
+    .map(|(name, check)| BootCase {
+        name,
+        format: &EROFS_LZ4HC,
+        check,
+    })
+    .collect()
 }
 
 /// Boots the test system packed in each format (interleaved, so the machine's noise spreads
